@@ -1,0 +1,26 @@
+"""Segmentation models: SegFormer, SegNet and DeepLabv3+, reached through one registry."""
+
+from models.registry import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ModelConfig,
+    create_model,
+    deploy_form,
+    get_model_config,
+    list_models,
+    register_model,
+)
+
+# Importing the architecture files fills the registry.
+from models import deeplabv3plus, segformer, segnet  # noqa: E402,F401
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ModelConfig",
+    "create_model",
+    "deploy_form",
+    "get_model_config",
+    "list_models",
+    "register_model",
+]

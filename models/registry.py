@@ -1,0 +1,91 @@
+"""The model registry: the one way to build a segmentation model in this project.
+
+Every architecture file registers its public builders with ``@register_model(ModelConfig(...))``.
+A builder takes ``num_classes`` (and optional keyword arguments) and returns an ``nn.Module``
+whose ``forward(x)`` maps a normalised image batch ``(B, 3, H, W)`` to logits ``(B, K, H, W)`` at
+the input resolution, and whose ``to_deploy()`` returns the same function written with operations
+that reach TFLite builtins (see ``models.deploy_form``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What a registered name carries besides its code."""
+
+    name: str
+    family: str  # "segformer", "segnet", "deeplabv3plus"
+    input_size: tuple[int, int] = (512, 512)  # (H, W) the model is trained and converted at
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # per-channel mean on a 0..1 image
+    std: tuple[float, float, float] = IMAGENET_STD
+    num_classes: int = 150  # default head size (ADE20K)
+    size_divisor: int = 32  # H and W must be multiples of this
+    paper: str = ""
+    kwargs: dict = field(default_factory=dict)  # defaults passed to the builder
+
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+_CONFIGS: dict[str, ModelConfig] = {}
+
+
+def register_model(config: ModelConfig):
+    """Decorator: register ``builder(num_classes, **kwargs) -> nn.Module`` under ``config.name``."""
+
+    def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if config.name in _BUILDERS:
+            raise ValueError(f"model {config.name!r} is registered twice")
+        _BUILDERS[config.name] = builder
+        _CONFIGS[config.name] = config
+        return builder
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def get_model_config(name: str) -> ModelConfig:
+    if name not in _CONFIGS:
+        raise KeyError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+    return _CONFIGS[name]
+
+
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    checkpoint: str | None = None,
+    **kwargs,
+) -> nn.Module:
+    """Build a registered model, optionally loading weights from a local checkpoint.
+
+    ``checkpoint`` may be this project's checkpoint (``.safetensors`` with its ``.json``, or the
+    folder holding them), a Hugging Face model folder (``config.json`` + weights) for the families
+    that map HF keys, or a plain state-dict file (``.safetensors``, or ``.pt``/``.pth``/``.bin``
+    read with ``weights_only=True``).
+    """
+    config = get_model_config(name)
+    num_classes = config.num_classes if num_classes is None else int(num_classes)
+    model = _BUILDERS[name](num_classes=num_classes, **{**config.kwargs, **kwargs})
+    model.model_config = replace(config, num_classes=num_classes)
+    if checkpoint is not None:
+        from models.checkpoint import load_weights_into
+
+        load_weights_into(model, checkpoint)
+    return model
+
+
+def deploy_form(model: nn.Module) -> nn.Module:
+    """The converter-friendly form of ``model``: same weights, same function, builtins only."""
+    if not hasattr(model, "to_deploy"):
+        return model
+    return model.to_deploy()

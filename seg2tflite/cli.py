@@ -1,0 +1,191 @@
+"""The ``seg2tflite`` command line: one subcommand per job, heavy imports only when a job runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from seg2tflite.errors import UserError
+
+DATA_SPEC_SHORT = (
+    "data spec: synthetic | folder:PATH | ade20k:PATH | voc:PATH | cityscapes:PATH | camvid:PATH "
+    "(see `seg2tflite data --help`)"
+)
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _size(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+# -- data ------------------------------------------------------------------------------------
+
+
+def _add_data(sub) -> None:
+    from seg2tflite.data import DATA_SPEC_HELP
+
+    p = sub.add_parser("data", help="write or inspect datasets", description=DATA_SPEC_HELP, formatter_class=_Formatter)
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="{synthetic,check}")
+    s = data_sub.add_parser(
+        "synthetic",
+        help="write the built-in synthetic dataset in the folder layout",
+        formatter_class=_Formatter,
+        description="Write DIR/{train,val,test}/{images,masks}/*.png (masks are class-index PNGs).",
+    )
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--seed", type=int, default=0, help="random seed")
+    s.add_argument("--num-train", type=int, default=None, help="training images (default: the built-in size)")
+    s.add_argument("--num-val", type=int, default=None, help="validation images")
+    s.add_argument("--num-test", type=int, default=None, help="test images")
+    s.add_argument("--image-size", type=_size, nargs=2, metavar=("H", "W"), default=None, help="image size")
+    s.set_defaults(run=_run_data_synthetic)
+    c = data_sub.add_parser("check", help="read every item of a dataset split and report problems", formatter_class=_Formatter)
+    c.add_argument("--data", required=True, help=DATA_SPEC_SHORT)
+    c.add_argument("--split", default="val", choices=["train", "val", "test"], help="split")
+    c.set_defaults(run=_run_data_check)
+
+
+def _run_data_synthetic(args) -> None:
+    from dataclasses import replace
+
+    from seg2tflite.data import SyntheticConfig, SyntheticDataset, write_folder_dataset
+
+    config = SyntheticConfig(seed=args.seed)
+    overrides = {
+        "num_train": args.num_train,
+        "num_val": args.num_val,
+        "num_test": args.num_test,
+        "image_size": tuple(args.image_size) if args.image_size else None,
+    }
+    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    splits = {split: SyntheticDataset(split, config) for split in ("train", "val", "test")}
+    write_folder_dataset(splits, args.out)
+    print(f"wrote {sum(map(len, splits.values()))} images to {args.out}")
+
+
+def _run_data_check(args) -> None:
+    from seg2tflite.data import load_dataset, validate_dataset
+
+    dataset = load_dataset(args.data, args.split)
+    validate_dataset(dataset)
+    print(f"{args.data} [{args.split}]: {len(dataset)} items, {dataset.info.num_classes} classes, all readable")
+
+
+# -- models ----------------------------------------------------------------------------------
+
+
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the registered models", formatter_class=_Formatter)
+    p.set_defaults(run=_run_models)
+
+
+def _run_models(args) -> None:
+    from models import get_model_config, list_models
+
+    for name in list_models():
+        config = get_model_config(name)
+        h, w = config.input_size
+        print(f"{name:28s} input {h}x{w}  classes {config.num_classes:4d}  {config.paper}")
+
+
+# -- train -----------------------------------------------------------------------------------
+
+
+def _add_train(sub) -> None:
+    from seg2tflite.train_config import TrainConfig
+
+    d = TrainConfig(model="")
+    p = sub.add_parser("train", help="train a registered model natively in PyTorch", formatter_class=_Formatter)
+    p.add_argument("--model", required=True, help="registered model name (see `seg2tflite models`)")
+    p.add_argument("--data", default=d.data, help=DATA_SPEC_SHORT)
+    p.add_argument("--out", default=d.out, help="output folder for checkpoints and the training log")
+    p.add_argument("--steps", type=_size, default=d.steps, help="optimizer steps")
+    p.add_argument("--batch-size", type=_size, default=d.batch_size, help="batch size (per GPU under torchrun)")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warm-up steps")
+    p.add_argument("--input-size", type=_size, nargs=2, metavar=("H", "W"), default=None, help="training size (default: the model's)")
+    p.add_argument("--num-classes", type=_size, default=None, help="head size (default: the dataset's)")
+    p.add_argument("--val-every", type=_size, default=d.val_every, help="steps between validations and checkpoints")
+    p.add_argument("--val-images", type=_size, default=None, help="cap on validation images (default: whole split)")
+    p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed")
+    p.add_argument("--encoder-checkpoint", default=None, help="local timm-format ImageNet weights for the encoder")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args) -> None:
+    from models import list_models
+    from seg2tflite.train import train
+    from seg2tflite.train_config import TrainConfig
+
+    if args.model not in list_models():
+        raise UserError(f"--model {args.model}: unknown model; choose one of {', '.join(list_models())}")
+    config = TrainConfig(
+        model=args.model,
+        data=args.data,
+        out=args.out,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        input_size=tuple(args.input_size) if args.input_size else None,
+        num_classes=args.num_classes,
+        val_every=args.val_every,
+        val_images=args.val_images,
+        workers=args.workers,
+        seed=args.seed,
+        encoder_checkpoint=args.encoder_checkpoint,
+        resume=args.resume,
+        amp=not args.no_amp,
+    )
+    best = train(config)
+    print(f"best val mIoU {100 * best['miou']:.2f} at step {best.get('step')}; checkpoints in {args.out}")
+
+
+# -- entry point -----------------------------------------------------------------------------
+
+COMMANDS = (_add_data, _add_models, _add_train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seg2tflite",
+        description="Carry PyTorch segmentation models to TensorFlow Lite and measure what each step costs.",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except UserError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"seg2tflite: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("seg2tflite: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

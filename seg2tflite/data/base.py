@@ -1,0 +1,42 @@
+"""What every dataset reader provides: raw images and masks plus the class names and palette."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from seg2tflite.data.preprocess import IGNORE_INDEX
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str  # e.g. "synthetic", "ade20k"
+    class_names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]  # one RGB colour per class
+    ignore_index: int = IGNORE_INDEX
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+class SegmentationDataset:
+    """A split of a dataset. ``ds[i]`` is ``(image uint8 (H, W, 3), mask uint8 (H, W))``.
+
+    Mask values are class indices ``0..num_classes-1`` or ``IGNORE_INDEX`` (255); every reader maps
+    its dataset's own label scheme onto this one.
+    """
+
+    info: DatasetInfo
+    split: str
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def item_name(self, index: int) -> str:
+        """A stable name for item ``index`` (a file stem), recorded in manifests."""
+        return f"{self.split}_{index:06d}"

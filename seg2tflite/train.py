@@ -1,0 +1,222 @@
+"""Native PyTorch training for any registered model: AdamW, poly LR with warm-up, periodic val mIoU.
+
+Runs on a 2-core CPU (deterministic for a seed), on one GPU with mixed precision, or on several
+GPUs when launched with ``torchrun`` (DistributedDataParallel). Writes ``best`` and ``last``
+checkpoints (safetensors + JSON config) and ``train_state.pt`` (optimizer, scheduler, step) for
+``--resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from eval.metrics import ConfusionMatrix
+from models import create_model, get_model_config
+from models.checkpoint import save_checkpoint
+from seg2tflite.atomic import atomic_path, atomic_write_text
+from seg2tflite.data import IGNORE_INDEX, Preprocess, TorchSegDataset, load_dataset
+from seg2tflite.errors import UserError
+from seg2tflite.train_config import TrainConfig
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def augmentation(size: tuple[int, int]) -> v2.Compose:
+    """Joint image+mask augmentation: scale jitter, crop, flip, photometric jitter (image only)."""
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(size, scale=(0.5, 1.0), ratio=(0.75, 1.333), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+        ]
+    )
+
+
+def poly_lr_lambda(warmup_steps: int, total_steps: int, power: float):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return max(0.0, 1.0 - progress) ** power
+
+    return factor
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device) -> dict:
+    """Val metrics of a PyTorch model over a loader of preprocessed (image, mask) batches."""
+    model.eval()
+    matrix = ConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX)
+    for images, masks in loader:
+        logits = model(images.to(device))
+        matrix.update(logits.argmax(1).cpu(), masks)
+    return matrix.compute().as_dict()
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size); initialises the process group under torchrun."""
+    if "LOCAL_RANK" not in os.environ:
+        return 0, 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), int(os.environ["LOCAL_RANK"]), dist.get_world_size()
+
+
+def train(config: TrainConfig) -> dict:
+    """Train ``config.model`` on ``config.data``; return the best validation metrics."""
+    rank, local_rank, world_size = _distributed()
+    is_main = rank == 0
+    seed_everything(config.seed + rank)
+    use_cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if not use_cuda:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    model_config = get_model_config(config.model)
+    size = tuple(config.input_size or model_config.input_size)
+    train_split = load_dataset(config.data, "train")
+    val_split = load_dataset(config.data, "val")
+    num_classes = config.num_classes or train_split.info.num_classes
+    if len(train_split) == 0 or len(val_split) == 0:
+        raise UserError(f"--data {config.data}: the train or val split is empty")
+
+    preprocess = Preprocess.for_model(model_config, size)
+    train_set = TorchSegDataset(train_split, preprocess, transform=augmentation(size))
+    val_set = TorchSegDataset(val_split, preprocess)
+    if config.val_images is not None:
+        val_set = torch.utils.data.Subset(val_set, range(min(config.val_images, len(val_set))))
+
+    sampler = DistributedSampler(train_set, seed=config.seed, drop_last=True) if world_size > 1 else None
+    val_loader = DataLoader(val_set, batch_size=config.batch_size, num_workers=config.workers)
+    batches_per_epoch = (len(sampler) if sampler else len(train_set)) // config.batch_size
+    if batches_per_epoch == 0:
+        raise UserError(
+            f"--data {config.data}: {len(train_set)} training images is fewer than "
+            f"--batch-size {config.batch_size}; lower the batch size"
+        )
+
+    extra = {"encoder_checkpoint": config.encoder_checkpoint} if config.encoder_checkpoint else {}
+    model = create_model(config.model, num_classes=num_classes, **extra).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, poly_lr_lambda(config.warmup_steps, config.steps, config.poly_power)
+    )
+    amp = config.amp and use_cuda
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "train_state.pt"
+    step, best = 0, {"miou": -1.0}
+    if config.resume and state_path.is_file():
+        step, best = _load_train_state(state_path, out, model, optimizer, scheduler, scaler)
+    if world_size > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None)
+    bare_model = model.module if world_size > 1 else model
+
+    history: list[dict] = []
+    bar = tqdm(total=config.steps, initial=step, desc=f"train {config.model}", disable=not (is_main and config.progress))
+    epoch = step // batches_per_epoch
+    while step < config.steps:
+        train_loader = _epoch_loader(train_set, sampler, config, epoch, skip=step - epoch * batches_per_epoch)
+        for images, masks in train_loader:
+            model.train()
+            started = time.perf_counter()
+            images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                loss = criterion(model(images), masks)
+            if not torch.isfinite(loss):
+                raise UserError(f"training diverged at step {step} (loss {loss.item()}); lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            speed = images.shape[0] * world_size / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", img_s=f"{speed:.1f}")
+            bar.update(1)
+            if step % config.val_every == 0 or step == config.steps:
+                if is_main:
+                    metrics = evaluate_model(bare_model, val_loader, num_classes, device)
+                    history.append({"step": step, "loss": loss.item(), **_summary(metrics)})
+                    bar.write(f"step {step}: val mIoU {100 * metrics['miou']:.2f}  pixel acc {100 * metrics['pixel_accuracy']:.2f}")
+                    train_extra = {"step": step, "val": _summary(metrics), "train_config": asdict(config)}
+                    if metrics["miou"] > best["miou"]:
+                        best = {"step": step, **_summary(metrics)}
+                        save_checkpoint(bare_model, out / "best.safetensors", extra=train_extra)
+                    save_checkpoint(bare_model, out / "last.safetensors", extra=train_extra)
+                    _save_train_state(state_path, step, best, optimizer, scheduler, scaler)
+            if step >= config.steps:
+                break
+        epoch += 1
+    bar.close()
+    if is_main:
+        record = {"config": asdict(config), "best": best, "history": history}
+        atomic_write_text(out / "train_log.json", json.dumps(record, indent=2) + "\n")
+    if world_size > 1:
+        dist.destroy_process_group()
+    return best
+
+
+def _epoch_loader(dataset, sampler, config: TrainConfig, epoch: int, skip: int) -> DataLoader:
+    """This epoch's batches, minus the first ``skip`` already trained on (so --resume continues
+    the same sequence). The order depends only on (seed, epoch)."""
+    common = dict(batch_size=config.batch_size, drop_last=True, num_workers=config.workers, pin_memory=torch.cuda.is_available())
+    if sampler is not None:
+        sampler.set_epoch(epoch)
+        return DataLoader(dataset, sampler=sampler, **common)
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+    return DataLoader(torch.utils.data.Subset(dataset, order[skip * config.batch_size :].tolist()), **common)
+
+
+def _summary(metrics: dict) -> dict:
+    return {k: metrics[k] for k in ("miou", "pixel_accuracy", "mean_class_accuracy")}
+
+
+def _save_train_state(path: Path, step: int, best: dict, optimizer, scheduler, scaler) -> None:
+    state = {
+        "step": step,
+        "best_json": json.dumps(best),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_train_state(path: Path, out: Path, model, optimizer, scheduler, scaler) -> tuple[int, dict]:
+    from models.checkpoint import load_weights_into
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a torn or foreign file: say so rather than guess
+        raise UserError(f"{path}: cannot resume from it ({type(e).__name__}); delete it to start over") from None
+    load_weights_into(model, out / "last.safetensors")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"]), json.loads(state["best_json"])
+

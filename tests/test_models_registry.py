@@ -1,0 +1,83 @@
+"""Every registered model is tested by being registered: shapes, backward, deploy form, round trip."""
+
+import pytest
+import torch
+
+from models import create_model, deploy_form, get_model_config, list_models
+from models.checkpoint import load_model, save_checkpoint
+
+NUM_CLASSES = 5
+ALL_MODELS = list_models()
+
+
+def test_registry_holds_the_four_families():
+    families = {get_model_config(name).family for name in ALL_MODELS}
+    assert {"segformer", "segnet", "deeplabv3plus"} <= families
+    for name in ("segformer_b0", "segnet_vgg16", "deeplabv3plus_mobilenetv2", "deeplabv3plus_xception65"):
+        assert name in ALL_MODELS
+
+
+def test_unknown_model_names_the_choices():
+    with pytest.raises(KeyError, match="segformer_b0"):
+        create_model("no_such_model")
+
+
+def _small_models():
+    # b1..b5 share b0's code; their own tests count their parameters.
+    return [n for n in ALL_MODELS if not (n.startswith("segformer_b") and n != "segformer_b0")]
+
+
+@pytest.fixture(scope="module", params=_small_models())
+def model_name(request):
+    return request.param
+
+
+@pytest.mark.parametrize("size", [(64, 64), (96, 128)])
+def test_forward_gives_logits_at_input_resolution(model_name, size):
+    torch.manual_seed(0)
+    model = create_model(model_name, num_classes=NUM_CLASSES).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(2, 3, *size))
+    assert logits.shape == (2, NUM_CLASSES, *size)
+    assert torch.isfinite(logits).all()
+
+
+def test_backward_reaches_every_parameter(model_name):
+    torch.manual_seed(0)
+    model = create_model(model_name, num_classes=NUM_CLASSES).train()
+    loss = model(torch.randn(2, 3, 64, 64)).logsumexp(1).mean()
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"no gradient reached {missing[:5]}"
+
+
+def _randomise_batchnorm(model):
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (96, 128)])
+def test_deploy_form_equals_training_form(model_name, size):
+    torch.manual_seed(0)
+    model = create_model(model_name, num_classes=NUM_CLASSES).eval()
+    _randomise_batchnorm(model)
+    deployed = deploy_form(model).eval()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        difference = (model(x) - deployed(x)).abs().max().item()
+    assert difference < 1e-5
+
+
+def test_checkpoint_round_trip(model_name, tmp_path):
+    torch.manual_seed(0)
+    model = create_model(model_name, num_classes=NUM_CLASSES).eval()
+    _randomise_batchnorm(model)
+    path = save_checkpoint(model, tmp_path / "model.safetensors")
+    restored = load_model(path).eval()
+    assert restored.model_config == model.model_config
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), restored(x))
