@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -68,7 +68,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if weights.suffix == ".safetensors":
             return load_file(str(weights))
         state = torch.load(weights, map_location="cpu", weights_only=True)
-    except (SafetensorsError, OSError, RuntimeError, EOFError, ValueError) as e:
+    except (SafetensorError, OSError, RuntimeError, EOFError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{weights}: not a readable weights file ({first[:200]})") from None
     except Exception as e:  # pickle.UnpicklingError and friends: refused, never executed

@@ -66,7 +66,7 @@ def _run_data_synthetic(args) -> None:
     }
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     splits = {split: SyntheticDataset(split, config) for split in ("train", "val", "test")}
-    write_folder_dataset(splits, args.out)
+    write_folder_dataset(splits, args.out, source=config.to_spec())
     print(f"wrote {sum(map(len, splits.values()))} images to {args.out}")
 
 

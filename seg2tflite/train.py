@@ -181,11 +181,19 @@ def train(config: TrainConfig) -> dict:
 def _epoch_loader(dataset, sampler, config: TrainConfig, epoch: int, skip: int) -> DataLoader:
     """This epoch's batches, minus the first ``skip`` already trained on (so --resume continues
     the same sequence). The order depends only on (seed, epoch)."""
-    common = dict(batch_size=config.batch_size, drop_last=True, num_workers=config.workers, pin_memory=torch.cuda.is_available())
+    # An explicit generator keeps DataLoader from drawing its worker seed from the global RNG,
+    # which would shift the augmentation stream of a resumed run by one draw.
+    common = dict(
+        batch_size=config.batch_size,
+        drop_last=True,
+        num_workers=config.workers,
+        pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch),
+    )
     if sampler is not None:
         sampler.set_epoch(epoch)
         return DataLoader(dataset, sampler=sampler, **common)
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+    order = torch.randperm(len(dataset), generator=common["generator"])
     return DataLoader(torch.utils.data.Subset(dataset, order[skip * config.batch_size :].tolist()), **common)
 
 
