@@ -113,7 +113,7 @@ def load_weights_into(model: nn.Module, checkpoint: str | Path) -> None:
     """Load a local checkpoint into ``model``, mapping foreign key names where the model can."""
     state = read_state_dict(checkpoint)
     if hasattr(model, "convert_foreign_state_dict"):
-        state = model.convert_foreign_state_dict(state)
+        state = model.convert_foreign_state_dict(state, source=str(checkpoint))
     load_state_dict_strict(model, state, str(checkpoint))
 
 
@@ -124,4 +124,9 @@ def load_model(checkpoint: str | Path) -> nn.Module:
     config = read_checkpoint_config(checkpoint)
     if "name" not in config:
         raise UserError(f"{checkpoint}: the checkpoint config names no model")
-    return create_model(config["name"], num_classes=config.get("num_classes"), checkpoint=str(resolve_weights_file(checkpoint)))
+    return create_model(
+        config["name"],
+        num_classes=config.get("num_classes"),
+        checkpoint=str(resolve_weights_file(checkpoint)),
+        **config.get("kwargs", {}),
+    )

@@ -33,6 +33,8 @@ class ModelConfig:
     kwargs: dict = field(default_factory=dict)  # defaults passed to the builder
 
 
+WEIGHT_SOURCE_ARGUMENTS = ("encoder_checkpoint",)
+
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 _CONFIGS: dict[str, ModelConfig] = {}
 
@@ -75,8 +77,11 @@ def create_model(
     """
     config = get_model_config(name)
     num_classes = config.num_classes if num_classes is None else int(num_classes)
-    model = _BUILDERS[name](num_classes=num_classes, **{**config.kwargs, **kwargs})
-    model.model_config = replace(config, num_classes=num_classes)
+    arguments = {**config.kwargs, **kwargs}
+    model = _BUILDERS[name](num_classes=num_classes, **arguments)
+    # Record the architecture arguments (not where weights came from) so a checkpoint rebuilds it.
+    architecture = {k: v for k, v in arguments.items() if k not in WEIGHT_SOURCE_ARGUMENTS}
+    model.model_config = replace(config, num_classes=num_classes, kwargs=architecture)
     if checkpoint is not None:
         from models.checkpoint import load_weights_into
 

@@ -153,9 +153,172 @@ def _run_train(args) -> None:
     print(f"best val mIoU {100 * best['miou']:.2f} at step {best.get('step')}; checkpoints in {args.out}")
 
 
+# -- convert ---------------------------------------------------------------------------------
+
+
+def _add_convert(sub) -> None:
+    from converters.config import VARIANTS, ConvertConfig
+
+    d = ConvertConfig(input_size=(64, 64))
+    p = sub.add_parser(
+        "convert",
+        help="carry a model down PyTorch -> ONNX -> TF -> TFLite, with parity gates at every step",
+        formatter_class=_Formatter,
+        description=(
+            "Writes OUT/model.onnx, OUT/saved_model/, OUT/model_{float32,float16,dynamic_int8,full_int8,int16x8}.tflite, "
+            "OUT/parity.json and OUT/manifest.json. Exits non-zero when a parity gate breaks."
+        ),
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="registered model name (see `seg2tflite models`)")
+    source.add_argument("--onnx", help="convert an existing ONNX file instead (NCHW image in, NCHW logits out)")
+    p.add_argument("--checkpoint", default=None, help="local weights (this project's, Hugging Face folder, or a state dict); default: seeded random init")
+    p.add_argument("--num-classes", type=_size, default=None, help="head size (default: the calibration dataset's)")
+    p.add_argument("--input-size", type=_size, nargs=2, metavar=("H", "W"), default=None, help="fixed input size (default: the model's)")
+    p.add_argument("--calib-data", default="synthetic", help="calibration " + DATA_SPEC_SHORT)
+    p.add_argument("--calib-split", default=d.calib_split, choices=["train", "val", "test"], help="split the calibration images come from")
+    p.add_argument("--parity-split", default="val", choices=["train", "val", "test"], help="split of --calib-data the parity images come from")
+    p.add_argument("--calib-size", type=_size, default=d.calib_size, help="representative images for full int8 and int16x8")
+    p.add_argument("--parity-images", type=_size, default=d.parity_images, help="real images every artifact is compared on")
+    p.add_argument("--variants", nargs="+", default=list(d.variants), choices=VARIANTS, help="TFLite variants to build")
+    p.add_argument("--int8-io", default=d.int8_io, choices=["int8", "float"], help="input/output type of the full-int8 model")
+    p.add_argument("--opset", type=int, default=d.opset, help="ONNX opset")
+    p.add_argument("--max-miou-drop", type=float, default=d.max_miou_drop, help="mIoU points a quantized variant may lose (gated for trained models)")
+    p.add_argument("--trained", action=argparse.BooleanOptionalAction, default=None, help="gate quantized mIoU (default: on when --checkpoint is given)")
+    p.add_argument("--threads", type=_size, default=None, help="LiteRT / ONNX Runtime threads")
+    p.add_argument("--mean", type=float, nargs=3, default=None, help="with --onnx: per-channel mean on a 0..1 image (default: ImageNet)")
+    p.add_argument("--std", type=float, nargs=3, default=None, help="with --onnx: per-channel std (default: ImageNet)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the random init when no --checkpoint is given")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(run=_run_convert)
+
+
+def _run_convert(args) -> None:
+    from converters import ConvertConfig, convert_onnx, convert_registered, resolve_onnx_input_size
+    from models import IMAGENET_MEAN, IMAGENET_STD, get_model_config, list_models
+    from seg2tflite.data import load_dataset
+
+    calib = load_dataset(args.calib_data, args.calib_split)
+    parity = load_dataset(args.calib_data, args.parity_split)
+    if args.model is not None:
+        if args.model not in list_models():
+            raise UserError(f"--model {args.model}: unknown model; choose one of {', '.join(list_models())}")
+        size = tuple(args.input_size or get_model_config(args.model).input_size)
+    else:
+        size = resolve_onnx_input_size(args.onnx, args.input_size)
+    trained = args.trained if args.trained is not None else args.checkpoint is not None
+    config = ConvertConfig(
+        input_size=size,
+        opset=args.opset,
+        variants=tuple(args.variants),
+        calib_size=args.calib_size,
+        calib_split=args.calib_split,
+        int8_io=args.int8_io,
+        parity_images=args.parity_images,
+        trained=trained,
+        max_miou_drop=args.max_miou_drop,
+        num_threads=args.threads,
+    )
+    command = ["seg2tflite", *sys.argv[1:]]
+    if args.model is not None:
+        result = convert_registered(
+            args.model, args.out, config, calib, parity,
+            num_classes=args.num_classes or calib.info.num_classes, checkpoint=args.checkpoint, seed=args.seed, command=command,
+        )
+    else:
+        result = convert_onnx(
+            args.onnx, args.out, config, calib, parity,
+            mean=tuple(args.mean or IMAGENET_MEAN), std=tuple(args.std or IMAGENET_STD), command=command,
+        )
+    print(result.table)
+    print(f"all gates passed; artifacts in {args.out}")
+
+
+# -- evaluate, bench, report ----------------------------------------------------------------
+
+
+def _default_workers() -> int:
+    import os
+
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="mIoU of any artifact (.safetensors/.pt checkpoint, .onnx, SavedModel, .tflite) on a dataset",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("--artifact", required=True, help="checkpoint, .onnx, SavedModel folder or .tflite")
+    p.add_argument("--data", default="synthetic", help=DATA_SPEC_SHORT)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate")
+    p.add_argument("--input-size", type=_size, nargs=2, metavar=("H", "W"), default=None, help="default: from the artifact's manifest or config")
+    p.add_argument("--mean", type=float, nargs=3, default=None, help="default: from the artifact's manifest or config")
+    p.add_argument("--std", type=float, nargs=3, default=None, help="default: from the artifact's manifest or config")
+    p.add_argument("--workers", type=_size, default=_default_workers(), help="evaluation processes (TFLite, ONNX)")
+    p.add_argument("--threads", type=_size, default=None, help="threads per process (default: cores shared out)")
+    p.add_argument("--limit", type=_size, default=None, help="evaluate only the first N images")
+    p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args) -> None:
+    import json
+
+    from eval.evaluate import evaluate_artifact, format_eval
+    from seg2tflite.atomic import atomic_write_text
+
+    result = evaluate_artifact(
+        args.artifact, args.data, split=args.split,
+        input_size=tuple(args.input_size) if args.input_size else None,
+        mean=tuple(args.mean) if args.mean else None, std=tuple(args.std) if args.std else None,
+        workers=args.workers, threads=args.threads, limit=args.limit,
+    )
+    print(format_eval(result))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result.as_dict(), indent=2) + "\n")
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="latency (median, p90 at batch 1) and peak memory of artifacts",
+        formatter_class=_Formatter,
+        description="LiteRT interpreter with XNNPACK, ONNX Runtime or PyTorch eager, each in a fresh process.",
+    )
+    p.add_argument("--artifact", required=True, nargs="+", help="checkpoint, .onnx, SavedModel folder or .tflite")
+    p.add_argument("--input-size", type=_size, nargs=2, metavar=("H", "W"), default=None, help="default: from the artifact's manifest or config")
+    p.add_argument("--threads", type=_size, default=1, help="runtime threads")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs first")
+    p.add_argument("--runs", type=_size, default=30, help="timed runs")
+    p.set_defaults(run=_run_bench)
+
+
+def _run_bench(args) -> None:
+    from eval.bench import benchmark_artifacts, format_bench
+
+    results = benchmark_artifacts(
+        args.artifact, input_size=tuple(args.input_size) if args.input_size else None,
+        threads=args.threads, warmup=args.warmup, runs=args.runs,
+    )
+    print(format_bench(results))
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="rebuild DIR/report/ from a run's recorded results, recomputing nothing", formatter_class=_Formatter)
+    p.add_argument("--run", required=True, help="run folder holding record.json (e.g. the demo's --out)")
+    p.set_defaults(run=_run_report)
+
+
+def _run_report(args) -> None:
+    from eval.report import build_report
+
+    print(f"report written to {build_report(args.run)}")
+
+
 # -- entry point -----------------------------------------------------------------------------
 
-COMMANDS = (_add_data, _add_models, _add_train)
+COMMANDS = (_add_data, _add_models, _add_train, _add_convert, _add_evaluate, _add_bench, _add_report)
 
 
 def build_parser() -> argparse.ArgumentParser:

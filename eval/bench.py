@@ -1,0 +1,207 @@
+"""Latency and memory of an artifact at batch 1, each measured in a fresh process.
+
+The artifact is loaded and run in a child Python process (``python -m eval.bench``), so the peak
+memory it reports belongs to that artifact alone: ``peak_rss_mb`` is the child's RSS high-water
+mark (``VmHWM``, see ``_maxrss_mb``) after the timed runs, ``baseline_rss_mb`` the same
+mark after the runtime's imports but before the artifact was loaded. Latency is wall time per
+call of the runner (``converters.runtimes``: LiteRT with XNNPACK, ONNX Runtime intra-op threads,
+PyTorch ``set_num_threads``) on a fixed random input, after ``warmup`` untimed calls; an int8
+model's runner includes the input quantization and output dequantization, as a caller pays them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from seg2tflite.errors import UserError
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    artifact: str
+    kind: str  # pytorch, onnx, tf, tflite
+    runtime: str  # pytorch, onnxruntime, tensorflow, litert
+    input_size: tuple[int, int]  # (H, W), batch 1
+    threads: int
+    warmup: int
+    runs: int
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    min_ms: float
+    load_seconds: float  # building the runner (reading the file, creating the session/interpreter)
+    baseline_rss_mb: float  # RSS high-water mark of the fresh process after imports, before loading
+    peak_rss_mb: float  # RSS high-water mark after loading and all runs
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BenchResult":
+        return cls(**{**d, "input_size": tuple(d["input_size"])})
+
+
+def _maxrss_mb() -> float:
+    """This process's RSS high-water mark in MiB.
+
+    On Linux it is read from ``VmHWM`` in /proc/self/status: ``ru_maxrss`` would carry over the
+    high-water mark of the process that forked us (Linux keeps it across exec), so a benchmark
+    started from a large process (a test run with TensorFlow loaded) would report that instead.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return kb / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
+
+
+def measure(path: str, input_size: tuple[int, int], threads: int, warmup: int, runs: int) -> BenchResult:
+    """Time the artifact in THIS process (``benchmark_artifact`` calls it in a fresh one)."""
+    from eval.evaluate import RUNTIME_NAMES, artifact_kind, open_artifact
+
+    kind = artifact_kind(path)
+    _import_runtime(kind)
+    baseline = _maxrss_mb()
+    started = time.perf_counter()
+    runner = open_artifact(path, threads=threads)
+    load_seconds = time.perf_counter() - started
+    x = np.random.default_rng(0).standard_normal((1, 3, *input_size), dtype=np.float32)
+    for _ in range(warmup):
+        runner(x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        runner(x)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    ms = np.asarray(times)
+    return BenchResult(
+        artifact=str(path),
+        kind=kind,
+        runtime=RUNTIME_NAMES[kind],
+        input_size=tuple(input_size),
+        threads=threads,
+        warmup=warmup,
+        runs=runs,
+        median_ms=float(np.median(ms)),
+        p90_ms=float(np.percentile(ms, 90)),
+        mean_ms=float(ms.mean()),
+        min_ms=float(ms.min()),
+        load_seconds=load_seconds,
+        baseline_rss_mb=baseline,
+        peak_rss_mb=_maxrss_mb(),
+    )
+
+
+def _import_runtime(kind: str) -> None:
+    """Import the runtime before the baseline memory mark, so the mark covers the library."""
+    import converters.runtimes  # noqa: F401
+
+    if kind == "pytorch":
+        import models  # noqa: F401
+        import torch  # noqa: F401
+    elif kind == "onnx":
+        import onnxruntime  # noqa: F401
+    elif kind == "tf":
+        import tensorflow  # noqa: F401
+    else:
+        import ai_edge_litert.interpreter  # noqa: F401
+
+
+def benchmark_artifact(
+    path: str | Path,
+    input_size: tuple[int, int] | None = None,
+    threads: int = 1,
+    warmup: int = 5,
+    runs: int = 30,
+    isolate: bool = True,
+) -> BenchResult:
+    """Median/p90 latency at batch 1 and peak memory of ``path``, run in a fresh subprocess.
+
+    ``input_size`` defaults to the one in the artifact's metadata (manifest or checkpoint config).
+    ``isolate=False`` measures in this process instead (for a checkpoint of a model registered
+    only here, e.g. in a test); its memory figures are then this process's, not the artifact's.
+    """
+    from eval.evaluate import checked_size, read_metadata
+
+    path = Path(path)
+    size = input_size if input_size is not None else read_metadata(path)["input_size"]
+    if size is None:
+        raise UserError(f"{path}: no manifest.json or checkpoint config gives the input size; pass --input-size H W")
+    size = checked_size(size)
+    if threads < 1 or warmup < 0 or runs < 1:
+        raise UserError(f"bench: need threads >= 1, warmup >= 0 and runs >= 1 (got {threads}, {warmup}, {runs})")
+    if not isolate:
+        return measure(str(path), size, threads, warmup, runs)
+    root = str(Path(__file__).resolve().parents[1])  # so the child imports this checkout's packages
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with tempfile.TemporaryDirectory(prefix="seg2tflite-bench-") as tmp:
+        out = Path(tmp) / "result.json"
+        job = {"path": str(path.resolve()), "input_size": list(size), "threads": threads, "warmup": warmup, "runs": runs, "out": str(out)}
+        proc = subprocess.run(
+            [sys.executable, "-m", "eval.bench", json.dumps(job)], env=env, cwd=root, capture_output=True, text=True
+        )
+        result = json.loads(out.read_text()) if out.is_file() else None
+    if result is None or proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+        raise RuntimeError(f"benchmark of {path} failed (exit {proc.returncode}):\n{tail}")
+    if "error" in result:
+        raise UserError(result["error"])
+    result["artifact"] = str(path)
+    return BenchResult.from_dict(result)
+
+
+def benchmark_artifacts(paths, progress: bool = True, **kwargs) -> list[BenchResult]:
+    """``benchmark_artifact`` over several artifacts, one fresh process each, with a progress bar."""
+    paths = list(paths)
+    results = []
+    with tqdm(paths, desc="bench", disable=not progress, unit="artifact") as bar:
+        for path in bar:
+            bar.set_postfix_str(Path(path).name)
+            results.append(benchmark_artifact(path, **kwargs))
+    return results
+
+
+def format_bench(results: list[BenchResult]) -> str:
+    """A table for the terminal, one line per artifact."""
+    header = f"{'artifact':<40} {'runtime':<12} {'size':>9} {'threads':>7} {'median ms':>10} {'p90 ms':>9} {'peak RSS MB':>12}"
+    lines = [header, "-" * len(header)]
+    for r in results:
+        name = r.artifact if len(r.artifact) <= 40 else "..." + r.artifact[-37:]
+        size = f"{r.input_size[0]}x{r.input_size[1]}"
+        lines.append(
+            f"{name:<40} {r.runtime:<12} {size:>9} {r.threads:>7} {r.median_ms:>10.2f} {r.p90_ms:>9.2f} {r.peak_rss_mb:>12.0f}"
+        )
+    return "\n".join(lines)
+
+
+def _child_main(argv: list[str]) -> int:
+    job = json.loads(argv[0])
+    out = Path(job["out"])
+    try:
+        result = measure(job["path"], tuple(job["input_size"]), job["threads"], job["warmup"], job["runs"]).as_dict()
+    except UserError as e:
+        result = {"error": str(e)}
+    out.write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))

@@ -1,0 +1,504 @@
+"""Evaluate any artifact on a dataset split: a checkpoint, an ONNX file, a SavedModel or a .tflite.
+
+Every artifact goes through its own real runtime (``converters.runtimes``): PyTorch eager, ONNX
+Runtime, TensorFlow, the LiteRT interpreter. Images are preprocessed with the one shared
+definition (``seg2tflite.data.Preprocess``); the input size and mean/std come from, in order,
+the explicit arguments, the conversion ``manifest.json`` beside the artifact, and the
+checkpoint's JSON config, and a missing one is a ``UserError`` naming the option to pass.
+
+With ``workers > 1`` the split is cut into chunks and evaluated by that many processes (spawned,
+so no runtime state is forked); each builds its runner once and returns a confusion matrix per
+chunk, and the matrices are merged. The result is identical to a single-process run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from eval.metrics import ConfusionMatrix
+from seg2tflite.data import Preprocess, load_dataset
+from seg2tflite.errors import UserError
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+KINDS = ("pytorch", "onnx", "tf", "tflite")
+RUNTIME_NAMES = {"pytorch": "pytorch", "onnx": "onnxruntime", "tf": "tensorflow", "tflite": "litert"}
+
+Runner = Callable[[np.ndarray], np.ndarray]  # (B, 3, H, W) float32 -> (B, K, H, W) float32
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """What evaluating an artifact needs to know besides its file."""
+
+    path: Path
+    kind: str  # one of KINDS
+    input_size: tuple[int, int]  # (H, W) fed to the artifact
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    model: str | None = None  # registered model name, when the metadata names one
+    num_classes: int | None = None  # head size, when the metadata gives it
+
+    @property
+    def runtime(self) -> str:
+        return RUNTIME_NAMES[self.kind]
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess(self.input_size, self.mean, self.std)
+
+
+@dataclass
+class EvalResult:
+    artifact: str
+    kind: str  # one of KINDS
+    data: str  # the data spec evaluated on
+    split: str
+    input_size: tuple[int, int]
+    num_images: int
+    class_names: tuple[str, ...]
+    metrics: dict  # SegMetrics.as_dict(class_names): miou, pixel_accuracy, per_class_iou {name: IoU}, ...
+    seconds: float  # wall time of the evaluation, runner start-up included
+    data_sha256: str = ""  # digest of the evaluated images and masks, in order (same data, same digest)
+    predictions: np.ndarray | None = field(default=None, repr=False)  # (N, H, W) argmax, uint8
+
+    @property
+    def miou(self) -> float | None:
+        return self.metrics["miou"]
+
+    def as_dict(self) -> dict:
+        """JSON-ready, without the predictions."""
+        return {
+            "artifact": self.artifact,
+            "kind": self.kind,
+            "data": self.data,
+            "split": self.split,
+            "input_size": list(self.input_size),
+            "num_images": self.num_images,
+            "class_names": list(self.class_names),
+            "metrics": self.metrics,
+            "seconds": round(self.seconds, 3),
+            "data_sha256": self.data_sha256,
+        }
+
+
+def format_eval(result: EvalResult) -> str:
+    """A few readable lines for the terminal: headline metrics, then IoU per class."""
+
+    def pct(v) -> str:
+        return "-" if v is None else f"{100 * v:.2f}"
+
+    m = result.metrics
+    h, w = result.input_size
+    lines = [
+        f"{result.artifact} ({RUNTIME_NAMES[result.kind]}) on {result.data} [{result.split}], "
+        f"{result.num_images} images at {h}x{w}, {result.seconds:.1f}s",
+        f"mIoU {pct(m['miou'])} %  pixel accuracy {pct(m['pixel_accuracy'])} %  "
+        f"mean class accuracy {pct(m['mean_class_accuracy'])} %",
+    ]
+    width = max(map(len, m["per_class_iou"]), default=0)
+    lines += [f"  {name:<{width}}  IoU {pct(v):>6} %" for name, v in m["per_class_iou"].items()]
+    return "\n".join(lines)
+
+
+# -- what an artifact is ---------------------------------------------------------------------
+
+
+def artifact_kind(path: str | Path) -> str:
+    """``pytorch``, ``onnx``, ``tf`` (SavedModel folder) or ``tflite``, from the path alone."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: not found")
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file():
+            return "tf"
+        if any((path / name).is_file() for name in ("model.safetensors", "best.safetensors", "last.safetensors")):
+            return "pytorch"
+        raise UserError(f"{path}: a folder that is neither a SavedModel (saved_model.pb) nor a checkpoint folder")
+    suffix = path.suffix.lower()
+    if suffix == ".tflite":
+        return "tflite"
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix in CHECKPOINT_SUFFIXES:
+        return "pytorch"
+    raise UserError(f"{path}: unknown artifact type; use a .safetensors/.pt checkpoint, .onnx, a SavedModel folder or .tflite")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    return data
+
+
+def find_manifest(path: str | Path) -> Path | None:
+    """The conversion ``manifest.json`` that describes ``path`` (in its folder), if any."""
+    path = Path(path)
+    candidates = [path.parent / "manifest.json"]
+    if path.is_dir():
+        candidates.insert(0, path / "manifest.json")
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def _manifest_sources(manifest: dict) -> list[dict]:
+    """The conversion manifest's own sections first (``preprocessing``: size/mean/std, ``model``:
+    name/num_classes), then the whole manifest for the generic lookup."""
+    pre = manifest.get("preprocessing") if isinstance(manifest.get("preprocessing"), dict) else {}
+    model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    known = {"input_size": pre.get("size"), "mean": pre.get("mean"), "std": pre.get("std")}
+    known.update({"name": model.get("name"), "num_classes": model.get("num_classes")})
+    return [{k: v for k, v in known.items() if v is not None}, manifest]
+
+
+def _lookup(record: dict, key: str):
+    """``record[key]`` at the top level or one level down (e.g. under "config" or "model")."""
+    if record.get(key) is not None:
+        return record[key]
+    for value in record.values():
+        if isinstance(value, dict) and value.get(key) is not None:
+            return value[key]
+    return None
+
+
+def _model_name(record: dict) -> str | None:
+    for key in ("model", "model_name", "name"):
+        value = _lookup(record, key)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def _checkpoint_config(path: Path) -> dict:
+    from models.checkpoint import read_checkpoint_config, resolve_weights_file
+
+    weights = resolve_weights_file(path)
+    if not weights.with_suffix(".json").is_file():
+        return {}
+    return read_checkpoint_config(weights)
+
+
+def read_metadata(path: str | Path) -> dict:
+    """Input size, mean/std, model name and class count of an artifact, as far as its metadata
+    tells (``None`` where it does not): the conversion manifest beside it first, then the
+    checkpoint config (for a checkpoint: the size it was trained at, then its model's default)."""
+    path = Path(path)
+    kind = artifact_kind(path)
+    sources: list[dict] = []  # most trusted first
+    manifest = find_manifest(path)
+    if manifest is not None:
+        sources += _manifest_sources(_read_json(manifest))
+    if kind == "pytorch":
+        config = _checkpoint_config(path)
+        trained_size = (config.get("train_config") or {}).get("input_size")
+        if trained_size:
+            sources.append({"input_size": trained_size})
+        sources.append(config)
+    else:
+        sibling = path.parent / "model.json"  # the conversion's PyTorch reference config
+        if sibling.is_file():
+            sources.append(_read_json(sibling))
+
+    def first(key: str):
+        return next((v for v in (_lookup(s, key) for s in sources) if v is not None), None)
+
+    num_classes = first("num_classes")
+    return {
+        "kind": kind,
+        "input_size": first("input_size"),
+        "mean": first("mean"),
+        "std": first("std"),
+        "model": next((m for m in map(_model_name, sources) if m), None),
+        "num_classes": None if num_classes is None else int(num_classes),
+    }
+
+
+def describe_artifact(
+    path: str | Path,
+    input_size: tuple[int, int] | None = None,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+) -> ArtifactInfo:
+    """Kind, input size, mean/std and model name of an artifact: the arguments where given, else
+    its metadata (``read_metadata``); a value found nowhere is a ``UserError``."""
+    path = Path(path)
+    meta = read_metadata(path)
+    size = input_size if input_size is not None else meta["input_size"]
+    mean = mean if mean is not None else meta["mean"]
+    std = std if std is not None else meta["std"]
+    missing = [opt for opt, v in (("--input-size H W", size), ("--mean R G B", mean), ("--std R G B", std)) if v is None]
+    if missing:
+        raise UserError(
+            f"{path}: no manifest.json or checkpoint config beside it gives the preprocessing; pass {', '.join(missing)}"
+        )
+    size, mean, std = checked_size(size), _checked("mean", mean, 3, float), _checked("std", std, 3, float)
+    if min(std) <= 0:
+        raise UserError(f"{path}: std {std} must be positive")
+    return ArtifactInfo(path, meta["kind"], size, mean, std, meta["model"], meta["num_classes"])
+
+
+def checked_size(size) -> tuple[int, int]:
+    size = _checked("input size", size, 2, int)
+    if min(size) <= 0:
+        raise UserError(f"input size {size}: must be positive")
+    return size
+
+
+def _checked(what: str, value, length: int, cast) -> tuple:
+    try:
+        values = tuple(cast(v) for v in value)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != length:
+        raise UserError(f"{what} {value!r}: expected {length} numbers")
+    return values
+
+
+# -- running it ------------------------------------------------------------------------------
+
+
+def open_artifact(path: str | Path, threads: int | None = None) -> Runner:
+    """A runner for the artifact at ``path`` in its own runtime (``converters.runtimes``),
+    ``runner(nchw float32) -> logits nchw float32``, using ``threads`` threads where the runtime
+    lets us choose (PyTorch, ONNX Runtime intra-op, TensorFlow intra-op, LiteRT/XNNPACK)."""
+    from converters import runtimes
+
+    path = Path(path)
+    kind = artifact_kind(path)
+    if kind == "pytorch":
+        from models.checkpoint import load_model
+
+        return runtimes.TorchRunner(load_model(path), threads)
+    if kind == "onnx":
+        return runtimes.OnnxRunner(path, threads)
+    if kind == "tf":
+        if threads:
+            _set_tf_threads(threads)
+        return runtimes.SavedModelRunner(path)
+    try:
+        return runtimes.TFLiteRunner(path, threads)
+    except ValueError as e:  # e.g. an input that is not NHWC (1, H, W, 3)
+        raise UserError(f"{path}: {e}") from None
+
+
+def _set_tf_threads(threads: int) -> None:
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already started in this process; it keeps its thread pools
+        pass
+
+
+class _Evaluator:
+    """One runner plus one dataset split: evaluates lists of item indices."""
+
+    def __init__(self, info: ArtifactInfo, data: str, split: str, threads: int | None):
+        self.info = info
+        self.dataset = load_dataset(data, split, num_classes=info.num_classes)
+        self.num_classes = self.dataset.info.num_classes
+        self.ignore_index = self.dataset.info.ignore_index
+        self.preprocess = info.preprocess
+        self.runner = open_artifact(info.path, threads=threads)
+
+    def run(self, indices, keep_predictions: bool, on_item: Callable[[], None] | None = None):
+        """The confusion matrix over ``indices``, their predictions (if kept) and item digests."""
+        matrix = ConfusionMatrix(self.num_classes, self.ignore_index)
+        predictions, digests = [], []
+        for i in indices:
+            image, mask = self.dataset[i]
+            digests.append(hashlib.sha256(np.ascontiguousarray(image).tobytes() + np.ascontiguousarray(mask).tobytes()).digest())
+            x, target = self.preprocess(image, mask)
+            logits = np.asarray(self.runner(x[None]))
+            self._check(logits)
+            pred = logits[0].argmax(axis=0).astype(np.uint8 if logits.shape[1] <= 256 else np.uint16)
+            matrix.update(pred, target)
+            if keep_predictions:
+                predictions.append(pred)
+            if on_item is not None:
+                on_item()
+        return matrix, predictions, digests
+
+    def _check(self, logits: np.ndarray) -> None:
+        h, w = self.info.input_size
+        if logits.ndim != 4 or logits.shape[0] != 1 or logits.shape[2:] != (h, w):
+            raise UserError(f"{self.info.path}: output shape {logits.shape} is not (1, K, {h}, {w}); is the input size right?")
+        if logits.shape[1] != self.num_classes:
+            raise UserError(
+                f"{self.info.path}: the model predicts {logits.shape[1]} classes but the dataset has "
+                f"{self.num_classes}; evaluate it on the data it was trained for"
+            )
+        if not np.isfinite(logits).all():
+            raise UserError(f"{self.info.path}: the output holds NaN or Inf")
+
+
+_WORKER: _Evaluator | None = None
+
+
+def _init_worker(info: ArtifactInfo, data: str, split: str, threads: int | None) -> None:
+    global _WORKER
+    _WORKER = _Evaluator(info, data, split, threads)
+
+
+def _run_chunk(indices: list[int], keep_predictions: bool):
+    matrix, predictions, digests = _WORKER.run(indices, keep_predictions)
+    return indices, matrix, predictions, digests
+
+
+def evaluate_artifact(
+    path: str | Path,
+    data_spec: str,
+    split: str = "test",
+    input_size: tuple[int, int] | None = None,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+    workers: int = 1,
+    threads: int | None = None,
+    limit: int | None = None,
+    keep_predictions: bool = False,
+    progress: bool = True,
+) -> EvalResult:
+    """mIoU and friends of the artifact at ``path`` over ``split`` of ``data_spec``.
+
+    ``workers`` processes each run their own runner with ``threads`` threads (default: the CPU
+    count shared out); ``limit`` evaluates only the first N images; ``keep_predictions`` keeps
+    every image's argmax (for agreement between artifacts and for overlays).
+    """
+    started = time.perf_counter()
+    info = describe_artifact(path, input_size, mean, std)
+    if workers < 1:
+        raise UserError(f"--workers {workers}: use 1 or more")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit {limit}: use 1 or more images")
+    dataset = load_dataset(data_spec, split, num_classes=info.num_classes)
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    if n == 0:
+        raise UserError(f"--data {data_spec}: the {split} split is empty")
+    workers = min(workers, n)
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+    class_names = tuple(dataset.info.class_names)
+    desc = f"eval {info.path.name}"
+
+    if workers == 1:
+        evaluator = _Evaluator(info, data_spec, split, threads)
+        with tqdm(total=n, desc=desc, disable=not progress, unit="img") as bar:
+            matrix, preds, digests = evaluator.run(range(n), keep_predictions, on_item=lambda: bar.update(1))
+        predictions = np.stack(preds) if keep_predictions else None
+    else:
+        matrix = ConfusionMatrix(dataset.info.num_classes, dataset.info.ignore_index)
+        predictions, digests = None, [b""] * n
+        chunk = max(1, math.ceil(n / (workers * 4)))
+        chunks = [list(range(i, min(i + chunk, n))) for i in range(0, n, chunk)]
+        context = multiprocessing.get_context("spawn")
+        with (
+            ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(info, data_spec, split, threads)) as pool,
+            tqdm(total=n, desc=desc, disable=not progress, unit="img") as bar,
+        ):
+            futures = [pool.submit(_run_chunk, c, keep_predictions) for c in chunks]
+            for future in as_completed(futures):
+                indices, part, preds, item_digests = future.result()
+                matrix.merge(part)
+                for i, d in zip(indices, item_digests):
+                    digests[i] = d
+                if keep_predictions:
+                    if predictions is None:
+                        predictions = np.zeros((n, *preds[0].shape), preds[0].dtype)
+                    predictions[indices] = np.stack(preds)
+                bar.update(len(indices))
+
+    return EvalResult(
+        artifact=str(info.path),
+        kind=info.kind,
+        data=data_spec,
+        split=split,
+        input_size=info.input_size,
+        num_images=n,
+        class_names=class_names,
+        metrics=matrix.compute().as_dict(class_names),
+        seconds=time.perf_counter() - started,
+        data_sha256=hashlib.sha256(b"".join(digests)).hexdigest(),
+        predictions=predictions,
+    )
+
+
+# -- comparing two artifacts -----------------------------------------------------------------
+
+
+def argmax_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of pixels where two stacks of predictions agree."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        raise ValueError(f"prediction shapes differ: {a.shape} vs {b.shape}")
+    return float((a == b).mean())
+
+
+@dataclass(frozen=True)
+class LogitDrift:
+    max_abs: float  # largest |logit - reference logit| over all pixels, classes and images
+    mean_abs: float
+    logit_range: float  # max - min of the reference logits (to read max_abs against)
+    argmax_agreement: float  # fraction of pixels with the same argmax
+    num_images: int
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("max_abs", "mean_abs", "logit_range", "argmax_agreement", "num_images")}
+
+
+def compare_artifacts(
+    path: str | Path,
+    reference: str | Path,
+    data_spec: str,
+    split: str = "test",
+    limit: int | None = 8,
+    input_size: tuple[int, int] | None = None,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+    threads: int | None = None,
+    progress: bool = False,
+) -> LogitDrift:
+    """Logit drift and argmax agreement of ``path`` against ``reference`` on the same images.
+
+    Both artifacts must take the same input size; the preprocessing is ``reference``'s (with the
+    given overrides), so both see exactly the same tensors.
+    """
+    ref_info = describe_artifact(reference, input_size, mean, std)
+    info = describe_artifact(path, input_size or ref_info.input_size, mean or ref_info.mean, std or ref_info.std)
+    if info.input_size != ref_info.input_size:
+        raise UserError(f"{path}: input size {info.input_size} differs from {reference}'s {ref_info.input_size}; pass --input-size")
+    dataset = load_dataset(data_spec, split, num_classes=ref_info.num_classes)
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    if n == 0:
+        raise UserError(f"--data {data_spec}: the {split} split is empty")
+    run, run_ref = open_artifact(path, threads), open_artifact(reference, threads)
+    max_abs, abs_sum, count, agree, pixels = 0.0, 0.0, 0, 0, 0
+    lo, hi = math.inf, -math.inf
+    for i in tqdm(range(n), desc=f"compare {Path(path).name}", disable=not progress, unit="img"):
+        x = ref_info.preprocess.image(dataset[i][0])[None]
+        ref, out = np.asarray(run_ref(x), np.float64), np.asarray(run(x), np.float64)
+        if ref.shape != out.shape:
+            raise UserError(f"{path}: output shape {out.shape} differs from {reference}'s {ref.shape}")
+        diff = np.abs(out - ref)
+        max_abs = max(max_abs, float(diff.max()))
+        abs_sum += float(diff.sum())
+        count += diff.size
+        lo, hi = min(lo, float(ref.min())), max(hi, float(ref.max()))
+        agree += int((out.argmax(axis=1) == ref.argmax(axis=1)).sum())
+        pixels += ref.shape[0] * ref.shape[2] * ref.shape[3]
+    return LogitDrift(max_abs, abs_sum / count, hi - lo, agree / pixels, n)
+

@@ -1,0 +1,252 @@
+"""DeepLabv3+ on timm encoders: shapes, ASPP rates, parameter counts, encoder weights, export."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from models import create_model, deploy_form, get_model_config
+from models.checkpoint import save_checkpoint
+from models.deeplabv3plus import DeepLabV3Plus
+from seg2tflite.errors import UserError
+
+NUM_CLASSES = 5
+
+
+def _randomise_batchnorm(model: torch.nn.Module, size=(64, 64), seed: int = 0) -> torch.nn.Module:
+    """BN statistics measured on random images (at random init they would let the signal fade out
+    with depth, leaving near-constant logits), then random BN scales and shifts; eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    batchnorms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in batchnorms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batch
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, 3, *size, generator=g))
+    for m in batchnorms:
+        m.momentum = 0.1
+        m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+        m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    return model.eval()
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    torch.manual_seed(0)
+    return _randomise_batchnorm(create_model("deeplabv3plus_mobilenetv2", num_classes=NUM_CLASSES)).eval()
+
+
+@pytest.fixture(scope="module")
+def xception():
+    torch.manual_seed(0)
+    return _randomise_batchnorm(create_model("deeplabv3plus_xception65", num_classes=NUM_CLASSES)).eval()
+
+
+# ---------------------------------------------------------------- configs, shapes, structure
+
+
+@pytest.mark.parametrize("name", ["deeplabv3plus_mobilenetv2", "deeplabv3plus_xception65"])
+def test_registered_config(name):
+    config = get_model_config(name)
+    assert config.family == "deeplabv3plus"
+    assert config.input_size == (512, 512) and config.num_classes == 21 and config.size_divisor == 16
+    assert config.kwargs.get("separable", False) == (name == "deeplabv3plus_xception65")
+
+
+@pytest.mark.parametrize("size", [(32, 48), (64, 64), (96, 128)])
+def test_forward_shapes_mobilenet(mobilenet, size):
+    with torch.no_grad():
+        assert mobilenet(torch.randn(2, 3, *size)).shape == (2, NUM_CLASSES, *size)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (48, 80)])
+def test_forward_shapes_xception(xception, size):
+    with torch.no_grad():
+        assert xception(torch.randn(1, 3, *size)).shape == (1, NUM_CLASSES, *size)
+
+
+def test_backward_reaches_every_parameter():
+    torch.manual_seed(0)
+    model = create_model("deeplabv3plus_mobilenetv2", num_classes=NUM_CLASSES).train()
+    model(torch.randn(2, 3, 64, 64)).logsumexp(1).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing[:5]
+
+
+def test_parameter_counts(mobilenet, xception):
+    mnv2 = create_model("deeplabv3plus_mobilenetv2")
+    assert _count(mnv2) == 5_816_053 and _count(mnv2.encoder) == 1_811_712
+    x65 = create_model("deeplabv3plus_xception65")
+    assert _count(x65) == 41_055_413 and _count(x65.encoder) == 37_867_312
+    # 21 -> 5 classes removes 16 rows of the 256-channel 1x1 classifier (weights and bias).
+    assert _count(mnv2) - _count(mobilenet) == 16 * 257 == _count(x65) - _count(xception)
+
+
+def test_structure_follows_the_paper(mobilenet, xception):
+    for model, low_ch in ((mobilenet, 24), (xception, 256)):
+        assert model.encoder.feature_info.reduction()[model.low_index] == 4
+        assert model.encoder.feature_info.channels()[model.low_index] == low_ch
+        assert model.decoder.low_proj[0].out_channels == 48
+        assert len(model.aspp.branches) == 5
+        dilations = [b[0].dilation[0] for b in model.aspp.branches[1:4]]
+        assert dilations == [6, 12, 18]
+    # Xception: depthwise-separable ASPP and decoder convs; MobileNetV2: plain 3x3 convs.
+    assert xception.aspp.branches[1][0].groups == xception.aspp.branches[1][0].in_channels
+    assert xception.decoder.fuse[0][0].groups == 256 + 48
+    assert mobilenet.aspp.branches[1][0].groups == 1 and mobilenet.decoder.fuse[0][0].groups == 1
+
+
+def test_output_stride_8_doubles_the_atrous_rates():
+    model = create_model("deeplabv3plus_mobilenetv2", num_classes=3, output_stride=8).eval()
+    assert [b[0].dilation[0] for b in model.aspp.branches[1:4]] == [12, 24, 36]
+    assert model.encoder.feature_info.reduction()[-1] == 8
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 40, 56)).shape == (1, 3, 40, 56)
+    with pytest.raises(UserError, match="output_stride=32"):
+        create_model("deeplabv3plus_mobilenetv2", output_stride=32)
+
+
+def test_size_not_divisible_by_16_is_refused(mobilenet):
+    with pytest.raises(UserError, match=r"513x513.*divisible by 16.*512x512"):
+        mobilenet(torch.zeros(1, 3, 513, 513))
+
+
+def test_any_timm_encoder_with_stride_4_features():
+    torch.manual_seed(0)
+    model = _randomise_batchnorm(DeepLabV3Plus("resnet18", num_classes=3)).eval()
+    assert model.encoder.feature_info.channels()[model.low_index] == 64
+    assert _count(model.encoder) == 11_176_512
+    # Head on 512 channels, BN = 2 per channel: ASPP 1x1 + three 3x3 + pooling + projection,
+    # decoder 64->48 projection + two 3x3 convs, 1x1 classifier with bias.
+    aspp = 2 * (512 * 256 + 512) + 3 * (512 * 256 * 9 + 512) + (5 * 256 * 256 + 512)
+    decoder = (64 * 48 + 96) + (304 * 256 * 9 + 512) + (256 * 256 * 9 + 512)
+    assert _count(model) - _count(model.encoder) == aspp + decoder + (256 * 3 + 3) == 5_427_043
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 96)).shape == (1, 3, 64, 96)
+
+
+# ---------------------------------------------------------------- deploy form and export
+
+
+def test_deploy_form_is_the_model(mobilenet):
+    """Nothing needs rewriting (checked with onnx2tf; see the conversion test): same module."""
+    assert deploy_form(mobilenet) is mobilenet
+
+
+@pytest.mark.parametrize("fixture", ["mobilenet", pytest.param("xception", marks=pytest.mark.slow)])
+def test_onnx_export_matches_pytorch(fixture, request):
+    import onnxruntime as ort
+
+    model = request.getfixturevalue(fixture)
+    x = torch.randn(1, 3, 64, 64)
+    buffer = io.BytesIO()
+    torch.onnx.export(deploy_form(model), x, buffer, opset_version=17, dynamo=False, input_names=["input"], output_names=["logits"])
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    for sample in (x, torch.randn(1, 3, 64, 64)):
+        with torch.no_grad():
+            reference = model(sample).numpy()
+        (logits,) = session.run(None, {"input": sample.numpy()})
+        assert np.abs(logits - reference).max() <= 1e-4 * (reference.max() - reference.min())
+
+
+@pytest.mark.slow
+def test_converts_to_tflite_builtins(mobilenet, tmp_path, monkeypatch):
+    """onnx2tf -> LiteRT at 64x64: builtins only (mean-pool, 1x1 resize, dilated convs), same logits."""
+    import onnx2tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    # onnx2tf runs the onnxsim command from PATH, and reads its layout-check images from the
+    # current directory instead of downloading them when this file is there.
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    monkeypatch.chdir(tmp_path)
+    np.save("calibration_image_sample_data_20x128x128x3_float32.npy", np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
+    x = torch.randn(1, 3, 64, 64)
+    torch.onnx.export(deploy_form(mobilenet), x, "m.onnx", opset_version=17, dynamo=False, input_names=["input"], output_names=["logits"])
+    onnx2tf.convert(input_onnx_file_path="m.onnx", output_folder_path="tf", non_verbose=True)
+    interpreter = Interpreter(model_path="tf/m_float32.tflite")
+    interpreter.allocate_tensors()
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert not any(op.startswith("Flex") for op in ops), ops
+    assert {"MEAN", "RESIZE_BILINEAR", "DEPTHWISE_CONV_2D"} <= ops
+    for sample in (x, torch.randn(1, 3, 64, 64)):
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], sample.permute(0, 2, 3, 1).numpy())
+        interpreter.invoke()
+        logits = interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).transpose(0, 3, 1, 2)
+        with torch.no_grad():
+            reference = mobilenet(sample).numpy()
+        assert np.abs(logits - reference).max() <= 1e-3 * (reference.max() - reference.min())
+        assert (logits.argmax(1) == reference.argmax(1)).mean() >= 0.9999
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_round_trip(mobilenet, tmp_path):
+    path = save_checkpoint(mobilenet, tmp_path / "dlv3p.safetensors")
+    restored = create_model("deeplabv3plus_mobilenetv2", num_classes=NUM_CLASSES, checkpoint=str(path)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(mobilenet(x), restored(x))
+
+
+def _timm_state(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A timm classification model's state dict (head included), as ImageNet weights come,
+    with every float tensor redrawn so that a wrong key mapping shows."""
+    g = torch.Generator().manual_seed(seed)
+    state = timm.create_model(name, pretrained=False).state_dict()
+    return {k: torch.rand(v.shape, generator=g) + 0.5 if v.is_floating_point() else v.clone() for k, v in state.items()}
+
+
+def test_encoder_checkpoint_loads_timm_weights(tmp_path):
+    state = _timm_state("mobilenetv2_100")
+    assert {"classifier.weight", "conv_head.weight"} <= state.keys()  # the head is dropped on load
+    del state["bn1.num_batches_tracked"]  # published timm files often lack the BN counters
+    save_file(state, str(tmp_path / "mnv2.safetensors"))
+    model = create_model("deeplabv3plus_mobilenetv2", encoder_checkpoint=str(tmp_path / "mnv2.safetensors"))
+    own = model.encoder.state_dict()
+    assert all(torch.equal(own[k], state[k]) for k in own if k in state)
+    assert torch.equal(own["blocks.6.0.conv_pwl.weight"], state["blocks.6.0.conv_pwl.weight"])
+
+
+def test_encoder_checkpoint_maps_flattened_xception_keys(tmp_path):
+    """timm's hook feature wrapper renames blocks.0 -> blocks_0; a .pt file, read weights-only."""
+    state = _timm_state("xception65", seed=1)
+    torch.save(state, tmp_path / "x65.pt")
+    model = DeepLabV3Plus("xception65", num_classes=3, separable=True, encoder_checkpoint=tmp_path / "x65.pt")
+    own = model.encoder.state_dict()
+    assert "blocks_0.stack.conv1.conv_dw.weight" in own
+    assert torch.equal(own["blocks_0.stack.conv1.conv_dw.weight"], state["blocks.0.stack.conv1.conv_dw.weight"])
+    assert torch.equal(own["blocks_20.stack.conv3.bn_pw.running_var"], state["blocks.20.stack.conv3.bn_pw.running_var"])
+
+
+def test_bad_encoder_checkpoints_are_refused(tmp_path):
+    good = _timm_state("mobilenetv2_100")
+    cases = {
+        "other_model": (_timm_state("resnet18"), r"missing keys.*unexpected keys"),
+        "missing": ({k: v for k, v in good.items() if k != "conv_stem.weight"}, r"1 missing keys \(conv_stem.weight\)"),
+        "extra": ({**good, "decoder.weight": torch.zeros(1)}, r"1 unexpected keys \(decoder.weight\)"),
+        "shape": ({**good, "bn1.weight": torch.zeros(7)}, r"1 shape mismatches \(bn1.weight \(7,\) vs \(32,\)\)"),
+    }
+    for case, (state, message) in cases.items():
+        path = tmp_path / f"{case}.safetensors"
+        save_file(state, str(path))
+        with pytest.raises(UserError, match=message) as info:
+            create_model("deeplabv3plus_mobilenetv2", encoder_checkpoint=str(path))
+        assert str(path) in str(info.value) and "mobilenetv2_100" in str(info.value), case
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="junk.safetensors"):
+        create_model("deeplabv3plus_mobilenetv2", encoder_checkpoint=str(tmp_path / "junk.safetensors"))
+    with pytest.raises(UserError, match="not found"):
+        create_model("deeplabv3plus_mobilenetv2", encoder_checkpoint=str(tmp_path / "absent.safetensors"))

@@ -1,0 +1,266 @@
+"""SegNet-VGG16: shapes, parameter counts, index-free unpooling and its ties, deploy form, export."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models import create_model, deploy_form, get_model_config
+from models.checkpoint import save_checkpoint
+from models.segnet import SegNet, SegNetDeploy, depth_to_space, unpool_first_max
+from seg2tflite.errors import UserError
+
+NUM_CLASSES = 5
+
+
+def _randomise_batchnorm(model: torch.nn.Module, size=(64, 64), seed: int = 0) -> torch.nn.Module:
+    """BN statistics measured on random images (at random init they would let the signal fade out
+    with depth, leaving near-constant logits), then random BN scales and shifts; eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    batchnorms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in batchnorms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batch
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, 3, *size, generator=g))
+    for m in batchnorms:
+        m.momentum = 0.1
+        m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+        m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    return model.eval()
+
+
+def _tie_image(size, seed=0) -> torch.Tensor:
+    """Few distinct values: equal neighbours, so equal window maxima, from the first layer on."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 3, (1, 3, *size), generator=g).float()
+
+
+def _naive_unpool(values, pooled, before_pool):
+    """Unpooling by equality alone: every position equal to the maximum gets the value."""
+    up = lambda t: F.interpolate(t, scale_factor=2, mode="nearest")  # noqa: E731
+    return up(values) * (before_pool == up(pooled)).to(values.dtype)
+
+
+class _NaiveDeploy(SegNetDeploy):
+    def _unpool(self, x, context):
+        pooled, before_pool = context
+        return _naive_unpool(x, pooled, before_pool)
+
+
+@pytest.fixture(scope="module")
+def segnet():
+    torch.manual_seed(0)
+    return _randomise_batchnorm(create_model("segnet_vgg16", num_classes=NUM_CLASSES)).eval()
+
+
+def _tiny(num_classes=4):
+    torch.manual_seed(0)
+    return _randomise_batchnorm(SegNet(num_classes=num_classes, stages=((1, 8), (2, 16)))).eval()
+
+
+# ---------------------------------------------------------------- config, shapes, sizes
+
+
+def test_registered_config():
+    config = get_model_config("segnet_vgg16")
+    assert config.family == "segnet"
+    assert config.input_size == (352, 480)
+    assert config.num_classes == 11
+    assert config.size_divisor == 32
+    assert all(v % config.size_divisor == 0 for v in config.input_size)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (32, 96), (64, 64)])
+def test_forward_shapes(segnet, size):
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        assert segnet(x).shape == (1, NUM_CLASSES, *size)
+        assert deploy_form(segnet)(x).shape == (1, NUM_CLASSES, *size)
+
+
+def test_backward_reaches_every_parameter():
+    torch.manual_seed(0)
+    model = create_model("segnet_vgg16", num_classes=NUM_CLASSES).train()
+    model(torch.randn(2, 3, 32, 32)).logsumexp(1).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_parameter_counts():
+    model = create_model("segnet_vgg16")
+    count = lambda ps: sum(p.numel() for p in ps)  # noqa: E731
+    assert count(model.parameters()) == 29_449_355  # 11 classes
+    assert count(model.encoder.parameters()) == 14_723_136  # with BN's 8,448 scales and shifts
+    vgg16_convs = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(vgg16_convs) == 13 and count(p for m in vgg16_convs for p in m.parameters()) == 14_714_688
+    # The last conv is 3x3 from 64 channels with a bias: 577 parameters per class.
+    assert count(create_model("segnet_vgg16", num_classes=12).parameters()) == 29_449_355 + 577
+
+
+def test_size_not_divisible_by_32_is_refused(segnet):
+    with pytest.raises(UserError, match=r"360x480.*divisible by 32.*352x480"):
+        segnet(torch.zeros(1, 3, 360, 480))
+    with pytest.raises(UserError, match="divisible by 32"):
+        deploy_form(segnet)(torch.zeros(1, 3, 360, 480))
+
+
+# ---------------------------------------------------------------- unpooling without indices
+
+
+def test_pytorch_max_pool_records_the_first_maximum_on_ties():
+    """The deploy form's tie rule rests on this: every 0/1 pattern of a 2x2 window."""
+    for bits in itertools.product((0.0, 1.0), repeat=4):
+        window = torch.tensor(bits).reshape(1, 1, 2, 2)
+        _, index = F.max_pool2d(window, 2, 2, return_indices=True)
+        assert index.item() == bits.index(max(bits)), bits
+
+
+def test_depth_to_space_places_channel_groups_by_window_offset():
+    x = torch.arange(2 * 12 * 3 * 5, dtype=torch.float32).reshape(2, 4 * 3, 3, 5)  # 4 offsets x C=3
+    y = depth_to_space(x, 2)
+    assert y.shape == (2, 3, 6, 10)
+    for i, j in itertools.product((0, 1), repeat=2):
+        k = i * 2 + j
+        assert torch.equal(y[:, :, i::2, j::2], x[:, k * 3 : (k + 1) * 3])
+
+
+@pytest.mark.parametrize("kind", ["few_values", "relu", "constant", "continuous"])
+def test_unpool_first_max_equals_max_unpool(kind):
+    g = torch.Generator().manual_seed(0)
+    shape = (2, 6, 8, 12)
+    before = {
+        "few_values": lambda: torch.randint(0, 2, shape, generator=g).float(),
+        "relu": lambda: torch.randn(shape, generator=g).relu(),
+        "constant": lambda: torch.zeros(shape),
+        "continuous": lambda: torch.randn(shape, generator=g),
+    }[kind]()
+    pooled, indices = F.max_pool2d(before, 2, 2, return_indices=True)
+    values = torch.randn(pooled.shape, generator=g)
+    assert torch.equal(unpool_first_max(values, pooled, before), F.max_unpool2d(values, indices, 2, 2))
+
+
+def test_naive_unpool_is_wrong_exactly_on_ties():
+    g = torch.Generator().manual_seed(0)
+    continuous = torch.randn(2, 6, 8, 12, generator=g)
+    tied = continuous.relu()
+    for before, has_ties in ((continuous, False), (tied, True)):
+        pooled, indices = F.max_pool2d(before, 2, 2, return_indices=True)
+        values = torch.randn(pooled.shape, generator=g)
+        exact = F.max_unpool2d(values, indices, 2, 2)
+        assert torch.equal(_naive_unpool(values, pooled, before), exact) != has_ties
+
+
+# ---------------------------------------------------------------- deploy form
+
+
+def _encoder_ties(model: SegNet, x: torch.Tensor) -> int:
+    """How many 2x2 pooling windows in the encoder hold more than one maximum."""
+    ties = 0
+    with torch.no_grad():
+        for stage in model.encoder:
+            x = stage(x)
+            pooled = F.max_pool2d(x, 2, 2)
+            hits = sum((x[:, :, i::2, j::2] == pooled).int() for i in (0, 1) for j in (0, 1))
+            ties += int((hits > 1).sum())
+            x = pooled
+    return ties
+
+
+def test_deploy_form_shares_the_weights(segnet):
+    deployed = deploy_form(segnet)
+    assert isinstance(deployed, SegNetDeploy)
+    assert deployed.encoder is segnet.encoder and deployed.decoder is segnet.decoder
+    assert deployed.state_dict().keys() == segnet.state_dict().keys()
+
+
+@pytest.mark.parametrize("inputs", ["random", "ties"])
+def test_deploy_form_equals_training_form(segnet, inputs):
+    x = torch.randn(1, 3, 64, 64) if inputs == "random" else _tie_image((64, 64))
+    assert _encoder_ties(segnet, x) > 1000  # ReLU zeros tie even on random input
+    with torch.no_grad():
+        difference = (segnet(x) - deploy_form(segnet)(x)).abs().max().item()
+    assert difference < 1e-5
+
+
+def test_naive_deploy_form_differs_on_ties(segnet):
+    """Without the first-maximum rule the deploy form would be wrong on ordinary inputs."""
+    x = _tie_image((32, 64))
+    with torch.no_grad():
+        reference = segnet(x)
+        naive = _NaiveDeploy(segnet)(x)
+        exact = deploy_form(segnet)(x)
+    assert (reference - exact).abs().max().item() < 1e-5
+    assert (reference - naive).abs().max().item() > 1e-2 * (reference.max() - reference.min()).item()
+
+
+def test_checkpoint_round_trip(segnet, tmp_path):
+    path = save_checkpoint(segnet, tmp_path / "segnet.safetensors")
+    restored = create_model("segnet_vgg16", num_classes=NUM_CLASSES, checkpoint=str(path)).eval()
+    x = _tie_image((32, 64))
+    with torch.no_grad():
+        assert torch.equal(segnet(x), restored(x))
+        assert torch.equal(deploy_form(segnet)(x), deploy_form(restored)(x))
+
+
+# ---------------------------------------------------------------- export and conversion
+
+
+def _export(model, x, path):
+    torch.onnx.export(model, x, str(path), opset_version=17, dynamo=False, input_names=["input"], output_names=["logits"])
+
+
+def test_deploy_form_exports_to_onnx_without_unpool(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    model = _tiny()
+    x = _tie_image((32, 48))
+    _export(model.to_deploy(), x, tmp_path / "tiny.onnx")
+    graph = onnx.load(str(tmp_path / "tiny.onnx")).graph
+    ops = collections.Counter(n.op_type for n in graph.node)
+    assert "MaxUnpool" not in ops and ops["DepthToSpace"] == 2
+    assert all(a.s == b"DCR" for n in graph.node if n.op_type == "DepthToSpace" for a in n.attribute if a.name == "mode")
+    session = ort.InferenceSession(str(tmp_path / "tiny.onnx"), providers=["CPUExecutionProvider"])
+    for sample in (x, _tie_image((32, 48), seed=1), torch.randn(1, 3, 32, 48)):
+        with torch.no_grad():
+            reference = model(sample).numpy()
+        (logits,) = session.run(None, {"input": sample.numpy()})
+        assert np.abs(logits - reference).max() < 1e-5
+
+
+def test_deploy_form_converts_to_tflite_builtins(tmp_path, monkeypatch):
+    """onnx2tf -> LiteRT on a two-stage SegNet: builtin ops only, same logits on tied inputs."""
+    import onnx2tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    # onnx2tf runs the onnxsim command from PATH, and reads its layout-check images from the
+    # current directory instead of downloading them when this file is there.
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    monkeypatch.chdir(tmp_path)
+    np.save("calibration_image_sample_data_20x128x128x3_float32.npy", np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
+
+    model = _tiny()
+    size = (32, 48)
+    _export(model.to_deploy(), _tie_image(size), tmp_path / "tiny.onnx")
+    onnx2tf.convert(input_onnx_file_path=str(tmp_path / "tiny.onnx"), output_folder_path=str(tmp_path / "tf"), non_verbose=True)
+    interpreter = Interpreter(model_path=str(tmp_path / "tf" / "tiny_float32.tflite"))
+    interpreter.allocate_tensors()
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert not any(op.startswith("Flex") for op in ops), ops
+    assert {"DEPTH_TO_SPACE", "SELECT_V2", "EQUAL"} <= ops
+    for sample in (_tie_image(size, seed=1), torch.randn(1, 3, *size)):
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], sample.permute(0, 2, 3, 1).numpy())
+        interpreter.invoke()
+        logits = interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).transpose(0, 3, 1, 2)
+        with torch.no_grad():
+            reference = model(sample).numpy()
+        assert np.abs(logits - reference).max() <= 1e-3 * (reference.max() - reference.min())
+        assert (logits.argmax(1) == reference.argmax(1)).mean() >= 0.9999
