@@ -35,6 +35,10 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         if tmp_target.is_file():
             with open(tmp_target, "rb") as f:
                 os.fsync(f.fileno())
+            # Some writers create private (0600) files; give the usual umask-based mode instead.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp_target, 0o666 & ~umask)
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
         os.replace(tmp_target, target)

@@ -230,8 +230,7 @@ def _run_convert(args) -> None:
             args.onnx, args.out, config, calib, parity,
             mean=tuple(args.mean or IMAGENET_MEAN), std=tuple(args.std or IMAGENET_STD), command=command,
         )
-    print(result.table)
-    print(f"all gates passed; artifacts in {args.out}")
+    print(f"all gates passed; artifacts in {result.out_dir}")
 
 
 # -- evaluate, bench, report ----------------------------------------------------------------
@@ -316,9 +315,66 @@ def _run_report(args) -> None:
     print(f"report written to {build_report(args.run)}")
 
 
+# -- demo ------------------------------------------------------------------------------------
+
+
+def _add_demo(sub) -> None:
+    from seg2tflite.demo_config import DEFAULT_TRAIN_STEPS, DemoConfig
+
+    d = DemoConfig()
+    steps = ", ".join(f"{k} {v}" for k, v in DEFAULT_TRAIN_STEPS.items())
+    p = sub.add_parser(
+        "demo",
+        help="the main job: train, convert, evaluate and benchmark every model, then write the report",
+        formatter_class=_Formatter,
+        description=(
+            "On the built-in synthetic data (written to OUT/data) or any --data spec: trains each model natively in "
+            "PyTorch, converts it through ONNX, TF and five TFLite variants with every parity gate, evaluates every stage "
+            "on the test split, benchmarks it and writes OUT/report/. Re-running continues where it stopped."
+        ),
+    )
+    p.add_argument("--out", default=d.out, help="run folder")
+    p.add_argument("--models", nargs="+", default=list(d.models), help="registered models to carry")
+    p.add_argument("--data", default=d.data, help=DATA_SPEC_SHORT)
+    p.add_argument("--input-size", type=_size, nargs=2, metavar=("H", "W"), default=list(d.input_size), help="train/convert/evaluate size")
+    p.add_argument("--train-steps", type=_size, default=None, help=f"optimizer steps per model (default per model: {steps})")
+    p.add_argument("--batch-size", type=_size, default=d.batch_size, help="training batch size")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate")
+    p.add_argument("--calib-size", type=_size, default=d.calib_size, help="representative images for full int8 / int16x8")
+    p.add_argument("--eval-limit", type=_size, default=None, help="evaluate only the first N test images (default: all)")
+    p.add_argument("--workers", type=_size, default=d.workers, help="processes evaluating each .tflite")
+    p.add_argument("--bench-threads", type=_size, default=d.bench_threads, help="threads for the latency benchmark")
+    p.add_argument("--max-miou-drop", type=float, default=d.max_miou_drop, help="mIoU points a quantized variant may lose")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (data, init, training)")
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args) -> None:
+    from seg2tflite.demo import run_demo
+    from seg2tflite.demo_config import DemoConfig
+
+    config = DemoConfig(
+        out=args.out,
+        models=tuple(args.models),
+        data=args.data,
+        input_size=tuple(args.input_size),
+        train_steps=args.train_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        calib_size=args.calib_size,
+        eval_limit=args.eval_limit,
+        workers=args.workers,
+        bench_threads=args.bench_threads,
+        max_miou_drop=args.max_miou_drop,
+        seed=args.seed,
+    )
+    if run_demo(config) != 0:
+        raise SystemExit(1)
+
+
 # -- entry point -----------------------------------------------------------------------------
 
-COMMANDS = (_add_data, _add_models, _add_train, _add_convert, _add_evaluate, _add_bench, _add_report)
+COMMANDS = (_add_demo, _add_data, _add_models, _add_train, _add_convert, _add_evaluate, _add_bench, _add_report)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ import json
 import os
 import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +115,8 @@ def train(config: TrainConfig) -> dict:
 
     extra = {"encoder_checkpoint": config.encoder_checkpoint} if config.encoder_checkpoint else {}
     model = create_model(config.model, num_classes=num_classes, **extra).to(device)
+    # The checkpoint's config says the size the model was trained at, so later steps default to it.
+    model.model_config = replace(model.model_config, input_size=tuple(size))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, poly_lr_lambda(config.warmup_steps, config.steps, config.poly_power)

@@ -15,27 +15,10 @@ from safetensors.torch import save_file
 from models import create_model, deploy_form, get_model_config
 from models.checkpoint import save_checkpoint
 from models.deeplabv3plus import DeepLabV3Plus
+from model_helpers import randomise_batchnorm
 from seg2tflite.errors import UserError
 
 NUM_CLASSES = 5
-
-
-def _randomise_batchnorm(model: torch.nn.Module, size=(64, 64), seed: int = 0) -> torch.nn.Module:
-    """BN statistics measured on random images (at random init they would let the signal fade out
-    with depth, leaving near-constant logits), then random BN scales and shifts; eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    batchnorms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for m in batchnorms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the calibration batch
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(2, 3, *size, generator=g))
-    for m in batchnorms:
-        m.momentum = 0.1
-        m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-        m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-    return model.eval()
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -45,13 +28,13 @@ def _count(module: torch.nn.Module) -> int:
 @pytest.fixture(scope="module")
 def mobilenet():
     torch.manual_seed(0)
-    return _randomise_batchnorm(create_model("deeplabv3plus_mobilenetv2", num_classes=NUM_CLASSES)).eval()
+    return randomise_batchnorm(create_model("deeplabv3plus_mobilenetv2", num_classes=NUM_CLASSES)).eval()
 
 
 @pytest.fixture(scope="module")
 def xception():
     torch.manual_seed(0)
-    return _randomise_batchnorm(create_model("deeplabv3plus_xception65", num_classes=NUM_CLASSES)).eval()
+    return randomise_batchnorm(create_model("deeplabv3plus_xception65", num_classes=NUM_CLASSES)).eval()
 
 
 # ---------------------------------------------------------------- configs, shapes, structure
@@ -125,7 +108,7 @@ def test_size_not_divisible_by_16_is_refused(mobilenet):
 
 def test_any_timm_encoder_with_stride_4_features():
     torch.manual_seed(0)
-    model = _randomise_batchnorm(DeepLabV3Plus("resnet18", num_classes=3)).eval()
+    model = randomise_batchnorm(DeepLabV3Plus("resnet18", num_classes=3)).eval()
     assert model.encoder.feature_info.channels()[model.low_index] == 64
     assert _count(model.encoder) == 11_176_512
     # Head on 512 channels, BN = 2 per channel: ASPP 1x1 + three 3x3 + pooling + projection,

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from models import create_model, deploy_form, get_model_config, list_models
+from model_helpers import randomise_batchnorm
 from models.checkpoint import load_model, save_checkpoint
 
 NUM_CLASSES = 5
@@ -51,19 +52,11 @@ def test_backward_reaches_every_parameter(model_name):
     assert not missing, f"no gradient reached {missing[:5]}"
 
 
-def _randomise_batchnorm(model):
-    generator = torch.Generator().manual_seed(1)
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
-
-
 @pytest.mark.parametrize("size", [(64, 64), (96, 128)])
 def test_deploy_form_equals_training_form(model_name, size):
     torch.manual_seed(0)
     model = create_model(model_name, num_classes=NUM_CLASSES).eval()
-    _randomise_batchnorm(model)
+    randomise_batchnorm(model)
     deployed = deploy_form(model).eval()
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
@@ -74,7 +67,7 @@ def test_deploy_form_equals_training_form(model_name, size):
 def test_checkpoint_round_trip(model_name, tmp_path):
     torch.manual_seed(0)
     model = create_model(model_name, num_classes=NUM_CLASSES).eval()
-    _randomise_batchnorm(model)
+    randomise_batchnorm(model)
     path = save_checkpoint(model, tmp_path / "model.safetensors")
     restored = load_model(path).eval()
     assert restored.model_config == model.model_config

@@ -15,27 +15,10 @@ import torch.nn.functional as F
 from models import create_model, deploy_form, get_model_config
 from models.checkpoint import save_checkpoint
 from models.segnet import SegNet, SegNetDeploy, depth_to_space, unpool_first_max
+from model_helpers import randomise_batchnorm
 from seg2tflite.errors import UserError
 
 NUM_CLASSES = 5
-
-
-def _randomise_batchnorm(model: torch.nn.Module, size=(64, 64), seed: int = 0) -> torch.nn.Module:
-    """BN statistics measured on random images (at random init they would let the signal fade out
-    with depth, leaving near-constant logits), then random BN scales and shifts; eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    batchnorms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for m in batchnorms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the calibration batch
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(2, 3, *size, generator=g))
-    for m in batchnorms:
-        m.momentum = 0.1
-        m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-        m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-    return model.eval()
 
 
 def _tie_image(size, seed=0) -> torch.Tensor:
@@ -59,12 +42,12 @@ class _NaiveDeploy(SegNetDeploy):
 @pytest.fixture(scope="module")
 def segnet():
     torch.manual_seed(0)
-    return _randomise_batchnorm(create_model("segnet_vgg16", num_classes=NUM_CLASSES)).eval()
+    return randomise_batchnorm(create_model("segnet_vgg16", num_classes=NUM_CLASSES)).eval()
 
 
 def _tiny(num_classes=4):
     torch.manual_seed(0)
-    return _randomise_batchnorm(SegNet(num_classes=num_classes, stages=((1, 8), (2, 16)))).eval()
+    return randomise_batchnorm(SegNet(num_classes=num_classes, stages=((1, 8), (2, 16)))).eval()
 
 
 # ---------------------------------------------------------------- config, shapes, sizes

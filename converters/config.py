@@ -1,0 +1,75 @@
+"""The conversion settings and parity gates, as one frozen, validated dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from seg2tflite.errors import UserError
+
+VARIANTS = ("float32", "float16", "dynamic_int8", "full_int8", "int16x8")
+FLOAT_STAGES = ("onnx", "saved_model", "float32")  # gated on drift and argmax agreement
+QUANTIZED_VARIANTS = ("dynamic_int8", "full_int8", "int16x8")  # gated on mIoU, trained models only
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    input_size: tuple[int, int]  # (H, W) every artifact is fixed to
+    opset: int = 20  # ONNX opset; 20 exports GELU as one Gelu op, which onnx2tf converts
+    variants: tuple[str, ...] = VARIANTS  # which .tflite files to build
+    calib_size: int = 200  # representative images for full_int8 / int16x8
+    calib_seed: int = 0
+    calib_min: int = 8  # refuse calibration data with fewer images than this
+    calib_split: str = "train"  # split the calibration images are drawn from
+    int8_io: str = "int8"  # full_int8 input/output type: "int8" or "float"
+    parity_images: int = 16  # real images every artifact is compared on
+    trained: bool = False  # gate quantized mIoU only for a trained model
+    max_miou_drop: float = 1.0  # mIoU points a quantized variant may lose against PyTorch
+    float_min_agreement: float = 0.9999  # argmax pixel agreement for onnx/saved_model/float32
+    float_max_drift: float = 1e-3  # max abs logit drift, as a fraction of the PyTorch logit range
+    float16_min_agreement: float = 0.999
+    locate_divergence: bool = True  # on a broken float gate, find the first diverging layer
+    onnx_rewrites: bool = True  # apply onnx_surgery's workarounds (off only to show what they fix)
+    num_threads: int | None = None  # LiteRT / ONNX Runtime threads (None: library default)
+
+    def __post_init__(self) -> None:
+        size = tuple(int(s) for s in self.input_size) if _is_pair(self.input_size) else None
+        if size is None or min(size) < 8:
+            raise UserError(f"--input-size: {self.input_size!r} is not two sizes >= 8; pass --input-size H W")
+        object.__setattr__(self, "input_size", size)
+        if not 7 <= self.opset <= 21:
+            raise UserError(f"--opset: {self.opset} is outside 7..21; use 17 or 20")
+        variants = tuple(self.variants)
+        unknown = [v for v in variants if v not in VARIANTS]
+        if unknown or not variants or len(set(variants)) != len(variants):
+            raise UserError(f"--variants: {', '.join(unknown) or variants!r} not valid; choose from {', '.join(VARIANTS)}")
+        object.__setattr__(self, "variants", tuple(v for v in VARIANTS if v in variants))
+        if self.int8_io not in ("int8", "float"):
+            raise UserError(f"--int8-io: {self.int8_io!r} is not valid; use int8 or float")
+        if self.calib_min < 1 or self.calib_size < self.calib_min:
+            raise UserError(
+                f"--calib-size: {self.calib_size} is below the minimum of {self.calib_min} images; "
+                f"raise --calib-size to at least {self.calib_min}"
+            )
+        if self.parity_images < 1:
+            raise UserError(f"--parity-images: {self.parity_images} must be at least 1")
+        for name in ("float_min_agreement", "float16_min_agreement"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise UserError(f"{name}: {getattr(self, name)} must be a fraction in 0..1")
+        if self.float_max_drift <= 0 or self.max_miou_drop < 0:
+            raise UserError("float_max_drift must be > 0 and --max-miou-drop >= 0")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise UserError(f"--threads: {self.num_threads} must be at least 1")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return any(v in ("full_int8", "int16x8") for v in self.variants)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _is_pair(value) -> bool:
+    try:
+        return len(value) == 2 and all(int(v) == v for v in value)
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,167 @@
+"""PyTorch -> ONNX: export the deploy form, fix the shapes, check, simplify, apply the rewrites.
+
+Every ONNX file the converter hands to onnx2tf goes through ``prepare_onnx``, whether exported
+here or given by the user: one static (1, 3, H, W) input, (1, K, H, W) logits out, checked by
+``onnx.checker`` and simplified by onnxsim (which also folds the Shape/Gather/Concat chains that
+make onnx2tf crash on token LayerNorms), then ``onnx_surgery.apply_workarounds``.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from converters.onnx_surgery import apply_workarounds
+from seg2tflite.atomic import atomic_write_bytes
+from seg2tflite.errors import UserError
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+@dataclass
+class PreparedOnnx:
+    model: onnx.ModelProto
+    input_name: str
+    output_name: str
+    num_classes: int
+    rewrites: list[str] = field(default_factory=list)
+
+
+def export_onnx(model: nn.Module, input_size: tuple[int, int], opset: int = 20) -> onnx.ModelProto:
+    """Trace ``model`` (already in deploy form) to ONNX with torch.onnx.export(dynamo=False).
+
+    The TorchScript exporter names nodes after module paths (``/decoder/fuse/Conv``), which is
+    what lets a divergence be named back to its PyTorch module.
+    """
+    model = model.eval()
+    x = torch.zeros(1, 3, *input_size)
+    buf = io.BytesIO()
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                model,
+                (x,),
+                buf,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+    except Exception as e:  # the exporter's own message says which op failed
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"--model: torch.onnx.export failed at opset {opset}: {first[:300]}") from None
+    return onnx.load_from_string(buf.getvalue())
+
+
+def onnx_input_size(path: str | Path) -> tuple[int, int] | None:
+    """The (H, W) fixed in an ONNX file's input, or None when they are dynamic."""
+    model = load_onnx(path)
+    dims = _input_dims(model, str(path))
+    h, w = dims[2], dims[3]
+    return (h, w) if isinstance(h, int) and isinstance(w, int) else None
+
+
+def load_onnx(path: str | Path) -> onnx.ModelProto:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: ONNX file not found")
+    try:
+        return onnx.load(str(path))
+    except Exception as e:
+        raise UserError(f"{path}: not a readable ONNX file ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _input_dims(model: onnx.ModelProto, source: str) -> list[int | str]:
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise UserError(f"{source}: the model has {len(inputs)} inputs; only single-image models (1 input) are supported")
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in inputs[0].type.tensor_type.shape.dim]
+    if len(dims) != 4:
+        raise UserError(f"{source}: input {inputs[0].name!r} has shape {dims}; expected (batch, 3, H, W) NCHW")
+    return dims
+
+
+def prepare_onnx(
+    model: onnx.ModelProto, input_size: tuple[int, int] | None, source: str, rewrites: bool = True
+) -> PreparedOnnx:
+    """Fix the input to (1, 3, H, W), check, simplify, rewrite. ``source`` names the file in errors."""
+    dims = _input_dims(model, source)
+    input_name = next(i.name for i in model.graph.input if i.name not in {x.name for x in model.graph.initializer})
+    if isinstance(dims[1], int) and dims[1] != 3:
+        raise UserError(f"{source}: input {input_name!r} has {dims[1]} channels; expected 3 (RGB, NCHW)")
+    static_hw = (dims[2], dims[3]) if all(isinstance(d, int) and d > 0 for d in dims[2:]) else None
+    if input_size is None:
+        if static_hw is None:
+            raise UserError(
+                f"{source}: input {input_name!r} has dynamic dimensions {dims}; "
+                "pass --input-size H W to fix them"
+            )
+        input_size = static_hw
+    input_size = tuple(int(s) for s in input_size)
+    if static_hw is not None and static_hw != input_size:
+        raise UserError(
+            f"{source}: input {input_name!r} is fixed to {static_hw[0]}x{static_hw[1]} but --input-size is "
+            f"{input_size[0]}x{input_size[1]}; pass --input-size {static_hw[0]} {static_hw[1]}"
+        )
+    model = _fix_input_shape(model, input_name, [1, 3, *input_size])
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:
+        raise UserError(f"{source}: onnx.checker rejects the model: {str(e).strip().splitlines()[0][:300]}") from None
+    model = simplify(model, input_name, [1, 3, *input_size])
+    applied = []
+    if rewrites:
+        model, applied = apply_workarounds(model)
+        onnx.checker.check_model(model, full_check=True)
+    outputs = list(model.graph.output)
+    if len(outputs) != 1:
+        raise UserError(f"{source}: the model has {len(outputs)} outputs; expected one (1, K, H, W) logits tensor")
+    out_dims = [d.dim_value for d in outputs[0].type.tensor_type.shape.dim]
+    if len(out_dims) != 4 or out_dims[0] != 1 or tuple(out_dims[2:]) != input_size or out_dims[1] < 1:
+        raise UserError(
+            f"{source}: output {outputs[0].name!r} has shape {out_dims}; the model must return (1, K, "
+            f"{input_size[0]}, {input_size[1]}) logits at input resolution"
+        )
+    return PreparedOnnx(model, input_name, outputs[0].name, out_dims[1], applied)
+
+
+def _fix_input_shape(model: onnx.ModelProto, input_name: str, shape: list[int]) -> onnx.ModelProto:
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for graph_input in model.graph.input:
+        if graph_input.name == input_name:
+            for dim, value in zip(graph_input.type.tensor_type.shape.dim, shape):
+                dim.Clear()
+                dim.dim_value = value
+    # Outputs may carry stale symbolic dims; let shape inference fill them in.
+    for out in model.graph.output:
+        for dim in out.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                dim.Clear()
+    del model.graph.value_info[:]
+    return onnx.shape_inference.infer_shapes(model, strict_mode=False)
+
+
+def simplify(model: onnx.ModelProto, input_name: str, shape: list[int]) -> onnx.ModelProto:
+    """onnxsim with the static input shape; its own output check must pass."""
+    import onnxsim
+
+    try:
+        simplified, ok = onnxsim.simplify(model, overwrite_input_shapes={input_name: shape})
+    except Exception as e:  # without onnxsim, onnx2tf meets unknown shapes and fails worse
+        raise UserError(f"onnxsim could not simplify the model ({type(e).__name__}: {str(e)[:200]})") from None
+    if not ok:
+        raise UserError("onnxsim: the simplified model does not match the original; report this model")
+    return simplified
+
+
+def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
+    atomic_write_bytes(path, model.SerializeToString())
+    return Path(path)

@@ -1,0 +1,160 @@
+"""ONNX graph rewrites applied before onnx2tf, for patterns onnx2tf 1.29 converts wrongly.
+
+Measured with onnx2tf 1.29.24 (tests/test_convert_surgery.py fails if a rewrite is removed):
+
+- ``Transpose(0,2,3,1) -> LayerNormalization(axis=-1) -> Transpose(0,3,1,2)``, a channel norm
+  written as permute/LayerNorm/permute (SegFormer, ConvNeXt code), converts SILENTLY WRONG
+  whenever the channel count equals a spatial size of that tensor: onnx2tf guesses which axis
+  is normalised from test data and picks a spatial one. It is rewritten as the same norm over
+  axis 1 of the NCHW tensor (ReduceMean/Sub/Mul/Sqrt/Div) with the affine as a depthwise 1x1
+  Conv, so onnx2tf has no transpose and no broadcast constant to guess about (a (1,C,1,1)
+  Mul/Add constant is itself mis-broadcast when C equals H).
+
+LayerNormalization over tokens (B, N, C) also crashes onnx2tf, but only on an unsimplified graph
+(shapes computed by Shape/Gather/Concat stay unknown); ``onnx_export.simplify`` folds them first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+CHANNEL_LAST = [0, 2, 3, 1]
+CHANNEL_FIRST = [0, 3, 1, 2]
+
+
+def apply_workarounds(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """Return the rewritten model and one line per rewrite applied (for the manifest)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    applied = fold_channel_layernorm(model)
+    if applied:
+        _drop_unused_initializers(model.graph)
+        model = onnx.shape_inference.infer_shapes(model)
+    return model, applied
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    keep = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    for init in graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            value = _attr(node, "value", None)
+            return None if value is None else numpy_helper.to_array(value)
+    return None
+
+
+def _channel_norm_nodes(
+    opset: int, x: str, y: str, epsilon: float, scale: np.ndarray, bias: np.ndarray | None, prefix: str
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """(x - mean_c) / sqrt(var_c + eps) * scale + bias over axis 1 of an NCHW tensor.
+
+    Node names start with the LayerNorm node's name, so a divergence report still points at the
+    PyTorch module that produced them.
+    """
+    n = lambda s: f"{prefix}/{s}"  # noqa: E731
+    c = scale.size
+    inits = [numpy_helper.from_array(np.asarray(epsilon, np.float32), n("eps"))]
+
+    def reduce_mean(inp: str, out: str, tag: str) -> onnx.NodeProto:
+        if opset >= 18:
+            return helper.make_node("ReduceMean", [inp, n("axes")], [out], name=n(tag), keepdims=1)
+        return helper.make_node("ReduceMean", [inp], [out], name=n(tag), axes=[1], keepdims=1)
+
+    if opset >= 18:
+        inits.append(numpy_helper.from_array(np.asarray([1], np.int64), n("axes")))
+    inits.append(numpy_helper.from_array(scale.astype(np.float32).reshape(c, 1, 1, 1), n("affine_weight")))
+    conv_inputs = [n("normed"), n("affine_weight")]
+    if bias is not None:
+        inits.append(numpy_helper.from_array(bias.astype(np.float32).reshape(c), n("affine_bias")))
+        conv_inputs.append(n("affine_bias"))
+    nodes = [
+        reduce_mean(x, n("mean"), "ReduceMean"),
+        helper.make_node("Sub", [x, n("mean")], [n("centered")], name=n("Sub")),
+        helper.make_node("Mul", [n("centered"), n("centered")], [n("sq")], name=n("Square")),
+        reduce_mean(n("sq"), n("var"), "ReduceMeanVar"),
+        helper.make_node("Add", [n("var"), n("eps")], [n("var_eps")], name=n("AddEps")),
+        helper.make_node("Sqrt", [n("var_eps")], [n("std")], name=n("Sqrt")),
+        helper.make_node("Div", [n("centered"), n("std")], [n("normed")], name=n("Div")),
+        helper.make_node("Conv", conv_inputs, [y], name=n("Affine"), group=c, kernel_shape=[1, 1]),
+    ]
+    return nodes, inits
+
+
+def _replace(graph: onnx.GraphProto, remove: list[onnx.NodeProto], new: list[onnx.NodeProto]) -> None:
+    """Put ``new`` where the first removed node was (its inputs exist there), drop ``remove``."""
+    gone = {tuple(r.output) for r in remove}
+    out = []
+    for node in graph.node:
+        if tuple(node.output) in gone:
+            out.extend(new)
+            new = []
+            continue
+        out.append(node)
+    del graph.node[:]
+    graph.node.extend(out)
+
+
+def fold_channel_layernorm(model: onnx.ModelProto) -> list[str]:
+    """Transpose->LayerNorm(last axis)->Transpose back  =>  a norm over axis 1, no transposes."""
+    graph, opset, applied = model.graph, _opset(model), []
+    while True:
+        users: dict[str, int] = {}
+        for node in graph.node:
+            for name in node.input:
+                users[name] = users.get(name, 0) + 1
+        for out in graph.output:
+            users[out.name] = users.get(out.name, 0) + 1
+        producer = {o: node for node in graph.node for o in node.output}
+        consumer = {i: node for node in graph.node for i in node.input}
+        match = None
+        for ln in graph.node:
+            if ln.op_type != "LayerNormalization" or _attr(ln, "axis", -1) not in (-1, 3) or len(ln.input) < 2:
+                continue
+            pre, post = producer.get(ln.input[0]), consumer.get(ln.output[0])
+            if (
+                pre is None
+                or post is None
+                or pre.op_type != "Transpose"
+                or post.op_type != "Transpose"
+                or list(_attr(pre, "perm", [])) != CHANNEL_LAST
+                or list(_attr(post, "perm", [])) != CHANNEL_FIRST
+                or users.get(pre.output[0]) != 1
+                or users.get(ln.output[0]) != 1
+            ):
+                continue
+            scale = _constant(graph, ln.input[1])
+            has_bias = len(ln.input) > 2 and bool(ln.input[2])
+            bias = _constant(graph, ln.input[2]) if has_bias else None
+            if scale is None or (has_bias and bias is None):
+                continue
+            match = (pre, ln, post, scale, bias)
+            break
+        if match is None:
+            return applied
+        pre, ln, post, scale, bias = match
+        nodes, inits = _channel_norm_nodes(
+            opset, pre.input[0], post.output[0], float(_attr(ln, "epsilon", 1e-5)), scale, bias, ln.name
+        )
+        _replace(graph, [pre, ln, post], nodes)
+        graph.initializer.extend(inits)
+        applied.append(f"{ln.name}: permute->LayerNorm->permute rewritten as a channel norm over axis 1")

@@ -1,0 +1,125 @@
+"""ONNX -> TensorFlow SavedModel (NHWC) with onnx2tf, in-process, offline, from a prepared graph.
+
+onnx2tf is given a private copy of the graph (it rewrites its input file in place) and told not
+to run onnxsim itself (``prepare_onnx`` already did; onnx2tf shells out to an ``onnxsim``
+command that may not be on PATH, and silently continues unsimplified when it is missing). The
+SavedModel gets a ``serving_default`` signature: input ``input`` (1, H, W, 3), one NHWC output.
+onnx2tf always builds float32/float16 .tflite files of its own with
+``TFLiteConverter.from_keras_model``, which serialises the Keras config with every weight inlined
+as a Python list: 97% of a 1000 s SegNet-VGG16 conversion at 64x64 (cProfile). All five variants
+are built the same way from the SavedModel by ``tflite_variants`` instead, so that step is
+stubbed out while onnx2tf runs (``_skip_onnx2tf_tflite``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Iterator
+
+import numpy as np
+import onnx
+
+from converters.offline import onnx2tf_offline
+from seg2tflite.atomic import atomic_path
+from seg2tflite.errors import UserError
+
+SAVED_MODEL_ENTRIES = ("saved_model.pb", "variables", "assets", "fingerprint.pb")
+
+
+class ConversionError(UserError):
+    """onnx2tf could not convert the graph."""
+
+
+class _NoTFLite:
+    """Stands in for onnx2tf's own TFLiteConverter: accepts its settings, converts to nothing."""
+
+    def __init__(self, *args, **kwargs):
+        self.target_spec = SimpleNamespace()
+
+    def convert(self) -> bytes:
+        return b""
+
+
+@contextlib.contextmanager
+def _skip_onnx2tf_tflite() -> Iterator[None]:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter
+    saved = {name: getattr(converter, name) for name in ("from_keras_model", "from_concrete_functions")}
+    for name in saved:
+        setattr(converter, name, _NoTFLite)
+    try:
+        yield
+    finally:
+        for name, original in saved.items():
+            setattr(converter, name, original)
+
+
+def run_onnx2tf(model: onnx.ModelProto, folder: Path, sample_nhwc: np.ndarray, **options) -> str:
+    """Run ``onnx2tf.convert`` on ``model`` writing into ``folder``; return its log.
+
+    ``options`` go to onnx2tf.convert (e.g. ``param_replacement_file``,
+    ``check_onnx_tf_outputs_elementwise_close_full``).
+    """
+    import onnx2tf
+    import tf_keras
+
+    tf_keras.backend.clear_session()
+    log = io.StringIO()
+    with tempfile.TemporaryDirectory(prefix="seg2tflite_onnx2tf_") as work:
+        onnx_path = Path(work) / "model.onnx"
+        onnx.save(model, str(onnx_path))
+        try:
+            with onnx2tf_offline(sample_nhwc), _skip_onnx2tf_tflite(), contextlib.redirect_stdout(log):
+                onnx2tf.convert(
+                    input_onnx_file_path=str(onnx_path),
+                    output_folder_path=str(folder),
+                    output_signaturedefs=True,
+                    not_use_onnxsim=True,
+                    batch_size=1,
+                    non_verbose=True,
+                    **options,
+                )
+        except (Exception, SystemExit) as e:
+            raise ConversionError(_failure_message(e, log.getvalue())) from None
+    return log.getvalue()
+
+
+def _failure_message(error: BaseException, log: str) -> str:
+    lines = [_strip_colors(l).strip() for l in log.splitlines() if "ERROR" in l]
+    op = next((l.split("onnx_op_name:", 1)[1].strip() for l in lines if "onnx_op_name:" in l), None)
+    detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+    where = f" at ONNX node {op.replace('wa/', '/', 1)}" if op else ""
+    return f"onnx2tf failed{where}: {detail}; see the onnx2tf log above, or try another --opset"
+
+
+def _strip_colors(text: str) -> str:
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def onnx_to_saved_model(
+    model: onnx.ModelProto,
+    target: str | Path,
+    sample_nhwc: np.ndarray,
+    param_replacement_file: str | Path | None = None,
+) -> tuple[Path, str]:
+    """Convert and write the SavedModel folder ``target`` atomically. Returns (path, onnx2tf log)."""
+    options = {}
+    if param_replacement_file is not None:
+        options["param_replacement_file"] = str(param_replacement_file)
+    target = Path(target)
+    with atomic_path(target) as tmp:
+        log = run_onnx2tf(model, tmp, sample_nhwc, **options)
+        if not (tmp / "saved_model.pb").is_file():
+            raise ConversionError(f"onnx2tf wrote no saved_model.pb; its log ends: {log[-500:]}")
+        for entry in tmp.iterdir():
+            if entry.name not in SAVED_MODEL_ENTRIES:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    return target, _strip_colors(log)

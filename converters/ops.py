@@ -1,0 +1,90 @@
+"""What is inside a .tflite: its operators, read from the flatbuffer, and which of them run in float.
+
+``op_report`` lists every operator by name with its count, the non-builtin ones (custom and
+Flex/SELECT_TF_OPS ops, which a phone's stock runtime lacks) and the compute operators that
+read or write float32 tensors (QUANTIZE/DEQUANTIZE at the boundaries are counted apart).
+``check_builtins_only`` turns any non-builtin op into an error.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ai_edge_litert import schema_py_generated as schema
+
+from seg2tflite.errors import UserError
+
+_BUILTIN_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+_TENSOR_TYPES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")
+
+
+class OpsError(UserError):
+    """A .tflite needs operators outside the TFLite builtins."""
+
+
+@dataclass
+class OpReport:
+    counts: dict[str, int]  # operator name -> how many
+    non_builtin: list[str] = field(default_factory=list)  # custom / Flex op names
+    float_ops: list[str] = field(default_factory=list)  # "NAME -> output tensor" for compute ops on float32
+    boundary_ops: int = 0  # QUANTIZE / DEQUANTIZE operators touching float32
+    input_type: str = ""
+    output_type: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "ops": dict(sorted(self.counts.items())),
+            "non_builtin": self.non_builtin,
+            "float_ops": self.float_ops,
+            "float_boundary_ops": self.boundary_ops,
+            "input_type": self.input_type,
+            "output_type": self.output_type,
+        }
+
+
+def _op_name(code) -> tuple[str, bool]:
+    builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+    if builtin == schema.BuiltinOperator.CUSTOM:
+        custom = code.CustomCode()
+        return (custom.decode() if isinstance(custom, bytes) else str(custom)), False
+    return _BUILTIN_NAMES.get(builtin, f"BUILTIN_{builtin}"), True
+
+
+def op_report(model_content: bytes) -> OpReport:
+    model = schema.Model.GetRootAs(model_content, 0)
+    codes = [_op_name(model.OperatorCodes(i)) for i in range(model.OperatorCodesLength())]
+    counts: Counter[str] = Counter()
+    non_builtin: set[str] = set()
+    float_ops: list[str] = []
+    boundary = 0
+    input_type = output_type = ""
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        tensor_type = lambda i: graph.Tensors(i).Type()  # noqa: E731
+        if s == 0:
+            input_type = ",".join(_TENSOR_TYPES.get(tensor_type(graph.Inputs(i)), "?") for i in range(graph.InputsLength()))
+            output_type = ",".join(_TENSOR_TYPES.get(tensor_type(graph.Outputs(i)), "?") for i in range(graph.OutputsLength()))
+        for j in range(graph.OperatorsLength()):
+            op = graph.Operators(j)
+            name, builtin = codes[op.OpcodeIndex()]
+            counts[name] += 1
+            if not builtin or name.startswith("Flex"):
+                non_builtin.add(name)
+            tensors = [op.Inputs(k) for k in range(op.InputsLength())] + [op.Outputs(k) for k in range(op.OutputsLength())]
+            if any(t >= 0 and tensor_type(t) == schema.TensorType.FLOAT32 for t in tensors):
+                if name in BOUNDARY_OPS:
+                    boundary += 1
+                else:
+                    out = graph.Tensors(op.Outputs(0)).Name() if op.OutputsLength() else b""
+                    float_ops.append(f"{name} -> {out.decode(errors='replace') if isinstance(out, bytes) else out}")
+    return OpReport(dict(counts), sorted(non_builtin), float_ops, boundary, input_type, output_type)
+
+
+def check_builtins_only(report: OpReport, artifact: str) -> None:
+    if report.non_builtin:
+        raise OpsError(
+            f"{artifact}: needs non-builtin operators {', '.join(report.non_builtin)} "
+            "(Flex/SELECT_TF_OPS or custom); rewrite those layers in the model's deploy form"
+        )

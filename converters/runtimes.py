@@ -1,0 +1,156 @@
+"""Run each artifact in its own real runtime behind one signature: NCHW float32 in, NCHW logits out.
+
+``TorchRunner`` (PyTorch eager), ``OnnxRunner`` (ONNX Runtime, CPU), ``SavedModelRunner``
+(``tf.saved_model.load``, serving signature) and ``TFLiteRunner`` (the LiteRT interpreter) all
+take a normalised batch ``(B, 3, H, W)`` float32 and return logits ``(B, K, H, W)`` float32.
+The TensorFlow artifacts are NHWC and fixed to batch 1: the runners transpose, loop over the
+batch, and for integer models quantize the input with its scale/zero point and dequantize the
+output. ``make_runner(path)`` picks the runner for a file; evaluation code reuses these.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class TorchRunner:
+    name = "pytorch"
+
+    def __init__(self, model, threads: int | None = None):
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.torch = torch
+        self.model = model.eval()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with self.torch.no_grad():
+            x = self.torch.from_numpy(np.ascontiguousarray(batch, np.float32))
+            device = next(self.model.parameters(), self.torch.empty(0)).device
+            return self.model(x.to(device)).float().cpu().numpy()
+
+
+class OnnxRunner:
+    name = "onnx"
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.batch = self.session.get_inputs()[0].shape[0]
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, np.float32)
+        if isinstance(self.batch, int) and self.batch != len(batch):
+            return np.concatenate([self.session.run(None, {self.input_name: x[None]})[0] for x in batch])
+        return self.session.run(None, {self.input_name: batch})[0]
+
+
+class SavedModelRunner:
+    name = "saved_model"
+
+    def __init__(self, path: str | Path, signature: str = "serving_default"):
+        import tensorflow as tf
+
+        self.tf = tf
+        self.loaded = tf.saved_model.load(str(path))
+        self.fn = self.loaded.signatures[signature]
+        (self.input_key,) = self.fn.structured_input_signature[1].keys()
+        (self.output_key,) = self.fn.structured_outputs.keys()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        outs = []
+        for x in np.asarray(batch, np.float32):
+            y = self.fn(**{self.input_key: self.tf.constant(x.transpose(1, 2, 0)[None])})[self.output_key]
+            outs.append(y.numpy().transpose(0, 3, 1, 2))
+        return np.concatenate(outs)
+
+
+class TFLiteRunner:
+    """LiteRT with its default XNNPACK delegate; when XNNPACK refuses the graph (it does for the
+    full-int8 SegFormer), the same interpreter without default delegates, noted in ``delegate``."""
+
+    name = "tflite"
+
+    def __init__(self, model: str | Path | bytes, threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        kwargs = {"num_threads": threads} if threads else {}
+        if isinstance(model, (bytes, bytearray)):
+            kwargs["model_content"] = bytes(model)
+        else:
+            kwargs["model_path"] = str(model)
+        self.delegate = "xnnpack"
+        try:
+            self.interpreter = Interpreter(**kwargs)
+            self.interpreter.allocate_tensors()
+        except RuntimeError as e:
+            if "XNNPACK" not in str(e):
+                raise
+            self.delegate = f"none (XNNPACK failed to prepare: {str(e).strip().splitlines()[-1][:200]})"
+            kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+            self.interpreter = Interpreter(**kwargs)
+            self.interpreter.allocate_tensors()
+        (self.input,) = self.interpreter.get_input_details()
+        (self.output,) = self.interpreter.get_output_details()
+        shape = tuple(self.input["shape"])
+        if len(shape) != 4 or 3 not in (shape[1], shape[3]):
+            raise ValueError(f"expected a (1, H, W, 3) or (1, 3, H, W) image input, the model has {shape}")
+        self.nhwc = shape[3] == 3  # onnx2tf writes NHWC; (1, 3, H, W) only when the last axis is not 3
+
+    @property
+    def io_quantization(self) -> dict:
+        """Input/output dtype, scale and zero point (scale 0 means not quantized)."""
+        return {
+            side: {"dtype": np.dtype(d["dtype"]).name, "scale": float(d["quantization"][0]), "zero_point": int(d["quantization"][1])}
+            for side, d in (("input", self.input), ("output", self.output))
+        }
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        outs = []
+        for x in np.asarray(batch, np.float32):
+            x = x.transpose(1, 2, 0) if self.nhwc else x
+            self.interpreter.set_tensor(self.input["index"], _quantize(x[None], self.input))
+            self.interpreter.invoke()
+            y = _dequantize(self.interpreter.get_tensor(self.output["index"]), self.output)
+            outs.append(y.transpose(0, 3, 1, 2) if self.nhwc else y)
+        return np.concatenate(outs)
+
+
+def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
+    dtype = np.dtype(detail["dtype"])
+    if dtype == np.float32:
+        return x.astype(np.float32)
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
+    if np.dtype(detail["dtype"]) == np.float32:
+        return y.astype(np.float32)
+    scale, zero_point = detail["quantization"]
+    return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+def make_runner(artifact, threads: int | None = None):
+    """A runner for a torch module, a .onnx file, a SavedModel folder or a .tflite file."""
+    if not isinstance(artifact, (str, Path)):
+        return TorchRunner(artifact, threads)
+    path = Path(artifact)
+    if path.is_dir() and (path / "saved_model.pb").is_file():
+        return SavedModelRunner(path)
+    if path.suffix == ".onnx":
+        return OnnxRunner(path, threads)
+    if path.suffix == ".tflite":
+        return TFLiteRunner(path, threads)
+    raise ValueError(f"{path}: not a .onnx, .tflite or SavedModel folder")

@@ -1,0 +1,63 @@
+"""SavedModel -> the five .tflite variants, all with the TF converter, all builtins only.
+
+- float32: plain conversion.
+- float16: float16 weights (dequantized at load), float32 compute.
+- dynamic_int8: int8 weights, activations quantized on the fly; no calibration.
+- full_int8: per-channel int8 weights, int8 activations calibrated on the representative
+  dataset; input/output int8 (or float with ``int8_io="float"``). Ops the int8 kernels cannot
+  take stay float (``ops.float_ops`` lists them).
+- int16x8: int16 activations, int8 weights, calibrated; float input/output.
+
+``SELECT_TF_OPS`` is never enabled: a graph that needs a Flex op fails to convert here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from calibration.representative import CalibrationSet
+from converters.config import VARIANTS
+from converters.onnx_to_tf import ConversionError
+
+
+def build_tflite(
+    saved_model: str | Path,
+    variant: str,
+    calibration: CalibrationSet | None = None,
+    int8_io: str = "int8",
+    progress: bool = False,
+) -> bytes:
+    """The .tflite flatbuffer of ``variant`` built from ``saved_model``."""
+    import tensorflow as tf
+
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter._experimental_disable_per_channel = False  # per-channel weight scales (the default, made explicit)
+    if variant != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if variant == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if variant in ("full_int8", "int16x8"):
+        if calibration is None:
+            raise ValueError(f"{variant} needs calibration images")
+        converter.representative_dataset = calibration.representative_dataset(progress)
+    if variant == "full_int8":
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+        io_type = tf.int8 if int8_io == "int8" else tf.float32
+        converter.inference_input_type = io_type
+        converter.inference_output_type = io_type
+    if variant == "int16x8":
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
+            tf.lite.OpsSet.TFLITE_BUILTINS,
+        ]
+    try:
+        return converter.convert()
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConversionError(
+            f"TFLite converter failed on the {variant} variant: {first[:400]} "
+            "(ops outside the TFLite builtins are not allowed; fix the deploy form)"
+        ) from None

@@ -1,0 +1,132 @@
+"""The main job: data -> native PyTorch training -> conversion -> evaluation -> benchmark -> report.
+
+Every stage writes into ``OUT`` and is skipped on a re-run when its output is already whole, so an
+interrupted demo continues where it stopped. Gate failures in conversion are findings, not
+crashes: they are collected, printed and listed in the report, and the demo exits non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from seg2tflite.atomic import atomic_write_text
+from seg2tflite.demo_config import DEFAULT_TRAIN_STEPS, FALLBACK_TRAIN_STEPS, DemoConfig
+from seg2tflite.errors import UserError
+
+def _data_spec(config: DemoConfig, out: Path) -> str:
+    """Write synthetic data once to OUT/data (the folder layout); return the spec that reads it."""
+    if not config.data.startswith("synthetic"):
+        return config.data
+    from seg2tflite.data import SyntheticDataset, write_folder_dataset
+    from seg2tflite.data.spec import parse_synthetic_spec
+
+    data_dir = out / "data"
+    synthetic = parse_synthetic_spec(config.data)
+    source = synthetic.to_spec()
+    written = data_dir / "dataset.json"
+    if not written.is_file() or json.loads(written.read_text()).get("source") != source:
+        splits = {split: SyntheticDataset(split, synthetic) for split in ("train", "val", "test")}
+        write_folder_dataset(splits, data_dir, progress=config.progress, source=source)
+    return f"folder:{data_dir}"
+
+
+def _train(name: str, data: str, config: DemoConfig, model_dir: Path) -> Path:
+    from seg2tflite.train import train
+    from seg2tflite.train_config import TrainConfig
+
+    steps = config.train_steps or DEFAULT_TRAIN_STEPS.get(name, FALLBACK_TRAIN_STEPS)
+    train_dir = model_dir / "train"
+    log = train_dir / "train_log.json"
+    if log.is_file() and json.loads(log.read_text())["config"]["steps"] == steps:
+        return train_dir / "best.safetensors"
+    train(
+        TrainConfig(
+            model=name,
+            data=data,
+            out=str(train_dir),
+            steps=steps,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            warmup_steps=min(50, steps // 10),
+            input_size=tuple(config.input_size),
+            val_every=max(1, steps // 4),
+            seed=config.seed,
+            resume=True,
+            progress=config.progress,
+        )
+    )
+    return train_dir / "best.safetensors"
+
+
+def _convert(name: str, checkpoint: Path, data: str, config: DemoConfig, model_dir: Path) -> str | None:
+    """Convert with every gate on; return the gate failure as text (None if all passed)."""
+    from converters import ConvertConfig, ParityError, convert_registered
+    from seg2tflite.data import load_dataset
+
+    convert_dir = model_dir / "convert"
+    if (convert_dir / "manifest.json").is_file() and (convert_dir / "parity.json").is_file():
+        failures = json.loads((convert_dir / "parity.json").read_text()).get("failures", [])
+        return "; ".join(failures) or None
+    convert_config = ConvertConfig(
+        input_size=tuple(config.input_size),
+        calib_size=config.calib_size,
+        trained=True,
+        max_miou_drop=config.max_miou_drop,
+    )
+    try:
+        convert_registered(
+            name, convert_dir, convert_config, load_dataset(data, "train"), load_dataset(data, "val"),
+            checkpoint=checkpoint, command=["seg2tflite", "demo", "--out", config.out], progress=config.progress,
+        )  # fmt: skip
+    except ParityError as e:
+        print(f"gate failed for {name}: {e}")
+        return str(e)
+    return None
+
+
+def run_demo(config: DemoConfig) -> int:
+    """Run the whole job; return the process exit code (1 when a parity gate failed)."""
+    from eval.report import build_report, measure_conversion, record_results
+    from models import list_models
+
+    unknown = [m for m in config.models if m not in list_models()]
+    if unknown:
+        raise UserError(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(list_models())}")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    seconds: dict[str, dict[str, float]] = {}
+
+    data = _data_spec(config, out)
+    failures: dict[str, str] = {}
+    for name in config.models:
+        model_dir = out / "models" / name
+        timings = seconds.setdefault(name, {})
+        t = time.perf_counter()
+        checkpoint = _train(name, data, config, model_dir)
+        timings["train"] = time.perf_counter() - t
+        t = time.perf_counter()
+        failure = _convert(name, checkpoint, data, config, model_dir)
+        timings["convert"] = time.perf_counter() - t
+        if failure:
+            failures[name] = failure
+        t = time.perf_counter()
+        rows, sample = measure_conversion(
+            model_dir / "convert", data, config.eval_split, model=name, workers=config.workers, limit=config.eval_limit,
+            bench_threads=config.bench_threads, runs=config.bench_runs, run_dir=out, progress=config.progress,
+        )  # fmt: skip
+        record_results(out, rows, sample)
+        timings["measure"] = time.perf_counter() - t
+
+    report = build_report(out)
+    total = time.perf_counter() - started
+    summary = {"config": asdict(config), "seconds": seconds, "total_seconds": total, "gate_failures": failures}
+    atomic_write_text(out / "demo.json", json.dumps(summary, indent=2) + "\n")
+    print((report / "results.md").read_text())
+    print(f"demo finished in {total / 60:.1f} min; report in {report}")
+    for name, failure in failures.items():
+        print(f"gate failed: {name}: {failure}")
+    return 1 if failures else 0

@@ -1,0 +1,21 @@
+"""Shared test helpers for model tests."""
+
+import torch
+
+
+def randomise_batchnorm(model: torch.nn.Module, size=(64, 64), seed: int = 0) -> torch.nn.Module:
+    """BN statistics measured on random images (at random init they would let the signal fade out
+    with depth, leaving near-constant logits), then random BN scales and shifts; eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    batchnorms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in batchnorms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batch
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, 3, *size, generator=g))
+    for m in batchnorms:
+        m.momentum = 0.1
+        m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+        m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    return model.eval()

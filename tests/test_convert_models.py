@@ -1,0 +1,143 @@
+"""Every model family through the whole chain at a small size: five .tflite files, every float gate.
+
+One conversion per family per session (module fixture, parametrised over the registry's four
+families), seeded random weights as ``seg2tflite convert`` without ``--checkpoint`` uses, 64x64,
+8 synthetic classes, 8 calibration images, 16 parity images from the val split.
+"""
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+
+from converters import ConvertConfig, ParityError, convert_registered
+from converters.config import FLOAT_STAGES, QUANTIZED_VARIANTS, VARIANTS
+from converters.manifest import sha256_file
+from converters.runtimes import OnnxRunner
+from seg2tflite.data import load_dataset
+
+FAMILIES = ["segformer_b0", "segnet_vgg16", "deeplabv3plus_mobilenetv2", "deeplabv3plus_xception65"]
+SPEC = "synthetic:size=64,train=16,val=16"
+SIZE = (64, 64)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def converted(request, tmp_path_factory):
+    name = request.param
+    out = tmp_path_factory.mktemp(name)
+    config = ConvertConfig(input_size=SIZE, calib_size=8, parity_images=16)
+    start = time.perf_counter()
+    try:
+        result = convert_registered(
+            name, out, config, load_dataset(SPEC, "train"), load_dataset(SPEC, "val"),
+            num_classes=8, seed=0, log=None, progress=False,
+        )
+        error = None
+    except ParityError as e:  # the files are written; the gate test reports the failure
+        result, error = e.result, e
+    seconds = time.perf_counter() - start
+    print(f"\n{name}: converted in {seconds:.1f}s ({', '.join(f'{k} {v:.1f}' for k, v in result.seconds.items())})")
+    print(result.table)
+    return name, result, error
+
+
+def _segnet_unpool_near_tie(name, result) -> bool:
+    """The one known float-gate failure, recognised exactly (see the finding below)."""
+    stages = result.parity.stages
+    return (
+        name == "segnet_vgg16"
+        and all(line.split(":")[0] in FLOAT_STAGES and "max abs logit drift" in line for line in result.parity.failures)
+        and all(stages[s].vs_pytorch["argmax_agreement"] == 1.0 for s in FLOAT_STAGES)
+        and all(stages[s].vs_pytorch["mean_abs"] <= 1e-6 * result.parity.logit_range for s in FLOAT_STAGES)
+        # the conversion steps themselves hold the gate: ONNX -> TF -> TFLite are faithful
+        and all(stages[s].vs_previous["max_abs_over_range"] <= 1e-3 for s in ("saved_model", "float32"))
+    )
+
+
+def test_float_gates(converted):
+    name, result, error = converted
+    stages = result.parity.stages
+    if result.parity.failures and _segnet_unpool_near_tie(name, result):
+        # FINDING (reported): SegNet's unpooling puts each value where its 2x2 window had its
+        # maximum, a discontinuous function. ONNX Runtime's convolutions round differently from
+        # PyTorch's by ~1e-7, which flips the winner of a near-tied window: one value moves to the
+        # neighbouring pixel. On the seeded untrained model (logit range 0.10) that is a max drift
+        # of 1.4e-4 = 1.4e-3 of the range at one pixel in 16 images, while argmax agreement stays
+        # 100% and the mean drift is ~2e-8. Not a conversion error, but the drift gate breaks.
+        pytest.xfail(f"{name}: unpooling near-tie, {result.parity.failures[0]}")
+    for stage in FLOAT_STAGES:
+        r = stages[stage]
+        assert r.nonfinite == 0
+        assert r.vs_pytorch["argmax_agreement"] >= 0.9999, (name, stage)
+        assert r.vs_pytorch["max_abs_over_range"] <= 1e-3, (name, stage)
+        assert r.gate == "pass", (name, stage, r.failures)
+    assert stages["float16"].vs_pytorch["argmax_agreement"] >= 0.999, name
+    assert stages["float16"].gate == "pass"
+    assert error is None and result.parity.failures == []
+
+
+def test_every_variant_is_builtins_only(converted):
+    name, result, _ = converted
+    assert set(result.ops) == set(VARIANTS)
+    for variant, report in result.ops.items():
+        assert report.non_builtin == [], (name, variant)
+        assert (result.out_dir / f"model_{variant}.tflite").stat().st_size > 0
+    assert result.ops["full_int8"].input_type == "INT8" and result.ops["full_int8"].output_type == "INT8"
+    assert result.manifest["ops"]["full_int8"]["float_ops"] == result.ops["full_int8"].float_ops
+    print(f"{name} full_int8 ops still in float: {result.ops['full_int8'].float_ops or 'none'}")
+
+
+def test_quantized_stages_reported_not_gated(converted):
+    name, result, _ = converted
+    for variant in QUANTIZED_VARIANTS:
+        r = result.parity.stages[variant]
+        assert r.gate == "report" and r.nonfinite == 0, (name, variant)
+        assert math.isfinite(r.miou) and math.isfinite(r.vs_pytorch["cosine"])
+        assert r.previous == "float32"
+
+
+def test_manifest_and_rebuildable_reference(converted):
+    name, result, _ = converted
+    out = result.out_dir
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["name"] == name and manifest["model"]["seed"] == 0
+    for rel, entry in manifest["artifacts"].items():
+        assert sha256_file(out / rel) == entry["sha256"]
+    assert len(manifest["calibration"]["images"]) == 8
+    assert manifest["quantization"]["full_int8"]["input"]["scale"] > 0
+    # The seeded weights were saved: anyone can rebuild the PyTorch reference from them.
+    from models.checkpoint import load_model
+
+    rebuilt = load_model(out / "model.safetensors").eval()
+    x = np.random.default_rng(0).standard_normal((1, 3, *SIZE)).astype(np.float32)
+    import torch
+
+    with torch.no_grad():
+        ref = rebuilt(torch.from_numpy(x)).numpy()
+    y = OnnxRunner(out / "model.onnx")(x)
+    assert np.abs(y - ref).max() <= 1e-3 * (ref.max() - ref.min())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FAMILIES)
+def test_full_size_conversion(name, tmp_path):
+    """At the registry input size (512x512 SegFormer/DeepLab, 352x480 SegNet), 32 calibration images."""
+    from models import get_model_config
+
+    size = get_model_config(name).input_size
+    spec = f"synthetic:size={size[0]}x{size[1]},train=48,val=8"
+    config = ConvertConfig(input_size=size, calib_size=32, parity_images=8)
+    try:
+        result = convert_registered(
+            name, tmp_path, config, load_dataset(spec, "train"), load_dataset(spec, "val"), num_classes=8, seed=0, log=print
+        )
+    except ParityError as e:
+        result = e.result
+        if not _segnet_unpool_near_tie(name, result):
+            raise
+    for variant, report in result.ops.items():
+        assert report.non_builtin == [], variant
+    for stage in FLOAT_STAGES:
+        assert result.parity.stages[stage].vs_pytorch["argmax_agreement"] >= 0.9999, stage

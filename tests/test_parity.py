@@ -1,0 +1,139 @@
+"""converters.parity: the figures on logits worked out by hand, the gates, the error message."""
+
+import math
+
+import numpy as np
+import pytest
+
+from converters.config import ConvertConfig
+from converters.parity import ParityError, apply_gates, format_table, measure_parity, raise_on_failure
+
+K, H, W = 3, 4, 5
+
+
+def _logits(seed=0, n=2):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, K, H, W)).astype(np.float32) * 4
+
+
+def _runner(table):
+    """A runner that answers each image by looking it up (images are constant per item)."""
+    return lambda x: table[int(x[0, 0, 0, 0])][None]
+
+
+def _images(n=2):
+    return np.stack([np.full((3, H, W), i, np.float32) for i in range(n)])
+
+
+def _config(**kw):
+    return ConvertConfig(input_size=(8, 8), **kw)
+
+
+def test_identical_stages_agree_exactly():
+    ref = _logits()
+    report = measure_parity({"pytorch": _runner(ref), "onnx": _runner(ref.copy())}, _images(), None, K, progress=False)
+    m = report.stages["onnx"].vs_pytorch
+    assert m["max_abs"] == 0 and m["mean_abs"] == 0
+    assert m["cosine"] == pytest.approx(1.0)
+    assert m["argmax_agreement"] == 1.0
+    assert report.logit_range == pytest.approx(float(ref.max() - ref.min()))
+    assert apply_gates(report, _config()) == []
+    assert report.stages["onnx"].gate == "pass"
+
+
+def test_drift_and_agreement_by_hand():
+    ref = _logits()
+    out = ref.copy()
+    out[0, :, 0, 0] = -ref[0, :, 0, 0]  # one pixel of image 0 negated: its argmax becomes its argmin
+    out[1] += 0.5  # a constant shift never changes the argmax
+    report = measure_parity({"pytorch": _runner(ref), "onnx": _runner(out)}, _images(), None, K, progress=False)
+    m = report.stages["onnx"].vs_pytorch
+    diff = np.abs(out - ref)
+    assert m["max_abs"] == pytest.approx(float(diff.max()))
+    assert m["mean_abs"] == pytest.approx(float(diff.mean()))
+    cos = float((ref * out).sum() / np.sqrt((ref * ref).sum() * (out * out).sum()))
+    assert m["cosine"] == pytest.approx(cos)
+    agree = float((ref.argmax(1) == out.argmax(1)).mean())
+    assert m["argmax_agreement"] == pytest.approx(agree)
+    assert agree == pytest.approx(1 - 1 / (2 * H * W))
+
+
+def test_previous_stage_and_chain_order():
+    ref = _logits()
+    a = ref + 0.01
+    b = a + 0.02
+    report = measure_parity(
+        {"float32": _runner(b), "pytorch": _runner(ref), "saved_model": _runner(a)}, _images(), None, K, progress=False
+    )
+    assert list(report.stages) == ["pytorch", "saved_model", "float32"]
+    assert report.stages["float32"].previous == "saved_model"
+    assert report.stages["float32"].vs_previous["max_abs"] == pytest.approx(0.02, abs=1e-5)
+    assert report.stages["float32"].vs_pytorch["max_abs"] == pytest.approx(0.03, abs=1e-5)
+
+
+def test_float_gates_name_stage_and_figure():
+    ref = _logits()
+    bad = ref.copy()
+    bad[0, 0] += 1.0  # drift of 1.0 on a range of ~30: breaks the 1e-3 drift gate
+    report = measure_parity({"pytorch": _runner(ref), "onnx": _runner(ref), "float32": _runner(bad)}, _images(), None, K, progress=False)
+    failures = apply_gates(report, _config())
+    assert report.stages["onnx"].gate == "pass"
+    assert report.stages["float32"].gate == "fail"
+    assert any(f.startswith("float32: max abs logit drift") for f in failures)
+    with pytest.raises(ParityError, match="float32: "):
+        raise_on_failure(report)
+
+
+def test_nan_fails_naming_the_stage():
+    ref = _logits()
+    bad = ref.copy()
+    bad[1, 2, 3, 4] = np.nan
+    report = measure_parity({"pytorch": _runner(ref), "full_int8": _runner(bad)}, _images(), None, K, progress=False)
+    failures = apply_gates(report, _config())  # untrained: the mIoU is not gated, NaN still is
+    assert report.stages["full_int8"].nonfinite == 1
+    assert failures == ["full_int8: 1 NaN/Inf values in the logits"]
+
+
+def test_float16_gate_on_agreement():
+    ref = _logits(n=2)
+    out = ref.copy()
+    out[0, :, :2, :] = out[0, ::-1, :2, :]  # flip the class order on 2 rows: many argmax changes
+    report = measure_parity({"pytorch": _runner(ref), "float16": _runner(out)}, _images(), None, K, progress=False)
+    failures = apply_gates(report, _config())
+    assert failures and failures[0].startswith("float16: argmax agreement")
+
+
+def test_quantized_miou_gated_only_when_trained():
+    ref = _logits()
+    masks = ref.argmax(1)  # PyTorch is perfect against these labels: mIoU 100
+    worse = ref.copy()
+    worse[:, :, :, :2] = worse[:, ::-1, :, :2]  # wrong classes on two columns
+    runners = {"pytorch": _runner(ref), "full_int8": _runner(worse)}
+    report = measure_parity(runners, _images(), masks, K, progress=False)
+    assert report.pytorch_miou == pytest.approx(1.0)
+    drop = report.stages["full_int8"].miou_drop_points
+    assert drop > 1.0
+    assert apply_gates(report, _config(trained=False)) == []
+    assert report.stages["full_int8"].gate == "report"
+    report = measure_parity(runners, _images(), masks, K, progress=False)
+    failures = apply_gates(report, _config(trained=True, max_miou_drop=1.0))
+    assert failures and failures[0].startswith("full_int8: mIoU")
+    report = measure_parity(runners, _images(), masks, K, progress=False)
+    assert apply_gates(report, _config(trained=True, max_miou_drop=drop + 0.01)) == []
+
+
+def test_wrong_output_shape_is_an_error():
+    ref = _logits()
+    with pytest.raises(ParityError, match="onnx: logits have shape"):
+        measure_parity({"pytorch": _runner(ref), "onnx": lambda x: ref[:1, :2]}, _images(), None, K, progress=False)
+
+
+def test_table_and_json():
+    ref = _logits()
+    report = measure_parity({"pytorch": _runner(ref), "onnx": _runner(ref + 1e-6)}, _images(), ref.argmax(1), K, progress=False)
+    apply_gates(report, _config())
+    table = format_table(report)
+    assert "onnx" in table and "pass" in table
+    data = report.to_dict()
+    assert data["stages"]["onnx"]["vs_pytorch"]["argmax_agreement"] == 1.0
+    assert math.isclose(data["pytorch_miou"], 1.0)
