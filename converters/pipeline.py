@@ -357,6 +357,13 @@ def convert_registered(
         get_model_config(name)
     except KeyError as e:
         raise UserError(f"--model: {e.args[0]}") from None
+    if checkpoint is not None and num_classes is None:
+        from models.checkpoint import read_checkpoint_config
+
+        try:  # this project's checkpoint says its head size; other formats get the registry default
+            num_classes = read_checkpoint_config(checkpoint).get("num_classes")
+        except UserError:
+            pass
     torch.manual_seed(seed)
     model = create_model(name, num_classes=num_classes, checkpoint=None if checkpoint is None else str(checkpoint))
     info = {"checkpoint": str(checkpoint) if checkpoint else None, "seed": None if checkpoint else seed}

@@ -346,6 +346,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--bench-threads", type=_size, default=d.bench_threads, help="threads for the latency benchmark")
     p.add_argument("--max-miou-drop", type=float, default=d.max_miou_drop, help="mIoU points a quantized variant may lose")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (data, init, training)")
+    p.add_argument("--strict", action="store_true", help="exit non-zero when any conversion gate fails")
     p.set_defaults(run=_run_demo)
 
 
@@ -367,6 +368,7 @@ def _run_demo(args) -> None:
         bench_threads=args.bench_threads,
         max_miou_drop=args.max_miou_drop,
         seed=args.seed,
+        strict=args.strict,
     )
     if run_demo(config) != 0:
         raise SystemExit(1)

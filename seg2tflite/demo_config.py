@@ -38,4 +38,5 @@ class DemoConfig:
     bench_runs: int = 20
     max_miou_drop: float = 1.0  # the quantized-stage mIoU budget, in points
     seed: int = 0
+    strict: bool = False  # exit non-zero when any conversion gate fails
     progress: bool = True
