@@ -17,6 +17,7 @@ from seg2tflite.atomic import atomic_write_text
 from seg2tflite.demo_config import DEFAULT_TRAIN_STEPS, FALLBACK_TRAIN_STEPS, DemoConfig
 from seg2tflite.errors import UserError
 
+
 def _data_spec(config: DemoConfig, out: Path) -> str:
     """Write synthetic data once to OUT/data (the folder layout); return the spec that reads it."""
     if not config.data.startswith("synthetic"):
@@ -115,13 +116,16 @@ def run_demo(config: DemoConfig) -> int:
         timings["convert"] = time.perf_counter() - t
         if failure:
             failures[name] = failure
-        t = time.perf_counter()
-        rows, sample = measure_conversion(
-            model_dir / "convert", data, config.eval_split, model=name, workers=config.workers, limit=config.eval_limit,
-            bench_threads=config.bench_threads, runs=config.bench_runs, run_dir=out, progress=config.progress,
-        )  # fmt: skip
-        record_results(out, rows, sample)
-        timings["measure"] = time.perf_counter() - t
+        measured = model_dir / "measured.json"  # written once this model's rows are in the record
+        if not measured.is_file():
+            t = time.perf_counter()
+            rows, sample = measure_conversion(
+                model_dir / "convert", data, config.eval_split, model=name, workers=config.workers, limit=config.eval_limit,
+                bench_threads=config.bench_threads, runs=config.bench_runs, run_dir=out, progress=config.progress,
+            )  # fmt: skip
+            record_results(out, rows, sample)
+            timings["measure"] = time.perf_counter() - t
+            atomic_write_text(measured, json.dumps({"stages": [r.stage for r in rows]}) + "\n")
 
     report = build_report(out)
     total = time.perf_counter() - started
