@@ -14,7 +14,7 @@ import numpy as np
 
 from seg2tflite.data.base import DatasetInfo
 from seg2tflite.data.preprocess import IGNORE_INDEX
-from seg2tflite.data.readers import FileSegmentationDataset, list_files, require_dir
+from seg2tflite.data.readers import FileSegmentationDataset, list_files, pair_by_stem, require_dir
 from seg2tflite.errors import UserError
 
 # (name, labelId, colour) for the 19 classes that have a train id, in train-id order.
@@ -65,13 +65,7 @@ class CityscapesDataset(FileSegmentationDataset):
             images = list_files(city, (".png",), suffix="_leftImg8bit")
             mask_dir = mask_root / city.name
             masks = list_files(mask_dir, (".png",), suffix="_gtFine_labelIds") if mask_dir.is_dir() else {}
-            for name in sorted(images):
-                if name not in masks:
-                    raise UserError(
-                        f"{images[name]}: image has no mask (expected "
-                        f"{mask_dir / (name + '_gtFine_labelIds.png')}); restore it from gtFine"
-                    )
-                pairs.append((name, images[name], masks[name]))
+            pairs += pair_by_stem(images, masks, mask_dir, mask_suffix="_gtFine_labelIds")
         if not pairs:
             raise UserError(f"{image_root}: no images in it (expected CITY/*_leftImg8bit.png)")
         super().__init__(CITYSCAPES_INFO, split, pairs, label_id_to_train_id(), root, source_split=folder)

@@ -130,13 +130,18 @@ def list_files(folder: Path, extensions: Iterable[str], suffix: str = "") -> dic
     return out
 
 
-def pair_by_stem(images: dict[str, Path], masks: dict[str, Path], mask_dir: Path) -> list[tuple[str, Path, Path]]:
-    """``[(name, image, mask)]`` sorted by name; an image without its mask raises."""
+def pair_by_stem(
+    images: dict[str, Path], masks: dict[str, Path], mask_dir: Path, mask_suffix: str = ""
+) -> list[tuple[str, Path, Path]]:
+    """``[(name, image, mask)]`` sorted by name; an image without its mask raises.
+
+    ``mask_suffix`` is the part of the mask's file name after the shared stem (e.g. Cityscapes'
+    ``_gtFine_labelIds``), used only to name the missing file."""
     pairs = []
     for name in sorted(images):
         if name not in masks:
             raise UserError(
-                f"{images[name]}: image has no mask (expected {mask_dir / name}.png); add the mask or "
+                f"{images[name]}: image has no mask (expected {mask_dir / (name + mask_suffix)}.png); add the mask or "
                 f"remove the image"
             )
         pairs.append((name, images[name], masks[name]))
