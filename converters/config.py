@@ -9,6 +9,7 @@ from seg2tflite.errors import UserError
 VARIANTS = ("float32", "float16", "dynamic_int8", "full_int8", "int16x8")
 FLOAT_STAGES = ("onnx", "saved_model", "float32")  # gated on drift and argmax agreement
 QUANTIZED_VARIANTS = ("dynamic_int8", "full_int8", "int16x8")  # gated on mIoU, trained models only
+CALIBRATED_VARIANTS = ("full_int8", "int16x8")  # built with the representative dataset
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class ConvertConfig:
 
     @property
     def needs_calibration(self) -> bool:
-        return any(v in ("full_int8", "int16x8") for v in self.variants)
+        return any(v in CALIBRATED_VARIANTS for v in self.variants)
 
     def to_dict(self) -> dict:
         return asdict(self)

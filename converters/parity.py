@@ -138,6 +138,38 @@ class ParityReport:
         )
 
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "ParityReport":
+        """The report ``to_dict`` wrote (parity.json), with its NaN/Inf restored."""
+
+        def restore(v):
+            if v is None:
+                return math.nan
+            if v in ("inf", "-inf"):
+                return float(v)
+            if isinstance(v, dict):
+                return {k: restore(x) for k, x in v.items()}
+            return v
+
+        stages = {}
+        for name, fields in data["stages"].items():
+            fields = dict(fields)
+            for key in ("vs_pytorch", "vs_previous"):
+                fields[key] = restore(fields[key])
+            for key in ("miou", "miou_drop_points"):
+                fields[key] = restore(fields[key])
+            stages[name] = StageResult(**fields)
+        return cls(
+            stages=stages,
+            num_images=data["num_images"],
+            image_names=list(data["images"]),
+            logit_range=restore(data["logit_range"]),
+            pytorch_miou=restore(data["pytorch_miou"]),
+            reference=data["reference"],
+            divergence=data.get("divergence"),
+        )
+
+
 def measure_parity(
     runners: dict[str, Runner],
     images: np.ndarray,

@@ -10,6 +10,7 @@ figures behind; then ``ParityError`` (a ``UserError``) is raised.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,14 +24,15 @@ from calibration.representative import (
     check_disjoint,
     dataset_source,
 )
-from converters.config import ConvertConfig
+from converters.config import CALIBRATED_VARIANTS, ConvertConfig
 from converters.divergence import locate_divergence
-from converters.manifest import artifact_hashes, build_manifest, write_json
+from converters.manifest import artifact_hashes, build_manifest, package_versions, write_json
 from converters.offline import no_network
 from converters.onnx_export import PreparedOnnx, export_onnx, load_onnx, prepare_onnx, save_onnx
 from converters.onnx_to_tf import onnx_to_saved_model
 from converters.ops import OpReport, check_builtins_only, op_report
 from converters.parity import ParityError, ParityReport, apply_gates, format_table, measure_parity, raise_on_failure
+from converters.resume import StageCache, stage_key
 from converters.runtimes import OnnxRunner, SavedModelRunner, TFLiteRunner, TorchRunner
 from converters.tflite_variants import build_tflite
 from seg2tflite.atomic import atomic_write_bytes, atomic_write_text
@@ -41,6 +43,12 @@ from seg2tflite.errors import UserError
 ONNX_FILE = "model.onnx"
 SAVED_MODEL_DIR = "saved_model"
 MAX_ONNX2TF_SAMPLES = 20  # onnx2tf's own test-data slot holds 20 images
+
+
+def _tool_versions() -> dict:
+    """The converter versions a built artifact depends on (a new onnx2tf or TF rebuilds it)."""
+    versions = package_versions()
+    return {name: versions.get(name) for name in ("onnx2tf", "tensorflow", "tf-keras", "onnx", "onnxsim")}
 
 
 def tflite_name(variant: str) -> str:
@@ -172,30 +180,53 @@ def _run_chain(
         log(f"calibration: {len(calib)} images from {calib.source}")
     log(f"parity: {len(parity.images)} images from {parity.source}")
 
+    cache = StageCache(out_dir)
     artifacts: dict[str, Path] = {}
-    onnx_path = save_onnx(prepared.model, out_dir / ONNX_FILE)
+    onnx_key = stage_key(prepared.model.SerializeToString())
+    onnx_path = out_dir / ONNX_FILE
+    if not cache.fresh("onnx", onnx_key):
+        save_onnx(prepared.model, onnx_path)
+        cache.record("onnx", onnx_key, [ONNX_FILE])
     artifacts["onnx"] = onnx_path
     for rewrite in prepared.rewrites:
         log(f"onnx rewrite: {rewrite}")
 
     t = time.perf_counter()
     sample = np.ascontiguousarray(parity.images.transpose(0, 2, 3, 1))  # onnx2tf's layout checks run on these
-    saved_model, onnx2tf_log = onnx_to_saved_model(prepared.model, out_dir / SAVED_MODEL_DIR, sample[:MAX_ONNX2TF_SAMPLES])
-    atomic_write_text(out_dir / "onnx2tf.log", onnx2tf_log)
+    saved_model = out_dir / SAVED_MODEL_DIR
+    saved_model_key = stage_key(onnx_key, sample[:MAX_ONNX2TF_SAMPLES].tobytes(), _tool_versions())
+    if cache.fresh("saved_model", saved_model_key):
+        log(f"saved_model: unchanged since the last run, kept ({saved_model})")
+    else:
+        saved_model, onnx2tf_log = onnx_to_saved_model(prepared.model, saved_model, sample[:MAX_ONNX2TF_SAMPLES])
+        atomic_write_text(out_dir / "onnx2tf.log", onnx2tf_log)
+        cache.record("saved_model", saved_model_key, [SAVED_MODEL_DIR, "onnx2tf.log"])
+        seconds["onnx2tf"] = time.perf_counter() - t
+        log(f"saved_model: {saved_model} ({seconds['onnx2tf']:.1f}s)")
     artifacts["saved_model"] = saved_model
-    seconds["onnx2tf"] = time.perf_counter() - t
-    log(f"saved_model: {saved_model} ({seconds['onnx2tf']:.1f}s)")
 
+    calib_key = stage_key(calib.images.tobytes()) if calib is not None else None
     ops: dict[str, OpReport] = {}
     quantization: dict[str, dict] = {}
     delegates: dict[str, str] = {}
     for variant in config.variants:
         t = time.perf_counter()
-        content = build_tflite(saved_model, variant, calib, config.int8_io, progress)
+        path = out_dir / tflite_name(variant)
+        uses_calibration = variant in CALIBRATED_VARIANTS
+        key = stage_key(saved_model_key, variant, calib_key if uses_calibration else None, config.int8_io)
+        kept = cache.fresh(variant, key)
+        if kept:
+            content = path.read_bytes()
+            log(f"{path.name}: unchanged since the last run, kept")
+        else:
+            content = build_tflite(saved_model, variant, calib, config.int8_io, progress)
         report = op_report(content)
         check_builtins_only(report, tflite_name(variant))
-        path = out_dir / tflite_name(variant)
-        atomic_write_bytes(path, content)
+        if not kept:
+            atomic_write_bytes(path, content)
+            cache.record(variant, key, [path.name])
+            seconds[variant] = time.perf_counter() - t
+            log(f"{path.name}: {len(content) / 1e6:.2f} MB, {sum(report.counts.values())} ops ({seconds[variant]:.1f}s)")
         artifacts[variant] = path
         ops[variant] = report
         runner = TFLiteRunner(content)
@@ -203,30 +234,38 @@ def _run_chain(
         delegates[variant] = runner.delegate
         if runner.delegate != "xnnpack":
             log(f"{path.name}: LiteRT delegate {runner.delegate}")
-        seconds[variant] = time.perf_counter() - t
-        log(f"{path.name}: {len(content) / 1e6:.2f} MB, {sum(report.counts.values())} ops ({seconds[variant]:.1f}s)")
     if "full_int8" in ops and ops["full_int8"].float_ops:
         log(f"full_int8: {len(ops['full_int8'].float_ops)} ops still run in float: {', '.join(ops['full_int8'].float_ops)}")
 
     t = time.perf_counter()
-    runners = {}
-    if torch_model is not None:
-        runners["pytorch"] = TorchRunner(torch_model)
-    runners["onnx"] = OnnxRunner(onnx_path, config.num_threads)
-    runners["saved_model"] = SavedModelRunner(saved_model)
-    for variant in config.variants:
-        runners[variant] = TFLiteRunner(artifacts[variant], config.num_threads)
-    report = measure_parity(runners, parity.images, parity.masks, num_classes, image_names=parity.names, progress=progress)
-    apply_gates(report, config)
-    seconds["parity"] = time.perf_counter() - t
-    if config.locate_divergence:
-        t = time.perf_counter()
-        report.divergence = _explain_float_failure(report, prepared, sample[:1], deploy_model, config, log)
-        if report.divergence is not None:
-            seconds["divergence"] = time.perf_counter() - t
+    built_files = {stage: cache.stages[stage]["files"] for stage in ("onnx", "saved_model", *config.variants)}
+    parity_key = stage_key(
+        built_files, parity.images.tobytes(), None if parity.masks is None else parity.masks.tobytes(),
+        config.to_dict(), torch_model is not None,
+    )  # fmt: skip
+    if cache.fresh("parity", parity_key):
+        report = ParityReport.from_dict(json.loads((out_dir / "parity.json").read_text()))
+        log("parity: inputs unchanged since the last run, figures kept from parity.json")
+    else:
+        runners = {}
+        if torch_model is not None:
+            runners["pytorch"] = TorchRunner(torch_model)
+        runners["onnx"] = OnnxRunner(onnx_path, config.num_threads)
+        runners["saved_model"] = SavedModelRunner(saved_model)
+        for variant in config.variants:
+            runners[variant] = TFLiteRunner(artifacts[variant], config.num_threads)
+        report = measure_parity(runners, parity.images, parity.masks, num_classes, image_names=parity.names, progress=progress)
+        apply_gates(report, config)
+        seconds["parity"] = time.perf_counter() - t
+        if config.locate_divergence:
+            t = time.perf_counter()
+            report.divergence = _explain_float_failure(report, prepared, sample[:1], deploy_model, config, log)
+            if report.divergence is not None:
+                seconds["divergence"] = time.perf_counter() - t
+        write_json(out_dir / "parity.json", report.to_dict())
+        cache.record("parity", parity_key, ["parity.json"])
     log(format_table(report))
 
-    write_json(out_dir / "parity.json", report.to_dict())
     names = [ONNX_FILE, SAVED_MODEL_DIR] + [tflite_name(v) for v in config.variants]
     manifest = build_manifest(
         command=command,
@@ -253,6 +292,7 @@ def _run_chain(
         parity={"source": parity.source, "images": parity.names, "failures": report.failures,
                 "divergence": (report.divergence or {}).get("summary")},
         artifacts=artifact_hashes(out_dir, names),
+        stage_keys={stage: entry["key"] for stage, entry in cache.stages.items()},
         seconds=seconds,
     )
     write_json(out_dir / "manifest.json", manifest)

@@ -336,11 +336,15 @@ def _add_demo(sub) -> None:
     p.add_argument("--out", default=d.out, help="run folder")
     p.add_argument("--models", nargs="+", default=list(d.models), help="registered models to carry")
     p.add_argument("--data", default=d.data, help=DATA_SPEC_SHORT)
-    p.add_argument("--input-size", type=_size, nargs=2, metavar=("H", "W"), default=list(d.input_size), help="train/convert/evaluate size")
+    p.add_argument(
+        "--input-size", type=_size, nargs=2, metavar=("H", "W"), default=None,
+        help="train/convert/evaluate size for every model (default: 96x96, segnet_vgg16 64x64)",
+    )  # fmt: skip
     p.add_argument("--train-steps", type=_size, default=None, help=f"optimizer steps per model (default per model: {steps})")
     p.add_argument("--batch-size", type=_size, default=d.batch_size, help="training batch size")
     p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate")
     p.add_argument("--calib-size", type=_size, default=d.calib_size, help="representative images for full int8 / int16x8")
+    p.add_argument("--parity-images", type=_size, default=d.parity_images, help="images the conversion gates compare on")
     p.add_argument("--eval-limit", type=_size, default=None, help="evaluate only the first N test images (default: all)")
     p.add_argument("--workers", type=_size, default=d.workers, help="processes evaluating each .tflite")
     p.add_argument("--bench-threads", type=_size, default=d.bench_threads, help="threads for the latency benchmark")
@@ -358,11 +362,12 @@ def _run_demo(args) -> None:
         out=args.out,
         models=tuple(args.models),
         data=args.data,
-        input_size=tuple(args.input_size),
+        input_size=tuple(args.input_size) if args.input_size else None,
         train_steps=args.train_steps,
         batch_size=args.batch_size,
         lr=args.lr,
         calib_size=args.calib_size,
+        parity_images=args.parity_images,
         eval_limit=args.eval_limit,
         workers=args.workers,
         bench_threads=args.bench_threads,

@@ -1,6 +1,7 @@
 """The main job: data -> native PyTorch training -> conversion -> evaluation -> benchmark -> report.
 
-Every stage writes into ``OUT`` and is skipped on a re-run when its output is already whole, so an
+Every stage writes into ``OUT`` and is skipped on a re-run when its output is already whole and
+its inputs unchanged (training by its log and settings, conversion by content hashes), so an
 interrupted demo continues where it stopped. Gate failures in conversion are findings, not
 crashes: they are collected and printed at the end (and are visible in the report's mIoU column);
 with ``strict`` the demo then exits non-zero.
@@ -36,45 +37,47 @@ def _data_spec(config: DemoConfig, out: Path) -> str:
 
 
 def _train(name: str, data: str, config: DemoConfig, model_dir: Path) -> Path:
-    from seg2tflite.train import train
+    from seg2tflite.train import RESUME_SETTINGS, resume_settings, train
     from seg2tflite.train_config import TrainConfig
 
     steps = config.train_steps or DEFAULT_TRAIN_STEPS.get(name, FALLBACK_TRAIN_STEPS)
     train_dir = model_dir / "train"
-    log = train_dir / "train_log.json"
-    if log.is_file() and json.loads(log.read_text())["config"]["steps"] == steps:
-        return train_dir / "best.safetensors"
-    train(
-        TrainConfig(
-            model=name,
-            data=data,
-            out=str(train_dir),
-            steps=steps,
-            batch_size=config.batch_size,
-            lr=config.lr,
-            warmup_steps=min(50, steps // 10),
-            input_size=tuple(config.input_size),
-            val_every=max(1, steps // 4),
-            seed=config.seed,
-            resume=True,
-            progress=config.progress,
-        )
+    train_config = TrainConfig(
+        model=name,
+        data=data,
+        out=str(train_dir),
+        steps=steps,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        warmup_steps=min(50, steps // 10),
+        input_size=config.model_input_size(name),
+        val_every=max(1, steps // 4),
+        seed=config.seed,
+        resume=True,
+        progress=config.progress,
     )
+    log = train_dir / "train_log.json"
+    if log.is_file():  # a finished run: keep it if it had these settings, else start over
+        logged = json.loads(log.read_text())["config"]
+        if {key: logged.get(key) for key in RESUME_SETTINGS} == resume_settings(train_config):
+            return train_dir / "best.safetensors"
+        train_config.resume = False
+    train(train_config)
     return train_dir / "best.safetensors"
 
 
 def _convert(name: str, checkpoint: Path, data: str, config: DemoConfig, model_dir: Path) -> str | None:
-    """Convert with every gate on; return the gate failure as text (None if all passed)."""
+    """Convert with every gate on; return the gate failure as text (None if all passed).
+
+    A re-run rebuilds only the stages whose inputs changed (see ``converters.resume``)."""
     from converters import ConvertConfig, ParityError, convert_registered
     from seg2tflite.data import load_dataset
 
     convert_dir = model_dir / "convert"
-    if (convert_dir / "manifest.json").is_file() and (convert_dir / "parity.json").is_file():
-        failures = json.loads((convert_dir / "parity.json").read_text()).get("failures", [])
-        return "; ".join(failures) or None
     convert_config = ConvertConfig(
-        input_size=tuple(config.input_size),
+        input_size=config.model_input_size(name),
         calib_size=config.calib_size,
+        parity_images=config.parity_images,
         trained=True,
         max_miou_drop=config.max_miou_drop,
     )

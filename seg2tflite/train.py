@@ -130,7 +130,7 @@ def train(config: TrainConfig) -> dict:
     state_path = out / "train_state.pt"
     step, best = 0, {"miou": -1.0}
     if config.resume and state_path.is_file():
-        step, best = _load_train_state(state_path, out, model, optimizer, scheduler, scaler)
+        step, best = _load_train_state(state_path, config, model, optimizer, scheduler, scaler)
     if world_size > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None)
     bare_model = model.module if world_size > 1 else model
@@ -167,7 +167,7 @@ def train(config: TrainConfig) -> dict:
                         best = {"step": step, **_summary(metrics)}
                         save_checkpoint(bare_model, out / "best.safetensors", extra=train_extra)
                     save_checkpoint(bare_model, out / "last.safetensors", extra=train_extra)
-                    _save_train_state(state_path, step, best, optimizer, scheduler, scaler)
+                    _save_train_state(state_path, config, step, best, optimizer, scheduler, scaler)
             if step >= config.steps:
                 break
         epoch += 1
@@ -203,8 +203,17 @@ def _summary(metrics: dict) -> dict:
     return {k: metrics[k] for k in ("miou", "pixel_accuracy", "mean_class_accuracy")}
 
 
-def _save_train_state(path: Path, step: int, best: dict, optimizer, scheduler, scaler) -> None:
+RESUME_SETTINGS = ("model", "data", "steps", "batch_size", "lr", "weight_decay", "warmup_steps", "poly_power", "input_size", "seed")
+
+
+def resume_settings(config: TrainConfig) -> dict:
+    """The settings a resumed run must share with the run it continues."""
+    return json.loads(json.dumps({key: getattr(config, key) for key in RESUME_SETTINGS}))
+
+
+def _save_train_state(path: Path, config: TrainConfig, step: int, best: dict, optimizer, scheduler, scaler) -> None:
     state = {
+        "settings": json.dumps(resume_settings(config)),
         "step": step,
         "best_json": json.dumps(best),
         "optimizer": optimizer.state_dict(),
@@ -216,14 +225,21 @@ def _save_train_state(path: Path, step: int, best: dict, optimizer, scheduler, s
         torch.save(state, tmp)
 
 
-def _load_train_state(path: Path, out: Path, model, optimizer, scheduler, scaler) -> tuple[int, dict]:
+def _load_train_state(path: Path, config: TrainConfig, model, optimizer, scheduler, scaler) -> tuple[int, dict]:
     from models.checkpoint import load_weights_into
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a torn or foreign file: say so rather than guess
         raise UserError(f"{path}: cannot resume from it ({type(e).__name__}); delete it to start over") from None
-    load_weights_into(model, out / "last.safetensors")
+    saved = json.loads(state.get("settings", "{}"))
+    changed = [f"{k} {saved.get(k)} -> {v}" for k, v in resume_settings(config).items() if saved.get(k) != v]
+    if changed:
+        raise UserError(
+            f"{path}: saved by a run with other settings ({', '.join(changed)}); "
+            "resume with the same settings, or use another --out (or drop --resume) to start over"
+        )
+    load_weights_into(model, path.parent / "last.safetensors")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])

@@ -76,6 +76,6 @@ def test_debug_flag_shows_the_traceback(capsys, tmp_path):
 
 
 def test_module_entry_point_runs():
-    result = subprocess.run([sys.executable, "-m", "seg2tflite.cli", "models"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "seg2tflite", "models"], capture_output=True, text=True)
     assert result.returncode == 0
     assert "segformer_b0" in result.stdout

@@ -1,6 +1,6 @@
 """The conversion API on a small CNN: offline, the artifacts and manifest, ONNX input, bad input.
 
-One conversion of the small CNN (module fixture) runs with every internet connection refused in
+One conversion of the small CNN (the session fixture in conftest.py) runs with every internet connection refused in
 this process; the other tests read its outputs or stop before onnx2tf.
 """
 
@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import torch.nn.functional as F
+from small_chain import SIZE, BlobDataset, K, small_model
 from torch import nn
 
 from converters import ConvertConfig, convert_model, convert_onnx, resolve_onnx_input_size
@@ -19,95 +19,7 @@ from converters.manifest import sha256_file
 from converters.onnx_export import INPUT_NAME, export_onnx, load_onnx, prepare_onnx
 from converters.ops import op_report
 from converters.runtimes import OnnxRunner, TFLiteRunner, TorchRunner, make_runner
-from seg2tflite.data.base import DatasetInfo, SegmentationDataset
 from seg2tflite.errors import UserError
-
-SIZE = (32, 48)
-K = 4
-
-
-class SmallSegNet(nn.Module):
-    """conv/BN/ReLU/pool, then bilinear upsampling back to the input size."""
-
-    def __init__(self, num_classes=K):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.pool = nn.MaxPool2d(2)
-        self.body = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
-        self.head = nn.Conv2d(16, num_classes, 1)
-
-    def forward(self, x):
-        y = self.head(self.body(self.pool(self.stem(x))))
-        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-
-class BlobDataset(SegmentationDataset):
-    """Coloured rectangles on noise; the class is the rectangle's colour index."""
-
-    def __init__(self, split, n=16, num_classes=K, name="blobs"):
-        self.split, self.n = split, n
-        self.info = DatasetInfo(name, tuple(f"c{i}" for i in range(num_classes)), ((0, 0, 0),) * num_classes)
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        rng = np.random.default_rng(i + 1000 * ("train", "val", "test").index(self.split))
-        image = rng.integers(0, 80, (*SIZE, 3), dtype=np.uint8)
-        mask = np.zeros(SIZE, np.uint8)
-        for c in range(1, self.info.num_classes):
-            y, x = rng.integers(0, SIZE[0] - 8), rng.integers(0, SIZE[1] - 8)
-            image[y : y + 8, x : x + 8] = (60 * c) % 256
-            mask[y : y + 8, x : x + 8] = c
-        return image, mask
-
-
-def _model():
-    torch.manual_seed(0)
-    model = SmallSegNet()
-    with torch.no_grad():  # non-trivial BN statistics, as after training
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def offline_result(tmp_path_factory):
-    """Convert with every AF_INET/AF_INET6 connection and every requests.get refused, recording attempts."""
-    import requests
-
-    attempts = []
-    real_connect = socket.socket.connect
-
-    def connect(self, address):
-        if self.family in (socket.AF_INET, socket.AF_INET6):
-            attempts.append(("connect", address))
-            raise OSError("network forbidden in this test")
-        return real_connect(self, address)
-
-    def refuse(address, *args, **kwargs):
-        attempts.append(("create_connection/get", address))
-        raise OSError("network forbidden in this test")
-
-    out = tmp_path_factory.mktemp("small")
-    config = ConvertConfig(input_size=SIZE, calib_size=8, parity_images=4)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket.socket, "connect", connect)
-        mp.setattr(socket, "create_connection", refuse)
-        mp.setattr(requests, "get", refuse)
-        result = convert_model(
-            _model(), out, config, BlobDataset("train"), BlobDataset("val"), command=["test"], log=None, progress=False
-        )
-        during_conversion = list(attempts)
-        # Unguarded, onnx2tf's own test-image helper goes to the network (from a folder without its .npy):
-        import onnx2tf.utils.common_functions as common
-
-        mp.chdir(out)
-        with pytest.raises(OSError, match="network forbidden"):
-            common.download_test_image_data()
-    return result, during_conversion, attempts
 
 
 def test_conversion_is_offline(offline_result):
@@ -159,7 +71,7 @@ def test_runners_reproduce_parity(offline_result):
     result = offline_result[0]
     out = result.out_dir
     x = np.random.default_rng(0).standard_normal((2, 3, *SIZE)).astype(np.float32)
-    ref = TorchRunner(_model())(x)
+    ref = TorchRunner(small_model())(x)
     for path in (out / "model.onnx", out / "saved_model", out / "model_float32.tflite"):
         y = make_runner(path)(x)
         assert y.shape == (2, K, *SIZE)
@@ -187,7 +99,7 @@ def test_convert_onnx_with_float_io(offline_result, tmp_path):
 def test_dynamic_onnx_input_needs_input_size(tmp_path):
     path = tmp_path / "dynamic.onnx"
     torch.onnx.export(
-        _model(), (torch.zeros(1, 3, *SIZE),), str(path), input_names=["x"], output_names=["y"],
+        small_model(), (torch.zeros(1, 3, *SIZE),), str(path), input_names=["x"], output_names=["y"],
         dynamic_axes={"x": {0: "batch", 2: "height", 3: "width"}}, opset_version=17, dynamo=False,
     )
     with pytest.raises(UserError, match=r"dynamic\.onnx: input 'x' has dynamic dimensions .*pass --input-size H W"):
@@ -199,7 +111,7 @@ def test_dynamic_onnx_input_needs_input_size(tmp_path):
 
 
 def test_static_onnx_size_mismatch(tmp_path):
-    model = export_onnx(_model(), SIZE)
+    model = export_onnx(small_model(), SIZE)
     assert model.graph.input[0].name == INPUT_NAME
     with pytest.raises(UserError, match=f"pass --input-size {SIZE[0]} {SIZE[1]}"):
         prepare_onnx(model, (64, 64), "m.onnx")
@@ -210,11 +122,11 @@ def test_static_onnx_size_mismatch(tmp_path):
 def test_refuses_mismatched_data_before_converting(tmp_path):
     config = ConvertConfig(input_size=SIZE, calib_size=8, parity_images=2)
     with pytest.raises(UserError, match="also the evaluation split"):
-        convert_model(_model(), tmp_path, config, BlobDataset("val"), BlobDataset("val"), log=None, progress=False)
+        convert_model(small_model(), tmp_path, config, BlobDataset("val"), BlobDataset("val"), log=None, progress=False)
     with pytest.raises(UserError, match="--num-classes: the model predicts 4 classes but blobs:train has 6"):
-        convert_model(_model(), tmp_path, config, BlobDataset("train", num_classes=6), None, log=None, progress=False)
+        convert_model(small_model(), tmp_path, config, BlobDataset("train", num_classes=6), None, log=None, progress=False)
     with pytest.raises(UserError, match="fewer than the minimum 8"):
-        convert_model(_model(), tmp_path, config, BlobDataset("train", n=5), None, log=None, progress=False)
+        convert_model(small_model(), tmp_path, config, BlobDataset("train", n=5), None, log=None, progress=False)
     assert not (tmp_path / "saved_model").exists()
 
 

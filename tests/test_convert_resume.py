@@ -1,0 +1,144 @@
+"""Interrupted and repeated conversions: unchanged stages are kept, changed ones rebuilt.
+
+The kill test starts the real ``seg2tflite convert`` command, kills it with SIGKILL once the first
+.tflite is on disk, and runs the same command again.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+import pytest
+from small_chain import SIZE, BlobDataset
+
+from converters import ConvertConfig, convert_onnx
+from converters.manifest import sha256_file
+from converters.resume import STAGES_FILE, StageCache, stage_key
+from seg2tflite.data import write_folder_dataset
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+BUILT_STAGES = ("onnx", "saved_model", "float32", "float16", "dynamic_int8", "full_int8", "int16x8", "parity")
+
+
+def _convert_again(out, log):
+    config = ConvertConfig(input_size=SIZE, calib_size=8, parity_images=4)
+    return convert_onnx(
+        out / "model.onnx", out, config, BlobDataset("train"), BlobDataset("val"), mean=MEAN, std=STD, log=log.append, progress=False
+    )
+
+
+@pytest.fixture
+def converted_copy(offline_result, tmp_path):
+    """A private copy of a finished conversion folder, converted once more from its own model.onnx."""
+    out = tmp_path / "out"
+    shutil.copytree(offline_result[0].out_dir, out)
+    first = _convert_again(out, [])  # the ONNX path has no PyTorch stage: establish that record
+    return out, first
+
+
+def test_stage_key_is_order_and_boundary_sensitive():
+    assert stage_key(b"ab", b"c") != stage_key(b"a", b"bc")
+    assert stage_key("x", {"a": 1, "b": 2}) == stage_key("x", {"b": 2, "a": 1})
+    assert stage_key(np.zeros(3, np.float32).tobytes()) != stage_key(np.zeros(4, np.float32).tobytes())
+
+
+def test_rerun_keeps_every_unchanged_stage(converted_copy):
+    out, first = converted_copy
+    before = {p.name: sha256_file(p) for p in out.glob("*.tflite")}
+    log = []
+    second = _convert_again(out, log)
+    text = "\n".join(log)
+    assert "saved_model: unchanged since the last run" in text
+    for variant in ("float32", "float16", "dynamic_int8", "full_int8", "int16x8"):
+        assert f"model_{variant}.tflite: unchanged since the last run, kept" in text
+    assert "parity: inputs unchanged" in text
+    assert second.parity.to_dict() == first.parity.to_dict()
+    assert {p.name: sha256_file(p) for p in out.glob("*.tflite")} == before
+    assert set(second.manifest["stage_keys"]) == set(BUILT_STAGES)
+
+
+def test_a_damaged_artifact_is_rebuilt_alone(converted_copy):
+    out, first = converted_copy
+    damaged = out / "model_float16.tflite"
+    whole = damaged.read_bytes()
+    damaged.write_bytes(whole[:100])
+    log = []
+    second = _convert_again(out, log)
+    text = "\n".join(log)
+    assert "model_float16.tflite: unchanged" not in text
+    assert "model_float32.tflite: unchanged since the last run, kept" in text
+    assert "saved_model: unchanged since the last run" in text
+    assert damaged.read_bytes() == whole  # rebuilt, identical: the TFLite converter is deterministic
+    assert "parity: inputs unchanged" in text  # so the recorded figures still hold
+    assert second.parity.to_dict() == first.parity.to_dict()
+
+
+def test_a_changed_model_rebuilds_everything(converted_copy):
+    out, _ = converted_copy
+    model = onnx.load(str(out / "model.onnx"))
+    weight = next(init for init in model.graph.initializer if len(init.dims) == 4)
+    values = numpy_helper.to_array(weight) * 1.01
+    weight.CopyFrom(numpy_helper.from_array(values.astype(np.float32), weight.name))
+    onnx.save(model, str(out / "model.onnx"))
+    log = []
+    _convert_again(out, log)
+    assert not any("unchanged" in line for line in log)
+
+
+def test_stale_temporaries_are_removed(tmp_path):
+    (tmp_path / ".model_float32.tflite.abc.tmp").mkdir()
+    (tmp_path / ".model_float32.tflite.abc.tmp" / "model_float32.tflite").write_bytes(b"half")
+    cache = StageCache(tmp_path)
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert cache.stages == {}
+
+
+def _blob_folder(path):
+    return write_folder_dataset({s: BlobDataset(s) for s in ("train", "val")}, path, progress=False, source="blobs")
+
+
+def _recorded_stages(out) -> set[str]:
+    try:
+        return set(json.loads((out / STAGES_FILE).read_text())["stages"])
+    except (OSError, ValueError):
+        return set()
+
+
+def test_killed_convert_resumes(offline_result, tmp_path):
+    """SIGKILL ``seg2tflite convert`` after its first .tflite, then run it again to the end."""
+    data = _blob_folder(tmp_path / "blobs")
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "seg2tflite", "convert", "--onnx", str(offline_result[0].out_dir / "model.onnx"),
+        "--calib-data", f"folder:{data}", "--calib-size", "8", "--parity-images", "4", "--out", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        while process.poll() is None and "float32" not in _recorded_stages(out):
+            time.sleep(0.05)
+        assert process.poll() is None, process.stdout.read().decode()[-2000:]
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (out / "manifest.json").exists()
+    recorded = _recorded_stages(out)
+    assert {"onnx", "saved_model", "float32"} <= recorded and "parity" not in recorded
+
+    rerun = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "saved_model: unchanged since the last run" in rerun.stdout
+    assert "model_float32.tflite: unchanged since the last run, kept" in rerun.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    for rel, entry in manifest["artifacts"].items():
+        assert sha256_file(out / rel) == entry["sha256"], rel
+    assert not list(out.glob(".*.tmp"))
+    assert json.loads((out / "parity.json").read_text())["failures"] == []
