@@ -69,8 +69,12 @@ def check_images(images: np.ndarray, source: str, min_size: int) -> None:
         )
     if not np.isfinite(images).all():
         raise UserError(f"{source}: calibration images contain NaN or Inf; check the data")
-    if float(images.max()) == float(images.min()):
-        raise UserError(f"{source}: every calibration pixel has the same value; the data is blank")
+    flat = images.reshape(len(images), images.shape[1], -1)
+    if (flat.max(axis=2) == flat.min(axis=2)).all():
+        raise UserError(
+            f"{source}: every calibration image is one value per channel (blank); "
+            "calibrate on real images, or the int8 ranges describe nothing"
+        )
 
 
 def build_calibration_set(

@@ -111,6 +111,7 @@ def prepare_onnx(
             f"{source}: input {input_name!r} is fixed to {static_hw[0]}x{static_hw[1]} but --input-size is "
             f"{input_size[0]}x{input_size[1]}; pass --input-size {static_hw[0]} {static_hw[1]}"
         )
+    check_ops_carried(model, source)
     model = _fix_input_shape(model, input_name, [1, 3, *input_size])
     try:
         onnx.checker.check_model(model, full_check=True)
@@ -131,6 +132,23 @@ def prepare_onnx(
             f"{input_size[0]}, {input_size[1]}) logits at input resolution"
         )
     return PreparedOnnx(model, input_name, outputs[0].name, out_dims[1], applied)
+
+
+def check_ops_carried(model: onnx.ModelProto, source: str) -> None:
+    """Refuse, before any conversion work, a node whose op onnx2tf has no converter for."""
+    import importlib.util
+
+    known: dict[str, bool] = {}
+    for node in model.graph.node:
+        op = node.op_type
+        if op not in known:
+            known[op] = op.isidentifier() and importlib.util.find_spec(f"onnx2tf.ops.{op}") is not None
+        if not known[op] or node.domain not in ("", "ai.onnx"):
+            where = f"{node.domain}::{op}" if node.domain else op
+            raise UserError(
+                f"{source}: node {node.name or '(unnamed)'!r} is a {where} op, which onnx2tf cannot convert; "
+                "replace it in the PyTorch model (or the ONNX graph) with standard ONNX ops"
+            )
 
 
 def _fix_input_shape(model: onnx.ModelProto, input_name: str, shape: list[int]) -> onnx.ModelProto:

@@ -293,10 +293,10 @@ def format_table(report: ParityReport) -> str:
         rows = [(ref, r.vs_pytorch)] + ([(r.previous, r.vs_previous)] if r.previous not in (None, ref) else [])
         if name == ref or not r.vs_pytorch:
             rows = [("-", {})]
-        for j, (ref, m) in enumerate(rows):
+        for j, (against, m) in enumerate(rows):
             first = j == 0
             lines.append(
-                f"{name if first else '':<13}{ref:<12}"
+                f"{name if first else '':<13}{against:<12}"
                 f"{_fmt(m.get('max_abs'), '.3g'):>10}{_fmt(m.get('mean_abs'), '.3g'):>10}"
                 f"{_fmt(m.get('max_abs_over_range'), '.2e'):>10}{_fmt(m.get('cosine'), '.6f'):>10}"
                 f"{_fmt(None if m.get('argmax_agreement') is None else 100 * m['argmax_agreement'], '.3f'):>10}"

@@ -114,8 +114,9 @@ def _import_runtime(kind: str) -> None:
     import converters.runtimes  # noqa: F401
 
     if kind == "pytorch":
-        import models  # noqa: F401
         import torch  # noqa: F401
+
+        import models  # noqa: F401
     elif kind == "onnx":
         import onnxruntime  # noqa: F401
     elif kind == "tf":

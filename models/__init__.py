@@ -1,5 +1,7 @@
 """Segmentation models: SegFormer, SegNet and DeepLabv3+, reached through one registry."""
 
+# Importing the architecture files fills the registry.
+from models import deeplabv3plus, segformer, segnet  # noqa: E402,F401
 from models.registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -10,9 +12,6 @@ from models.registry import (
     list_models,
     register_model,
 )
-
-# Importing the architecture files fills the registry.
-from models import deeplabv3plus, segformer, segnet  # noqa: E402,F401
 
 __all__ = [
     "IMAGENET_MEAN",

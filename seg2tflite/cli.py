@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
+import tempfile
 import traceback
+from pathlib import Path
 
 from seg2tflite.errors import UserError
 
@@ -397,9 +401,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def keep_tool_caches_in_temp() -> None:
+    """Point matplotlib's and Keras's config/cache folders (by default ~/.cache/matplotlib,
+    ~/.config/matplotlib, ~/.keras) into the system temp dir, so a run writes nothing outside its
+    output folder and temp. Settings the user made are kept; worker processes inherit them."""
+    base = Path(tempfile.gettempdir()) / f"seg2tflite-{getattr(os, 'getuid', lambda: 'user')()}"
+    for variable, folder in (("MPLCONFIGDIR", "matplotlib"), ("KERAS_HOME", "keras")):
+        if variable not in os.environ:
+            (base / folder).mkdir(parents=True, exist_ok=True)
+            os.environ[variable] = str(base / folder)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_tool_caches_in_temp()
     try:
         args.run(args)
     except UserError as e:
@@ -407,10 +423,28 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"seg2tflite: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, no permission, a file where a folder should be...
+        if args.debug:
+            traceback.print_exc()
+        print(f"seg2tflite: error: {os_error_line(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("seg2tflite: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def os_error_line(error: OSError) -> str:
+    """One line for an operating-system error while reading or writing."""
+    where = f"{error.filename}: " if error.filename else ""
+    reason = error.strerror or str(error) or type(error).__name__
+    if error.errno == errno.ENOSPC:
+        return f"{where}no space left on the device; free some space or choose another --out (the unfinished file was not kept)"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{where}cannot write here ({reason}); choose a writable --out"
+    if error.errno in (errno.ENOTDIR, errno.EEXIST):
+        return f"{where}{reason}: a file is in the way of a folder; choose another --out"
+    return f"{where}{reason}; rerun with --debug for the traceback"
 
 
 if __name__ == "__main__":

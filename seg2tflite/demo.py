@@ -51,7 +51,8 @@ def _train(name: str, data: str, config: DemoConfig, model_dir: Path) -> Path:
         lr=config.lr,
         warmup_steps=min(50, steps // 10),
         input_size=config.model_input_size(name),
-        val_every=max(1, steps // 4),
+        val_every=max(1, steps // 2),  # each validation costs CPU seconds the budget needs elsewhere
+        val_images=config.val_images,
         seed=config.seed,
         resume=True,
         progress=config.progress,

@@ -20,7 +20,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
-from torchvision import tv_tensors
 from torchvision.transforms import v2
 from tqdm import tqdm
 

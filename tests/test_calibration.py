@@ -94,7 +94,7 @@ def test_refuses_bad_data():
         build_calibration_set(ToyDataset(channels=4), PRE, size=8, progress=False)
     with pytest.raises(UserError, match=r"expected \(H, W, 3\)"):
         build_calibration_set(ToyDataset(channels=0), PRE, size=8, progress=False)
-    with pytest.raises(UserError, match="same value"):
+    with pytest.raises(UserError, match="one value per channel"):
         build_calibration_set(ToyDataset(constant=True), PRE, size=8, progress=False)
 
 
@@ -109,7 +109,7 @@ def test_array_checks():
         calibration_from_array(good[:, :1], "calib.npy")
     with pytest.raises(UserError, match="NaN"):
         calibration_from_array(np.where(good > 2, np.nan, good), "calib.npy")
-    with pytest.raises(UserError, match="same value"):
+    with pytest.raises(UserError, match="one value per channel"):
         calibration_from_array(np.ones_like(good), "calib.npy")
 
 

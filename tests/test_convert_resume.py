@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 import pytest
+from onnx import numpy_helper
 from small_chain import SIZE, BlobDataset
 
 from converters import ConvertConfig, convert_onnx

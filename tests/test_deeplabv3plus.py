@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import timm
 import torch
+from model_helpers import randomise_batchnorm
 from safetensors.torch import save_file
 
 from models import create_model, deploy_form, get_model_config
 from models.checkpoint import save_checkpoint
 from models.deeplabv3plus import DeepLabV3Plus
-from model_helpers import randomise_batchnorm
 from seg2tflite.errors import UserError
 
 NUM_CLASSES = 5

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from model_helpers import randomise_batchnorm
 
 from models import create_model, deploy_form, get_model_config, list_models
-from model_helpers import randomise_batchnorm
 from models.checkpoint import load_model, save_checkpoint
 
 NUM_CLASSES = 5

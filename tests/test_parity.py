@@ -130,10 +130,13 @@ def test_wrong_output_shape_is_an_error():
 
 def test_table_and_json():
     ref = _logits()
-    report = measure_parity({"pytorch": _runner(ref), "onnx": _runner(ref + 1e-6)}, _images(), ref.argmax(1), K, progress=False)
+    runners = {"pytorch": _runner(ref), "onnx": _runner(ref + 1e-6), "saved_model": _runner(ref + 2e-6)}
+    report = measure_parity(runners, _images(), ref.argmax(1), K, progress=False)
     apply_gates(report, _config())
     table = format_table(report)
-    assert "onnx" in table and "pass" in table
+    rows = [line.split()[:2] for line in table.splitlines()[3:]]
+    assert rows == [["pytorch", "-"], ["onnx", "pytorch"], ["saved_model", "pytorch"], ["onnx", "1e-06"]]
+    assert "pass" in table
     data = report.to_dict()
     assert data["stages"]["onnx"]["vs_pytorch"]["argmax_agreement"] == 1.0
     assert math.isclose(data["pytorch_miou"], 1.0)

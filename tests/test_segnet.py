@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from model_helpers import randomise_batchnorm
 
 from models import create_model, deploy_form, get_model_config
 from models.checkpoint import save_checkpoint
 from models.segnet import SegNet, SegNetDeploy, depth_to_space, unpool_first_max
-from model_helpers import randomise_batchnorm
 from seg2tflite.errors import UserError
 
 NUM_CLASSES = 5
