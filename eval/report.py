@@ -483,6 +483,28 @@ def render_results_md(record: RunRecord) -> str:
     return "\n".join(lines)
 
 
+def render_summary_md(record: RunRecord) -> str:
+    """The short table (one row per model x stage, the columns a reader compares first) for a README."""
+    rows = table_rows(record)
+    header = ["model", "input", "stage", "size (MB)", "zipped (MB)", "median (ms)", "mIoU (%)", "Δ mIoU (pts)", "agreement (%)"]
+    body = [
+        [
+            f"`{t['model']}`", t["input_size"], t["stage_label"], _fmt(t["file_mb"], ".2f"), _fmt(t["zip_mb"], ".2f"),
+            _fmt(t["latency_median_ms"], ".1f"), _fmt(t["miou_pct"], ".2f"),
+            _signed(t["miou_delta_pts"]) if t["stage"] != REFERENCE_STAGE else "ref",
+            _fmt(t["argmax_agreement_pct"], ".2f") if t["stage"] != REFERENCE_STAGE else "ref",
+        ]
+        for t in rows
+    ]  # fmt: skip
+    threads = sorted({t["threads"] for t in rows if t["threads"]})
+    return "\n".join([
+        f"Latency: median ms at batch 1 with {', '.join(map(str, threads)) or '?'} threads. Full table: `results.md`.",
+        "",
+        _md_table(header, body, ["---", "---", "---"] + ["--:"] * (len(header) - 3)),
+        "",
+    ])  # fmt: skip
+
+
 def render_per_class_md(record: RunRecord) -> str:
     classes, rows = per_class_rows(record)
     header = ["model", "stage", *classes]
@@ -565,6 +587,7 @@ def build_report(run_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rows = table_rows(record)
     atomic_write_text(out / "results.md", render_results_md(record))
+    atomic_write_text(out / "summary.md", render_summary_md(record))
     atomic_write_text(out / "results.csv", _csv_text(rows, list(rows[0])))
     report_json = {"schema": SCHEMA, "created": record.created, "versions": record.versions, "rows": rows}
     atomic_write_text(out / "results.json", json.dumps(report_json, indent=2) + "\n")

@@ -11,7 +11,7 @@ DEMO_MODELS = ("segformer_b0", "segnet_vgg16", "deeplabv3plus_mobilenetv2", "dee
 # 96x96; segnet_vgg16 1.1 at 64x64).
 DEFAULT_TRAIN_STEPS = {
     "segformer_b0": 500,
-    "segnet_vgg16": 220,
+    "segnet_vgg16": 240,
     "deeplabv3plus_mobilenetv2": 300,
     "deeplabv3plus_xception65": 150,
 }

@@ -66,16 +66,16 @@ def test_rerun_keeps_every_unchanged_stage(converted_copy):
 
 def test_a_damaged_artifact_is_rebuilt_alone(converted_copy):
     out, first = converted_copy
-    damaged = out / "model_float16.tflite"
+    damaged = out / "model_full_int8.tflite"
     whole = damaged.read_bytes()
     damaged.write_bytes(whole[:100])
     log = []
     second = _convert_again(out, log)
     text = "\n".join(log)
-    assert "model_float16.tflite: unchanged" not in text
+    assert "model_full_int8.tflite: unchanged" not in text
     assert "model_float32.tflite: unchanged since the last run, kept" in text
     assert "saved_model: unchanged since the last run" in text
-    assert damaged.read_bytes() == whole  # rebuilt, identical: the TFLite converter is deterministic
+    assert damaged.read_bytes() == whole  # rebuilt, identical: calibration and conversion are deterministic
     assert "parity: inputs unchanged" in text  # so the recorded figures still hold
     assert second.parity.to_dict() == first.parity.to_dict()
 

@@ -31,7 +31,7 @@ from seg2tflite.errors import UserError
 DATA = "synthetic:train=8,val=4,test=4,size=32"
 SIZE = (32, 32)
 NAME = "tiny_report_cnn"
-REPORT_FILES = ("results.md", "results.csv", "results.json", "per_class_iou.md", "per_class_iou.csv", "tradeoff.png", "overlays.png")
+REPORT_FILES = ("results.md", "summary.md", "results.csv", "results.json", "per_class_iou.md", "per_class_iou.csv", "tradeoff.png", "overlays.png")
 
 
 class TinySegNet(nn.Module):
@@ -112,6 +112,9 @@ def test_report_files_and_tables(measured):
     assert table[1].startswith(f"| `{NAME}` | ONNX | onnxruntime |") and "| +0.00 | 100.000 |" in table[1]
     assert table[3].startswith(f"| `{NAME}` | TFLite float32 | litert |") and "| +0.00 | 100.000 |" in table[3]
     assert "## Published figures: DIFFERENT DATA, not comparable" in md and "WARNING" not in md
+    summary = [line.split(" | ") for line in (out / "summary.md").read_text().splitlines() if line.startswith(f"| `{NAME}` |")]
+    assert [cells[2] for cells in summary] == [label for _, label in STAGES.values()]
+    assert [cells[6] for cells in summary] == [f"{100 * r.miou:.2f}" for r in rows]
     with open(out / "results.csv") as f:
         table_csv = list(csv.DictReader(f))
     assert [(r["model"], r["stage"]) for r in table_csv] == [(NAME, stage) for stage in STAGES]
