@@ -124,9 +124,14 @@ def load_model(checkpoint: str | Path) -> nn.Module:
     config = read_checkpoint_config(checkpoint)
     if "name" not in config:
         raise UserError(f"{checkpoint}: the checkpoint config names no model")
-    return create_model(
+    from dataclasses import replace
+
+    model = create_model(
         config["name"],
         num_classes=config.get("num_classes"),
         checkpoint=str(resolve_weights_file(checkpoint)),
         **config.get("kwargs", {}),
     )
+    if config.get("input_size"):  # the size it was trained at, which later steps default to
+        model.model_config = replace(model.model_config, input_size=tuple(config["input_size"]))
+    return model

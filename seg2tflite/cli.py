@@ -49,11 +49,11 @@ def _add_data(sub) -> None:
     s.add_argument("--num-val", type=int, default=None, help="validation images")
     s.add_argument("--num-test", type=int, default=None, help="test images")
     s.add_argument("--image-size", type=_size, nargs=2, metavar=("H", "W"), default=None, help="image size")
-    s.set_defaults(run=_run_data_synthetic)
+    s.set_defaults(handler=_run_data_synthetic)
     c = data_sub.add_parser("check", help="read every item of a dataset split and report problems", formatter_class=_Formatter)
     c.add_argument("--data", required=True, help=DATA_SPEC_SHORT)
     c.add_argument("--split", default="val", choices=["train", "val", "test"], help="split")
-    c.set_defaults(run=_run_data_check)
+    c.set_defaults(handler=_run_data_check)
 
 
 def _run_data_synthetic(args) -> None:
@@ -87,7 +87,7 @@ def _run_data_check(args) -> None:
 
 def _add_models(sub) -> None:
     p = sub.add_parser("models", help="list the registered models", formatter_class=_Formatter)
-    p.set_defaults(run=_run_models)
+    p.set_defaults(handler=_run_models)
 
 
 def _run_models(args) -> None:
@@ -124,7 +124,7 @@ def _add_train(sub) -> None:
     p.add_argument("--encoder-checkpoint", default=None, help="local timm-format ImageNet weights for the encoder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
-    p.set_defaults(run=_run_train)
+    p.set_defaults(handler=_run_train)
 
 
 def _run_train(args) -> None:
@@ -194,7 +194,7 @@ def _add_convert(sub) -> None:
     p.add_argument("--std", type=float, nargs=3, default=None, help="with --onnx: per-channel std (default: ImageNet)")
     p.add_argument("--seed", type=int, default=0, help="seed for the random init when no --checkpoint is given")
     p.add_argument("--out", required=True, help="output folder")
-    p.set_defaults(run=_run_convert)
+    p.set_defaults(handler=_run_convert)
 
 
 def _run_convert(args) -> None:
@@ -262,7 +262,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--threads", type=_size, default=None, help="threads per process (default: cores shared out)")
     p.add_argument("--limit", type=_size, default=None, help="evaluate only the first N images")
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
-    p.set_defaults(run=_run_evaluate)
+    p.set_defaults(handler=_run_evaluate)
 
 
 def _run_evaluate(args) -> None:
@@ -294,7 +294,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--threads", type=_size, default=1, help="runtime threads")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first")
     p.add_argument("--runs", type=_size, default=30, help="timed runs")
-    p.set_defaults(run=_run_bench)
+    p.set_defaults(handler=_run_bench)
 
 
 def _run_bench(args) -> None:
@@ -310,7 +310,7 @@ def _run_bench(args) -> None:
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="rebuild DIR/report/ from a run's recorded results, recomputing nothing", formatter_class=_Formatter)
     p.add_argument("--run", required=True, help="run folder holding record.json (e.g. the demo's --out)")
-    p.set_defaults(run=_run_report)
+    p.set_defaults(handler=_run_report)
 
 
 def _run_report(args) -> None:
@@ -355,7 +355,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--max-miou-drop", type=float, default=d.max_miou_drop, help="mIoU points a quantized variant may lose")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (data, init, training)")
     p.add_argument("--strict", action="store_true", help="exit non-zero when any conversion gate fails")
-    p.set_defaults(run=_run_demo)
+    p.set_defaults(handler=_run_demo)
 
 
 def _run_demo(args) -> None:
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     keep_tool_caches_in_temp()
     try:
-        args.run(args)
+        args.handler(args)
     except UserError as e:
         if args.debug:
             traceback.print_exc()

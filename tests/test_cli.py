@@ -79,3 +79,9 @@ def test_module_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "seg2tflite", "models"], capture_output=True, text=True)
     assert result.returncode == 0
     assert "segformer_b0" in result.stdout
+
+
+def test_report_command_rebuilds_from_its_run_folder(capsys, tmp_path):
+    """``--run`` is an option of ``report``; it must not shadow the command's own handler."""
+    code = main(["report", "--run", str(tmp_path)])
+    assert code == 2 and "record.json" in _error_line(capsys)

@@ -211,3 +211,13 @@ def test_offline_guards():
         with pytest.raises(NetworkForbidden):
             socket.create_connection(("192.0.2.1", 80))
     assert main.download_test_image_data.__module__ == "onnx2tf.utils.common_functions"
+
+
+def test_float64_noise_floor_of_a_smooth_model_is_rounding_only():
+    from converters.pipeline import float64_noise_floor
+
+    model = small_model()
+    images = np.random.default_rng(0).standard_normal((2, 3, *SIZE)).astype(np.float32)
+    floor = float64_noise_floor(model, images)
+    assert 0 < floor["max_abs_over_range"] < 1e-5
+    assert next(model.parameters()).dtype == torch.float32  # measured on a copy

@@ -1,5 +1,7 @@
 """Every registered model is tested by being registered: shapes, backward, deploy form, round trip."""
 
+import dataclasses
+
 import pytest
 import torch
 from model_helpers import randomise_batchnorm
@@ -68,6 +70,7 @@ def test_checkpoint_round_trip(model_name, tmp_path):
     torch.manual_seed(0)
     model = create_model(model_name, num_classes=NUM_CLASSES).eval()
     randomise_batchnorm(model)
+    model.model_config = dataclasses.replace(model.model_config, input_size=(64, 96))  # as after training at 64x96
     path = save_checkpoint(model, tmp_path / "model.safetensors")
     restored = load_model(path).eval()
     assert restored.model_config == model.model_config
