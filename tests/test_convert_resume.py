@@ -7,20 +7,19 @@ The kill test starts the real ``seg2tflite convert`` command, kills it with SIGK
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import onnx
 import pytest
+from interrupt import kill_once_recorded, recorded_stages
 from onnx import numpy_helper
 from small_chain import SIZE, BlobDataset
 
 from converters import ConvertConfig, convert_onnx
 from converters.manifest import sha256_file
-from converters.resume import STAGES_FILE, StageCache, stage_key
+from converters.resume import StageCache, stage_key
 from seg2tflite.data import write_folder_dataset
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -104,13 +103,6 @@ def _blob_folder(path):
     return write_folder_dataset({s: BlobDataset(s) for s in ("train", "val")}, path, progress=False, source="blobs")
 
 
-def _recorded_stages(out) -> set[str]:
-    try:
-        return set(json.loads((out / STAGES_FILE).read_text())["stages"])
-    except (OSError, ValueError):
-        return set()
-
-
 def test_killed_convert_resumes(offline_result, tmp_path):
     """SIGKILL ``seg2tflite convert`` after its first .tflite, then run it again to the end."""
     data = _blob_folder(tmp_path / "blobs")
@@ -120,17 +112,9 @@ def test_killed_convert_resumes(offline_result, tmp_path):
         "--calib-data", f"folder:{data}", "--calib-size", "8", "--parity-images", "4", "--out", str(out),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        while process.poll() is None and "float32" not in _recorded_stages(out):
-            time.sleep(0.05)
-        assert process.poll() is None, process.stdout.read().decode()[-2000:]
-        os.killpg(process.pid, signal.SIGKILL)
-    finally:
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
+    kill_once_recorded(command, out, "float32", env=env)
     assert not (out / "manifest.json").exists()
-    recorded = _recorded_stages(out)
+    recorded = recorded_stages(out)
     assert {"onnx", "saved_model", "float32"} <= recorded and "parity" not in recorded
 
     rerun = subprocess.run(command, capture_output=True, text=True, env=env)

@@ -2,10 +2,10 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
+
+from interrupt import kill_once_recorded
 
 from seg2tflite.demo import run_demo
 from seg2tflite.demo_config import DemoConfig
@@ -66,13 +66,6 @@ socket.create_connection = lambda address, *args, **kwargs: _refuse(address)
 '''
 
 
-def _stages_recorded(convert_dir) -> set:
-    try:
-        return set(json.loads((convert_dir / "stages.json").read_text())["stages"])
-    except (OSError, ValueError):
-        return set()
-
-
 def test_demo_killed_mid_conversion_resumes_offline_and_contained(tmp_path):
     """The real command in a subprocess whose every process refuses network connections (a
     sitecustomize on PYTHONPATH), with an empty HOME and working folder: SIGKILL it once the
@@ -93,14 +86,7 @@ def test_demo_killed_mid_conversion_resumes_offline_and_contained(tmp_path):
         "--train-steps", "4", "--batch-size", "4", "--calib-size", "8", "--workers", "1", "--bench-threads", "1",
     ]  # fmt: skip
     convert_dir = cwd / "run" / "models" / "deeplabv3plus_mobilenetv2" / "convert"
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        while process.poll() is None and "saved_model" not in _stages_recorded(convert_dir):
-            time.sleep(0.05)
-        assert process.poll() is None, process.stdout.read().decode()[-3000:]
-        os.killpg(process.pid, signal.SIGKILL)
-    finally:
-        process.wait()
+    kill_once_recorded(command, convert_dir, "saved_model", cwd=cwd, env=env)
     checkpoint = cwd / "run" / "models" / "deeplabv3plus_mobilenetv2" / "train" / "best.safetensors"
     trained = checkpoint.stat().st_mtime_ns
 
