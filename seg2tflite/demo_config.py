@@ -16,8 +16,9 @@ DEFAULT_TRAIN_STEPS = {
     "deeplabv3plus_xception65": 150,
 }
 # SegNet-VGG16 costs about 5x the others per pixel (measured 2.3 s per step at 96x96): at 64x64 it
-# gets twice the steps in its share of the budget (measured val mIoU 32% after 180 steps and 37%
-# after 240 at 64x64, 14% after 120 steps at 96x96). --input-size overrides this for every model.
+# gets twice the steps in its share of the budget (measured val mIoU 38% after 240 steps at 64x64,
+# 14% after 120 steps at 96x96). Its from-scratch training is fragile: a 220-step schedule reached
+# only 15%. --input-size overrides this for every model.
 DEFAULT_INPUT_SIZE = {"segnet_vgg16": (64, 64)}
 FALLBACK_TRAIN_STEPS = 300
 # colour_hint 0.9 (default 0.6) makes the classes learnable in a few CPU minutes: measured,
