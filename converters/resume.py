@@ -55,10 +55,6 @@ class StageCache:
         self.stages[stage] = {"key": key, "names": names, "files": artifact_hashes(self.out_dir, names)}
         atomic_write_text(self.path, json.dumps({"stages": self.stages}, indent=2) + "\n")
 
-    def forget(self, stage: str) -> None:
-        if self.stages.pop(stage, None) is not None:
-            atomic_write_text(self.path, json.dumps({"stages": self.stages}, indent=2) + "\n")
-
 
 def remove_stale_temporaries(out_dir: Path) -> None:
     """Delete the ``.NAME.*.tmp`` folders that a killed ``atomic_path`` write left behind."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from calibration.representative import CalibrationSet
-from converters.config import VARIANTS
+from converters.config import CALIBRATED_VARIANTS, VARIANTS
 from converters.onnx_to_tf import ConversionError
 
 
@@ -39,7 +39,7 @@ def build_tflite(
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if variant == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    if variant in ("full_int8", "int16x8"):
+    if variant in CALIBRATED_VARIANTS:
         if calibration is None:
             raise ValueError(f"{variant} needs calibration images")
         converter.representative_dataset = calibration.representative_dataset(progress)
