@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from calibration.select import select_calibration
+from calibration.select import STRATEGIES, select_calibration, select_random
 from seg2tflite.data.base import SegmentationDataset
 from seg2tflite.data.preprocess import Preprocess
 from seg2tflite.errors import UserError
@@ -85,8 +85,10 @@ def build_calibration_set(
     min_size: int = 8,
     exclude: tuple[int, ...] | list[int] = (),
     progress: bool = True,
+    strategy: str = "stratified",
 ) -> CalibrationSet:
-    """Select ``size`` images (stratified, seeded) and preprocess them as evaluation does."""
+    """Select ``size`` images (seeded; ``strategy`` "stratified" or "random", see ``select``) and
+    preprocess them as evaluation does."""
     source = dataset_source(dataset)
     if len(dataset) == 0:
         raise UserError(f"{source}: calibration data is empty; give a split with images")
@@ -95,7 +97,12 @@ def build_calibration_set(
             f"{source}: only {len(dataset) - len(set(exclude))} calibration images available, fewer than the "
             f"minimum {min_size}; give a larger split"
         )
-    indices = select_calibration(dataset, size, seed=seed, exclude=exclude, progress=progress)
+    if strategy not in STRATEGIES:
+        raise UserError(f"--calib-strategy: {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    if strategy == "random":
+        indices = select_random(dataset, size, seed=seed, exclude=exclude)
+    else:
+        indices = select_calibration(dataset, size, seed=seed, exclude=exclude, progress=progress)
     images = []
     for i in tqdm(indices, desc="calibration images", disable=not progress, leave=False):
         image = np.asarray(dataset[i][0])

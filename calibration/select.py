@@ -3,6 +3,7 @@
 Greedy first: while some class seen in the candidate pool has no picked pixels yet, pick the
 image with the most pixels of the class with the fewest picked pixels so far. Then fill the rest
 at random. Everything is drawn from a seeded permutation, so the same seed gives the same list.
+``select_random`` is the plain seeded draw the calibration study compares against.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from tqdm import tqdm
 from seg2tflite.data.base import SegmentationDataset
 from seg2tflite.errors import UserError
 
+STRATEGIES = ("stratified", "random")
 POOL_FACTOR = 4  # class statistics are read for at most POOL_FACTOR * size candidate images
 
 
@@ -58,6 +60,15 @@ def select_calibration(
     for j in np.flatnonzero(~taken)[: size - len(picked)]:
         picked.append(pool[int(j)])
     return picked
+
+
+def select_random(dataset: SegmentationDataset, size: int, seed: int = 0, exclude: tuple[int, ...] | list[int] = ()) -> list[int]:
+    """Indices of up to ``size`` images drawn uniformly at random (seeded), ignoring the classes."""
+    excluded = set(int(i) for i in exclude)
+    pool = [int(i) for i in np.random.default_rng(seed).permutation(len(dataset)) if int(i) not in excluded]
+    if not pool:
+        raise UserError(f"calibration data {_describe(dataset)}: no images to draw from; point --calib-data at a split with images")
+    return pool[:size]
 
 
 def _describe(dataset: SegmentationDataset) -> str:

@@ -76,20 +76,23 @@ class SavedModelRunner:
 
 
 class TFLiteRunner:
-    """LiteRT with its default XNNPACK delegate; when XNNPACK refuses the graph (it does for the
-    full-int8 SegFormer), the same interpreter without default delegates, noted in ``delegate``."""
+    """LiteRT with its default XNNPACK delegate; when XNNPACK refuses the graph, the same
+    interpreter without default delegates, noted in ``delegate``. ``xnnpack=False`` asks for
+    LiteRT's builtin kernels alone (they and XNNPACK disagree on the full-int8 SegFormer)."""
 
     name = "tflite"
 
-    def __init__(self, model: str | Path | bytes, threads: int | None = None):
+    def __init__(self, model: str | Path | bytes, threads: int | None = None, xnnpack: bool = True):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
         kwargs = {"num_threads": threads} if threads else {}
+        if not xnnpack:
+            kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         if isinstance(model, (bytes, bytearray)):
             kwargs["model_content"] = bytes(model)
         else:
             kwargs["model_path"] = str(model)
-        self.delegate = "xnnpack"
+        self.delegate = "xnnpack" if xnnpack else "none"
         try:
             self.interpreter = Interpreter(**kwargs)
             self.interpreter.allocate_tensors()

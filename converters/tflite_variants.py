@@ -26,15 +26,17 @@ def build_tflite(
     calibration: CalibrationSet | None = None,
     int8_io: str = "int8",
     progress: bool = False,
+    per_channel: bool = True,
 ) -> bytes:
-    """The .tflite flatbuffer of ``variant`` built from ``saved_model``."""
+    """The .tflite flatbuffer of ``variant`` built from ``saved_model`` (``per_channel=False``: one
+    weight scale per tensor, for the calibration study)."""
     import tensorflow as tf
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    converter._experimental_disable_per_channel = False  # per-channel weight scales (the default, made explicit)
+    converter._experimental_disable_per_channel = not per_channel
     if variant != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if variant == "float16":

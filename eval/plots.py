@@ -25,6 +25,7 @@ STAGE_MARKERS = {
     "tflite_dynamic_int8": "P",
     "tflite_full_int8": "X",
     "tflite_int16x8": "*",
+    "tflite_mixed_int8": "h",
 }
 IGNORE_COLOUR = (255, 255, 255)
 
@@ -48,8 +49,10 @@ def _plain_minor(value: float, _pos=None) -> str:
 def plot_tradeoff(rows: list[dict], path: str | Path) -> None:
     """mIoU (%) against file size and against median latency; colour = model, marker = stage.
 
-    ``rows`` are ``report.table_rows`` dicts. Rows without a latency are left out of that panel.
+    ``rows`` are ``report.table_rows`` dicts. Rows without a latency are left out of that panel;
+    compressed variants (``base_model`` set to another model) have their own plot.
     """
+    rows = [r for r in rows if r.get("base_model") in (None, r["model"])]
     models = list(dict.fromkeys(r["model"] for r in rows))
     colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
     labels = {r["stage"]: r["stage_label"] for r in rows}
@@ -139,4 +142,63 @@ def plot_overlays(
     handles.append(Patch(facecolor=np.asarray(IGNORE_COLOUR) / 255.0, edgecolor="black", linewidth=0.5, label="ignored"))
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 9), frameon=False, fontsize=8, bbox_to_anchor=(0.5, 0.0))
     fig.tight_layout(rect=(0.02, 0.05, 1.0, 1.0))
+    _save(fig, Path(path))
+
+
+def plot_compression(rows: list[dict], path: str | Path) -> None:
+    """mIoU (%) against zipped file size, one panel per base model, one colour per compression.
+
+    ``rows`` are ``report.compression_rows`` dicts; marker = stage as in ``plot_tradeoff``.
+    """
+    bases = list(dict.fromkeys(r["base_model"] for r in rows))
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    colours = {v: plt.get_cmap("tab10")(i % 10) for i, v in enumerate(variants)}
+    markers = {"TFLite float32": "^", "TFLite full int8": "X", "TFLite mixed int8": "h", "PyTorch": "o"}
+    fig, axes = plt.subplots(1, len(bases), figsize=(5.2 * len(bases), 4.4), squeeze=False)
+    for ax, base in zip(axes[0], bases):
+        for r in (r for r in rows if r["base_model"] == base and r["miou_pct"] is not None):
+            ax.scatter(
+                r["zip_mb"], r["miou_pct"], marker=markers.get(r["stage"], "o"), s=70,
+                color=colours[r["variant"]], edgecolors="black", linewidths=0.5, zorder=3,
+            )  # fmt: skip
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(_plain))
+        ax.xaxis.set_minor_formatter(ticker.FuncFormatter(_plain_minor))
+        ax.set_xlabel("zipped .tflite size (MB, log scale)")
+        ax.set_title(base)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("test mIoU (%)")
+    variant_handles = [Patch(color=colours[v], label=v) for v in variants]
+    stage_handles = [
+        Line2D([], [], marker=m, color="grey", markeredgecolor="black", linestyle="", markersize=8, label=s)
+        for s, m in markers.items()
+        if any(r["stage"] == s for r in rows)
+    ]
+    first = fig.legend(handles=variant_handles, title="compression", loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False)
+    fig.add_artist(first)
+    fig.legend(handles=stage_handles, title="stage", loc="upper left", bbox_to_anchor=(1.0, 0.95 - 0.06 * (len(variants) + 2)), frameon=False)
+    fig.tight_layout()
+    _save(fig, Path(path))
+
+
+def plot_calibration_study(studies: dict[str, dict], path: str | Path) -> None:
+    """Full-int8 mIoU against calibration images, a line per selection strategy, one panel per
+    model; per-tensor weights as a lone marker, float32 as a dashed line."""
+    fig, axes = plt.subplots(1, len(studies), figsize=(5 * len(studies), 4), squeeze=False)
+    for ax, (model, study) in zip(axes[0], studies.items()):
+        rows = study["rows"]
+        for strategy in dict.fromkeys(r["strategy"] for r in rows):
+            line = sorted((r["size"], r["miou"]) for r in rows if r["strategy"] == strategy and r["weights"] == "per-channel")
+            ax.plot(*zip(*line), marker="o", label=f"{strategy}, per-channel")
+        for r in (r for r in rows if r["weights"] == "per-tensor"):
+            ax.scatter(r["size"], r["miou"], marker="X", s=80, color="black", zorder=3, label=f"{r['strategy']}, per-tensor")
+        ax.axhline(study["float32_miou"], color="grey", linestyle="--", label="float32 TFLite")
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(_plain))
+        ax.set_xlabel("calibration images")
+        ax.set_title(model)
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("full-int8 test mIoU (%)")
+    axes[0][-1].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
     _save(fig, Path(path))

@@ -57,6 +57,7 @@ STAGES = {
     "tflite_dynamic_int8": ("model_dynamic_int8.tflite", "TFLite dynamic int8"),
     "tflite_full_int8": ("model_full_int8.tflite", "TFLite full int8"),
     "tflite_int16x8": ("model_int16x8.tflite", "TFLite int16x8"),
+    "tflite_mixed_int8": ("model_mixed_int8.tflite", "TFLite mixed int8"),  # from `seg2tflite compress`
 }
 REFERENCE_STAGE = "pytorch"
 OVERLAY_STAGES = ("pytorch", "tflite_float32", "tflite_full_int8")
@@ -93,6 +94,8 @@ class StageResult:
     baseline_rss_mb: float | None = None  # the same mark after the runtime's imports, before loading
     eval_seconds: float | None = None
     data_sha256: str = ""  # digest of the evaluated images and masks: equal across a model's stages
+    base_model: str | None = None  # for a compressed variant (`seg2tflite compress`): the model it came from
+    compression: str | None = None  # and how it was compressed
 
     @property
     def key(self) -> tuple[str, str]:
@@ -397,8 +400,58 @@ def table_rows(record: RunRecord) -> list[dict]:
             "data": r.data,
             "split": r.split,
             "artifact": r.artifact,
+            "base_model": r.base_model,
+            "compression": r.compression,
         })  # fmt: skip
     return out
+
+
+def compression_rows(record: RunRecord) -> list[dict]:
+    """Each base model's float32, full-int8 and mixed rows, then its compressed variants', with
+    mIoU against the base model's PyTorch row and zipped size against its float32 TFLite file."""
+    by_key = {r.key: r for r in record.rows}
+    bases = list(dict.fromkeys(r.base_model for r in record.rows if r.base_model))
+    out = []
+    for base in bases:
+        ref, float32 = by_key.get((base, REFERENCE_STAGE)), by_key.get((base, "tflite_float32"))
+        members = [r for r in record.rows if r.model == base and r.stage in ("tflite_float32", "tflite_full_int8", "tflite_mixed_int8")]
+        members += [r for r in record.rows if r.base_model == base and r.model != base]
+        for r in members:
+            out.append({
+                "base_model": base,
+                "variant": r.compression or "none",
+                "stage": STAGES.get(r.stage, (None, r.stage))[1],
+                "miou_pct": _pct(r.miou),
+                "miou_delta_vs_base_pts": None if ref is None or ref.miou is None or r.miou is None else round(100 * (r.miou - ref.miou), 2),
+                "file_mb": round(r.file_mb, 3),
+                "zip_mb": round(r.zip_mb, 3),
+                "zip_vs_float32": None if float32 is None else round(r.zip_mb / float32.zip_mb, 3),
+                "latency_median_ms": _round(r.latency_median_ms, 2),
+            })  # fmt: skip
+    return out
+
+
+def render_compression_md(record: RunRecord) -> str:
+    rows = compression_rows(record)
+    header = ["model", "compression", "stage", "mIoU (%)", "Δ vs float PyTorch (pts)", "size (MB)", "zipped (MB)", "zipped / float32", "median (ms)"]
+    body = [
+        [
+            f"`{t['base_model']}`", t["variant"], t["stage"], _fmt(t["miou_pct"], ".2f"), _signed(t["miou_delta_vs_base_pts"]),
+            _fmt(t["file_mb"], ".2f"), _fmt(t["zip_mb"], ".2f"), _fmt(t["zip_vs_float32"], ".2f"), _fmt(t["latency_median_ms"], ".1f"),
+        ]
+        for t in rows
+    ]  # fmt: skip
+    return "\n".join([
+        "# Compression",
+        "",
+        "Every compressed variant beside the model it came from. Δ is against the uncompressed model's PyTorch",
+        "mIoU on the same images; zipped / float32 compares the deflate-compressed file with the uncompressed",
+        "model's float32 .tflite (how tensorflow-model-optimization measures the gain of sparsity and clustering).",
+        "A compressed model's own PyTorch row is in `results.md` under `MODEL+METHOD`. Plot: `compression.png`.",
+        "",
+        _md_table(header, body, ["---", "---", "---"] + ["--:"] * (len(header) - 3)),
+        "",
+    ])  # fmt: skip
 
 
 def per_class_rows(record: RunRecord) -> tuple[list[str], list[dict]]:
@@ -595,6 +648,10 @@ def build_report(run_dir: str | Path) -> Path:
     atomic_write_text(out / "per_class_iou.md", render_per_class_md(record))
     atomic_write_text(out / "per_class_iou.csv", _csv_text(class_rows, ["model", "stage", *classes]))
     plots.plot_tradeoff(rows, out / "tradeoff.png")
+    compressed = compression_rows(record)
+    if compressed:
+        atomic_write_text(out / "compression.md", render_compression_md(record))
+        plots.plot_compression(compressed, out / "compression.png")
     saved = load_predictions(run_dir)
     predictions = {m: saved[m] for m in dict.fromkeys(r.model for r in record.rows) if m in saved}
     if predictions:

@@ -126,12 +126,16 @@ def load_model(checkpoint: str | Path) -> nn.Module:
         raise UserError(f"{checkpoint}: the checkpoint config names no model")
     from dataclasses import replace
 
+    weights = str(resolve_weights_file(checkpoint))
+    folded = bool(config.get("batchnorm_folded"))  # saved by `seg2tflite compress` after folding BN into convs
     model = create_model(
-        config["name"],
-        num_classes=config.get("num_classes"),
-        checkpoint=str(resolve_weights_file(checkpoint)),
-        **config.get("kwargs", {}),
+        config["name"], num_classes=config.get("num_classes"), checkpoint=None if folded else weights, **config.get("kwargs", {})
     )
+    if folded:
+        from seg2tflite.compress.layers import fold_batchnorm
+
+        model = fold_batchnorm(model)
+        load_state_dict_strict(model, read_state_dict(weights), weights)
     if config.get("input_size"):  # the size it was trained at, which later steps default to
         model.model_config = replace(model.model_config, input_size=tuple(config["input_size"]))
     return model

@@ -383,9 +383,62 @@ def _run_demo(args) -> None:
         raise SystemExit(1)
 
 
+# -- compress --------------------------------------------------------------------------------
+
+
+def _add_compress(sub) -> None:
+    from seg2tflite.compress_config import DEFAULT_METHODS, CompressConfig
+
+    d = CompressConfig(run="")
+    p = sub.add_parser(
+        "compress",
+        help="prune, cluster, quantization-aware train, mixed precision and a calibration study on a run's models",
+        formatter_class=_Formatter,
+        description=(
+            "Takes the trained models of a run folder (what `seg2tflite demo --out DIR` wrote), compresses each with "
+            "every --methods entry, carries the result through the conversion, measures it and adds it to DIR/report/ "
+            "(compression.md, compression.png, calibration_study.md/.png). Methods: mixed (mixed precision within "
+            "--max-miou-drop), prune:SPARSITY, cluster:K, qat, calibration."
+        ),
+    )
+    p.add_argument("--run", required=True, help="run folder written by `seg2tflite demo`")
+    p.add_argument("--models", nargs="+", default=None, help="models of the run to compress (default: all)")
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), help="what to do")
+    p.add_argument("--finetune-steps", type=_size, default=d.finetune_steps, help="fine-tuning steps for prune, cluster and qat")
+    p.add_argument("--lr", type=float, default=d.finetune_lr, help="fine-tuning AdamW learning rate")
+    p.add_argument("--batch-size", type=_size, default=d.batch_size, help="fine-tuning batch size")
+    p.add_argument("--max-miou-drop", type=float, default=d.max_miou_drop, help="mIoU points mixed precision may lose")
+    p.add_argument("--val-images", type=_size, default=d.val_images, help="validation images the mixed-precision search measures on")
+    p.add_argument("--calib-sizes", type=_size, nargs="+", default=list(d.calib_sizes), help="calibration set sizes of the study")
+    p.add_argument("--threads", type=_size, default=d.threads, help="LiteRT threads for evaluation and the benchmark")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (fine-tuning)")
+    p.set_defaults(handler=_run_compress)
+
+
+def _run_compress(args) -> None:
+    from seg2tflite.compress.pipeline import run_compress
+    from seg2tflite.compress_config import CompressConfig
+
+    config = CompressConfig(
+        run=args.run,
+        models=tuple(args.models) if args.models else None,
+        methods=tuple(args.methods),
+        finetune_steps=args.finetune_steps,
+        finetune_lr=args.lr,
+        batch_size=args.batch_size,
+        max_miou_drop=args.max_miou_drop,
+        val_images=args.val_images,
+        calib_sizes=tuple(args.calib_sizes),
+        threads=args.threads,
+        seed=args.seed,
+    )
+    if run_compress(config) != 0:
+        raise SystemExit(1)
+
+
 # -- entry point -----------------------------------------------------------------------------
 
-COMMANDS = (_add_demo, _add_data, _add_models, _add_train, _add_convert, _add_evaluate, _add_bench, _add_report)
+COMMANDS = (_add_demo, _add_data, _add_models, _add_train, _add_convert, _add_evaluate, _add_bench, _add_report, _add_compress)
 
 
 def build_parser() -> argparse.ArgumentParser:

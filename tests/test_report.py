@@ -31,6 +31,7 @@ from seg2tflite.errors import UserError
 DATA = "synthetic:train=8,val=4,test=4,size=32"
 SIZE = (32, 32)
 NAME = "tiny_report_cnn"
+CONVERT_STAGES = [s for s in STAGES if s != "tflite_mixed_int8"]  # mixed precision comes from `compress`
 REPORT_FILES = ("results.md", "summary.md", "results.csv", "results.json", "per_class_iou.md", "per_class_iou.csv", "tradeoff.png", "overlays.png")
 
 
@@ -75,7 +76,7 @@ def measured(tmp_path_factory):
 
 def test_measured_rows_are_complete(measured):
     run, rows, sample = measured
-    assert [r.stage for r in rows] == list(STAGES)
+    assert [r.stage for r in rows] == CONVERT_STAGES
     assert [r.runtime for r in rows] == ["pytorch", "onnxruntime", "tensorflow"] + ["litert"] * 5
     pt, onnx, tf, f32 = rows[:4]
     assert pt.params == sum(p.numel() for p in TinySegNet().parameters())
@@ -96,7 +97,7 @@ def test_measured_rows_are_complete(measured):
         assert list(r.per_class_iou) == list(load_dataset(DATA, "test").info.class_names)
     assert sample["image"].shape == (2, *SIZE, 3) and sample["target"].shape == (2, *SIZE)
     np.testing.assert_array_equal(sample["pred_tflite_float32"], sample["pred_pytorch"])
-    assert all(f"pred_{stage}" in sample for stage in STAGES)
+    assert all(f"pred_{stage}" in sample for stage in CONVERT_STAGES)
     assert load_record(run).rows == rows
 
 
@@ -107,28 +108,28 @@ def test_report_files_and_tables(measured):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     md = (out / "results.md").read_text()
     table = [line for line in md.splitlines() if line.startswith(f"| `{NAME}` |")]
-    assert [line.split(" | ")[1] for line in table] == [label for _, label in STAGES.values()]
+    assert [line.split(" | ")[1] for line in table] == [STAGES[s][1] for s in CONVERT_STAGES]
     assert table[0].startswith(f"| `{NAME}` | PyTorch | pytorch |") and table[0].endswith("| ref | ref | ref |")
     assert table[1].startswith(f"| `{NAME}` | ONNX | onnxruntime |") and "| +0.00 | 100.000 |" in table[1]
     assert table[3].startswith(f"| `{NAME}` | TFLite float32 | litert |") and "| +0.00 | 100.000 |" in table[3]
     assert "## Published figures: DIFFERENT DATA, not comparable" in md and "WARNING" not in md
     summary = [line.split(" | ") for line in (out / "summary.md").read_text().splitlines() if line.startswith(f"| `{NAME}` |")]
-    assert [cells[2] for cells in summary] == [label for _, label in STAGES.values()]
+    assert [cells[2] for cells in summary] == [STAGES[s][1] for s in CONVERT_STAGES]
     assert [cells[6] for cells in summary] == [f"{100 * r.miou:.2f}" for r in rows]
     with open(out / "results.csv") as f:
         table_csv = list(csv.DictReader(f))
-    assert [(r["model"], r["stage"]) for r in table_csv] == [(NAME, stage) for stage in STAGES]
+    assert [(r["model"], r["stage"]) for r in table_csv] == [(NAME, stage) for stage in CONVERT_STAGES]
     for row, r in zip(table_csv, rows):
         assert float(row["miou_pct"]) == round(100 * r.miou, 2)
         assert float(row["miou_delta_pts"]) == round(100 * (r.miou - rows[0].miou), 2)
         assert float(row["file_mb"]) == round(r.file_mb, 3)
     assert table_csv[0]["argmax_agreement_pct"] == "" and float(table_csv[1]["argmax_agreement_pct"]) == 100.0
     report_json = json.loads((out / "results.json").read_text())
-    assert [r["stage"] for r in report_json["rows"]] == list(STAGES)
+    assert [r["stage"] for r in report_json["rows"]] == CONVERT_STAGES
     with open(out / "per_class_iou.csv") as f:
         per_class = list(csv.reader(f))
     assert per_class[0] == ["model", "stage", *load_dataset(DATA, "test").info.class_names]
-    assert len(per_class) == 1 + len(STAGES)
+    assert len(per_class) == 1 + len(CONVERT_STAGES)
 
 
 def test_rebuild_uses_the_record_only_and_is_idempotent(measured, tmp_path):

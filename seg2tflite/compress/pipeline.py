@@ -1,0 +1,221 @@
+"""``seg2tflite compress``: compress the trained models of a run folder and record every figure.
+
+A run folder is what ``seg2tflite demo`` writes: ``DIR/models/NAME/train/best.safetensors`` and
+``DIR/models/NAME/convert/``. For each model and method:
+
+- ``mixed``: mixed precision against the mIoU budget (``converters.mixed_precision``), written
+  into the model's conversion folder as ``model_mixed_int8.tflite``;
+- ``prune:S``, ``cluster:K``, ``qat``: the PyTorch model fine-tuned by the method, saved under
+  ``DIR/models/NAME/compress/TAG/``, then carried through the normal conversion (float32 and
+  full int8) with every float gate on; recorded as the model ``NAME+TAG`` so the report shows
+  the compressed PyTorch mIoU next to its TFLite mIoU;
+- ``calibration``: the calibration study (``calibration.study``), ``DIR/report/calibration_study.md``.
+
+Rows go into ``DIR/record.json`` and the report is rebuilt. A re-run skips what is already
+recorded with the same settings.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from seg2tflite.atomic import atomic_write_text
+from seg2tflite.compress_config import CompressConfig, Method
+from seg2tflite.errors import UserError
+
+STUDY_FILE = "calibration_study.json"
+
+
+@dataclass
+class _Run:
+    out: Path
+    data: str
+    calib_size: int
+    parity_images: int
+    models: tuple[str, ...]
+
+    @classmethod
+    def open(cls, run: str | Path) -> "_Run":
+        out = Path(run)
+        demo = out / "demo.json"
+        if not demo.is_file():
+            raise UserError(f"--run {out}: no demo.json there; run `seg2tflite demo --out {out}` first")
+        config = json.loads(demo.read_text())["config"]
+        data = config["data"]
+        if data.startswith("synthetic"):
+            data = f"folder:{out / 'data'}"
+        models = tuple(m for m in config["models"] if (out / "models" / m / "train" / "best.safetensors").is_file())
+        return cls(out, data, int(config["calib_size"]), int(config["parity_images"]), models)
+
+    def model_dir(self, name: str) -> Path:
+        return self.out / "models" / name
+
+
+def _input_size(convert_dir: Path) -> tuple[int, int]:
+    return tuple(json.loads((convert_dir / "manifest.json").read_text())["config"]["input_size"])
+
+
+def _preprocess(name: str, size: tuple[int, int]):
+    from models.registry import get_model_config
+    from seg2tflite.data.preprocess import Preprocess
+
+    return Preprocess.for_model(get_model_config(name), size)
+
+
+def _arrays(dataset, preprocess, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    pairs = [preprocess(np.asarray(dataset[i][0]), np.asarray(dataset[i][1])) for i in range(n)]
+    return np.stack([p[0] for p in pairs]).astype(np.float32), np.stack([p[1] for p in pairs])
+
+
+def _measure(run: _Run, convert_dir: Path, model: str, stages: list[str], config: CompressConfig, base: str, method: Method):
+    from eval.report import measure_conversion, record_results
+
+    rows, _ = measure_conversion(
+        convert_dir, run.data, "test", model=model, stages=stages, bench=config.bench_runs > 0, bench_threads=config.threads,
+        runs=config.bench_runs, run_dir=run.out, progress=config.progress,
+    )  # fmt: skip
+    for row in rows:
+        if model != base or row.stage != "pytorch":  # the base model's own PyTorch row stays plain
+            row.base_model, row.compression = base, method.description
+    record_results(run.out, rows)  # no overlay sample: the overlays stay the base models'
+
+
+def _mixed(run: _Run, name: str, config: CompressConfig) -> None:
+    from calibration.representative import build_calibration_set
+    from converters.mixed_precision import (
+        REPORT_FILE,
+        MixedPrecisionConfig,
+        format_mixed_precision,
+        search_mixed_precision,
+        write_mixed_precision,
+    )
+    from seg2tflite.data import load_dataset
+
+    convert_dir = run.model_dir(name) / "convert"
+    settings = {"max_miou_drop": config.max_miou_drop, "val_images": config.val_images, "calib_size": run.calib_size}
+    report = convert_dir / REPORT_FILE
+    if report.is_file() and json.loads(report.read_text()).get("settings") == settings:
+        print(f"{name}: mixed precision already searched with these settings")
+        return
+    preprocess = _preprocess(name, _input_size(convert_dir))
+    calib = build_calibration_set(load_dataset(run.data, "train"), preprocess, size=run.calib_size, progress=config.progress)
+    images, masks = _arrays(load_dataset(run.data, "val"), preprocess, config.val_images)
+    found = search_mixed_precision(
+        convert_dir / "saved_model", convert_dir / "model_float32.tflite", calib, images, masks,
+        _num_classes(run), MixedPrecisionConfig(config.max_miou_drop, threads=config.threads),
+        progress=config.progress,
+    )  # fmt: skip
+    write_mixed_precision(convert_dir, found, {"settings": settings, "evaluated_on": f"{run.data} val, {len(images)} images"})
+    print(f"{name}: {format_mixed_precision(found)}")
+    _measure(run, convert_dir, name, ["pytorch", "tflite_mixed_int8"], config, name, Method("mixed"))
+
+
+def _num_classes(run: _Run) -> int:
+    from seg2tflite.data.spec import dataset_info
+
+    return dataset_info(run.data).num_classes
+
+
+def _finetuned(run: _Run, name: str, method: Method, config: CompressConfig) -> str | None:
+    """Fine-tune, save, convert, measure; the gate failure as text, if any."""
+    from converters import ConvertConfig, ParityError, convert_model
+    from models.checkpoint import load_model, save_checkpoint
+    from seg2tflite import compress
+    from seg2tflite.data import load_dataset
+
+    out = run.model_dir(name) / "compress" / method.tag
+    checkpoint = out / "model.safetensors"
+    size = _input_size(run.model_dir(name) / "convert")
+    settings = {"method": method.tag, "steps": config.finetune_steps, "lr": config.finetune_lr, "batch_size": config.batch_size, "seed": config.seed}
+    log = out / "compress.json"
+    train = load_dataset(run.data, "train")
+    if not (log.is_file() and checkpoint.is_file() and json.loads(log.read_text()).get("settings") == settings):
+        model = load_model(run.model_dir(name) / "train" / "best.safetensors")
+        finetune = compress.FinetuneConfig(config.finetune_steps, config.batch_size, config.finetune_lr, seed=config.seed, input_size=size)
+        if method.kind == "prune":
+            model, report = compress.prune_model(model, train, compress.PruneConfig(sparsity=method.value), finetune, config.progress)
+        elif method.kind == "cluster":
+            model, report = compress.cluster_model(model, train, compress.ClusterConfig(clusters=method.value), finetune, config.progress)
+        else:
+            model, report = compress.qat_model(model, train, compress.QATConfig(), finetune, config.progress)
+        folded = method.kind in ("cluster", "qat")  # these fold BN into the convs first
+        save_checkpoint(model, checkpoint, extra={"input_size": list(size), "compression": method.tag, "batchnorm_folded": folded})
+        atomic_write_text(log, json.dumps({"settings": settings, "report": report}, indent=2, default=str) + "\n")
+    convert_config = ConvertConfig(
+        input_size=size, variants=("float32", "full_int8"), calib_size=run.calib_size, parity_images=run.parity_images,
+        trained=True, max_miou_drop=config.max_miou_drop,
+    )  # fmt: skip
+    failure = None
+    try:
+        convert_model(
+            load_model(checkpoint), out / "convert", convert_config, train, load_dataset(run.data, "val"),
+            command=["seg2tflite", "compress", "--run", str(run.out)], model_info={"checkpoint": str(checkpoint)}, progress=config.progress,
+        )  # fmt: skip
+    except ParityError as e:
+        print(f"gate failed for {name}+{method.tag}: {e}")
+        failure = str(e)
+    _measure(run, out / "convert", f"{name}+{method.tag}", ["pytorch", "tflite_float32", "tflite_full_int8"], config, name, method)
+    return failure
+
+
+def _calibration_study(run: _Run, name: str, config: CompressConfig) -> dict:
+    from calibration.study import CalibrationStudyConfig, run_calibration_study
+    from eval.evaluate import tflite_miou
+    from seg2tflite.data import load_dataset
+
+    convert_dir = run.model_dir(name) / "convert"
+    preprocess = _preprocess(name, _input_size(convert_dir))
+    images, masks = _arrays(load_dataset(run.data, "test"), preprocess, None)
+    num_classes = _num_classes(run)
+    rows = run_calibration_study(
+        convert_dir / "saved_model", load_dataset(run.data, "train"), preprocess, images, masks, num_classes,
+        CalibrationStudyConfig(tuple(config.calib_sizes), seed=config.seed), threads=config.threads, progress=config.progress,
+    )  # fmt: skip
+    float32 = tflite_miou(convert_dir / "model_float32.tflite", images, masks, num_classes, config.threads)
+    return {"data": f"{run.data} test, {len(images)} images", "float32_miou": float32, "rows": rows}
+
+
+def run_compress(config: CompressConfig) -> int:
+    """Every method on every model of the run; 0, or 1 when a compressed model broke a float gate."""
+    from calibration.study import render_calibration_study_md
+    from eval.report import REPORT_DIR, build_report
+
+    run = _Run.open(config.run)
+    models = config.models or run.models
+    missing = [m for m in models if m not in run.models]
+    if missing:
+        raise UserError(f"--models: {', '.join(missing)} not trained in {run.out}; choose from {', '.join(run.models)}")
+    methods = [Method.parse(m) for m in config.methods]
+    failures, studies = {}, {}
+    study_path = run.out / STUDY_FILE
+    if study_path.is_file():
+        studies = json.loads(study_path.read_text())
+    for name in models:
+        for method in methods:
+            print(f"== {name}: {method.description}", flush=True)
+            if method.kind == "mixed":
+                _mixed(run, name, config)
+            elif method.kind == "calibration":
+                studies[name] = _calibration_study(run, name, config)
+                atomic_write_text(study_path, json.dumps(studies, indent=2) + "\n")
+            else:
+                failure = _finetuned(run, name, method, config)
+                if failure:
+                    failures[f"{name}+{method.tag}"] = failure
+    report = build_report(run.out)
+    if studies:
+        atomic_write_text(report / "calibration_study.md", render_calibration_study_md(studies))
+        from eval.plots import plot_calibration_study
+
+        plot_calibration_study(studies, report / "calibration_study.png")
+    print((report / "compression.md").read_text() if (report / "compression.md").is_file() else "")
+    print(f"report in {run.out / REPORT_DIR}")
+    for name, failure in failures.items():
+        print(f"gate failed (a finding, see the report): {name}: {failure}")
+    return 1 if failures else 0
+

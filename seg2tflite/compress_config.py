@@ -1,0 +1,65 @@
+"""Settings of ``seg2tflite compress``, apart from the job so ``--help`` stays light."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from seg2tflite.errors import UserError
+
+METHODS = ("mixed", "prune", "cluster", "qat", "calibration")
+DEFAULT_METHODS = ("mixed", "prune:0.5", "prune:0.8", "cluster:16", "cluster:32", "qat", "calibration")
+STUDY_FILE = "calibration_study.json"
+
+
+@dataclass(frozen=True)
+class Method:
+    kind: str  # one of METHODS
+    value: float | None = None  # the sparsity of prune, the clusters of cluster
+
+    @classmethod
+    def parse(cls, text: str) -> "Method":
+        kind, _, value = text.partition(":")
+        if kind not in METHODS:
+            raise UserError(f"--methods: {text!r} is not one of {', '.join(METHODS)} (e.g. prune:0.5, cluster:16)")
+        if kind in ("prune", "cluster"):
+            try:
+                number = float(value) if kind == "prune" else int(value)
+            except ValueError:
+                raise UserError(f"--methods: {text!r} needs a number: prune:SPARSITY (e.g. prune:0.5), cluster:K (e.g. cluster:16)") from None
+            return cls(kind, number)
+        if value:
+            raise UserError(f"--methods: {kind} takes no value, got {text!r}")
+        return cls(kind)
+
+    @property
+    def tag(self) -> str:
+        if self.kind == "prune":
+            return f"prune{round(100 * self.value)}"
+        if self.kind == "cluster":
+            return f"cluster{self.value}"
+        return self.kind
+
+    @property
+    def description(self) -> str:
+        if self.kind == "prune":
+            return f"magnitude pruning to {self.value:.0%} sparsity"
+        if self.kind == "cluster":
+            return f"weight clustering, {self.value} values per layer"
+        return {"qat": "quantization-aware training", "mixed": "mixed precision", "calibration": "calibration study"}[self.kind]
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    run: str
+    models: tuple[str, ...] | None = None  # None: every model the run trained
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    finetune_steps: int = 150
+    finetune_lr: float = 1e-4
+    batch_size: int = 8
+    max_miou_drop: float = 1.0
+    val_images: int = 100  # held-out (validation) images the mixed-precision search is measured on
+    calib_sizes: tuple[int, ...] = (8, 32, 128, 512)
+    bench_runs: int = 10  # timed runs per artifact; 0: no benchmark
+    threads: int = 2
+    seed: int = 0
+    progress: bool = True

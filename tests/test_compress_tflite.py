@@ -1,0 +1,194 @@
+"""Compression on the TFLite side and `seg2tflite compress` end to end, on small models.
+
+Mixed precision (the deny lists really keep ops in float, the search stops at full int8 when
+it is within budget and records every trial), the calibration study (every size, strategy and
+weight-scale row), and the whole command on a tiny run folder: pruning through conversion into
+the record, the compression table and plot.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from small_chain import SIZE, BlobDataset, K
+
+from calibration.representative import build_calibration_set
+from calibration.select import select_calibration, select_random
+from calibration.study import CalibrationStudyConfig, render_calibration_study_md, run_calibration_study
+from converters.mixed_precision import (
+    MIXED_FILE,
+    REPORT_FILE,
+    MixedPrecisionConfig,
+    calibrate,
+    quantizable_nodes,
+    quantize,
+    search_mixed_precision,
+    write_mixed_precision,
+)
+from converters.ops import op_report
+from seg2tflite.compress_config import Method
+from seg2tflite.data.preprocess import Preprocess
+from seg2tflite.errors import UserError
+
+PREPROCESS = Preprocess(SIZE, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def _arrays(split, n):
+    pairs = [PREPROCESS(*BlobDataset(split)[i]) for i in range(n)]
+    return np.stack([p[0] for p in pairs]).astype(np.float32), np.stack([p[1] for p in pairs])
+
+
+@pytest.fixture(scope="module")
+def calibrated(offline_result):
+    calib = build_calibration_set(BlobDataset("train"), PREPROCESS, size=8, progress=False)
+    return offline_result[0].out_dir, calib, calibrate(offline_result[0].out_dir / "saved_model", calib)
+
+
+def test_deny_lists_keep_ops_in_float(calibrated):
+    _, _, model = calibrated
+    nodes = quantizable_nodes(model)
+    assert "CONV_2D" in nodes and len(nodes["CONV_2D"]) >= 3
+    full = op_report(quantize(model))
+    assert not any(op.startswith("CONV_2D") for op in full.float_ops)
+    by_type = op_report(quantize(model, float_ops=["CONV_2D"]))
+    assert sum(op.startswith("CONV_2D") for op in by_type.float_ops) == len(nodes["CONV_2D"])
+    one = nodes["CONV_2D"][0]
+    by_node = op_report(quantize(model, float_nodes=[one]))
+    assert [op for op in by_node.float_ops if op.startswith("CONV_2D")] == [f"CONV_2D -> {one}"]
+
+
+def test_search_stops_at_full_int8_within_budget(calibrated, tmp_path):
+    out, calib, model = calibrated
+    images, masks = _arrays("val", 6)
+    found = search_mixed_precision(
+        out / "saved_model", out / "model_float32.tflite", calib, images, masks, K, MixedPrecisionConfig(max_miou_drop=100.0),
+        log=lambda _: None, progress=False,
+    )  # fmt: skip
+    assert found.within_budget and found.float_op_types == [] and found.float_nodes == []
+    assert len(found.trials) == 1 and found.miou == found.full_int8_miou
+    assert found.model == quantize(model)
+    assert 0 <= found.full_int8_builtin_kernels_miou <= 100
+    model_path, report_path = write_mixed_precision(tmp_path, found, {"settings": {"x": 1}})
+    assert model_path.name == MIXED_FILE and model_path.read_bytes() == found.model
+    record = json.loads(report_path.read_text())
+    assert report_path.name == REPORT_FILE and record["settings"] == {"x": 1} and record["ops"]["ops"]["CONV_2D"] >= 3
+    assert record["size_vs_float32"] == pytest.approx(len(found.model) / (out / "model_float32.tflite").stat().st_size)
+
+
+def test_search_with_no_budget_tries_op_types_and_keeps_the_best(calibrated):
+    out, calib, _ = calibrated
+    images, masks = _arrays("val", 6)
+    found = search_mixed_precision(
+        out / "saved_model", out / "model_float32.tflite", calib, images, masks, K, MixedPrecisionConfig(max_miou_drop=0.0),
+        log=lambda _: None, progress=False,
+    )  # fmt: skip
+    if found.full_int8_miou >= found.float32_miou:  # int8 happened to match float on these images
+        assert len(found.trials) == 1
+        return
+    tried = [tuple(t["float_ops"]) for t in found.trials[1:]]
+    assert ("CONV_2D",) in tried  # every op type was tried alone
+    assert found.within_budget == (found.miou >= found.float32_miou)
+    assert found.miou in [t["miou"] for t in found.trials]
+    assert found.float_op_types or found.float_nodes or not found.within_budget
+
+
+def test_mixed_precision_config_refuses_bad_values():
+    with pytest.raises(UserError, match="--max-miou-drop"):
+        MixedPrecisionConfig(max_miou_drop=-1)
+
+
+def test_calibration_study_rows(offline_result):
+    out = offline_result[0].out_dir
+    images, masks = _arrays("test", 6)
+    config = CalibrationStudyConfig(sizes=(2, 8), seed=0)
+    rows = run_calibration_study(out / "saved_model", BlobDataset("train"), PREPROCESS, images, masks, K, config, progress=False)
+    assert [(r["size"], r["strategy"], r["weights"]) for r in rows] == [
+        (2, "stratified", "per-channel"), (2, "random", "per-channel"),
+        (8, "stratified", "per-channel"), (8, "random", "per-channel"), (8, "stratified", "per-tensor"),
+    ]  # fmt: skip
+    assert all(0 <= r["miou"] <= 100 and r["file_bytes"] > 0 for r in rows)
+    text = render_calibration_study_md({"small": {"data": "blobs test", "float32_miou": 50.0, "rows": rows}})
+    assert "| 8 | stratified | per-tensor |" in text
+    with pytest.raises(UserError, match="--calib-sizes"):
+        run_calibration_study(out / "saved_model", BlobDataset("train", n=4), PREPROCESS, images, masks, K, config, progress=False)
+
+
+def test_random_and_stratified_selection_differ():
+    data = BlobDataset("train", n=16)
+    assert select_random(data, 8, seed=0) == select_random(data, 8, seed=0)
+    assert select_random(data, 8, seed=0) != select_random(data, 8, seed=1)
+    assert len(set(select_calibration(data, 8, progress=False))) == 8
+
+
+@pytest.mark.parametrize(
+    "text, tag",
+    [("prune:0.5", "prune50"), ("prune:0.8", "prune80"), ("cluster:16", "cluster16"), ("qat", "qat"), ("mixed", "mixed")],
+)
+def test_method_parsing(text, tag):
+    assert Method.parse(text).tag == tag
+
+
+@pytest.mark.parametrize("text", ["prune", "prune:x", "cluster:1.5", "qat:3", "distill"])
+def test_method_parsing_refuses(text):
+    with pytest.raises(UserError, match="--methods"):
+        Method.parse(text)
+
+
+def test_compress_command_end_to_end(tmp_path):
+    """A tiny run folder (what `seg2tflite demo` leaves), then pruning, mixed precision and the
+    calibration study through `run_compress`: rows in the record, the tables and the plots."""
+    import torch
+    from test_report import NAME
+
+    from converters import ConvertConfig, convert_registered
+    from eval.report import build_report, load_record, measure_conversion, record_results
+    from models.checkpoint import save_checkpoint
+    from models.registry import create_model
+    from seg2tflite.compress.pipeline import run_compress
+    from seg2tflite.compress_config import CompressConfig
+    from seg2tflite.data import SyntheticDataset, load_dataset, write_folder_dataset
+    from seg2tflite.data.spec import parse_synthetic_spec
+
+    run = tmp_path / "run"
+    synthetic = parse_synthetic_spec("synthetic:train=16,val=4,test=4,size=32")
+    splits = {s: SyntheticDataset(s, synthetic) for s in ("train", "val", "test")}
+    write_folder_dataset(splits, run / "data", progress=False, source=synthetic.to_spec())
+    data = f"folder:{run / 'data'}"
+    (run / "demo.json").write_text(json.dumps({"config": {"data": data, "models": [NAME], "calib_size": 8, "parity_images": 4}}))
+    torch.manual_seed(0)
+    model_dir = run / "models" / NAME
+    checkpoint = save_checkpoint(create_model(NAME, num_classes=8), model_dir / "train" / "best.safetensors")
+    convert_registered(
+        NAME, model_dir / "convert", ConvertConfig(input_size=(32, 32), calib_size=8, parity_images=4),
+        load_dataset(data, "train"), load_dataset(data, "val"), checkpoint=checkpoint, log=None, progress=False,
+    )  # fmt: skip
+    rows, sample = measure_conversion(model_dir / "convert", data, model=NAME, bench=False, run_dir=run, progress=False)
+    record_results(run, rows, sample)
+    build_report(run)
+
+    config = CompressConfig(
+        run=str(run), methods=("prune:0.5", "mixed", "calibration"), finetune_steps=4, batch_size=2, max_miou_drop=100.0,
+        val_images=4, calib_sizes=(2, 4), bench_runs=0, threads=1, progress=False,
+    )  # fmt: skip
+    assert run_compress(config) == 0
+
+    record = {r.key: r for r in load_record(run).rows}
+    pruned = f"{NAME}+prune50"
+    for stage in ("pytorch", "tflite_float32", "tflite_full_int8"):
+        row = record[(pruned, stage)]
+        assert row.base_model == NAME and row.compression == "magnitude pruning to 50% sparsity" and row.miou is not None
+    assert record[(NAME, "tflite_mixed_int8")].compression == "mixed precision"
+    assert record[(NAME, "pytorch")].compression is None
+    report = json.loads((model_dir / "compress" / "prune50" / "compress.json").read_text())["report"]
+    assert report["layers"] and all(layer["sparsity"] == pytest.approx(0.5, abs=0.01) for layer in report["layers"].values())
+    folder = run / "report"
+    compression = (folder / "compression.md").read_text()
+    assert "magnitude pruning to 50% sparsity" in compression and "TFLite mixed int8" in compression
+    assert "| 4 | random | per-channel |" in (folder / "calibration_study.md").read_text()
+    for plot in ("compression.png", "calibration_study.png", "tradeoff.png"):
+        assert (folder / plot).read_bytes().startswith(b"\x89PNG")
+
+    with pytest.raises(UserError, match="--models"):
+        run_compress(CompressConfig(run=str(run), models=("segformer_b0",), progress=False))
+    with pytest.raises(UserError, match="no demo.json"):
+        run_compress(CompressConfig(run=str(tmp_path), progress=False))
