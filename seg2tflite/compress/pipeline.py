@@ -79,9 +79,10 @@ def _measure(run: _Run, convert_dir: Path, model: str, stages: list[str], config
         convert_dir, run.data, "test", model=model, stages=stages, bench=config.bench_runs > 0, bench_threads=config.threads,
         runs=config.bench_runs, run_dir=run.out, progress=config.progress,
     )  # fmt: skip
+    if model == base:  # the base model's PyTorch row was only the reference here: keep the demo's measurement
+        rows = [row for row in rows if row.stage != "pytorch"]
     for row in rows:
-        if model != base or row.stage != "pytorch":  # the base model's own PyTorch row stays plain
-            row.base_model, row.compression = base, method.description
+        row.base_model, row.compression = base, method.description
     record_results(run.out, rows)  # no overlay sample: the overlays stay the base models'
 
 
