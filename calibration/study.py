@@ -3,8 +3,10 @@
 For every size in ``sizes`` and every selection strategy (``stratified``: rare classes first,
 ``random``: a plain seeded draw) the SavedModel is quantized to full int8 with per-channel
 weight scales, and once more with one scale per tensor at ``per_tensor_size``; each model is
-evaluated end to end in LiteRT on the same held-out images. Rows are plain dicts, ready for
-JSON, a Markdown table and ``eval.plots.plot_calibration_study``.
+evaluated end to end in LiteRT on the same held-out images, with its default XNNPACK kernels and
+on its builtin kernels (XNNPACK's int8 path collapses SegFormer whatever the calibration; the
+builtin column shows what calibration itself does there). Rows are plain dicts, ready for JSON,
+a Markdown table and ``eval.plots.plot_calibration_study``.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ def run_calibration_study(
             "strategy": strategy,
             "weights": "per-channel" if per_channel else "per-tensor",
             "miou": tflite_miou(model, images, masks, num_classes, threads),
+            "miou_builtin_kernels": tflite_miou(model, images, masks, num_classes, threads, xnnpack=False),
             "file_bytes": len(model),
         })  # fmt: skip
     return rows
@@ -79,17 +82,22 @@ def render_calibration_study_md(studies: dict[str, dict]) -> str:
     lines = [
         "# Calibration study",
         "",
-        "Full-int8 mIoU (%) in LiteRT (XNNPACK) against the calibration set: its size, how its images",
-        "were chosen (stratified: rare classes first; random: a seeded draw) and per-channel or",
-        "per-tensor weight scales. Δ is against the same model's float32 TFLite file on the same images.",
+        "Full-int8 mIoU (%) in LiteRT against the calibration set: its size, how its images were chosen",
+        "(stratified: rare classes first; random: a seeded draw) and per-channel or per-tensor weight",
+        "scales. Δ is against the same model's float32 TFLite file on the same images. The last columns",
+        "run the same file on LiteRT's builtin kernels instead of its default XNNPACK delegate.",
         "",
     ]
     for model, study in studies.items():
-        lines += [f"## `{model}` ({study['data']}; float32 TFLite {study['float32_miou']:.2f}%)", ""]
-        lines += ["| images | selection | weight scales | mIoU (%) | Δ (pts) |", "| --: | --- | --- | --: | --: |"]
+        float32 = study["float32_miou"]
+        lines += [f"## `{model}` ({study['data']}; float32 TFLite {float32:.2f}%)", ""]
+        lines += [
+            "| images | selection | weight scales | mIoU (%) | Δ (pts) | builtin kernels (%) | Δ builtin (pts) |",
+            "| --: | --- | --- | --: | --: | --: | --: |",
+        ]
         for r in study["rows"]:
-            lines.append(
-                f"| {r['size']} | {r['strategy']} | {r['weights']} | {r['miou']:.2f} | {r['miou'] - study['float32_miou']:+.2f} |"
-            )
+            builtin = r.get("miou_builtin_kernels")
+            builtin_cells = "- | -" if builtin is None else f"{builtin:.2f} | {builtin - float32:+.2f}"
+            lines.append(f"| {r['size']} | {r['strategy']} | {r['weights']} | {r['miou']:.2f} | {r['miou'] - float32:+.2f} | {builtin_cells} |")
         lines.append("")
     return "\n".join(lines)

@@ -182,14 +182,19 @@ def plot_compression(rows: list[dict], path: str | Path) -> None:
 
 
 def plot_calibration_study(studies: dict[str, dict], path: str | Path) -> None:
-    """Full-int8 mIoU against calibration images, a line per selection strategy, one panel per
-    model; per-tensor weights as a lone marker, float32 as a dashed line."""
+    """Full-int8 mIoU against calibration images, a line per selection strategy (dotted: the same
+    files on LiteRT's builtin kernels, without XNNPACK), one panel per model; per-tensor weights as
+    a lone marker, float32 as a dashed line."""
     fig, axes = plt.subplots(1, len(studies), figsize=(5 * len(studies), 4), squeeze=False)
     for ax, (model, study) in zip(axes[0], studies.items()):
         rows = study["rows"]
-        for strategy in dict.fromkeys(r["strategy"] for r in rows):
-            line = sorted((r["size"], r["miou"]) for r in rows if r["strategy"] == strategy and r["weights"] == "per-channel")
-            ax.plot(*zip(*line), marker="o", label=f"{strategy}, per-channel")
+        for i, strategy in enumerate(dict.fromkeys(r["strategy"] for r in rows)):
+            per_channel = [r for r in rows if r["strategy"] == strategy and r["weights"] == "per-channel"]
+            line = sorted((r["size"], r["miou"]) for r in per_channel)
+            ax.plot(*zip(*line), marker="o", color=f"C{i}", label=f"{strategy}, per-channel")
+            builtin = sorted((r["size"], r["miou_builtin_kernels"]) for r in per_channel if r.get("miou_builtin_kernels") is not None)
+            if builtin:
+                ax.plot(*zip(*builtin), marker=".", linestyle=":", color=f"C{i}", label=f"{strategy}, builtin kernels")
         for r in (r for r in rows if r["weights"] == "per-tensor"):
             ax.scatter(r["size"], r["miou"], marker="X", s=80, color="black", zorder=3, label=f"{r['strategy']}, per-tensor")
         ax.axhline(study["float32_miou"], color="grey", linestyle="--", label="float32 TFLite")

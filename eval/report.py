@@ -17,8 +17,9 @@ A run folder ``DIR`` holds:
 them into ``DIR/record.json``; ``build_report(DIR)`` renders ``DIR/report/`` from the record and
 the saved predictions alone, measuring nothing: ``results.md``, ``results.csv``,
 ``results.json``, ``per_class_iou.md``, ``per_class_iou.csv``, ``tradeoff.png``,
-``overlays.png``. Derived columns (change in mIoU against the same model's PyTorch row) are
-computed when rendering.
+``overlays.png``, and after ``seg2tflite compress`` ``compression.md``/``.png`` and
+``compression_layers.md`` (the latter reads the compressed models' files back). Derived columns
+(change in mIoU against the same model's PyTorch row) are computed when rendering.
 """
 
 from __future__ import annotations
@@ -631,6 +632,7 @@ def build_report(run_dir: str | Path) -> Path:
     Running it twice gives the same files. Returns the report folder.
     """
     from eval import plots
+    from eval.compression_layers import render_compression_layers_md
 
     run_dir = Path(run_dir)
     record = load_record(run_dir)
@@ -652,6 +654,9 @@ def build_report(run_dir: str | Path) -> Path:
     if compressed:
         atomic_write_text(out / "compression.md", render_compression_md(record))
         plots.plot_compression(compressed, out / "compression.png")
+    per_layer = render_compression_layers_md(run_dir)
+    if per_layer:
+        atomic_write_text(out / "compression_layers.md", per_layer)
     saved = load_predictions(run_dir)
     predictions = {m: saved[m] for m in dict.fromkeys(r.model for r in record.rows) if m in saved}
     if predictions:

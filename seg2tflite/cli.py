@@ -398,7 +398,8 @@ def _add_compress(sub) -> None:
             "Takes the trained models of a run folder (what `seg2tflite demo --out DIR` wrote), compresses each with "
             "every --methods entry, carries the result through the conversion, measures it and adds it to DIR/report/ "
             "(compression.md, compression.png, calibration_study.md/.png). Methods: mixed (mixed precision within "
-            "--max-miou-drop), prune:SPARSITY, cluster:K, qat, calibration."
+            "--max-miou-drop), prune:SPARSITY, cluster:K, qat, calibration; prune, cluster and qat followed by "
+            "+mixed (e.g. cluster:16+mixed) also search mixed precision on the compressed model."
         ),
     )
     p.add_argument("--run", required=True, help="run folder written by `seg2tflite demo`")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from seg2tflite.errors import UserError
 
@@ -15,9 +15,15 @@ STUDY_FILE = "calibration_study.json"
 class Method:
     kind: str  # one of METHODS
     value: float | None = None  # the sparsity of prune, the clusters of cluster
+    then_mixed: bool = False  # prune/cluster/qat followed by mixed precision on the compressed model
 
     @classmethod
     def parse(cls, text: str) -> "Method":
+        base, plus, after = text.partition("+")
+        if plus:
+            if after != "mixed" or base.partition(":")[0] not in ("prune", "cluster", "qat"):
+                raise UserError(f"--methods: {text!r}: only prune, cluster and qat take '+mixed' (e.g. cluster:16+mixed)")
+            return replace(cls.parse(base), then_mixed=True)
         kind, _, value = text.partition(":")
         if kind not in METHODS:
             raise UserError(f"--methods: {text!r} is not one of {', '.join(METHODS)} (e.g. prune:0.5, cluster:16)")

@@ -106,7 +106,7 @@ def test_calibration_study_rows(offline_result):
         (2, "stratified", "per-channel"), (2, "random", "per-channel"),
         (8, "stratified", "per-channel"), (8, "random", "per-channel"), (8, "stratified", "per-tensor"),
     ]  # fmt: skip
-    assert all(0 <= r["miou"] <= 100 and r["file_bytes"] > 0 for r in rows)
+    assert all(0 <= r["miou"] <= 100 and 0 <= r["miou_builtin_kernels"] <= 100 and r["file_bytes"] > 0 for r in rows)
     text = render_calibration_study_md({"small": {"data": "blobs test", "float32_miou": 50.0, "rows": rows}})
     assert "| 8 | stratified | per-tensor |" in text
     with pytest.raises(UserError, match="--calib-sizes"):
@@ -122,13 +122,17 @@ def test_random_and_stratified_selection_differ():
 
 @pytest.mark.parametrize(
     "text, tag",
-    [("prune:0.5", "prune50"), ("prune:0.8", "prune80"), ("cluster:16", "cluster16"), ("qat", "qat"), ("mixed", "mixed")],
-)
+    [
+        ("prune:0.5", "prune50"), ("prune:0.8", "prune80"), ("cluster:16", "cluster16"), ("qat", "qat"), ("mixed", "mixed"),
+        ("cluster:16+mixed", "cluster16"), ("qat+mixed", "qat"),
+    ],
+)  # fmt: skip
 def test_method_parsing(text, tag):
-    assert Method.parse(text).tag == tag
+    method = Method.parse(text)
+    assert method.tag == tag and method.then_mixed == text.endswith("+mixed")
 
 
-@pytest.mark.parametrize("text", ["prune", "prune:x", "cluster:1.5", "qat:3", "distill"])
+@pytest.mark.parametrize("text", ["prune", "prune:x", "cluster:1.5", "qat:3", "distill", "mixed+mixed", "cluster:16+prune", "calibration+mixed"])
 def test_method_parsing_refuses(text):
     with pytest.raises(UserError, match="--methods"):
         Method.parse(text)
@@ -167,7 +171,7 @@ def test_compress_command_end_to_end(tmp_path):
     build_report(run)
 
     config = CompressConfig(
-        run=str(run), methods=("prune:0.5", "mixed", "calibration"), finetune_steps=4, batch_size=2, max_miou_drop=100.0,
+        run=str(run), methods=("prune:0.5+mixed", "mixed", "calibration"), finetune_steps=4, batch_size=2, max_miou_drop=100.0,
         val_images=4, calib_sizes=(2, 4), bench_runs=0, threads=1, progress=False,
     )  # fmt: skip
     assert run_compress(config) == 0
@@ -178,6 +182,10 @@ def test_compress_command_end_to_end(tmp_path):
         row = record[(pruned, stage)]
         assert row.base_model == NAME and row.compression == "magnitude pruning to 50% sparsity" and row.miou is not None
     assert record[(NAME, "tflite_mixed_int8")].compression == "mixed precision"
+    # +mixed: the search ran on the pruned model, its budget and size against the uncompressed float32 file
+    assert record[(pruned, "tflite_mixed_int8")].compression == "magnitude pruning to 50% sparsity"
+    pruned_mixed = json.loads((model_dir / "compress" / "prune50" / "convert" / "mixed_precision.json").read_text())
+    assert pruned_mixed["float32_size_bytes"] == (model_dir / "convert" / "model_float32.tflite").stat().st_size
     assert record[(NAME, "pytorch")].compression is None
     report = json.loads((model_dir / "compress" / "prune50" / "compress.json").read_text())["report"]
     assert report["layers"] and all(layer["sparsity"] == pytest.approx(0.5, abs=0.01) for layer in report["layers"].values())
@@ -185,6 +193,7 @@ def test_compress_command_end_to_end(tmp_path):
     compression = (folder / "compression.md").read_text()
     assert "magnitude pruning to 50% sparsity" in compression and "TFLite mixed int8" in compression
     assert "| 4 | random | per-channel |" in (folder / "calibration_study.md").read_text()
+    assert f"## `{pruned}`" in (folder / "compression_layers.md").read_text()
     for plot in ("compression.png", "calibration_study.png", "tradeoff.png"):
         assert (folder / plot).read_bytes().startswith(b"\x89PNG")
 

@@ -288,6 +288,7 @@ def _tflite_filters(path, torch_model):
 
 def test_compression_survives_conversion(tmp_path):
     from converters import ConvertConfig, convert_model
+    from eval.compression_layers import tflite_weights
 
     def convert(model, name, variants):
         config = ConvertConfig(input_size=SIZE, variants=variants, calib_size=8, parity_images=2)
@@ -300,12 +301,17 @@ def test_compression_survives_conversion(tmp_path):
     for name, (tensor, _) in _tflite_filters(out / "model_float32.tflite", pruned).items():
         weight = pruned.get_submodule(name).weight.detach().permute(0, 2, 3, 1).numpy()
         assert np.array_equal(tensor == 0, weight == 0), name  # TFLite folded the BN: same zeros, other values
+    # the report's reading of the file (eval.compression_layers) counts exactly those zeros
+    zeros = sum(int((m.weight == 0).sum()) for _, m in layer_weights(pruned))
+    assert sum(w["zeros"] for w in tflite_weights(out / "model_float32.tflite", min_params=0)) == zeros
 
     clustered, _ = cluster_model(small_model(), TRAIN, ClusterConfig(clusters=4, min_params=0), FT, progress=False)
     out = convert(clustered, "clustered", ("float32",))
     for name, (tensor, _) in _tflite_filters(out / "model_float32.tflite", clustered).items():
         assert np.unique(tensor).size <= 4, name
         assert np.array_equal(tensor, clustered.get_submodule(name).weight.detach().permute(0, 2, 3, 1).numpy()), name
+    shared = [w for w in tflite_weights(out / "model_float32.tflite", min_params=0) if w["unique_values"] <= 4]
+    assert len(shared) >= len(list(layer_weights(clustered)))
 
     trained, _ = qat_model(small_model(), TRAIN, QATConfig(), FT, progress=False)
     out = convert(trained, "qat", ("full_int8",))

@@ -120,8 +120,16 @@ def test_manifest_and_rebuildable_reference(converted):
     assert np.abs(y - ref).max() <= 1e-3 * (ref.max() - ref.min())
 
 
+# At 352x480 the runtimes also flip near-tied unpooling windows against each other (SavedModel vs
+# ONNX 2.2e-3 of the logit range, TFLite vs SavedModel 4.5e-3), while PyTorch's own float32 output
+# is 1.2e-2 of the range from float64: no float32 runtime can hold the 1e-3 drift gate here. The
+# gate stays as it is and this is a reported finding (README, Parity gates); strict, so a change
+# that makes it pass or fail differently is noticed.
+_SEGNET_FULL_SIZE = pytest.mark.xfail(raises=ParityError, strict=True, reason="SegNet unpooling near-ties at 352x480 (finding)")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_SEGNET_FULL_SIZE) if n == "segnet_vgg16" else n for n in FAMILIES])
 def test_full_size_conversion(name, tmp_path):
     """At the registry input size (512x512 SegFormer/DeepLab, 352x480 SegNet), 32 calibration images."""
     from models import get_model_config

@@ -8,7 +8,8 @@ A run folder is what ``seg2tflite demo`` writes: ``DIR/models/NAME/train/best.sa
 - ``prune:S``, ``cluster:K``, ``qat``: the PyTorch model fine-tuned by the method, saved under
   ``DIR/models/NAME/compress/TAG/``, then carried through the normal conversion (float32 and
   full int8) with every float gate on; recorded as the model ``NAME+TAG`` so the report shows
-  the compressed PyTorch mIoU next to its TFLite mIoU;
+  the compressed PyTorch mIoU next to its TFLite mIoU; with ``+mixed`` (``cluster:16+mixed``)
+  the mixed-precision search then runs on the compressed model too;
 - ``calibration``: the calibration study (``calibration.study``), ``DIR/report/calibration_study.md``.
 
 Rows go into ``DIR/record.json`` and the report is rebuilt. A re-run skips what is already
@@ -72,21 +73,25 @@ def _arrays(dataset, preprocess, limit: int | None) -> tuple[np.ndarray, np.ndar
     return np.stack([p[0] for p in pairs]).astype(np.float32), np.stack([p[1] for p in pairs])
 
 
-def _measure(run: _Run, convert_dir: Path, model: str, stages: list[str], config: CompressConfig, base: str, method: Method):
+def _measure(
+    run: _Run, convert_dir: Path, model: str, stages: list[str], config: CompressConfig, base: str, method: Method, record_pytorch: bool = True
+):
     from eval.report import measure_conversion, record_results
 
     rows, _ = measure_conversion(
         convert_dir, run.data, "test", model=model, stages=stages, bench=config.bench_runs > 0, bench_threads=config.threads,
         runs=config.bench_runs, run_dir=run.out, progress=config.progress,
     )  # fmt: skip
-    if model == base:  # the base model's PyTorch row was only the reference here: keep the demo's measurement
+    if not record_pytorch:  # the PyTorch row was only the reference here: keep the one already recorded
         rows = [row for row in rows if row.stage != "pytorch"]
     for row in rows:
         row.base_model, row.compression = base, method.description
     record_results(run.out, rows)  # no overlay sample: the overlays stay the base models'
 
 
-def _mixed(run: _Run, name: str, config: CompressConfig) -> None:
+def _mixed(run: _Run, name: str, config: CompressConfig, method: Method = Method("mixed")) -> None:
+    """Mixed precision on the model's own conversion, or on its ``method``-compressed one; either
+    way the budget and the size are against the uncompressed model's float32 TFLite file."""
     from calibration.representative import build_calibration_set
     from converters.mixed_precision import (
         REPORT_FILE,
@@ -97,23 +102,26 @@ def _mixed(run: _Run, name: str, config: CompressConfig) -> None:
     )
     from seg2tflite.data import load_dataset
 
-    convert_dir = run.model_dir(name) / "convert"
+    base_dir = run.model_dir(name) / "convert"
+    compressed = method.kind != "mixed"
+    convert_dir = run.model_dir(name) / "compress" / method.tag / "convert" if compressed else base_dir
+    model = f"{name}+{method.tag}" if compressed else name
     settings = {"max_miou_drop": config.max_miou_drop, "val_images": config.val_images, "calib_size": run.calib_size}
     report = convert_dir / REPORT_FILE
     if report.is_file() and json.loads(report.read_text()).get("settings") == settings:
-        print(f"{name}: mixed precision already searched with these settings")
+        print(f"{model}: mixed precision already searched with these settings")
         return
-    preprocess = _preprocess(name, _input_size(convert_dir))
+    preprocess = _preprocess(name, _input_size(base_dir))
     calib = build_calibration_set(load_dataset(run.data, "train"), preprocess, size=run.calib_size, progress=config.progress)
     images, masks = _arrays(load_dataset(run.data, "val"), preprocess, config.val_images)
     found = search_mixed_precision(
-        convert_dir / "saved_model", convert_dir / "model_float32.tflite", calib, images, masks,
+        convert_dir / "saved_model", base_dir / "model_float32.tflite", calib, images, masks,
         _num_classes(run), MixedPrecisionConfig(config.max_miou_drop, threads=config.threads),
         progress=config.progress,
     )  # fmt: skip
     write_mixed_precision(convert_dir, found, {"settings": settings, "evaluated_on": f"{run.data} val, {len(images)} images"})
-    print(f"{name}: {format_mixed_precision(found)}")
-    _measure(run, convert_dir, name, ["pytorch", "tflite_mixed_int8"], config, name, Method("mixed"))
+    print(f"{model}: {format_mixed_precision(found)}")
+    _measure(run, convert_dir, model, ["pytorch", "tflite_mixed_int8"], config, name, method, record_pytorch=False)
 
 
 def _num_classes(run: _Run) -> int:
@@ -208,6 +216,8 @@ def run_compress(config: CompressConfig) -> int:
                 failure = _finetuned(run, name, method, config)
                 if failure:
                     failures[f"{name}+{method.tag}"] = failure
+                if method.then_mixed:  # also after a full-int8 gate failure: that is what mixed precision is for
+                    _mixed(run, name, config, method)
     report = build_report(run.out)
     if studies:
         atomic_write_text(report / "calibration_study.md", render_calibration_study_md(studies))
