@@ -413,6 +413,7 @@ def _add_compress(sub) -> None:
     p.add_argument("--calib-sizes", type=_size, nargs="+", default=list(d.calib_sizes), help="calibration set sizes of the study")
     p.add_argument("--threads", type=_size, default=d.threads, help="LiteRT threads for evaluation and the benchmark")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (fine-tuning)")
+    p.add_argument("--strict", action="store_true", help="exit non-zero when a compressed model's conversion gate fails")
     p.set_defaults(handler=_run_compress)
 
 
@@ -432,6 +433,7 @@ def _run_compress(args) -> None:
         calib_sizes=tuple(args.calib_sizes),
         threads=args.threads,
         seed=args.seed,
+        strict=args.strict,
     )
     if run_compress(config) != 0:
         raise SystemExit(1)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from seg2tflite.errors import UserError
 
 METHODS = ("mixed", "prune", "cluster", "qat", "calibration")
-DEFAULT_METHODS = ("mixed", "prune:0.5", "prune:0.8", "cluster:16", "cluster:32", "qat", "calibration")
+DEFAULT_METHODS = ("mixed", "prune:0.5+mixed", "prune:0.8", "cluster:16+mixed", "cluster:32", "qat+mixed", "calibration")
 STUDY_FILE = "calibration_study.json"
 
 
@@ -68,4 +68,5 @@ class CompressConfig:
     bench_runs: int = 10  # timed runs per artifact; 0: no benchmark
     threads: int = 2
     seed: int = 0
+    strict: bool = False  # exit non-zero when a compressed model's conversion gate fails
     progress: bool = True

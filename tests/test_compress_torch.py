@@ -63,6 +63,18 @@ def test_polynomial_sparsity_schedule():
     assert polynomial_sparsity(3, 0.1, 0.9, 0, 0) == 0.9
 
 
+def test_polynomial_sparsity_is_tfmots_schedule():
+    """The schedule is tensorflow-model-optimization's own PolynomialDecay, step for step."""
+    import tensorflow as tf
+    import tensorflow_model_optimization as tfmot
+
+    for initial, final, begin, end, power in [(0.0, 0.5, 0, 105, 3), (0.2, 0.8, 10, 70, 3), (0.0, 0.8, 0, 40, 2)]:
+        schedule = tfmot.sparsity.keras.PolynomialDecay(initial, final, begin, end, power=power, frequency=1)
+        for step in range(begin, end + 1):
+            expected = float(schedule(tf.constant(step, dtype=tf.int64))[1])
+            assert polynomial_sparsity(step, initial, final, begin, end, power) == pytest.approx(expected, abs=1e-6), step
+
+
 def test_pruning_reaches_target_sparsity_with_exact_zeros():
     model = small_model()
     before = _convs(model)

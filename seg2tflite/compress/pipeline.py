@@ -25,10 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from seg2tflite.atomic import atomic_write_text
-from seg2tflite.compress_config import CompressConfig, Method
+from seg2tflite.compress_config import STUDY_FILE, CompressConfig, Method
 from seg2tflite.errors import UserError
-
-STUDY_FILE = "calibration_study.json"
 
 
 @dataclass
@@ -190,7 +188,9 @@ def _calibration_study(run: _Run, name: str, config: CompressConfig) -> dict:
 
 
 def run_compress(config: CompressConfig) -> int:
-    """Every method on every model of the run; 0, or 1 when a compressed model broke a float gate."""
+    """Every method on every model of the run; 1 when a compressed model broke a gate of its
+    conversion (a float gate, or the full-int8 mIoU budget, which ``+mixed`` then addresses) and
+    ``strict``, else 0. Broken gates are findings, printed and kept in the report either way."""
     from calibration.study import render_calibration_study_md
     from eval.report import REPORT_DIR, build_report
 
@@ -228,5 +228,5 @@ def run_compress(config: CompressConfig) -> int:
     print(f"report in {run.out / REPORT_DIR}")
     for name, failure in failures.items():
         print(f"gate failed (a finding, see the report): {name}: {failure}")
-    return 1 if failures else 0
+    return 1 if failures and config.strict else 0
 
