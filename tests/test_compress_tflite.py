@@ -7,6 +7,7 @@ the record, the compression table and plot.
 """
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -196,6 +197,10 @@ def test_compress_command_end_to_end(tmp_path):
     assert f"## `{pruned}`" in (folder / "compression_layers.md").read_text()
     for plot in ("compression.png", "calibration_study.png", "tradeoff.png"):
         assert (folder / plot).read_bytes().startswith(b"\x89PNG")
+
+    # a re-run with the same settings fine-tunes, searches and measures nothing again
+    assert run_compress(replace(config, methods=("prune:0.5+mixed", "mixed"))) == 0
+    assert {r.key: r for r in load_record(run).rows} == record
 
     with pytest.raises(UserError, match="--models"):
         run_compress(CompressConfig(run=str(run), models=("segformer_b0",), progress=False))

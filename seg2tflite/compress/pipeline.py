@@ -12,8 +12,9 @@ A run folder is what ``seg2tflite demo`` writes: ``DIR/models/NAME/train/best.sa
   the mixed-precision search then runs on the compressed model too;
 - ``calibration``: the calibration study (``calibration.study``), ``DIR/report/calibration_study.md``.
 
-Rows go into ``DIR/record.json`` and the report is rebuilt. A re-run skips what is already
-recorded with the same settings.
+Rows go into ``DIR/record.json`` and the report is rebuilt. A re-run skips what is already done
+with the same settings: the fine-tuning, the conversion stages (resumed), the mixed-precision
+search, and the measurement of a compressed model that was not fine-tuned again.
 """
 
 from __future__ import annotations
@@ -131,6 +132,8 @@ def _num_classes(run: _Run) -> int:
 def _finetuned(run: _Run, name: str, method: Method, config: CompressConfig) -> str | None:
     """Fine-tune, save, convert, measure; the gate failure as text, if any."""
     from converters import ConvertConfig, ParityError, convert_model
+    from eval.compression_layers import COMPRESS_LOG
+    from eval.report import load_record
     from models.checkpoint import load_model, save_checkpoint
     from seg2tflite import compress
     from seg2tflite.data import load_dataset
@@ -139,9 +142,10 @@ def _finetuned(run: _Run, name: str, method: Method, config: CompressConfig) -> 
     checkpoint = out / "model.safetensors"
     size = _input_size(run.model_dir(name) / "convert")
     settings = {"method": method.tag, "steps": config.finetune_steps, "lr": config.finetune_lr, "batch_size": config.batch_size, "seed": config.seed}
-    log = out / "compress.json"
+    log = out / COMPRESS_LOG
     train = load_dataset(run.data, "train")
-    if not (log.is_file() and checkpoint.is_file() and json.loads(log.read_text()).get("settings") == settings):
+    finetuned_now = not (log.is_file() and checkpoint.is_file() and json.loads(log.read_text()).get("settings") == settings)
+    if finetuned_now:
         model = load_model(run.model_dir(name) / "train" / "best.safetensors")
         finetune = compress.FinetuneConfig(config.finetune_steps, config.batch_size, config.finetune_lr, seed=config.seed, input_size=size)
         if method.kind == "prune":
@@ -166,7 +170,12 @@ def _finetuned(run: _Run, name: str, method: Method, config: CompressConfig) -> 
     except ParityError as e:
         print(f"gate failed for {name}+{method.tag}: {e}")
         failure = str(e)
-    _measure(run, out / "convert", f"{name}+{method.tag}", ["pytorch", "tflite_float32", "tflite_full_int8"], config, name, method)
+    variant, stages = f"{name}+{method.tag}", ["pytorch", "tflite_float32", "tflite_full_int8"]
+    recorded = {row.key for row in load_record(run.out).rows}
+    if finetuned_now or not all((variant, stage) in recorded for stage in stages):
+        _measure(run, out / "convert", variant, stages, config, name, method)
+    else:
+        print(f"{variant}: already measured; the record keeps its rows")
     return failure
 
 
