@@ -1,6 +1,6 @@
 """Calibration data for the quantized TFLite models: which images, and the representative dataset."""
 
-from calibration.representative import (
+from seg2tflite.calibration.representative import (
     CalibrationSet,
     build_calibration_set,
     calibration_from_array,
@@ -8,7 +8,7 @@ from calibration.representative import (
     check_images,
     dataset_source,
 )
-from calibration.select import class_histogram, select_calibration
+from seg2tflite.calibration.select import class_histogram, select_calibration
 
 __all__ = [
     "CalibrationSet",

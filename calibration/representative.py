@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from calibration.select import STRATEGIES, select_calibration, select_random
+from seg2tflite.calibration.select import STRATEGIES, select_calibration, select_random
 from seg2tflite.data.base import SegmentationDataset
 from seg2tflite.data.preprocess import Preprocess
 from seg2tflite.errors import UserError

@@ -2,25 +2,25 @@
 
 Entry points: ``convert_registered`` (a registry model name), ``convert_model`` (any PyTorch
 segmentation module), ``convert_onnx`` (an existing ONNX file); settings and gates in
-``ConvertConfig``; runners for every runtime in ``converters.runtimes``.
+``ConvertConfig``; runners for every runtime in ``seg2tflite.converters.runtimes``.
 
-Names are imported on first use, so ``import converters.runtimes`` (an evaluation or benchmark
+Names are imported on first use, so ``import seg2tflite.converters.runtimes`` (an evaluation or benchmark
 process) does not pay for PyTorch and the whole pipeline.
 """
 
 from importlib import import_module
 
 _EXPORTS = {
-    "VARIANTS": "converters.config",
-    "ConvertConfig": "converters.config",
-    "ConversionError": "converters.onnx_to_tf",
-    "OpsError": "converters.ops",
-    "ParityError": "converters.parity",
-    "ConvertResult": "converters.pipeline",
-    "convert_model": "converters.pipeline",
-    "convert_onnx": "converters.pipeline",
-    "convert_registered": "converters.pipeline",
-    "resolve_onnx_input_size": "converters.pipeline",
+    "VARIANTS": "seg2tflite.converters.config",
+    "ConvertConfig": "seg2tflite.converters.config",
+    "ConversionError": "seg2tflite.converters.onnx_to_tf",
+    "OpsError": "seg2tflite.converters.ops",
+    "ParityError": "seg2tflite.converters.parity",
+    "ConvertResult": "seg2tflite.converters.pipeline",
+    "convert_model": "seg2tflite.converters.pipeline",
+    "convert_onnx": "seg2tflite.converters.pipeline",
+    "convert_registered": "seg2tflite.converters.pipeline",
+    "resolve_onnx_input_size": "seg2tflite.converters.pipeline",
 }
 
 __all__ = sorted(_EXPORTS)

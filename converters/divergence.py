@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from converters.onnx_to_tf import ConversionError, run_onnx2tf
+from seg2tflite.converters.onnx_to_tf import ConversionError, run_onnx2tf
 
 
 def _sanitized(name: str) -> str:

@@ -16,7 +16,7 @@ import onnx
 import torch
 from torch import nn
 
-from converters.onnx_surgery import apply_workarounds
+from seg2tflite.converters.onnx_surgery import apply_workarounds
 from seg2tflite.atomic import atomic_write_bytes
 from seg2tflite.errors import UserError
 

@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 import onnx
 
-from converters.offline import onnx2tf_offline
+from seg2tflite.converters.offline import onnx2tf_offline
 from seg2tflite.atomic import atomic_path
 from seg2tflite.errors import UserError
 

@@ -18,8 +18,8 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from converters.config import FLOAT_STAGES, QUANTIZED_VARIANTS, ConvertConfig
-from eval.metrics import ConfusionMatrix
+from seg2tflite.converters.config import FLOAT_STAGES, QUANTIZED_VARIANTS, ConvertConfig
+from seg2tflite.metrics import ConfusionMatrix
 from seg2tflite.errors import UserError
 
 Runner = Callable[[np.ndarray], np.ndarray]

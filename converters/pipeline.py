@@ -18,23 +18,23 @@ from typing import Callable
 
 import numpy as np
 
-from calibration.representative import (
+from seg2tflite.calibration.representative import (
     CalibrationSet,
     build_calibration_set,
     check_disjoint,
     dataset_source,
 )
-from converters.config import CALIBRATED_VARIANTS, ConvertConfig
-from converters.divergence import locate_divergence
-from converters.manifest import artifact_hashes, build_manifest, package_versions, write_json
-from converters.offline import no_network
-from converters.onnx_export import PreparedOnnx, export_onnx, load_onnx, prepare_onnx, save_onnx
-from converters.onnx_to_tf import onnx_to_saved_model
-from converters.ops import OpReport, check_builtins_only, op_report
-from converters.parity import ParityError, ParityReport, apply_gates, format_table, measure_parity, raise_on_failure
-from converters.resume import StageCache, stage_key
-from converters.runtimes import OnnxRunner, SavedModelRunner, TFLiteRunner, TorchRunner
-from converters.tflite_variants import build_tflite
+from seg2tflite.converters.config import CALIBRATED_VARIANTS, ConvertConfig
+from seg2tflite.converters.divergence import locate_divergence
+from seg2tflite.converters.manifest import artifact_hashes, build_manifest, package_versions, write_json
+from seg2tflite.converters.offline import no_network
+from seg2tflite.converters.onnx_export import PreparedOnnx, export_onnx, load_onnx, prepare_onnx, save_onnx
+from seg2tflite.converters.onnx_to_tf import onnx_to_saved_model
+from seg2tflite.converters.ops import OpReport, check_builtins_only, op_report
+from seg2tflite.converters.parity import ParityError, ParityReport, apply_gates, format_table, measure_parity, raise_on_failure
+from seg2tflite.converters.resume import StageCache, stage_key
+from seg2tflite.converters.runtimes import OnnxRunner, SavedModelRunner, TFLiteRunner, TorchRunner
+from seg2tflite.converters.tflite_variants import build_tflite
 from seg2tflite.atomic import atomic_write_bytes, atomic_write_text
 from seg2tflite.data.base import SegmentationDataset
 from seg2tflite.data.preprocess import Preprocess
@@ -155,7 +155,7 @@ def _explain_float_failure(
     if broken == "onnx":
         found = {
             "summary": "ONNX Runtime already differs from PyTorch: the deploy form or torch.onnx.export is at fault "
-            "(compare model(x) with models.deploy_form(model)(x) first)",
+            "(compare model(x) with seg2tflite.models.deploy_form(model)(x) first)",
             "first": None,
         }
     elif broken == "saved_model":
@@ -363,7 +363,7 @@ def convert_model(
     is measured against ``model`` itself. ``mean``/``std`` default to the model's registry config,
     else ImageNet's.
     """
-    from models.registry import IMAGENET_MEAN, IMAGENET_STD, deploy_form
+    from seg2tflite.models.registry import IMAGENET_MEAN, IMAGENET_STD, deploy_form
 
     seconds: dict[str, float] = {}
     cfg = getattr(model, "model_config", None)
@@ -428,15 +428,15 @@ def convert_registered(
     """``seg2tflite convert --model NAME``: build the registry model, save seeded weights, convert."""
     import torch
 
-    from models.checkpoint import save_checkpoint
-    from models.registry import create_model, get_model_config
+    from seg2tflite.models.checkpoint import save_checkpoint
+    from seg2tflite.models.registry import create_model, get_model_config
 
     try:
         get_model_config(name)
     except KeyError as e:
         raise UserError(f"--model: {e.args[0]}") from None
     if checkpoint is not None and num_classes is None:
-        from models.checkpoint import read_checkpoint_config
+        from seg2tflite.models.checkpoint import read_checkpoint_config
 
         try:  # this project's checkpoint says its head size; other formats get the registry default
             num_classes = read_checkpoint_config(checkpoint).get("num_classes")
@@ -453,7 +453,7 @@ def convert_registered(
 
 def resolve_onnx_input_size(onnx_path: str | Path, input_size: tuple[int, int] | None) -> tuple[int, int]:
     """The input size to convert an ONNX file at: the one given, else the one fixed in the file."""
-    from converters.onnx_export import onnx_input_size
+    from seg2tflite.converters.onnx_export import onnx_input_size
 
     if input_size is not None:
         return tuple(int(s) for s in input_size)

@@ -16,7 +16,7 @@ import json
 import shutil
 from pathlib import Path
 
-from converters.manifest import artifact_hashes
+from seg2tflite.converters.manifest import artifact_hashes
 from seg2tflite.atomic import atomic_write_text
 
 STAGES_FILE = "stages.json"

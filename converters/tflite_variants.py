@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from calibration.representative import CalibrationSet
-from converters.config import CALIBRATED_VARIANTS, VARIANTS
-from converters.onnx_to_tf import ConversionError
+from seg2tflite.calibration.representative import CalibrationSet
+from seg2tflite.converters.config import CALIBRATED_VARIANTS, VARIANTS
+from seg2tflite.converters.onnx_to_tf import ConversionError
 
 
 def build_tflite(

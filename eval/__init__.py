@@ -1,5 +1,5 @@
 """Evaluation: segmentation metrics (and, beside them, the evaluation loops)."""
 
-from eval.metrics import ConfusionMatrix, SegMetrics
+from seg2tflite.metrics import ConfusionMatrix, SegMetrics
 
 __all__ = ["ConfusionMatrix", "SegMetrics"]

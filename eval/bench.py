@@ -1,10 +1,10 @@
 """Latency and memory of an artifact at batch 1, each measured in a fresh process.
 
-The artifact is loaded and run in a child Python process (``python -m eval.bench``), so the peak
+The artifact is loaded and run in a child Python process (``python -m seg2tflite.eval.bench``), so the peak
 memory it reports belongs to that artifact alone: ``peak_rss_mb`` is the child's RSS high-water
 mark (``VmHWM``, see ``_maxrss_mb``) after the timed runs, ``baseline_rss_mb`` the same
 mark after the runtime's imports but before the artifact was loaded. Latency is wall time per
-call of the runner (``converters.runtimes``: LiteRT with XNNPACK, ONNX Runtime intra-op threads,
+call of the runner (``seg2tflite.converters.runtimes``: LiteRT with XNNPACK, ONNX Runtime intra-op threads,
 PyTorch ``set_num_threads``) on a fixed random input, after ``warmup`` untimed calls; an int8
 model's runner includes the input quantization and output dequantization, as a caller pays them.
 """
@@ -74,7 +74,7 @@ def _maxrss_mb() -> float:
 
 def measure(path: str, input_size: tuple[int, int], threads: int, warmup: int, runs: int) -> BenchResult:
     """Time the artifact in THIS process (``benchmark_artifact`` calls it in a fresh one)."""
-    from eval.evaluate import RUNTIME_NAMES, artifact_kind, open_artifact
+    from seg2tflite.eval.evaluate import RUNTIME_NAMES, artifact_kind, open_artifact
 
     kind = artifact_kind(path)
     _import_runtime(kind)
@@ -111,12 +111,12 @@ def measure(path: str, input_size: tuple[int, int], threads: int, warmup: int, r
 
 def _import_runtime(kind: str) -> None:
     """Import the runtime before the baseline memory mark, so the mark covers the library."""
-    import converters.runtimes  # noqa: F401
+    import seg2tflite.converters.runtimes  # noqa: F401
 
     if kind == "pytorch":
         import torch  # noqa: F401
 
-        import models  # noqa: F401
+        import seg2tflite.models  # noqa: F401
     elif kind == "onnx":
         import onnxruntime  # noqa: F401
     elif kind == "tf":
@@ -139,7 +139,7 @@ def benchmark_artifact(
     ``isolate=False`` measures in this process instead (for a checkpoint of a model registered
     only here, e.g. in a test); its memory figures are then this process's, not the artifact's.
     """
-    from eval.evaluate import checked_size, read_metadata
+    from seg2tflite.eval.evaluate import checked_size, read_metadata
 
     path = Path(path)
     size = input_size if input_size is not None else read_metadata(path)["input_size"]
@@ -157,7 +157,7 @@ def benchmark_artifact(
         out = Path(tmp) / "result.json"
         job = {"path": str(path.resolve()), "input_size": list(size), "threads": threads, "warmup": warmup, "runs": runs, "out": str(out)}
         proc = subprocess.run(
-            [sys.executable, "-m", "eval.bench", json.dumps(job)], env=env, cwd=root, capture_output=True, text=True
+            [sys.executable, "-m", "seg2tflite.eval.bench", json.dumps(job)], env=env, cwd=root, capture_output=True, text=True
         )
         result = json.loads(out.read_text()) if out.is_file() else None
     if result is None or proc.returncode != 0:

@@ -1,6 +1,6 @@
 """Evaluate any artifact on a dataset split: a checkpoint, an ONNX file, a SavedModel or a .tflite.
 
-Every artifact goes through its own real runtime (``converters.runtimes``): PyTorch eager, ONNX
+Every artifact goes through its own real runtime (``seg2tflite.converters.runtimes``): PyTorch eager, ONNX
 Runtime, TensorFlow, the LiteRT interpreter. Images are preprocessed with the one shared
 definition (``seg2tflite.data.Preprocess``); the input size and mean/std come from, in order,
 the explicit arguments, the conversion ``manifest.json`` beside the artifact, and the
@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from eval.metrics import ConfusionMatrix
+from seg2tflite.metrics import ConfusionMatrix
 from seg2tflite.data import Preprocess, load_dataset
 from seg2tflite.errors import UserError
 
@@ -184,7 +184,7 @@ def _model_name(record: dict) -> str | None:
 
 
 def _checkpoint_config(path: Path) -> dict:
-    from models.checkpoint import read_checkpoint_config, resolve_weights_file
+    from seg2tflite.models.checkpoint import read_checkpoint_config, resolve_weights_file
 
     weights = resolve_weights_file(path)
     if not weights.with_suffix(".json").is_file():
@@ -272,15 +272,15 @@ def _checked(what: str, value, length: int, cast) -> tuple:
 
 
 def open_artifact(path: str | Path, threads: int | None = None) -> Runner:
-    """A runner for the artifact at ``path`` in its own runtime (``converters.runtimes``),
+    """A runner for the artifact at ``path`` in its own runtime (``seg2tflite.converters.runtimes``),
     ``runner(nchw float32) -> logits nchw float32``, using ``threads`` threads where the runtime
     lets us choose (PyTorch, ONNX Runtime intra-op, TensorFlow intra-op, LiteRT/XNNPACK)."""
-    from converters import runtimes
+    from seg2tflite.converters import runtimes
 
     path = Path(path)
     kind = artifact_kind(path)
     if kind == "pytorch":
-        from models.checkpoint import load_model
+        from seg2tflite.models.registry import load_model
 
         return runtimes.TorchRunner(load_model(path), threads)
     if kind == "onnx":
@@ -444,7 +444,7 @@ def tflite_miou(
     model: bytes | str | Path, images: np.ndarray, masks: np.ndarray, num_classes: int, threads: int | None = None, xnnpack: bool = True
 ) -> float:
     """mIoU in points of a .tflite on preprocessed (N, 3, H, W) images, in LiteRT (with XNNPACK unless told not to)."""
-    from converters.runtimes import TFLiteRunner
+    from seg2tflite.converters.runtimes import TFLiteRunner
 
     runner = TFLiteRunner(model, threads, xnnpack=xnnpack)
     matrix = ConfusionMatrix(num_classes)

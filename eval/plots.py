@@ -103,7 +103,7 @@ def plot_overlays(
 ) -> None:
     """One block per model: rows of image / ground truth / each stage's prediction, with a legend.
 
-    ``samples`` maps a model name to its saved sample (see ``eval.report``); stages missing from
+    ``samples`` maps a model name to its saved sample (see ``seg2tflite.eval.report``); stages missing from
     a sample are skipped.
     """
     blocks = []

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval import anchors
+from seg2tflite.eval import anchors
 from seg2tflite.atomic import atomic_path, atomic_write_text
 from seg2tflite.errors import UserError
 
@@ -190,7 +190,7 @@ def _manifest_checkpoint(convert_dir: Path) -> Path | None:
 
 
 def _count_params(checkpoint: Path) -> int:
-    from models.checkpoint import load_model
+    from seg2tflite.models.registry import load_model
 
     return sum(p.numel() for p in load_model(checkpoint).parameters())
 
@@ -240,8 +240,8 @@ def measure_conversion(
     processes evaluate each .tflite (a LiteRT interpreter keeps to few threads); PyTorch, ONNX
     Runtime and TensorFlow run in this process with all cores, as they parallelise inside.
     """
-    from eval.bench import benchmark_artifact
-    from eval.evaluate import argmax_agreement, compare_artifacts, describe_artifact, evaluate_artifact
+    from seg2tflite.eval.bench import benchmark_artifact
+    from seg2tflite.eval.evaluate import argmax_agreement, compare_artifacts, describe_artifact, evaluate_artifact
 
     convert_dir = Path(convert_dir)
     found = find_stages(convert_dir)
@@ -631,8 +631,8 @@ def build_report(run_dir: str | Path) -> Path:
 
     Running it twice gives the same files. Returns the report folder.
     """
-    from eval import plots
-    from eval.compression_layers import render_compression_layers_md
+    from seg2tflite.eval import plots
+    from seg2tflite.eval.compression_layers import render_compression_layers_md
 
     run_dir = Path(run_dir)
     record = load_record(run_dir)

@@ -1,8 +1,8 @@
 """Segmentation models: SegFormer, SegNet and DeepLabv3+, reached through one registry."""
 
 # Importing the architecture files fills the registry.
-from models import deeplabv3plus, segformer, segnet  # noqa: E402,F401
-from models.registry import (
+from seg2tflite.models import deeplabv3plus, segformer, segnet  # noqa: E402,F401
+from seg2tflite.models.registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ModelConfig,
@@ -10,6 +10,7 @@ from models.registry import (
     deploy_form,
     get_model_config,
     list_models,
+    load_model,
     register_model,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "deploy_form",
     "get_model_config",
     "list_models",
+    "load_model",
     "register_model",
 ]

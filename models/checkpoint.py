@@ -115,27 +115,3 @@ def load_weights_into(model: nn.Module, checkpoint: str | Path) -> None:
     if hasattr(model, "convert_foreign_state_dict"):
         state = model.convert_foreign_state_dict(state, source=str(checkpoint))
     load_state_dict_strict(model, state, str(checkpoint))
-
-
-def load_model(checkpoint: str | Path) -> nn.Module:
-    """Rebuild a model from this project's checkpoint (weights + JSON config)."""
-    from models.registry import create_model
-
-    config = read_checkpoint_config(checkpoint)
-    if "name" not in config:
-        raise UserError(f"{checkpoint}: the checkpoint config names no model")
-    from dataclasses import replace
-
-    weights = str(resolve_weights_file(checkpoint))
-    folded = bool(config.get("batchnorm_folded"))  # saved by `seg2tflite compress` after folding BN into convs
-    model = create_model(
-        config["name"], num_classes=config.get("num_classes"), checkpoint=None if folded else weights, **config.get("kwargs", {})
-    )
-    if folded:
-        from seg2tflite.compress.layers import fold_batchnorm
-
-        model = fold_batchnorm(model)
-        load_state_dict_strict(model, read_state_dict(weights), weights)
-    if config.get("input_size"):  # the size it was trained at, which later steps default to
-        model.model_config = replace(model.model_config, input_size=tuple(config["input_size"]))
-    return model

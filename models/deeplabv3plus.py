@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.checkpoint import read_state_dict
-from models.registry import ModelConfig, register_model
+from seg2tflite.models.checkpoint import read_state_dict
+from seg2tflite.models.registry import ModelConfig, register_model
 from seg2tflite.errors import UserError
 
 

@@ -1,4 +1,4 @@
-"""Hugging Face SegFormer key names -> this project's (``models.segformer`` / ``models.mit``).
+"""Hugging Face SegFormer key names -> this project's (``seg2tflite.models.segformer`` / ``seg2tflite.models.mit``).
 
 Covers the files people download from the Hub (``segformer.encoder.block.0.0.attention.self.query``
 ..., ``decode_head.linear_c.0.proj`` ...; what ``save_pretrained`` writes, for

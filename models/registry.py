@@ -4,15 +4,26 @@ Every architecture file registers its public builders with ``@register_model(Mod
 A builder takes ``num_classes`` (and optional keyword arguments) and returns an ``nn.Module``
 whose ``forward(x)`` maps a normalised image batch ``(B, 3, H, W)`` to logits ``(B, K, H, W)`` at
 the input resolution, and whose ``to_deploy()`` returns the same function written with operations
-that reach TFLite builtins (see ``models.deploy_form``).
+that reach TFLite builtins (see ``seg2tflite.models.deploy_form``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable
 
 from torch import nn
+
+from seg2tflite.errors import UserError
+from seg2tflite.models.checkpoint import (
+    load_state_dict_strict,
+    load_weights_into,
+    read_checkpoint_config,
+    read_state_dict,
+    resolve_weights_file,
+)
+from seg2tflite.models.layers import fold_batchnorm
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -83,8 +94,6 @@ def create_model(
     architecture = {k: v for k, v in arguments.items() if k not in WEIGHT_SOURCE_ARGUMENTS}
     model.model_config = replace(config, num_classes=num_classes, kwargs=architecture)
     if checkpoint is not None:
-        from models.checkpoint import load_weights_into
-
         load_weights_into(model, checkpoint)
     return model
 
@@ -94,3 +103,21 @@ def deploy_form(model: nn.Module) -> nn.Module:
     if not hasattr(model, "to_deploy"):
         return model
     return model.to_deploy()
+
+
+def load_model(checkpoint: str | Path) -> nn.Module:
+    """Rebuild a model from this project's checkpoint (weights + JSON config)."""
+    config = read_checkpoint_config(checkpoint)
+    if "name" not in config:
+        raise UserError(f"{checkpoint}: the checkpoint config names no model")
+    weights = str(resolve_weights_file(checkpoint))
+    folded = bool(config.get("batchnorm_folded"))  # saved by `seg2tflite compress` after folding BN into convs
+    model = create_model(
+        config["name"], num_classes=config.get("num_classes"), checkpoint=None if folded else weights, **config.get("kwargs", {})
+    )
+    if folded:
+        model = fold_batchnorm(model)
+        load_state_dict_strict(model, read_state_dict(weights), weights)
+    if config.get("input_size"):  # the size it was trained at, which later steps default to
+        model.model_config = replace(model.model_config, input_size=tuple(config["input_size"]))
+    return model

@@ -5,7 +5,7 @@ linear (C = 256 for B0/B1, 768 for B2-B5), upsamples them to 1/4 of the input, c
 (deepest first, as the authors), fuses with a 1x1 conv + BatchNorm + ReLU, applies dropout 0.1 and
 a 1x1 classifier. This model then upsamples the logits bilinearly to the input resolution.
 
-Weights load from this project's checkpoints, Hugging Face folders (``models.hf_segformer``) and
+Weights load from this project's checkpoints, Hugging Face folders (``seg2tflite.models.hf_segformer``) and
 the authors' mmseg checkpoints (``backbone.*`` / ``decode_head.linear_c4`` ...). An encoder-only
 checkpoint (ImageNet MiT weights: timm format, the authors' ``mit_b*.pth`` or HF ``nvidia/mit-b*``)
 loads only through the builder's ``encoder_checkpoint=``; the decoder then starts untrained.
@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import hf_segformer
-from models.mit import MIT_ARCHS, LinearAsConv, MixVisionTransformer, SharedConv, checkpoint_filter_fn
-from models.registry import ModelConfig, register_model
+from seg2tflite.models import hf_segformer
+from seg2tflite.models.mit import MIT_ARCHS, LinearAsConv, MixVisionTransformer, SharedConv, checkpoint_filter_fn
+from seg2tflite.models.registry import ModelConfig, register_model
 from seg2tflite.errors import UserError
 
 PAPER = "Xie et al. 2021, SegFormer, arXiv 2105.15203"
@@ -93,7 +93,7 @@ class SegFormer(nn.Module):
     def to_deploy(self, native_gelu: bool = False) -> nn.Module:
         """Same weights, same logits, ops onnx2tf carries to TFLite builtins at any opset.
 
-        ``native_gelu=True`` exports ``F.gelu`` as is: use it only at ONNX opset >= 20 (see ``models.mit``).
+        ``native_gelu=True`` exports ``F.gelu`` as is: use it only at ONNX opset >= 20 (see ``seg2tflite.models.mit``).
         """
         return SegFormerDeploy(self, native_gelu)
 
@@ -126,7 +126,7 @@ class SegFormerHeadDeploy(nn.Module):
 class SegFormerDeploy(nn.Module):
     """``SegFormer`` as onnx2tf + TFLite builtins can carry it: same weights, same logits.
 
-    Every tensor is a 4-D NCHW map; see ``models.mit`` for what the converter refuses and why.
+    Every tensor is a 4-D NCHW map; see ``seg2tflite.models.mit`` for what the converter refuses and why.
     It holds the training model's Parameters, so it needs no copy and no train/eval switch.
     """
 
@@ -194,7 +194,7 @@ def encoder_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 def load_encoder_checkpoint(model: SegFormer, path: str) -> None:
-    from models.checkpoint import load_state_dict_strict, read_state_dict
+    from seg2tflite.models.checkpoint import load_state_dict_strict, read_state_dict
 
     state = encoder_state_dict(read_state_dict(path))
     load_state_dict_strict(model.encoder, state, f"encoder_checkpoint {path}")

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.registry import ModelConfig, register_model
+from seg2tflite.models.registry import ModelConfig, register_model
 from seg2tflite.errors import UserError
 
 # (convs, out channels) per encoder stage: VGG16's 13 convolutions.

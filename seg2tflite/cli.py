@@ -91,7 +91,7 @@ def _add_models(sub) -> None:
 
 
 def _run_models(args) -> None:
-    from models import get_model_config, list_models
+    from seg2tflite.models import get_model_config, list_models
 
     for name in list_models():
         config = get_model_config(name)
@@ -128,7 +128,7 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args) -> None:
-    from models import list_models
+    from seg2tflite.models import list_models
     from seg2tflite.train import train
     from seg2tflite.train_config import TrainConfig
 
@@ -161,7 +161,7 @@ def _run_train(args) -> None:
 
 
 def _add_convert(sub) -> None:
-    from converters.config import VARIANTS, ConvertConfig
+    from seg2tflite.converters.config import VARIANTS, ConvertConfig
 
     d = ConvertConfig(input_size=(64, 64))
     p = sub.add_parser(
@@ -198,8 +198,8 @@ def _add_convert(sub) -> None:
 
 
 def _run_convert(args) -> None:
-    from converters import ConvertConfig, convert_onnx, convert_registered, resolve_onnx_input_size
-    from models import IMAGENET_MEAN, IMAGENET_STD, get_model_config, list_models
+    from seg2tflite.converters import ConvertConfig, convert_onnx, convert_registered, resolve_onnx_input_size
+    from seg2tflite.models import IMAGENET_MEAN, IMAGENET_STD, get_model_config, list_models
     from seg2tflite.data import load_dataset
 
     calib = load_dataset(args.calib_data, args.calib_split)
@@ -268,7 +268,7 @@ def _add_evaluate(sub) -> None:
 def _run_evaluate(args) -> None:
     import json
 
-    from eval.evaluate import evaluate_artifact, format_eval
+    from seg2tflite.eval.evaluate import evaluate_artifact, format_eval
     from seg2tflite.atomic import atomic_write_text
 
     result = evaluate_artifact(
@@ -298,7 +298,7 @@ def _add_bench(sub) -> None:
 
 
 def _run_bench(args) -> None:
-    from eval.bench import benchmark_artifacts, format_bench
+    from seg2tflite.eval.bench import benchmark_artifacts, format_bench
 
     results = benchmark_artifacts(
         args.artifact, input_size=tuple(args.input_size) if args.input_size else None,
@@ -314,7 +314,7 @@ def _add_report(sub) -> None:
 
 
 def _run_report(args) -> None:
-    from eval.report import build_report
+    from seg2tflite.eval.report import build_report
 
     print(f"report written to {build_report(args.run)}")
 

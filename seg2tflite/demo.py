@@ -70,8 +70,8 @@ def _train(name: str, data: str, config: DemoConfig, model_dir: Path) -> Path:
 def _convert(name: str, checkpoint: Path, data: str, config: DemoConfig, model_dir: Path) -> str | None:
     """Convert with every gate on; return the gate failure as text (None if all passed).
 
-    A re-run rebuilds only the stages whose inputs changed (see ``converters.resume``)."""
-    from converters import ConvertConfig, ParityError, convert_registered
+    A re-run rebuilds only the stages whose inputs changed (see ``seg2tflite.converters.resume``)."""
+    from seg2tflite.converters import ConvertConfig, ParityError, convert_registered
     from seg2tflite.data import load_dataset
 
     convert_dir = model_dir / "convert"
@@ -96,8 +96,8 @@ def _convert(name: str, checkpoint: Path, data: str, config: DemoConfig, model_d
 
 def run_demo(config: DemoConfig) -> int:
     """Run the whole job; return the process exit code (1 when a gate failed and ``strict``)."""
-    from eval.report import build_report, measure_conversion, record_results
-    from models import list_models
+    from seg2tflite.eval.report import build_report, measure_conversion, record_results
+    from seg2tflite.models import list_models
 
     unknown = [m for m in config.models if m not in list_models()]
     if unknown:

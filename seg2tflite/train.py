@@ -23,9 +23,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from eval.metrics import ConfusionMatrix
-from models import create_model, get_model_config
-from models.checkpoint import save_checkpoint
+from seg2tflite.metrics import ConfusionMatrix
+from seg2tflite.models import create_model, get_model_config
+from seg2tflite.models.checkpoint import save_checkpoint
 from seg2tflite.atomic import atomic_path, atomic_write_text
 from seg2tflite.data import IGNORE_INDEX, Preprocess, TorchSegDataset, load_dataset
 from seg2tflite.errors import UserError
@@ -225,7 +225,7 @@ def _save_train_state(path: Path, config: TrainConfig, step: int, best: dict, op
 
 
 def _load_train_state(path: Path, config: TrainConfig, model, optimizer, scheduler, scaler) -> tuple[int, dict]:
-    from models.checkpoint import load_weights_into
+    from seg2tflite.models.checkpoint import load_weights_into
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

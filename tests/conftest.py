@@ -5,7 +5,7 @@ import socket
 import pytest
 from small_chain import SIZE, BlobDataset, small_model
 
-from converters import ConvertConfig, convert_model
+from seg2tflite.converters import ConvertConfig, convert_model
 
 
 @pytest.fixture(scope="session")

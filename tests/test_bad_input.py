@@ -15,8 +15,8 @@ import torch
 from onnx import TensorProto, helper
 from PIL import Image
 
-from models import create_model
-from models.checkpoint import save_checkpoint
+from seg2tflite.models import create_model
+from seg2tflite.models.checkpoint import save_checkpoint
 from seg2tflite.cli import main
 from seg2tflite.data import SyntheticDataset, write_folder_dataset
 from seg2tflite.data.spec import parse_synthetic_spec

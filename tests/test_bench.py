@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from eval.bench import BenchResult, benchmark_artifact, benchmark_artifacts
-from models.checkpoint import save_checkpoint
-from models.registry import ModelConfig, create_model, list_models, register_model
+from seg2tflite.eval.bench import BenchResult, benchmark_artifact, benchmark_artifacts
+from seg2tflite.models.checkpoint import save_checkpoint
+from seg2tflite.models.registry import ModelConfig, create_model, list_models, register_model
 from seg2tflite.errors import UserError
 
 SIZE = (16, 16)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from calibration import (
+from seg2tflite.calibration import (
     build_calibration_set,
     calibration_from_array,
     check_disjoint,

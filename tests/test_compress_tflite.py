@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from small_chain import SIZE, BlobDataset, K
 
-from calibration.representative import build_calibration_set
-from calibration.select import select_calibration, select_random
-from calibration.study import CalibrationStudyConfig, render_calibration_study_md, run_calibration_study
-from converters.mixed_precision import (
+from seg2tflite.calibration.representative import build_calibration_set
+from seg2tflite.calibration.select import select_calibration, select_random
+from seg2tflite.compress.calibration_study import CalibrationStudyConfig, render_calibration_study_md, run_calibration_study
+from seg2tflite.compress.mixed_precision import (
     MIXED_FILE,
     REPORT_FILE,
     MixedPrecisionConfig,
@@ -26,7 +26,7 @@ from converters.mixed_precision import (
     search_mixed_precision,
     write_mixed_precision,
 )
-from converters.ops import op_report
+from seg2tflite.converters.ops import op_report
 from seg2tflite.compress_config import Method
 from seg2tflite.data.preprocess import Preprocess
 from seg2tflite.errors import UserError
@@ -145,10 +145,10 @@ def test_compress_command_end_to_end(tmp_path):
     import torch
     from test_report import NAME
 
-    from converters import ConvertConfig, convert_registered
-    from eval.report import build_report, load_record, measure_conversion, record_results
-    from models.checkpoint import save_checkpoint
-    from models.registry import create_model
+    from seg2tflite.converters import ConvertConfig, convert_registered
+    from seg2tflite.eval.report import build_report, load_record, measure_conversion, record_results
+    from seg2tflite.models.checkpoint import save_checkpoint
+    from seg2tflite.models.registry import create_model
     from seg2tflite.compress.pipeline import run_compress
     from seg2tflite.compress_config import CompressConfig
     from seg2tflite.data import SyntheticDataset, load_dataset, write_folder_dataset

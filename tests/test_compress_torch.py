@@ -1,7 +1,7 @@
 """PyTorch-side compression (pruning, clustering, QAT, BatchNorm folding) on the small CNN.
 
 Each method fine-tunes a few steps on the blob dataset; the last test carries the compressed
-models through ``converters.convert_model`` and reads the weights back out of the ``.tflite``.
+models through ``seg2tflite.converters.convert_model`` and reads the weights back out of the ``.tflite``.
 """
 
 import numpy as np
@@ -299,8 +299,8 @@ def _tflite_filters(path, torch_model):
 
 
 def test_compression_survives_conversion(tmp_path):
-    from converters import ConvertConfig, convert_model
-    from eval.compression_layers import tflite_weights
+    from seg2tflite.converters import ConvertConfig, convert_model
+    from seg2tflite.eval.compression_layers import tflite_weights
 
     def convert(model, name, variants):
         config = ConvertConfig(input_size=SIZE, variants=variants, calib_size=8, parity_images=2)
@@ -313,7 +313,7 @@ def test_compression_survives_conversion(tmp_path):
     for name, (tensor, _) in _tflite_filters(out / "model_float32.tflite", pruned).items():
         weight = pruned.get_submodule(name).weight.detach().permute(0, 2, 3, 1).numpy()
         assert np.array_equal(tensor == 0, weight == 0), name  # TFLite folded the BN: same zeros, other values
-    # the report's reading of the file (eval.compression_layers) counts exactly those zeros
+    # the report's reading of the file (seg2tflite.eval.compression_layers) counts exactly those zeros
     zeros = sum(int((m.weight == 0).sum()) for _, m in layer_weights(pruned))
     assert sum(w["zeros"] for w in tflite_weights(out / "model_float32.tflite", min_params=0)) == zeros
 

@@ -14,11 +14,11 @@ import torch
 from small_chain import SIZE, BlobDataset, K, small_model
 from torch import nn
 
-from converters import ConvertConfig, convert_model, convert_onnx, resolve_onnx_input_size
-from converters.manifest import sha256_file
-from converters.onnx_export import INPUT_NAME, export_onnx, load_onnx, prepare_onnx
-from converters.ops import op_report
-from converters.runtimes import OnnxRunner, TFLiteRunner, TorchRunner, make_runner
+from seg2tflite.converters import ConvertConfig, convert_model, convert_onnx, resolve_onnx_input_size
+from seg2tflite.converters.manifest import sha256_file
+from seg2tflite.converters.onnx_export import INPUT_NAME, export_onnx, load_onnx, prepare_onnx
+from seg2tflite.converters.ops import op_report
+from seg2tflite.converters.runtimes import OnnxRunner, TFLiteRunner, TorchRunner, make_runner
 from seg2tflite.errors import UserError
 
 
@@ -190,7 +190,7 @@ def test_torchvision_model_outside_the_registry(tmp_path):
 
 
 def test_offline_guards():
-    from converters.offline import NetworkForbidden, no_network, onnx2tf_offline
+    from seg2tflite.converters.offline import NetworkForbidden, no_network, onnx2tf_offline
 
     original = socket.socket.connect
     with no_network():
@@ -214,7 +214,7 @@ def test_offline_guards():
 
 
 def test_float64_noise_floor_of_a_smooth_model_is_rounding_only():
-    from converters.pipeline import float64_noise_floor
+    from seg2tflite.converters.pipeline import float64_noise_floor
 
     model = small_model()
     images = np.random.default_rng(0).standard_normal((2, 3, *SIZE)).astype(np.float32)

@@ -12,10 +12,10 @@ import time
 import numpy as np
 import pytest
 
-from converters import ConvertConfig, ParityError, convert_registered
-from converters.config import FLOAT_STAGES, QUANTIZED_VARIANTS, VARIANTS
-from converters.manifest import sha256_file
-from converters.runtimes import OnnxRunner
+from seg2tflite.converters import ConvertConfig, ParityError, convert_registered
+from seg2tflite.converters.config import FLOAT_STAGES, QUANTIZED_VARIANTS, VARIANTS
+from seg2tflite.converters.manifest import sha256_file
+from seg2tflite.converters.runtimes import OnnxRunner
 from seg2tflite.data import load_dataset
 
 FAMILIES = ["segformer_b0", "segnet_vgg16", "deeplabv3plus_mobilenetv2", "deeplabv3plus_xception65"]
@@ -116,7 +116,7 @@ def test_manifest_and_rebuildable_reference(converted):
     assert len(manifest["calibration"]["images"]) == 8
     assert manifest["quantization"]["full_int8"]["input"]["scale"] > 0
     # The seeded weights were saved: anyone can rebuild the PyTorch reference from them.
-    from models.checkpoint import load_model
+    from seg2tflite.models.registry import load_model
 
     rebuilt = load_model(out / "model.safetensors").eval()
     x = np.random.default_rng(0).standard_normal((1, 3, *SIZE)).astype(np.float32)
@@ -132,7 +132,7 @@ def test_manifest_and_rebuildable_reference(converted):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_full_size_conversion(name, tmp_path):
     """At the registry input size (512x512 SegFormer/DeepLab, 352x480 SegNet), 32 calibration images."""
-    from models import get_model_config
+    from seg2tflite.models import get_model_config
 
     size = get_model_config(name).input_size
     spec = f"synthetic:size={size[0]}x{size[1]},train=48,val=8"

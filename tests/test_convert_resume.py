@@ -17,9 +17,9 @@ from interrupt import kill_once_recorded, recorded_stages
 from onnx import numpy_helper
 from small_chain import SIZE, BlobDataset
 
-from converters import ConvertConfig, convert_onnx
-from converters.manifest import sha256_file
-from converters.resume import StageCache, stage_key
+from seg2tflite.converters import ConvertConfig, convert_onnx
+from seg2tflite.converters.manifest import sha256_file
+from seg2tflite.converters.resume import StageCache, stage_key
 from seg2tflite.data import write_folder_dataset
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

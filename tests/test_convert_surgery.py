@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from converters import ConvertConfig, ParityError, convert_model
-from converters.divergence import compare_tensor, module_path
-from converters.onnx_export import export_onnx, prepare_onnx
-from converters.onnx_surgery import apply_workarounds
-from converters.onnx_to_tf import ConversionError, run_onnx2tf
-from converters.runtimes import OnnxRunner, SavedModelRunner
+from seg2tflite.converters import ConvertConfig, ParityError, convert_model
+from seg2tflite.converters.divergence import compare_tensor, module_path
+from seg2tflite.converters.onnx_export import export_onnx, prepare_onnx
+from seg2tflite.converters.onnx_surgery import apply_workarounds
+from seg2tflite.converters.onnx_to_tf import ConversionError, run_onnx2tf
+from seg2tflite.converters.runtimes import OnnxRunner, SavedModelRunner
 from seg2tflite.data.base import DatasetInfo, SegmentationDataset
 
 SIZE = (32, 32)

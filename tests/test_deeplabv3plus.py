@@ -13,9 +13,9 @@ import torch
 from model_helpers import randomise_batchnorm
 from safetensors.torch import save_file
 
-from models import create_model, deploy_form, get_model_config
-from models.checkpoint import save_checkpoint
-from models.deeplabv3plus import DeepLabV3Plus
+from seg2tflite.models import create_model, deploy_form, get_model_config
+from seg2tflite.models.checkpoint import save_checkpoint
+from seg2tflite.models.deeplabv3plus import DeepLabV3Plus
 from seg2tflite.errors import UserError
 
 NUM_CLASSES = 5

@@ -10,16 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eval.evaluate import (
+from seg2tflite.eval.evaluate import (
     argmax_agreement,
     compare_artifacts,
     describe_artifact,
     evaluate_artifact,
     open_artifact,
 )
-from eval.metrics import ConfusionMatrix
-from models.checkpoint import save_checkpoint
-from models.registry import ModelConfig, create_model, list_models, register_model
+from seg2tflite.metrics import ConfusionMatrix
+from seg2tflite.models.checkpoint import save_checkpoint
+from seg2tflite.models.registry import ModelConfig, create_model, list_models, register_model
 from seg2tflite.data import Preprocess, load_dataset
 from seg2tflite.errors import UserError
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from converters.onnx_export import load_onnx
-from models.checkpoint import read_state_dict
+from seg2tflite.converters.onnx_export import load_onnx
+from seg2tflite.models.checkpoint import read_state_dict
 from seg2tflite.data import SyntheticDataset, load_dataset, write_folder_dataset
 from seg2tflite.data.readers import read_image, read_mask
 from seg2tflite.data.spec import parse_synthetic_spec

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval.metrics import ConfusionMatrix
+from seg2tflite.metrics import ConfusionMatrix
 
 
 def test_hand_computed_three_classes_with_ignore():

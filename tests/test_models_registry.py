@@ -6,8 +6,9 @@ import pytest
 import torch
 from model_helpers import randomise_batchnorm
 
-from models import create_model, deploy_form, get_model_config, list_models
-from models.checkpoint import load_model, save_checkpoint
+from seg2tflite.models import create_model, deploy_form, get_model_config, list_models
+from seg2tflite.models.checkpoint import save_checkpoint
+from seg2tflite.models.registry import load_model
 
 NUM_CLASSES = 5
 ALL_MODELS = list_models()

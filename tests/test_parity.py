@@ -1,12 +1,12 @@
-"""converters.parity: the figures on logits worked out by hand, the gates, the error message."""
+"""seg2tflite.converters.parity: the figures on logits worked out by hand, the gates, the error message."""
 
 import math
 
 import numpy as np
 import pytest
 
-from converters.config import ConvertConfig
-from converters.parity import ParityError, apply_gates, format_table, measure_parity, raise_on_failure
+from seg2tflite.converters.config import ConvertConfig
+from seg2tflite.converters.parity import ParityError, apply_gates, format_table, measure_parity, raise_on_failure
 
 K, H, W = 3, 4, 5
 
@@ -143,7 +143,7 @@ def test_table_and_json():
 
 
 def test_a_drift_spike_with_every_argmax_equal_is_named_a_near_tie():
-    from converters.pipeline import _explain_float_failure
+    from seg2tflite.converters.pipeline import _explain_float_failure
 
     size = (32, 32)  # enough pixels for one spike to stand 1000x above the mean drift
     ref = np.random.default_rng(0).standard_normal((2, K, *size)).astype(np.float32) * 4

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eval.report import (
+from seg2tflite.eval.report import (
     RECORD_FILE,
     STAGES,
     build_report,
@@ -23,8 +23,8 @@ from eval.report import (
     record_results,
     zipped_size_mb,
 )
-from models.checkpoint import save_checkpoint
-from models.registry import ModelConfig, create_model, list_models, register_model
+from seg2tflite.models.checkpoint import save_checkpoint
+from seg2tflite.models.registry import ModelConfig, create_model, list_models, register_model
 from seg2tflite.data import load_dataset
 from seg2tflite.errors import UserError
 
@@ -56,8 +56,8 @@ def measured(tmp_path_factory):
     """A run folder holding one real conversion folder (checkpoint, ONNX, SavedModel, five
     .tflite), measured and recorded. Benchmarks run in this process: the tiny model is
     registered only here, so a fresh process could not rebuild it from its checkpoint."""
-    from converters.config import ConvertConfig
-    from converters.pipeline import convert_model
+    from seg2tflite.converters.config import ConvertConfig
+    from seg2tflite.converters.pipeline import convert_model
 
     run = tmp_path_factory.mktemp("run")
     convert = run / "models" / NAME

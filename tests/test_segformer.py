@@ -10,10 +10,11 @@ import timm
 import torch
 import torch.nn.functional as F
 
-import models.mit  # noqa: F401  (registers mit_b* in timm)
-from models import create_model, deploy_form, get_model_config
-from models.checkpoint import load_model, save_checkpoint
-from models.mit import gelu_erf_free
+import seg2tflite.models.mit  # noqa: F401  (registers mit_b* in timm)
+from seg2tflite.models import create_model, deploy_form, get_model_config
+from seg2tflite.models.checkpoint import save_checkpoint
+from seg2tflite.models.registry import load_model
+from seg2tflite.models.mit import gelu_erf_free
 from seg2tflite.errors import UserError
 
 B0 = dict(dims=(32, 64, 160, 256), depths=(2, 2, 2, 2), decoder=256)
@@ -108,7 +109,7 @@ def test_timm_local_pretrained_file(tmp_path):
 
 
 def _authors_mit_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The authors' (NVlabs) mit_b0.pth naming, written out independently of models.mit's mapping."""
+    """The authors' (NVlabs) mit_b0.pth naming, written out independently of seg2tflite.models.mit's mapping."""
     state = {}
     ours = model.state_dict()
     for i, stage in enumerate(model.stages):
@@ -208,7 +209,7 @@ def test_authors_mmseg_segformer_checkpoint(b0, tmp_path):
 def _hf_state(dims, depths, decoder, num_labels, seed=0, decoder_head=True, image_classifier=False):
     """A SegformerForSemanticSegmentation state dict with the Hub's key names and shapes.
 
-    Written from Hugging Face's published naming, not from models.hf_segformer, so that the
+    Written from Hugging Face's published naming, not from seg2tflite.models.hf_segformer, so that the
     mapping is checked against an independent description.
     """
     g = torch.Generator().manual_seed(seed)

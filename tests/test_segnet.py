@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from model_helpers import randomise_batchnorm
 
-from models import create_model, deploy_form, get_model_config
-from models.checkpoint import save_checkpoint
-from models.segnet import SegNet, SegNetDeploy, depth_to_space, unpool_first_max
+from seg2tflite.models import create_model, deploy_form, get_model_config
+from seg2tflite.models.checkpoint import save_checkpoint
+from seg2tflite.models.segnet import SegNet, SegNetDeploy, depth_to_space, unpool_first_max
 from seg2tflite.errors import UserError
 
 NUM_CLASSES = 5

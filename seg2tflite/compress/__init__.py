@@ -3,7 +3,7 @@
 tensorflow-model-optimization cannot act on the graphs onnx2tf builds, so each method here works
 on the PyTorch model, fine-tunes it with one shared loop (``finetune``), and returns a plain
 ``nn.Module`` with ordinary float weights (no parametrization, no hook) that
-``converters.convert_model`` carries unchanged, with a report of what was done:
+``seg2tflite.converters.convert_model`` carries unchanged, with a report of what was done:
 
 - ``prune_model``: magnitude pruning on tfmot's polynomial sparsity schedule; exact zeros.
 - ``cluster_model``: weight sharing, k values per layer from k-means, centroids fine-tuned.
@@ -16,7 +16,7 @@ would rescale every output channel after them).
 
 from seg2tflite.compress.cluster import ClusterConfig, cluster_model, kmeans_1d
 from seg2tflite.compress.finetune import FinetuneConfig, finetune, validate
-from seg2tflite.compress.layers import FoldedBatchNorm, fold_batchnorm, layer_weights, remaining_batchnorm
+from seg2tflite.models.layers import FoldedBatchNorm, fold_batchnorm, layer_weights, remaining_batchnorm
 from seg2tflite.compress.prune import PruneConfig, polynomial_sparsity, prune_model, sparsity_report
 from seg2tflite.compress.qat import QATConfig, qat_model, snap_to_int8_grid
 

@@ -54,7 +54,7 @@ class FinetuneConfig:
 
 def preprocess_for(model: nn.Module, config: FinetuneConfig) -> Preprocess:
     """The model's preprocessing at the fine-tuning size (ImageNet statistics for a bare module)."""
-    from models.registry import IMAGENET_MEAN, IMAGENET_STD
+    from seg2tflite.models.registry import IMAGENET_MEAN, IMAGENET_STD
 
     model_config = getattr(model, "model_config", None)
     size = config.input_size or getattr(model_config, "input_size", None)

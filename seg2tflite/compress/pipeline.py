@@ -3,14 +3,14 @@
 A run folder is what ``seg2tflite demo`` writes: ``DIR/models/NAME/train/best.safetensors`` and
 ``DIR/models/NAME/convert/``. For each model and method:
 
-- ``mixed``: mixed precision against the mIoU budget (``converters.mixed_precision``), written
+- ``mixed``: mixed precision against the mIoU budget (``seg2tflite.compress.mixed_precision``), written
   into the model's conversion folder as ``model_mixed_int8.tflite``;
 - ``prune:S``, ``cluster:K``, ``qat``: the PyTorch model fine-tuned by the method, saved under
   ``DIR/models/NAME/compress/TAG/``, then carried through the normal conversion (float32 and
   full int8) with every float gate on; recorded as the model ``NAME+TAG`` so the report shows
   the compressed PyTorch mIoU next to its TFLite mIoU; with ``+mixed`` (``cluster:16+mixed``)
   the mixed-precision search then runs on the compressed model too;
-- ``calibration``: the calibration study (``calibration.study``), ``DIR/report/calibration_study.md``.
+- ``calibration``: the calibration study (``seg2tflite.compress.calibration_study``), ``DIR/report/calibration_study.md``.
 
 Rows go into ``DIR/record.json`` and the report is rebuilt. A re-run skips what is already done
 with the same settings: the fine-tuning, the conversion stages (resumed), the mixed-precision
@@ -60,7 +60,7 @@ def _input_size(convert_dir: Path) -> tuple[int, int]:
 
 
 def _preprocess(name: str, size: tuple[int, int]):
-    from models.registry import get_model_config
+    from seg2tflite.models.registry import get_model_config
     from seg2tflite.data.preprocess import Preprocess
 
     return Preprocess.for_model(get_model_config(name), size)
@@ -75,7 +75,7 @@ def _arrays(dataset, preprocess, limit: int | None) -> tuple[np.ndarray, np.ndar
 def _measure(
     run: _Run, convert_dir: Path, model: str, stages: list[str], config: CompressConfig, base: str, method: Method, record_pytorch: bool = True
 ):
-    from eval.report import measure_conversion, record_results
+    from seg2tflite.eval.report import measure_conversion, record_results
 
     rows, _ = measure_conversion(
         convert_dir, run.data, "test", model=model, stages=stages, bench=config.bench_runs > 0, bench_threads=config.threads,
@@ -91,8 +91,8 @@ def _measure(
 def _mixed(run: _Run, name: str, config: CompressConfig, method: Method = Method("mixed")) -> None:
     """Mixed precision on the model's own conversion, or on its ``method``-compressed one; either
     way the budget and the size are against the uncompressed model's float32 TFLite file."""
-    from calibration.representative import build_calibration_set
-    from converters.mixed_precision import (
+    from seg2tflite.calibration.representative import build_calibration_set
+    from seg2tflite.compress.mixed_precision import (
         REPORT_FILE,
         MixedPrecisionConfig,
         format_mixed_precision,
@@ -131,10 +131,11 @@ def _num_classes(run: _Run) -> int:
 
 def _finetuned(run: _Run, name: str, method: Method, config: CompressConfig) -> str | None:
     """Fine-tune, save, convert, measure; the gate failure as text, if any."""
-    from converters import ConvertConfig, ParityError, convert_model
-    from eval.compression_layers import COMPRESS_LOG
-    from eval.report import load_record
-    from models.checkpoint import load_model, save_checkpoint
+    from seg2tflite.converters import ConvertConfig, ParityError, convert_model
+    from seg2tflite.eval.compression_layers import COMPRESS_LOG
+    from seg2tflite.eval.report import load_record
+    from seg2tflite.models.checkpoint import save_checkpoint
+    from seg2tflite.models.registry import load_model
     from seg2tflite import compress
     from seg2tflite.data import load_dataset
 
@@ -180,8 +181,8 @@ def _finetuned(run: _Run, name: str, method: Method, config: CompressConfig) -> 
 
 
 def _calibration_study(run: _Run, name: str, config: CompressConfig) -> dict:
-    from calibration.study import CalibrationStudyConfig, run_calibration_study
-    from eval.evaluate import tflite_miou
+    from seg2tflite.compress.calibration_study import CalibrationStudyConfig, run_calibration_study
+    from seg2tflite.eval.evaluate import tflite_miou
     from seg2tflite.data import load_dataset
 
     convert_dir = run.model_dir(name) / "convert"
@@ -200,8 +201,8 @@ def run_compress(config: CompressConfig) -> int:
     """Every method on every model of the run; 1 when a compressed model broke a gate of its
     conversion (a float gate, or the full-int8 mIoU budget, which ``+mixed`` then addresses) and
     ``strict``, else 0. Broken gates are findings, printed and kept in the report either way."""
-    from calibration.study import render_calibration_study_md
-    from eval.report import REPORT_DIR, build_report
+    from seg2tflite.compress.calibration_study import render_calibration_study_md
+    from seg2tflite.eval.report import REPORT_DIR, build_report
 
     run = _Run.open(config.run)
     models = config.models or run.models
@@ -230,7 +231,7 @@ def run_compress(config: CompressConfig) -> int:
     report = build_report(run.out)
     if studies:
         atomic_write_text(report / "calibration_study.md", render_calibration_study_md(studies))
-        from eval.plots import plot_calibration_study
+        from seg2tflite.eval.plots import plot_calibration_study
 
         plot_calibration_study(studies, report / "calibration_study.png")
     print((report / "compression.md").read_text() if (report / "compression.md").is_file() else "")

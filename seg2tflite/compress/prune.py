@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from seg2tflite.compress.finetune import FinetuneConfig, finetune
-from seg2tflite.compress.layers import layer_weights
+from seg2tflite.models.layers import layer_weights
 from seg2tflite.data import SegmentationDataset
 from seg2tflite.errors import UserError
 

@@ -29,7 +29,7 @@ from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver
 from torch.nn.utils import parametrize
 
 from seg2tflite.compress.finetune import FinetuneConfig, example_input, finetune, validate
-from seg2tflite.compress.layers import fold_batchnorm, layer_weights, remaining_batchnorm
+from seg2tflite.models.layers import fold_batchnorm, layer_weights, remaining_batchnorm
 from seg2tflite.data import SegmentationDataset
 from seg2tflite.errors import UserError
 

@@ -6,7 +6,7 @@ weight scales, and once more with one scale per tensor at ``per_tensor_size``; e
 evaluated end to end in LiteRT on the same held-out images, with its default XNNPACK kernels and
 on its builtin kernels (XNNPACK's int8 path collapses SegFormer whatever the calibration; the
 builtin column shows what calibration itself does there). Rows are plain dicts, ready for JSON,
-a Markdown table and ``eval.plots.plot_calibration_study``.
+a Markdown table and ``seg2tflite.eval.plots.plot_calibration_study``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from calibration.representative import build_calibration_set
-from calibration.select import STRATEGIES
+from seg2tflite.calibration.representative import build_calibration_set
+from seg2tflite.calibration.select import STRATEGIES
 from seg2tflite.data.base import SegmentationDataset
 from seg2tflite.data.preprocess import Preprocess
 from seg2tflite.errors import UserError
@@ -51,8 +51,8 @@ def run_calibration_study(
     progress: bool = True,
 ) -> list[dict]:
     """One row per (size, strategy, weight scales): the full-int8 model's mIoU in points and its size."""
-    from converters.tflite_variants import build_tflite
-    from eval.evaluate import tflite_miou
+    from seg2tflite.converters.tflite_variants import build_tflite
+    from seg2tflite.eval.evaluate import tflite_miou
 
     if max(config.sizes) > len(calib_dataset):
         raise UserError(

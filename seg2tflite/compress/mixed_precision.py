@@ -36,9 +36,9 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from calibration.representative import CalibrationSet
-from converters.ops import op_report
-from eval.evaluate import tflite_miou
+from seg2tflite.calibration.representative import CalibrationSet
+from seg2tflite.converters.ops import op_report
+from seg2tflite.eval.evaluate import tflite_miou
 from seg2tflite.atomic import atomic_write_bytes, atomic_write_text
 from seg2tflite.errors import UserError
 
