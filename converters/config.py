@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from seg2tflite.converters.stages import CALIBRATED_VARIANTS, VARIANTS
 from seg2tflite.errors import UserError
-
-VARIANTS = ("float32", "float16", "dynamic_int8", "full_int8", "int16x8")
-FLOAT_STAGES = ("onnx", "saved_model", "float32")  # gated on drift and argmax agreement
-QUANTIZED_VARIANTS = ("dynamic_int8", "full_int8", "int16x8")  # gated on mIoU, trained models only
-CALIBRATED_VARIANTS = ("full_int8", "int16x8")  # built with the representative dataset
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 
 from seg2tflite.converters.onnx_to_tf import ConversionError, run_onnx2tf
+from seg2tflite.converters.parity import ParityReport
+from seg2tflite.converters.stages import FLOAT_STAGES
 
 
 def _sanitized(name: str) -> str:
@@ -172,3 +174,68 @@ def locate_divergence(
     if last_good is not None:
         summary += f"; last matching layer before it: {last_good['onnx_node']}"
     return {"summary": summary, "first": first, "last_good": last_good, "layers": layers}
+
+
+# -- explaining a broken float gate ------------------------------------------------------
+
+
+LOCALIZED_DRIFT_RATIO = 1e3  # max/mean drift above this, with every argmax equal: a flipped near-tie
+
+
+def float64_noise_floor(model, images: np.ndarray) -> dict:
+    """How far PyTorch's own float32 logits are from the same model computed in float64: the drift
+    no runtime can be expected to beat (max abs difference, and as a fraction of the logit range)."""
+    import copy
+
+    import torch
+
+    exact = copy.deepcopy(model).double().eval()
+    worst, lo, hi = 0.0, np.inf, -np.inf
+    with torch.no_grad():
+        for i in range(len(images)):
+            x = torch.from_numpy(images[i : i + 1])
+            y32 = model(x).double()
+            y64 = exact(x.double())
+            worst = max(worst, float((y32 - y64).abs().max()))
+            lo, hi = min(lo, float(y64.min())), max(hi, float(y64.max()))
+    return {"max_abs": worst, "max_abs_over_range": worst / (hi - lo) if hi > lo else float("inf")}
+
+
+def explain_float_failure(
+    report: ParityReport, onnx_model, image_nhwc, deploy_model, config, log, parity_images=None
+) -> dict | None:
+    """Say where the first broken float stage went wrong; None when the float stages all pass."""
+    broken = next((s for s in FLOAT_STAGES if s in report.stages and report.stages[s].gate == "fail"), None)
+    if broken is None:
+        return None
+    if broken == "onnx":
+        found = {
+            "summary": "ONNX Runtime already differs from PyTorch: the deploy form or torch.onnx.export is at fault "
+            "(compare model(x) with seg2tflite.models.deploy_form(model)(x) first)",
+            "first": None,
+        }
+    elif broken == "saved_model":
+        log("saved_model broke parity; locating the first diverging layer...")
+        found = locate_divergence(onnx_model, image_nhwc, torch_model=deploy_model, rel_tol=config.float_max_drift)
+    else:
+        found = {
+            "summary": "the SavedModel passes but model_float32.tflite does not: the TF -> TFLite converter changed "
+            "the function (compare the SavedModel and TFLite outputs op by op)",
+            "first": None,
+        }
+    drift = report.stages[broken].vs_pytorch
+    if drift["argmax_agreement"] == 1.0 and drift["max_abs"] > LOCALIZED_DRIFT_RATIO * drift["mean_abs"]:
+        floor_text = ""
+        if deploy_model is not None and parity_images is not None:
+            floor = found["float64_noise_floor"] = float64_noise_floor(deploy_model, parity_images)
+            floor_text = (
+                f" PyTorch's own float32 logits differ from float64 by {floor['max_abs']:.3g} "
+                f"({floor['max_abs_over_range']:.3g} of the range) on the same images."
+            )
+        found["summary"] = (
+            f"the drift sits in a few pixels (max {drift['max_abs']:.3g}, mean {drift['mean_abs']:.3g}) and every "
+            "argmax agrees: the signature of a discontinuous op (max pooling or unpooling with near-tied windows) that "
+            f"rounding differences of ~1e-7 flip, rather than of a wrong conversion.{floor_text} "
+            f"Otherwise: {found['summary']}"
+        )
+    return {"stage": broken, **found}

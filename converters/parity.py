@@ -13,77 +13,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
-
 import numpy as np
 from tqdm import tqdm
 
-from seg2tflite.converters.config import FLOAT_STAGES, QUANTIZED_VARIANTS, ConvertConfig
-from seg2tflite.metrics import ConfusionMatrix
+from seg2tflite.converters.compare import LogitComparison
+from seg2tflite.converters.config import ConvertConfig
+from seg2tflite.converters.runtimes import Runner
+from seg2tflite.converters.stages import FLOAT_STAGES, QUANTIZED_VARIANTS, STAGES, previous_stage
 from seg2tflite.errors import UserError
-
-Runner = Callable[[np.ndarray], np.ndarray]
-
-STAGES = ("pytorch", "onnx", "saved_model", "float32", "float16", "dynamic_int8", "full_int8", "int16x8")
-PREVIOUS = {
-    "onnx": "pytorch",
-    "saved_model": "onnx",
-    "float32": "saved_model",
-    "float16": "float32",
-    "dynamic_int8": "float32",
-    "full_int8": "float32",
-    "int16x8": "float32",
-}
+from seg2tflite.metrics import ConfusionMatrix
 
 
 class ParityError(UserError):
     """A stage broke a parity gate; the message names the stage and the figure."""
-
-
-def previous_stage(stage: str, present: list[str]) -> str | None:
-    """The nearest earlier stage that was actually run (e.g. onnx when a chain starts from ONNX)."""
-    prev = PREVIOUS.get(stage)
-    while prev is not None and prev not in present:
-        prev = PREVIOUS.get(prev)
-    return prev
-
-
-class _Pair:
-    """Streaming comparison of one stage's logits with a reference's."""
-
-    def __init__(self, num_classes: int):
-        self.max_abs = 0.0
-        self.sum_abs = 0.0
-        self.count = 0
-        self.dot = self.ref_sq = self.out_sq = 0.0
-        self.agree = self.pixels = 0
-        self.matrix = ConfusionMatrix(num_classes, ignore_index=-1)
-
-    def update(self, ref: np.ndarray, out: np.ndarray) -> None:
-        ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
-        diff = np.abs(out64 - ref64)
-        finite = np.isfinite(diff)
-        self.max_abs = max(self.max_abs, float(diff.max()) if finite.all() else math.inf)
-        self.sum_abs += float(diff[finite].sum())
-        self.count += diff.size
-        self.dot += float((ref64 * out64).sum())
-        self.ref_sq += float((ref64 * ref64).sum())
-        self.out_sq += float((out64 * out64).sum())
-        ref_arg, out_arg = ref.argmax(1), out.argmax(1)
-        self.agree += int((ref_arg == out_arg).sum())
-        self.pixels += ref_arg.size
-        self.matrix.update(out_arg, ref_arg)
-
-    def result(self, logit_range: float) -> dict:
-        denom = math.sqrt(self.ref_sq * self.out_sq)
-        return {
-            "max_abs": self.max_abs,
-            "mean_abs": self.sum_abs / max(self.count, 1),
-            "max_abs_over_range": self.max_abs / logit_range if logit_range > 0 else math.inf,
-            "cosine": self.dot / denom if denom > 0 else math.nan,
-            "argmax_agreement": self.agree / max(self.pixels, 1),
-            "miou_vs_reference": self.matrix.compute().miou,
-        }
 
 
 @dataclass
@@ -183,8 +125,8 @@ def measure_parity(
     earliest stage present (pytorch, or onnx for an ONNX input) is the reference."""
     names = [s for s in STAGES if s in runners] + [s for s in runners if s not in STAGES]
     reference = names[0]
-    pairs_ref = {s: _Pair(num_classes) for s in names[1:]}
-    pairs_prev = {s: _Pair(num_classes) for s in names[1:]}
+    pairs_ref = {s: LogitComparison(num_classes) for s in names[1:]}
+    pairs_prev = {s: LogitComparison(num_classes) for s in names[1:]}
     labels = {s: ConfusionMatrix(num_classes, ignore_index=ignore_index) for s in names}
     nonfinite = dict.fromkeys(names, 0)
     lo, hi = math.inf, -math.inf

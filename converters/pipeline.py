@@ -24,8 +24,8 @@ from seg2tflite.calibration.representative import (
     check_disjoint,
     dataset_source,
 )
-from seg2tflite.converters.config import CALIBRATED_VARIANTS, ConvertConfig
-from seg2tflite.converters.divergence import locate_divergence
+from seg2tflite.converters.config import ConvertConfig
+from seg2tflite.converters.divergence import explain_float_failure
 from seg2tflite.converters.manifest import artifact_hashes, build_manifest, package_versions, write_json
 from seg2tflite.converters.offline import no_network
 from seg2tflite.converters.onnx_export import PreparedOnnx, export_onnx, load_onnx, prepare_onnx, save_onnx
@@ -34,14 +34,13 @@ from seg2tflite.converters.ops import OpReport, check_builtins_only, op_report
 from seg2tflite.converters.parity import ParityError, ParityReport, apply_gates, format_table, measure_parity, raise_on_failure
 from seg2tflite.converters.resume import StageCache, stage_key
 from seg2tflite.converters.runtimes import OnnxRunner, SavedModelRunner, TFLiteRunner, TorchRunner
+from seg2tflite.converters.stages import ONNX2TF_LOG, PARITY_FILE, STAGES, ConversionDir
 from seg2tflite.converters.tflite_variants import build_tflite
 from seg2tflite.atomic import atomic_write_bytes, atomic_write_text
 from seg2tflite.data.base import SegmentationDataset
 from seg2tflite.data.preprocess import Preprocess
 from seg2tflite.errors import UserError
 
-ONNX_FILE = "model.onnx"
-SAVED_MODEL_DIR = "saved_model"
 MAX_ONNX2TF_SAMPLES = 20  # onnx2tf's own test-data slot holds 20 images
 
 
@@ -49,10 +48,6 @@ def _tool_versions() -> dict:
     """The converter versions a built artifact depends on (a new onnx2tf or TF rebuilds it)."""
     versions = package_versions()
     return {name: versions.get(name) for name in ("onnx2tf", "tensorflow", "tf-keras", "onnx", "onnxsim")}
-
-
-def tflite_name(variant: str) -> str:
-    return f"model_{variant}.tflite"
 
 
 @dataclass
@@ -79,6 +74,10 @@ class _Images:
 
 def _log_default(message: str) -> None:
     print(message, flush=True)
+
+
+def _quiet(message: str) -> None:
+    pass
 
 
 def _parity_images(
@@ -123,224 +122,186 @@ def _calibration(calib_data, preprocess: Preprocess, config: ConvertConfig, prog
     )
 
 
-LOCALIZED_DRIFT_RATIO = 1e3  # max/mean drift above this, with every argmax equal: a flipped near-tie
+@dataclass
+class _Chain:
+    """One conversion under way: what its steps share. The steps run in the order of ``run``."""
 
+    prepared: PreparedOnnx
+    torch_model: object | None  # the module parity is measured against (None for an ONNX input)
+    deploy_model: object | None  # the module the ONNX graph was exported from
+    folder: ConversionDir
+    config: ConvertConfig
+    preprocess: Preprocess
+    log: Callable[[str], None]
+    progress: bool
+    seconds: dict[str, float]
+    cache: StageCache | None = None
+    artifacts: dict[str, Path] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)  # stage -> what it was built from (resume)
+    ops: dict[str, OpReport] = field(default_factory=dict)
+    quantization: dict[str, dict] = field(default_factory=dict)
+    delegates: dict[str, str] = field(default_factory=dict)
 
-def float64_noise_floor(model, images: np.ndarray) -> dict:
-    """How far PyTorch's own float32 logits are from the same model computed in float64: the drift
-    no runtime can be expected to beat (max abs difference, and as a fraction of the logit range)."""
-    import copy
+    def run(self, calib_data, parity_data, model_info: dict, command) -> ConvertResult:
+        self.folder.path.mkdir(parents=True, exist_ok=True)
+        calib, parity = self.read_data(calib_data, parity_data)
+        self.cache = StageCache(self.folder.path)
+        self.write_onnx()
+        sample = np.ascontiguousarray(parity.images.transpose(0, 2, 3, 1))  # NHWC: onnx2tf checks its layouts on these
+        self.build_saved_model(sample)
+        for variant in self.config.variants:
+            self.build_tflite(variant, calib)
+        full_int8 = self.ops.get("full_int8")
+        if full_int8 is not None and full_int8.float_ops:
+            self.log(f"full_int8: {len(full_int8.float_ops)} ops still run in float: {', '.join(full_int8.float_ops)}")
+        report = self.check_parity(parity, sample)
+        manifest = self.write_manifest(report, calib, parity, model_info, command)
+        result = ConvertResult(self.folder.path, self.artifacts, report, self.ops, manifest, self.seconds)
+        try:
+            raise_on_failure(report, where=str(self.folder.parity_path))
+        except ParityError as e:
+            e.result = result  # everything was written; callers may still read the figures
+            raise
+        return result
 
-    import torch
-
-    exact = copy.deepcopy(model).double().eval()
-    worst, lo, hi = 0.0, np.inf, -np.inf
-    with torch.no_grad():
-        for i in range(len(images)):
-            x = torch.from_numpy(images[i : i + 1])
-            y32 = model(x).double()
-            y64 = exact(x.double())
-            worst = max(worst, float((y32 - y64).abs().max()))
-            lo, hi = min(lo, float(y64.min())), max(hi, float(y64.max()))
-    return {"max_abs": worst, "max_abs_over_range": worst / (hi - lo) if hi > lo else float("inf")}
-
-
-def _explain_float_failure(
-    report: ParityReport, prepared: PreparedOnnx, image_nhwc, deploy_model, config, log, parity_images=None
-) -> dict | None:
-    """Say where the first broken float stage went wrong; None when the float stages all pass."""
-    broken = next((s for s in ("onnx", "saved_model", "float32") if s in report.stages and report.stages[s].gate == "fail"), None)
-    if broken is None:
-        return None
-    if broken == "onnx":
-        found = {
-            "summary": "ONNX Runtime already differs from PyTorch: the deploy form or torch.onnx.export is at fault "
-            "(compare model(x) with seg2tflite.models.deploy_form(model)(x) first)",
-            "first": None,
-        }
-    elif broken == "saved_model":
-        log("saved_model broke parity; locating the first diverging layer...")
-        found = locate_divergence(prepared.model, image_nhwc, torch_model=deploy_model, rel_tol=config.float_max_drift)
-    else:
-        found = {
-            "summary": "the SavedModel passes but model_float32.tflite does not: the TF -> TFLite converter changed "
-            "the function (compare the SavedModel and TFLite outputs op by op)",
-            "first": None,
-        }
-    drift = report.stages[broken].vs_pytorch
-    if drift["argmax_agreement"] == 1.0 and drift["max_abs"] > LOCALIZED_DRIFT_RATIO * drift["mean_abs"]:
-        floor_text = ""
-        if deploy_model is not None and parity_images is not None:
-            floor = found["float64_noise_floor"] = float64_noise_floor(deploy_model, parity_images)
-            floor_text = (
-                f" PyTorch's own float32 logits differ from float64 by {floor['max_abs']:.3g} "
-                f"({floor['max_abs_over_range']:.3g} of the range) on the same images."
-            )
-        found["summary"] = (
-            f"the drift sits in a few pixels (max {drift['max_abs']:.3g}, mean {drift['mean_abs']:.3g}) and every "
-            "argmax agrees: the signature of a discontinuous op (max pooling or unpooling with near-tied windows) that "
-            f"rounding differences of ~1e-7 flip, rather than of a wrong conversion.{floor_text} "
-            f"Otherwise: {found['summary']}"
-        )
-    return {"stage": broken, **found}
-
-
-def _run_chain(
-    prepared: PreparedOnnx,
-    torch_model,
-    deploy_model,
-    out_dir: Path,
-    config: ConvertConfig,
-    calib_data,
-    parity_data: SegmentationDataset | None,
-    preprocess: Preprocess,
-    model_info: dict,
-    command: list[str] | str | None,
-    log: Callable[[str], None] | None,
-    progress: bool,
-    seconds: dict[str, float],
-) -> ConvertResult:
-    log = log or (lambda message: None)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    t = time.perf_counter()
-    num_classes = prepared.num_classes
-    for data in (calib_data, parity_data):
-        dataset_classes = getattr(getattr(data, "info", None), "num_classes", None)
-        if dataset_classes is not None and dataset_classes != num_classes:
-            raise UserError(
-                f"--num-classes: the model predicts {num_classes} classes but {dataset_source(data)} has "
-                f"{dataset_classes}; pass --num-classes {dataset_classes} (or a checkpoint with that head)"
-            )
-    calib = _calibration(calib_data, preprocess, config, progress) if config.needs_calibration else None
-    parity = _parity_images(calib_data, parity_data, calib, preprocess, config)
-    seconds["data"] = time.perf_counter() - t
-    if calib is not None:
-        log(f"calibration: {len(calib)} images from {calib.source}")
-    log(f"parity: {len(parity.images)} images from {parity.source}")
-
-    cache = StageCache(out_dir)
-    artifacts: dict[str, Path] = {}
-    onnx_key = stage_key(prepared.model.SerializeToString())
-    onnx_path = out_dir / ONNX_FILE
-    if not cache.fresh("onnx", onnx_key):
-        save_onnx(prepared.model, onnx_path)
-        cache.record("onnx", onnx_key, [ONNX_FILE])
-    artifacts["onnx"] = onnx_path
-    for rewrite in prepared.rewrites:
-        log(f"onnx rewrite: {rewrite}")
-
-    t = time.perf_counter()
-    sample = np.ascontiguousarray(parity.images.transpose(0, 2, 3, 1))  # onnx2tf's layout checks run on these
-    saved_model = out_dir / SAVED_MODEL_DIR
-    saved_model_key = stage_key(onnx_key, sample[:MAX_ONNX2TF_SAMPLES].tobytes(), _tool_versions())
-    if cache.fresh("saved_model", saved_model_key):
-        log(f"saved_model: unchanged since the last run, kept ({saved_model})")
-    else:
-        saved_model, onnx2tf_log = onnx_to_saved_model(prepared.model, saved_model, sample[:MAX_ONNX2TF_SAMPLES])
-        atomic_write_text(out_dir / "onnx2tf.log", onnx2tf_log)
-        cache.record("saved_model", saved_model_key, [SAVED_MODEL_DIR, "onnx2tf.log"])
-        seconds["onnx2tf"] = time.perf_counter() - t
-        log(f"saved_model: {saved_model} ({seconds['onnx2tf']:.1f}s)")
-    artifacts["saved_model"] = saved_model
-
-    calib_key = stage_key(calib.images.tobytes()) if calib is not None else None
-    ops: dict[str, OpReport] = {}
-    quantization: dict[str, dict] = {}
-    delegates: dict[str, str] = {}
-    for variant in config.variants:
+    def read_data(self, calib_data, parity_data) -> tuple[CalibrationSet | None, _Images]:
         t = time.perf_counter()
-        path = out_dir / tflite_name(variant)
-        uses_calibration = variant in CALIBRATED_VARIANTS
-        key = stage_key(saved_model_key, variant, calib_key if uses_calibration else None, config.int8_io)
-        kept = cache.fresh(variant, key)
+        num_classes = self.prepared.num_classes
+        for data in (calib_data, parity_data):
+            dataset_classes = getattr(getattr(data, "info", None), "num_classes", None)
+            if dataset_classes is not None and dataset_classes != num_classes:
+                raise UserError(
+                    f"--num-classes: the model predicts {num_classes} classes but {dataset_source(data)} has "
+                    f"{dataset_classes}; pass --num-classes {dataset_classes} (or a checkpoint with that head)"
+                )
+        config = self.config
+        calib = _calibration(calib_data, self.preprocess, config, self.progress) if config.needs_calibration else None
+        parity = _parity_images(calib_data, parity_data, calib, self.preprocess, config)
+        self.seconds["data"] = time.perf_counter() - t
+        if calib is not None:
+            self.log(f"calibration: {len(calib)} images from {calib.source}")
+        self.log(f"parity: {len(parity.images)} images from {parity.source}")
+        return calib, parity
+
+    def write_onnx(self) -> None:
+        key = self.keys["onnx"] = stage_key(self.prepared.model.SerializeToString())
+        path = self.artifacts["onnx"] = self.folder.artifact("onnx")
+        if not self.cache.fresh("onnx", key):
+            save_onnx(self.prepared.model, path)
+            self.cache.record("onnx", key, [path.name])
+        for rewrite in self.prepared.rewrites:
+            self.log(f"onnx rewrite: {rewrite}")
+
+    def build_saved_model(self, sample: np.ndarray) -> None:
+        t = time.perf_counter()
+        samples = sample[:MAX_ONNX2TF_SAMPLES]
+        path = self.folder.artifact("saved_model")
+        key = self.keys["saved_model"] = stage_key(self.keys["onnx"], samples.tobytes(), _tool_versions())
+        if self.cache.fresh("saved_model", key):
+            self.log(f"saved_model: unchanged since the last run, kept ({path})")
+        else:
+            path, onnx2tf_log = onnx_to_saved_model(self.prepared.model, path, samples)
+            atomic_write_text(self.folder / ONNX2TF_LOG, onnx2tf_log)
+            self.cache.record("saved_model", key, [path.name, ONNX2TF_LOG])
+            self.seconds["onnx2tf"] = time.perf_counter() - t
+            self.log(f"saved_model: {path} ({self.seconds['onnx2tf']:.1f}s)")
+        self.artifacts["saved_model"] = path
+
+    def build_tflite(self, variant: str, calib: CalibrationSet | None) -> None:
+        t = time.perf_counter()
+        path = self.folder.artifact(variant)
+        calibrated = STAGES[variant].calibrated
+        calib_key = stage_key(calib.images.tobytes()) if calibrated else None
+        key = self.keys[variant] = stage_key(self.keys["saved_model"], variant, calib_key, self.config.int8_io)
+        kept = self.cache.fresh(variant, key)
         if kept:
             content = path.read_bytes()
-            log(f"{path.name}: unchanged since the last run, kept")
+            self.log(f"{path.name}: unchanged since the last run, kept")
         else:
-            content = build_tflite(saved_model, variant, calib, config.int8_io, progress)
+            content = build_tflite(self.artifacts["saved_model"], variant, calib, self.config.int8_io, self.progress)
         report = op_report(content)
-        check_builtins_only(report, tflite_name(variant))
+        check_builtins_only(report, path.name)
         if not kept:
             atomic_write_bytes(path, content)
-            cache.record(variant, key, [path.name])
-            seconds[variant] = time.perf_counter() - t
-            log(f"{path.name}: {len(content) / 1e6:.2f} MB, {sum(report.counts.values())} ops ({seconds[variant]:.1f}s)")
-        artifacts[variant] = path
-        ops[variant] = report
+            self.cache.record(variant, key, [path.name])
+            self.seconds[variant] = time.perf_counter() - t
+            self.log(f"{path.name}: {len(content) / 1e6:.2f} MB, {sum(report.counts.values())} ops ({self.seconds[variant]:.1f}s)")
+        self.artifacts[variant] = path
+        self.ops[variant] = report
         runner = TFLiteRunner(content)
-        quantization[variant] = runner.io_quantization
-        delegates[variant] = runner.delegate
+        self.quantization[variant] = runner.io_quantization
+        self.delegates[variant] = runner.delegate
         if runner.delegate != "xnnpack":
-            log(f"{path.name}: LiteRT delegate {runner.delegate}")
-    if "full_int8" in ops and ops["full_int8"].float_ops:
-        log(f"full_int8: {len(ops['full_int8'].float_ops)} ops still run in float: {', '.join(ops['full_int8'].float_ops)}")
+            self.log(f"{path.name}: LiteRT delegate {runner.delegate}")
 
-    t = time.perf_counter()
-    built_files = {stage: cache.stages[stage]["files"] for stage in ("onnx", "saved_model", *config.variants)}
-    parity_key = stage_key(
-        built_files, parity.images.tobytes(), None if parity.masks is None else parity.masks.tobytes(),
-        config.to_dict(), torch_model is not None,
-    )  # fmt: skip
-    if cache.fresh("parity", parity_key):
-        report = ParityReport.from_dict(json.loads((out_dir / "parity.json").read_text()))
-        log("parity: inputs unchanged since the last run, figures kept from parity.json")
-    else:
+    def check_parity(self, parity: _Images, sample: np.ndarray) -> ParityReport:
+        """Every artifact against PyTorch (kept from parity.json when nothing changed), gated."""
+        t = time.perf_counter()
+        config = self.config
+        built_files = {stage: self.cache.stages[stage]["files"] for stage in ("onnx", "saved_model", *config.variants)}
+        key = stage_key(
+            built_files, parity.images.tobytes(), None if parity.masks is None else parity.masks.tobytes(),
+            config.to_dict(), self.torch_model is not None,
+        )  # fmt: skip
+        if self.cache.fresh("parity", key):
+            report = ParityReport.from_dict(json.loads(self.folder.parity_path.read_text()))
+            self.log("parity: inputs unchanged since the last run, figures kept from parity.json")
+            self.log(format_table(report))
+            return report
         runners = {}
-        if torch_model is not None:
-            runners["pytorch"] = TorchRunner(torch_model)
-        runners["onnx"] = OnnxRunner(onnx_path, config.num_threads)
-        runners["saved_model"] = SavedModelRunner(saved_model)
+        if self.torch_model is not None:
+            runners["pytorch"] = TorchRunner(self.torch_model)
+        runners["onnx"] = OnnxRunner(self.artifacts["onnx"], config.num_threads)
+        runners["saved_model"] = SavedModelRunner(self.artifacts["saved_model"])
         for variant in config.variants:
-            runners[variant] = TFLiteRunner(artifacts[variant], config.num_threads)
-        report = measure_parity(runners, parity.images, parity.masks, num_classes, image_names=parity.names, progress=progress)
+            runners[variant] = TFLiteRunner(self.artifacts[variant], config.num_threads)
+        report = measure_parity(
+            runners, parity.images, parity.masks, self.prepared.num_classes, image_names=parity.names, progress=self.progress
+        )
         apply_gates(report, config)
-        seconds["parity"] = time.perf_counter() - t
+        self.seconds["parity"] = time.perf_counter() - t
         if config.locate_divergence:
             t = time.perf_counter()
-            report.divergence = _explain_float_failure(report, prepared, sample[:1], deploy_model, config, log, parity.images)
+            report.divergence = explain_float_failure(
+                report, self.prepared.model, sample[:1], self.deploy_model, config, self.log, parity.images
+            )
             if report.divergence is not None:
-                seconds["divergence"] = time.perf_counter() - t
-        write_json(out_dir / "parity.json", report.to_dict())
-        cache.record("parity", parity_key, ["parity.json"])
-    log(format_table(report))
+                self.seconds["divergence"] = time.perf_counter() - t
+        write_json(self.folder.parity_path, report.to_dict())
+        self.cache.record("parity", key, [PARITY_FILE])
+        self.log(format_table(report))
+        return report
 
-    names = [ONNX_FILE, SAVED_MODEL_DIR] + [tflite_name(v) for v in config.variants]
-    manifest = build_manifest(
-        command=command,
-        config=config.to_dict(),
-        model=model_info,
-        layouts={
-            "pytorch": {"input": "NCHW float32 (1, 3, H, W), normalised", "output": "NCHW logits (1, K, H, W)"},
-            "onnx": {"input": f"{prepared.input_name}: NCHW (1, 3, {config.input_size[0]}, {config.input_size[1]})",
-                     "output": f"{prepared.output_name}: NCHW (1, {num_classes}, {config.input_size[0]}, {config.input_size[1]})"},
-            "saved_model": {"input": f"NHWC (1, {config.input_size[0]}, {config.input_size[1]}, 3)",
-                            "output": f"NHWC (1, {config.input_size[0]}, {config.input_size[1]}, {num_classes})",
-                            "signature": "serving_default"},
-            "tflite": {"input": f"NHWC (1, {config.input_size[0]}, {config.input_size[1]}, 3)",
-                       "output": f"NHWC (1, {config.input_size[0]}, {config.input_size[1]}, {num_classes})"},
-        },
-        preprocessing={"size": list(preprocess.size), "mean": list(preprocess.mean), "std": list(preprocess.std)},
-        quantization=quantization,
-        litert_delegate=delegates,
-        ops={v: r.to_dict() for v, r in ops.items()},
-        onnx_rewrites=prepared.rewrites,
-        calibration=None if calib is None else {
-            "source": calib.source, "count": len(calib), "seed": config.calib_seed, "images": list(calib.names)
-        },
-        parity={"source": parity.source, "images": parity.names, "failures": report.failures,
-                "divergence": (report.divergence or {}).get("summary")},
-        artifacts=artifact_hashes(out_dir, names),
-        stage_keys={stage: entry["key"] for stage, entry in cache.stages.items()},
-        seconds=seconds,
-    )
-    write_json(out_dir / "manifest.json", manifest)
-    result = ConvertResult(out_dir, artifacts, report, ops, manifest, seconds)
-    try:
-        raise_on_failure(report, where=str(out_dir / "parity.json"))
-    except ParityError as e:
-        e.result = result  # everything was written; callers may still read the figures
-        raise
-    return result
+    def write_manifest(self, report: ParityReport, calib, parity: _Images, model_info: dict, command) -> dict:
+        config, (h, w), k = self.config, self.config.input_size, self.prepared.num_classes
+        names = [self.artifacts[stage].name for stage in ("onnx", "saved_model", *config.variants)]
+        manifest = build_manifest(
+            command=command,
+            config=config.to_dict(),
+            model=model_info,
+            layouts={
+                "pytorch": {"input": "NCHW float32 (1, 3, H, W), normalised", "output": "NCHW logits (1, K, H, W)"},
+                "onnx": {"input": f"{self.prepared.input_name}: NCHW (1, 3, {h}, {w})",
+                         "output": f"{self.prepared.output_name}: NCHW (1, {k}, {h}, {w})"},
+                "saved_model": {"input": f"NHWC (1, {h}, {w}, 3)", "output": f"NHWC (1, {h}, {w}, {k})", "signature": "serving_default"},
+                "tflite": {"input": f"NHWC (1, {h}, {w}, 3)", "output": f"NHWC (1, {h}, {w}, {k})"},
+            },
+            preprocessing={"size": list(self.preprocess.size), "mean": list(self.preprocess.mean), "std": list(self.preprocess.std)},
+            quantization=self.quantization,
+            litert_delegate=self.delegates,
+            ops={v: r.to_dict() for v, r in self.ops.items()},
+            onnx_rewrites=self.prepared.rewrites,
+            calibration=None if calib is None else {
+                "source": calib.source, "count": len(calib), "seed": config.calib_seed, "images": list(calib.names)
+            },
+            parity={"source": parity.source, "images": parity.names, "failures": report.failures,
+                    "divergence": (report.divergence or {}).get("summary")},
+            artifacts=artifact_hashes(self.folder.path, names),
+            stage_keys={stage: entry["key"] for stage, entry in self.cache.stages.items()},
+            seconds=self.seconds,
+        )  # fmt: skip
+        write_json(self.folder.manifest_path, manifest)
+        return manifest
 
 
 def convert_model(
@@ -385,7 +346,8 @@ def convert_model(
         **(model_info or {}),
     }
     with no_network():
-        return _run_chain(prepared, model, deploy, Path(out_dir), config, calib_data, parity_data, preprocess, info, command, log, progress, seconds)
+        chain = _Chain(prepared, model, deploy, ConversionDir(out_dir), config, preprocess, log or _quiet, progress, seconds)
+        return chain.run(calib_data, parity_data, info, command)
 
 
 def convert_onnx(
@@ -408,7 +370,8 @@ def convert_onnx(
     preprocess = Preprocess(tuple(config.input_size), tuple(mean), tuple(std))
     info = {"onnx_source": str(onnx_path), "num_classes": prepared.num_classes, **(model_info or {})}
     with no_network():
-        return _run_chain(prepared, None, None, Path(out_dir), config, calib_data, parity_data, preprocess, info, command, log, progress, seconds)
+        chain = _Chain(prepared, None, None, ConversionDir(out_dir), config, preprocess, log or _quiet, progress, seconds)
+        return chain.run(calib_data, parity_data, info, command)
 
 
 def convert_registered(
@@ -429,12 +392,13 @@ def convert_registered(
     import torch
 
     from seg2tflite.models.checkpoint import save_checkpoint
-    from seg2tflite.models.registry import create_model, get_model_config
+    from seg2tflite.models.registry import check_input_size, create_model, get_model_config
 
     try:
         get_model_config(name)
     except KeyError as e:
         raise UserError(f"--model: {e.args[0]}") from None
+    check_input_size(name, config.input_size)
     if checkpoint is not None and num_classes is None:
         from seg2tflite.models.checkpoint import read_checkpoint_config
 
@@ -446,7 +410,7 @@ def convert_registered(
     model = create_model(name, num_classes=num_classes, checkpoint=None if checkpoint is None else str(checkpoint))
     info = {"checkpoint": str(checkpoint) if checkpoint else None, "seed": None if checkpoint else seed}
     if checkpoint is None:
-        weights = save_checkpoint(model, Path(out_dir) / "model.safetensors", extra={"seed": seed})
+        weights = save_checkpoint(model, ConversionDir(out_dir).artifact("pytorch"), extra={"seed": seed})
         info["weights"] = weights.name
     return convert_model(model, out_dir, config, calib_data, parity_data, command=command, model_info=info, log=log, progress=progress)
 

@@ -11,8 +11,13 @@ output. ``make_runner(path)`` picks the runner for a file; evaluation code reuse
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+
+from seg2tflite.quiet import muted_stderr
+
+Runner = Callable[[np.ndarray], np.ndarray]  # (B, 3, H, W) float32 -> (B, K, H, W) float32
 
 
 class TorchRunner:
@@ -94,15 +99,17 @@ class TFLiteRunner:
             kwargs["model_path"] = str(model)
         self.delegate = "xnnpack" if xnnpack else "none"
         try:
-            self.interpreter = Interpreter(**kwargs)
-            self.interpreter.allocate_tensors()
+            with muted_stderr():  # LiteRT prints a line per interpreter ("Created ... XNNPACK delegate")
+                self.interpreter = Interpreter(**kwargs)
+                self.interpreter.allocate_tensors()
         except RuntimeError as e:
             if "XNNPACK" not in str(e):
                 raise
             self.delegate = f"none (XNNPACK failed to prepare: {str(e).strip().splitlines()[-1][:200]})"
             kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-            self.interpreter = Interpreter(**kwargs)
-            self.interpreter.allocate_tensors()
+            with muted_stderr():
+                self.interpreter = Interpreter(**kwargs)
+                self.interpreter.allocate_tensors()
         (self.input,) = self.interpreter.get_input_details()
         (self.output,) = self.interpreter.get_output_details()
         shape = tuple(self.input["shape"])

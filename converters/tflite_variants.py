@@ -16,8 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from seg2tflite.calibration.representative import CalibrationSet
-from seg2tflite.converters.config import CALIBRATED_VARIANTS, VARIANTS
+from seg2tflite.converters.stages import CALIBRATED_VARIANTS, VARIANTS
 from seg2tflite.converters.onnx_to_tf import ConversionError
+from seg2tflite.quiet import muted_stderr
 
 
 def build_tflite(
@@ -56,7 +57,8 @@ def build_tflite(
             tf.lite.OpsSet.TFLITE_BUILTINS,
         ]
     try:
-        return converter.convert()
+        with muted_stderr():  # the converter logs through absl, line by line
+            return converter.convert()
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConversionError(

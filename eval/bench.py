@@ -119,7 +119,7 @@ def _import_runtime(kind: str) -> None:
         import seg2tflite.models  # noqa: F401
     elif kind == "onnx":
         import onnxruntime  # noqa: F401
-    elif kind == "tf":
+    elif kind == "saved_model":
         import tensorflow  # noqa: F401
     else:
         import ai_edge_litert.interpreter  # noqa: F401

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
+from seg2tflite.converters.stages import ConversionDir
+
 COMPRESS_LOG = "compress.json"
 
 
@@ -43,7 +45,7 @@ def layer_summary(compress_dir: str | Path) -> dict | None:
     compress_dir = Path(compress_dir)
     log = json.loads((compress_dir / COMPRESS_LOG).read_text())
     report, tag = log["report"], log["settings"]["method"]
-    tflite = compress_dir / "convert" / "model_float32.tflite"
+    tflite = ConversionDir(compress_dir / "convert").artifact("float32")
     if not tflite.is_file() or not tag.startswith(("prune", "cluster")):
         return None
     min_params = report["config"]["min_params"]

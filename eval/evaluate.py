@@ -27,15 +27,16 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from seg2tflite.metrics import ConfusionMatrix
+from seg2tflite.converters.compare import LogitComparison
+from seg2tflite.converters.runtimes import Runner
+from seg2tflite.converters.stages import ConversionDir
 from seg2tflite.data import Preprocess, load_dataset
 from seg2tflite.errors import UserError
+from seg2tflite.metrics import ConfusionMatrix
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
-KINDS = ("pytorch", "onnx", "tf", "tflite")
-RUNTIME_NAMES = {"pytorch": "pytorch", "onnx": "onnxruntime", "tf": "tensorflow", "tflite": "litert"}
-
-Runner = Callable[[np.ndarray], np.ndarray]  # (B, 3, H, W) float32 -> (B, K, H, W) float32
+KINDS = ("pytorch", "onnx", "saved_model", "tflite")
+RUNTIME_NAMES = {"pytorch": "pytorch", "onnx": "onnxruntime", "saved_model": "tensorflow", "tflite": "litert"}
 
 
 @dataclass(frozen=True)
@@ -116,13 +117,13 @@ def format_eval(result: EvalResult) -> str:
 
 
 def artifact_kind(path: str | Path) -> str:
-    """``pytorch``, ``onnx``, ``tf`` (SavedModel folder) or ``tflite``, from the path alone."""
+    """``pytorch``, ``onnx``, ``saved_model`` (SavedModel folder) or ``tflite``, from the path alone."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: not found")
     if path.is_dir():
         if (path / "saved_model.pb").is_file():
-            return "tf"
+            return "saved_model"
         if any((path / name).is_file() for name in ("model.safetensors", "best.safetensors", "last.safetensors")):
             return "pytorch"
         raise UserError(f"{path}: a folder that is neither a SavedModel (saved_model.pb) nor a checkpoint folder")
@@ -146,13 +147,12 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def find_manifest(path: str | Path) -> Path | None:
-    """The conversion ``manifest.json`` that describes ``path`` (in its folder), if any."""
+def find_manifest(path: str | Path) -> dict:
+    """The conversion manifest that describes ``path`` (the folder's own, else its parent's); {} if none."""
     path = Path(path)
-    candidates = [path.parent / "manifest.json"]
-    if path.is_dir():
-        candidates.insert(0, path / "manifest.json")
-    return next((c for c in candidates if c.is_file()), None)
+    folders = [ConversionDir(path)] if path.is_dir() else []
+    folders.append(ConversionDir(path.parent))
+    return next((m for m in (f.manifest() for f in folders) if m), {})
 
 
 def _manifest_sources(manifest: dict) -> list[dict]:
@@ -200,8 +200,8 @@ def read_metadata(path: str | Path) -> dict:
     kind = artifact_kind(path)
     sources: list[dict] = []  # most trusted first
     manifest = find_manifest(path)
-    if manifest is not None:
-        sources += _manifest_sources(_read_json(manifest))
+    if manifest:
+        sources += _manifest_sources(manifest)
     if kind == "pytorch":
         config = _checkpoint_config(path)
         trained_size = (config.get("train_config") or {}).get("input_size")
@@ -285,7 +285,7 @@ def open_artifact(path: str | Path, threads: int | None = None) -> Runner:
         return runtimes.TorchRunner(load_model(path), threads)
     if kind == "onnx":
         return runtimes.OnnxRunner(path, threads)
-    if kind == "tf":
+    if kind == "saved_model":
         if threads:
             _set_tf_threads(threads)
         return runtimes.SavedModelRunner(path)
@@ -499,19 +499,13 @@ def compare_artifacts(
     if n == 0:
         raise UserError(f"--data {data_spec}: the {split} split is empty")
     run, run_ref = open_artifact(path, threads), open_artifact(reference, threads)
-    max_abs, abs_sum, count, agree, pixels = 0.0, 0.0, 0, 0, 0
-    lo, hi = math.inf, -math.inf
+    comparison = None
     for i in tqdm(range(n), desc=f"compare {Path(path).name}", disable=not progress, unit="img"):
         x = ref_info.preprocess.image(dataset[i][0])[None]
-        ref, out = np.asarray(run_ref(x), np.float64), np.asarray(run(x), np.float64)
+        ref, out = np.asarray(run_ref(x), np.float32), np.asarray(run(x), np.float32)
         if ref.shape != out.shape:
             raise UserError(f"{path}: output shape {out.shape} differs from {reference}'s {ref.shape}")
-        diff = np.abs(out - ref)
-        max_abs = max(max_abs, float(diff.max()))
-        abs_sum += float(diff.sum())
-        count += diff.size
-        lo, hi = min(lo, float(ref.min())), max(hi, float(ref.max()))
-        agree += int((out.argmax(axis=1) == ref.argmax(axis=1)).sum())
-        pixels += ref.shape[0] * ref.shape[2] * ref.shape[3]
-    return LogitDrift(max_abs, abs_sum / count, hi - lo, agree / pixels, n)
-
+        comparison = comparison or LogitComparison(num_classes=ref.shape[1])
+        comparison.update(ref, out)
+    figures = comparison.result()
+    return LogitDrift(figures["max_abs"], figures["mean_abs"], comparison.logit_range, figures["argmax_agreement"], n)

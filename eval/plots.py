@@ -19,13 +19,13 @@ from seg2tflite.atomic import atomic_path  # noqa: E402
 STAGE_MARKERS = {
     "pytorch": "o",
     "onnx": "s",
-    "tf": "D",
-    "tflite_float32": "^",
-    "tflite_float16": "v",
-    "tflite_dynamic_int8": "P",
-    "tflite_full_int8": "X",
-    "tflite_int16x8": "*",
-    "tflite_mixed_int8": "h",
+    "saved_model": "D",
+    "float32": "^",
+    "float16": "v",
+    "dynamic_int8": "P",
+    "full_int8": "X",
+    "int16x8": "*",
+    "mixed_int8": "h",
 }
 IGNORE_COLOUR = (255, 255, 255)
 

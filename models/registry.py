@@ -73,6 +73,22 @@ def get_model_config(name: str) -> ModelConfig:
     return _CONFIGS[name]
 
 
+def check_input_size(name: str, size) -> tuple[int, int]:
+    """``size`` as (H, W) when the model takes it; else a UserError naming the nearest sizes that work."""
+    divisor = get_model_config(name).size_divisor
+    h, w = (int(s) for s in size)
+    if h % divisor == 0 and w % divisor == 0 and h > 0 and w > 0:
+        return h, w
+
+    def near(v: int) -> str:
+        low, high = max(divisor, v // divisor * divisor), (v // divisor + 1) * divisor
+        return str(low) if low == high or v - low <= high - v else str(high)
+
+    raise UserError(
+        f"--input-size {h} {w}: {name} needs H and W that are multiples of {divisor}; the nearest is {near(h)} {near(w)}"
+    )
+
+
 def create_model(
     name: str,
     num_classes: int | None = None,

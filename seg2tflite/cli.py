@@ -8,9 +8,11 @@ import os
 import sys
 import tempfile
 import traceback
+from dataclasses import fields
 from pathlib import Path
 
 from seg2tflite.errors import UserError
+from seg2tflite.quiet import VERBOSE_VARIABLE, quiet_libraries
 
 DATA_SPEC_SHORT = (
     "data spec: synthetic | folder:PATH | ade20k:PATH | voc:PATH | cityscapes:PATH | camvid:PATH "
@@ -20,6 +22,15 @@ DATA_SPEC_SHORT = (
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     pass
+
+
+def config_from_args(cls, args: argparse.Namespace, **values):
+    """``cls(...)`` from the parsed options named like its fields (lists become tuples), plus ``values``."""
+    for f in fields(cls):
+        if f.name not in values and hasattr(args, f.name):
+            value = getattr(args, f.name)
+            values[f.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)
 
 
 def _size(text: str) -> int:
@@ -134,25 +145,7 @@ def _run_train(args) -> None:
 
     if args.model not in list_models():
         raise UserError(f"--model {args.model}: unknown model; choose one of {', '.join(list_models())}")
-    config = TrainConfig(
-        model=args.model,
-        data=args.data,
-        out=args.out,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps,
-        input_size=tuple(args.input_size) if args.input_size else None,
-        num_classes=args.num_classes,
-        val_every=args.val_every,
-        val_images=args.val_images,
-        workers=args.workers,
-        seed=args.seed,
-        encoder_checkpoint=args.encoder_checkpoint,
-        resume=args.resume,
-        amp=not args.no_amp,
-    )
+    config = config_from_args(TrainConfig, args, amp=not args.no_amp)
     best = train(config)
     print(f"best val mIoU {100 * best['miou']:.2f} at step {best.get('step')}; checkpoints in {args.out}")
 
@@ -189,7 +182,7 @@ def _add_convert(sub) -> None:
     p.add_argument("--opset", type=int, default=d.opset, help="ONNX opset")
     p.add_argument("--max-miou-drop", type=float, default=d.max_miou_drop, help="mIoU points a quantized variant may lose (gated for trained models)")
     p.add_argument("--trained", action=argparse.BooleanOptionalAction, default=None, help="gate quantized mIoU (default: on when --checkpoint is given)")
-    p.add_argument("--threads", type=_size, default=None, help="LiteRT / ONNX Runtime threads")
+    p.add_argument("--threads", dest="num_threads", type=_size, default=None, help="LiteRT / ONNX Runtime threads")
     p.add_argument("--mean", type=float, nargs=3, default=None, help="with --onnx: per-channel mean on a 0..1 image (default: ImageNet)")
     p.add_argument("--std", type=float, nargs=3, default=None, help="with --onnx: per-channel std (default: ImageNet)")
     p.add_argument("--seed", type=int, default=0, help="seed for the random init when no --checkpoint is given")
@@ -198,31 +191,35 @@ def _add_convert(sub) -> None:
 
 
 def _run_convert(args) -> None:
-    from seg2tflite.converters import ConvertConfig, convert_onnx, convert_registered, resolve_onnx_input_size
-    from seg2tflite.models import IMAGENET_MEAN, IMAGENET_STD, get_model_config, list_models
+    from seg2tflite.converters.config import ConvertConfig
     from seg2tflite.data import load_dataset
 
+    # Everything that can be refused is refused here, before the model is built or TensorFlow loaded.
+    if args.input_size is not None:
+        ConvertConfig(input_size=tuple(args.input_size))
     calib = load_dataset(args.calib_data, args.calib_split)
     parity = load_dataset(args.calib_data, args.parity_split)
+    if args.num_classes is not None and args.num_classes != calib.info.num_classes:
+        raise UserError(
+            f"--num-classes {args.num_classes}: {args.calib_data} has {calib.info.num_classes} classes; "
+            f"pass --num-classes {calib.info.num_classes} or calibration data with {args.num_classes} classes"
+        )
     if args.model is not None:
+        from seg2tflite.models import check_input_size, get_model_config, list_models
+
         if args.model not in list_models():
             raise UserError(f"--model {args.model}: unknown model; choose one of {', '.join(list_models())}")
-        size = tuple(args.input_size or get_model_config(args.model).input_size)
+        size = check_input_size(args.model, args.input_size or get_model_config(args.model).input_size)
     else:
+        from seg2tflite.converters import resolve_onnx_input_size
+
         size = resolve_onnx_input_size(args.onnx, args.input_size)
     trained = args.trained if args.trained is not None else args.checkpoint is not None
-    config = ConvertConfig(
-        input_size=size,
-        opset=args.opset,
-        variants=tuple(args.variants),
-        calib_size=args.calib_size,
-        calib_split=args.calib_split,
-        int8_io=args.int8_io,
-        parity_images=args.parity_images,
-        trained=trained,
-        max_miou_drop=args.max_miou_drop,
-        num_threads=args.threads,
-    )
+    config = config_from_args(ConvertConfig, args, input_size=size, trained=trained)
+
+    from seg2tflite.converters import convert_onnx, convert_registered
+    from seg2tflite.models import IMAGENET_MEAN, IMAGENET_STD
+
     command = ["seg2tflite", *sys.argv[1:]]
     if args.model is not None:
         result = convert_registered(
@@ -362,23 +359,7 @@ def _run_demo(args) -> None:
     from seg2tflite.demo import run_demo
     from seg2tflite.demo_config import DemoConfig
 
-    config = DemoConfig(
-        out=args.out,
-        models=tuple(args.models),
-        data=args.data,
-        input_size=tuple(args.input_size) if args.input_size else None,
-        train_steps=args.train_steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        calib_size=args.calib_size,
-        parity_images=args.parity_images,
-        eval_limit=args.eval_limit,
-        workers=args.workers,
-        bench_threads=args.bench_threads,
-        max_miou_drop=args.max_miou_drop,
-        seed=args.seed,
-        strict=args.strict,
-    )
+    config = config_from_args(DemoConfig, args)
     if run_demo(config) != 0:
         raise SystemExit(1)
 
@@ -406,7 +387,7 @@ def _add_compress(sub) -> None:
     p.add_argument("--models", nargs="+", default=None, help="models of the run to compress (default: all)")
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), help="what to do")
     p.add_argument("--finetune-steps", type=_size, default=d.finetune_steps, help="fine-tuning steps for prune, cluster and qat")
-    p.add_argument("--lr", type=float, default=d.finetune_lr, help="fine-tuning AdamW learning rate")
+    p.add_argument("--lr", dest="finetune_lr", type=float, default=d.finetune_lr, help="fine-tuning AdamW learning rate")
     p.add_argument("--batch-size", type=_size, default=d.batch_size, help="fine-tuning batch size")
     p.add_argument("--max-miou-drop", type=float, default=d.max_miou_drop, help="mIoU points mixed precision may lose")
     p.add_argument("--val-images", type=_size, default=d.val_images, help="validation images the mixed-precision search measures on")
@@ -421,20 +402,7 @@ def _run_compress(args) -> None:
     from seg2tflite.compress.pipeline import run_compress
     from seg2tflite.compress_config import CompressConfig
 
-    config = CompressConfig(
-        run=args.run,
-        models=tuple(args.models) if args.models else None,
-        methods=tuple(args.methods),
-        finetune_steps=args.finetune_steps,
-        finetune_lr=args.lr,
-        batch_size=args.batch_size,
-        max_miou_drop=args.max_miou_drop,
-        val_images=args.val_images,
-        calib_sizes=tuple(args.calib_sizes),
-        threads=args.threads,
-        seed=args.seed,
-        strict=args.strict,
-    )
+    config = config_from_args(CompressConfig, args)
     if run_compress(config) != 0:
         raise SystemExit(1)
 
@@ -450,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Carry PyTorch segmentation models to TensorFlow Lite and measure what each step costs.",
         formatter_class=_Formatter,
     )
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors (implies --verbose)")
+    parser.add_argument("--verbose", action="store_true", help="show the libraries' own log lines (TensorFlow, absl, LiteRT)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
@@ -471,6 +440,9 @@ def keep_tool_caches_in_temp() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verbose or args.debug:
+        os.environ[VERBOSE_VARIABLE] = "1"
+    quiet_libraries()
     keep_tool_caches_in_temp()
     try:
         args.handler(args)

@@ -96,7 +96,9 @@ def _convert(name: str, checkpoint: Path, data: str, config: DemoConfig, model_d
 
 def run_demo(config: DemoConfig) -> int:
     """Run the whole job; return the process exit code (1 when a gate failed and ``strict``)."""
-    from seg2tflite.eval.report import build_report, measure_conversion, record_results
+    from seg2tflite.eval.measure import measure_conversion
+    from seg2tflite.eval.record import record_results
+    from seg2tflite.eval.report import build_report
     from seg2tflite.models import list_models
 
     unknown = [m for m in config.models if m not in list_models()]

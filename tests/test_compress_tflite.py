@@ -146,7 +146,9 @@ def test_compress_command_end_to_end(tmp_path):
     from test_report import NAME
 
     from seg2tflite.converters import ConvertConfig, convert_registered
-    from seg2tflite.eval.report import build_report, load_record, measure_conversion, record_results
+    from seg2tflite.eval.measure import measure_conversion
+    from seg2tflite.eval.record import load_record, record_results
+    from seg2tflite.eval.report import build_report
     from seg2tflite.models.checkpoint import save_checkpoint
     from seg2tflite.models.registry import create_model
     from seg2tflite.compress.pipeline import run_compress
@@ -179,12 +181,12 @@ def test_compress_command_end_to_end(tmp_path):
 
     record = {r.key: r for r in load_record(run).rows}
     pruned = f"{NAME}+prune50"
-    for stage in ("pytorch", "tflite_float32", "tflite_full_int8"):
+    for stage in ("pytorch", "float32", "full_int8"):
         row = record[(pruned, stage)]
         assert row.base_model == NAME and row.compression == "magnitude pruning to 50% sparsity" and row.miou is not None
-    assert record[(NAME, "tflite_mixed_int8")].compression == "mixed precision"
+    assert record[(NAME, "mixed_int8")].compression == "mixed precision"
     # +mixed: the search ran on the pruned model, its budget and size against the uncompressed float32 file
-    assert record[(pruned, "tflite_mixed_int8")].compression == "magnitude pruning to 50% sparsity"
+    assert record[(pruned, "mixed_int8")].compression == "magnitude pruning to 50% sparsity"
     pruned_mixed = json.loads((model_dir / "compress" / "prune50" / "convert" / "mixed_precision.json").read_text())
     assert pruned_mixed["float32_size_bytes"] == (model_dir / "convert" / "model_float32.tflite").stat().st_size
     assert record[(NAME, "pytorch")].compression is None

@@ -214,7 +214,7 @@ def test_offline_guards():
 
 
 def test_float64_noise_floor_of_a_smooth_model_is_rounding_only():
-    from seg2tflite.converters.pipeline import float64_noise_floor
+    from seg2tflite.converters.divergence import float64_noise_floor
 
     model = small_model()
     images = np.random.default_rng(0).standard_normal((2, 3, *SIZE)).astype(np.float32)

@@ -143,7 +143,7 @@ def test_table_and_json():
 
 
 def test_a_drift_spike_with_every_argmax_equal_is_named_a_near_tie():
-    from seg2tflite.converters.pipeline import _explain_float_failure
+    from seg2tflite.converters.divergence import explain_float_failure
 
     size = (32, 32)  # enough pixels for one spike to stand 1000x above the mean drift
     ref = np.random.default_rng(0).standard_normal((2, K, *size)).astype(np.float32) * 4
@@ -154,10 +154,10 @@ def test_a_drift_spike_with_every_argmax_equal_is_named_a_near_tie():
     runners = {"pytorch": _runner(ref), "onnx": _runner(ref), "saved_model": _runner(ref), "float32": _runner(spiked)}
     report = measure_parity(runners, images, None, K, progress=False)
     assert apply_gates(report, _config())[0].startswith("float32: max abs logit drift")
-    found = _explain_float_failure(report, None, None, None, _config(), print)
+    found = explain_float_failure(report, None, None, None, _config(), print)
     assert found["stage"] == "float32" and "discontinuous op" in found["summary"]
     smeared = np.random.default_rng(1).standard_normal(ref.shape).astype(np.float32)  # drift everywhere, argmax flips
     runners["float32"] = _runner(smeared)
     report = measure_parity(runners, images, None, K, progress=False)
     apply_gates(report, _config())
-    assert "discontinuous" not in _explain_float_failure(report, None, None, None, _config(), print)["summary"]
+    assert "discontinuous" not in explain_float_failure(report, None, None, None, _config(), print)["summary"]

@@ -13,16 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg2tflite.eval.report import (
-    RECORD_FILE,
-    STAGES,
-    build_report,
-    file_size_mb,
-    load_record,
-    measure_conversion,
-    record_results,
-    zipped_size_mb,
-)
+from seg2tflite.converters.stages import STAGES
+from seg2tflite.eval.measure import file_size_mb, measure_conversion, zipped_size_mb
+from seg2tflite.eval.record import RECORD_FILE, load_record, record_results
+from seg2tflite.eval.report import build_report
 from seg2tflite.models.checkpoint import save_checkpoint
 from seg2tflite.models.registry import ModelConfig, create_model, list_models, register_model
 from seg2tflite.data import load_dataset
@@ -31,7 +25,7 @@ from seg2tflite.errors import UserError
 DATA = "synthetic:train=8,val=4,test=4,size=32"
 SIZE = (32, 32)
 NAME = "tiny_report_cnn"
-CONVERT_STAGES = [s for s in STAGES if s != "tflite_mixed_int8"]  # mixed precision comes from `compress`
+CONVERT_STAGES = [k for k, s in STAGES.items() if s.built_by_convert]  # mixed precision comes from `compress`
 REPORT_FILES = ("results.md", "summary.md", "results.csv", "results.json", "per_class_iou.md", "per_class_iou.csv", "tradeoff.png", "overlays.png")
 
 
@@ -96,7 +90,7 @@ def test_measured_rows_are_complete(measured):
         assert r.file_mb > 0 and r.zip_mb > 0
         assert list(r.per_class_iou) == list(load_dataset(DATA, "test").info.class_names)
     assert sample["image"].shape == (2, *SIZE, 3) and sample["target"].shape == (2, *SIZE)
-    np.testing.assert_array_equal(sample["pred_tflite_float32"], sample["pred_pytorch"])
+    np.testing.assert_array_equal(sample["pred_float32"], sample["pred_pytorch"])
     assert all(f"pred_{stage}" in sample for stage in CONVERT_STAGES)
     assert load_record(run).rows == rows
 
@@ -108,13 +102,13 @@ def test_report_files_and_tables(measured):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     md = (out / "results.md").read_text()
     table = [line for line in md.splitlines() if line.startswith(f"| `{NAME}` |")]
-    assert [line.split(" | ")[1] for line in table] == [STAGES[s][1] for s in CONVERT_STAGES]
+    assert [line.split(" | ")[1] for line in table] == [STAGES[s].label for s in CONVERT_STAGES]
     assert table[0].startswith(f"| `{NAME}` | PyTorch | pytorch |") and table[0].endswith("| ref | ref | ref |")
     assert table[1].startswith(f"| `{NAME}` | ONNX | onnxruntime |") and "| +0.00 | 100.000 |" in table[1]
     assert table[3].startswith(f"| `{NAME}` | TFLite float32 | litert |") and "| +0.00 | 100.000 |" in table[3]
     assert "## Published figures: DIFFERENT DATA, not comparable" in md and "WARNING" not in md
     summary = [line.split(" | ") for line in (out / "summary.md").read_text().splitlines() if line.startswith(f"| `{NAME}` |")]
-    assert [cells[2] for cells in summary] == [STAGES[s][1] for s in CONVERT_STAGES]
+    assert [cells[2] for cells in summary] == [STAGES[s].label for s in CONVERT_STAGES]
     assert [cells[6] for cells in summary] == [f"{100 * r.miou:.2f}" for r in rows]
     with open(out / "results.csv") as f:
         table_csv = list(csv.DictReader(f))

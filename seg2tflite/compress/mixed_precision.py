@@ -38,11 +38,13 @@ from tqdm import tqdm
 
 from seg2tflite.calibration.representative import CalibrationSet
 from seg2tflite.converters.ops import op_report
+from seg2tflite.converters.stages import STAGES
 from seg2tflite.eval.evaluate import tflite_miou
 from seg2tflite.atomic import atomic_write_bytes, atomic_write_text
 from seg2tflite.errors import UserError
+from seg2tflite.quiet import muted_stderr
 
-MIXED_FILE = "model_mixed_int8.tflite"
+MIXED_FILE = STAGES["mixed_int8"].file
 REPORT_FILE = "mixed_precision.json"
 
 
@@ -91,7 +93,8 @@ def calibrate(saved_model: str | Path, calibration: CalibrationSet) -> bytes:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
     converter.experimental_mlir_quantizer = True
     converter._experimental_calibrate_only = True
-    return converter.convert()
+    with muted_stderr():
+        return converter.convert()
 
 
 def quantize(calibrated: bytes, float_ops: list[str] = (), float_nodes: list[str] = ()) -> bytes:
@@ -112,7 +115,8 @@ def quantizable_nodes(calibrated: bytes) -> dict[str, list[str]]:
     """Op type -> output tensor names of the ops that carry calibration statistics."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_content=calibrated)
+    with muted_stderr():
+        interpreter = Interpreter(model_content=calibrated)
     names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
     nodes: dict[str, list[str]] = {}
     for op in interpreter._get_ops_details():

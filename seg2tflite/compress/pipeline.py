@@ -27,6 +27,7 @@ import numpy as np
 
 from seg2tflite.atomic import atomic_write_text
 from seg2tflite.compress_config import STUDY_FILE, CompressConfig, Method
+from seg2tflite.converters.stages import ConversionDir
 from seg2tflite.errors import UserError
 
 
@@ -56,7 +57,10 @@ class _Run:
 
 
 def _input_size(convert_dir: Path) -> tuple[int, int]:
-    return tuple(json.loads((convert_dir / "manifest.json").read_text())["config"]["input_size"])
+    size = ConversionDir(convert_dir).input_size
+    if size is None:
+        raise UserError(f"{convert_dir}: no manifest.json with the input size; convert the model again")
+    return size
 
 
 def _preprocess(name: str, size: tuple[int, int]):
@@ -75,7 +79,8 @@ def _arrays(dataset, preprocess, limit: int | None) -> tuple[np.ndarray, np.ndar
 def _measure(
     run: _Run, convert_dir: Path, model: str, stages: list[str], config: CompressConfig, base: str, method: Method, record_pytorch: bool = True
 ):
-    from seg2tflite.eval.report import measure_conversion, record_results
+    from seg2tflite.eval.measure import measure_conversion
+    from seg2tflite.eval.record import record_results
 
     rows, _ = measure_conversion(
         convert_dir, run.data, "test", model=model, stages=stages, bench=config.bench_runs > 0, bench_threads=config.threads,
@@ -114,13 +119,13 @@ def _mixed(run: _Run, name: str, config: CompressConfig, method: Method = Method
     calib = build_calibration_set(load_dataset(run.data, "train"), preprocess, size=run.calib_size, progress=config.progress)
     images, masks = _arrays(load_dataset(run.data, "val"), preprocess, config.val_images)
     found = search_mixed_precision(
-        convert_dir / "saved_model", base_dir / "model_float32.tflite", calib, images, masks,
+        ConversionDir(convert_dir).artifact("saved_model"), ConversionDir(base_dir).artifact("float32"), calib, images, masks,
         _num_classes(run), MixedPrecisionConfig(config.max_miou_drop, threads=config.threads),
         progress=config.progress,
     )  # fmt: skip
     write_mixed_precision(convert_dir, found, {"settings": settings, "evaluated_on": f"{run.data} val, {len(images)} images"})
     print(f"{model}: {format_mixed_precision(found)}")
-    _measure(run, convert_dir, model, ["pytorch", "tflite_mixed_int8"], config, name, method, record_pytorch=False)
+    _measure(run, convert_dir, model, ["pytorch", "mixed_int8"], config, name, method, record_pytorch=False)
 
 
 def _num_classes(run: _Run) -> int:
@@ -133,7 +138,7 @@ def _finetuned(run: _Run, name: str, method: Method, config: CompressConfig) -> 
     """Fine-tune, save, convert, measure; the gate failure as text, if any."""
     from seg2tflite.converters import ConvertConfig, ParityError, convert_model
     from seg2tflite.eval.compression_layers import COMPRESS_LOG
-    from seg2tflite.eval.report import load_record
+    from seg2tflite.eval.record import load_record
     from seg2tflite.models.checkpoint import save_checkpoint
     from seg2tflite.models.registry import load_model
     from seg2tflite import compress
@@ -171,7 +176,7 @@ def _finetuned(run: _Run, name: str, method: Method, config: CompressConfig) -> 
     except ParityError as e:
         print(f"gate failed for {name}+{method.tag}: {e}")
         failure = str(e)
-    variant, stages = f"{name}+{method.tag}", ["pytorch", "tflite_float32", "tflite_full_int8"]
+    variant, stages = f"{name}+{method.tag}", ["pytorch", "float32", "full_int8"]
     recorded = {row.key for row in load_record(run.out).rows}
     if finetuned_now or not all((variant, stage) in recorded for stage in stages):
         _measure(run, out / "convert", variant, stages, config, name, method)
@@ -190,10 +195,10 @@ def _calibration_study(run: _Run, name: str, config: CompressConfig) -> dict:
     images, masks = _arrays(load_dataset(run.data, "test"), preprocess, None)
     num_classes = _num_classes(run)
     rows = run_calibration_study(
-        convert_dir / "saved_model", load_dataset(run.data, "train"), preprocess, images, masks, num_classes,
+        ConversionDir(convert_dir).artifact("saved_model"), load_dataset(run.data, "train"), preprocess, images, masks, num_classes,
         CalibrationStudyConfig(tuple(config.calib_sizes), seed=config.seed), threads=config.threads, progress=config.progress,
     )  # fmt: skip
-    float32 = tflite_miou(convert_dir / "model_float32.tflite", images, masks, num_classes, config.threads)
+    float32 = tflite_miou(ConversionDir(convert_dir).artifact("float32"), images, masks, num_classes, config.threads)
     return {"data": f"{run.data} test, {len(images)} images", "float32_miou": float32, "rows": rows}
 
 
