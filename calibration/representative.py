@@ -8,8 +8,8 @@ the SavedModel input).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -107,9 +107,7 @@ def build_calibration_set(
     for i in tqdm(indices, desc="calibration images", disable=not progress, leave=False):
         image = np.asarray(dataset[i][0])
         if image.ndim != 3 or image.shape[2] != 3:
-            raise UserError(
-                f"{source}: image {dataset.item_name(i)} has shape {image.shape}; expected (H, W, 3) RGB"
-            )
+            raise UserError(f"{source}: image {dataset.item_name(i)} has shape {image.shape}; expected (H, W, 3) RGB")
         images.append(preprocess.image(image))
     array = np.stack(images).astype(np.float32)
     check_images(array, source, min_size)

@@ -37,11 +37,16 @@ def select_calibration(
     excluded = set(int(i) for i in exclude)
     pool = [int(i) for i in rng.permutation(len(dataset)) if int(i) not in excluded]
     if not pool:
-        raise UserError(f"calibration data {_describe(dataset)}: no images to draw from; point --calib-data at a split with images")
+        raise UserError(
+            f"calibration data {_describe(dataset)}: no images to draw from; point --calib-data at a split with images"
+        )
     pool = pool[: max(size, POOL_FACTOR * size)]
     num_classes = dataset.info.num_classes
     hist = np.stack(
-        [class_histogram(dataset[i][1], num_classes) for i in tqdm(pool, desc="calibration classes", disable=not progress, leave=False)]
+        [
+            class_histogram(dataset[i][1], num_classes)
+            for i in tqdm(pool, desc="calibration classes", disable=not progress, leave=False)
+        ]
     )
     picked: list[int] = []
     taken = np.zeros(len(pool), bool)
@@ -67,7 +72,9 @@ def select_random(dataset: SegmentationDataset, size: int, seed: int = 0, exclud
     excluded = set(int(i) for i in exclude)
     pool = [int(i) for i in np.random.default_rng(seed).permutation(len(dataset)) if int(i) not in excluded]
     if not pool:
-        raise UserError(f"calibration data {_describe(dataset)}: no images to draw from; point --calib-data at a split with images")
+        raise UserError(
+            f"calibration data {_describe(dataset)}: no images to draw from; point --calib-data at a split with images"
+        )
     return pool[:size]
 
 

@@ -153,7 +153,7 @@ def locate_divergence(
     if first is None:
         return {
             "summary": (
-                f"onnx2tf's TF graph matches ONNX Runtime at all {sum(l['status'] == 'ok' for l in layers)} "
+                f"onnx2tf's TF graph matches ONNX Runtime at all {sum(layer['status'] == 'ok' for layer in layers)} "
                 "comparable layers on this image; the drift comes from other images or from rounding that "
                 "accumulates without any one layer breaking"
             ),

@@ -16,8 +16,8 @@ import onnx
 import torch
 from torch import nn
 
-from seg2tflite.converters.onnx_surgery import apply_workarounds
 from seg2tflite.atomic import atomic_write_bytes
+from seg2tflite.converters.onnx_surgery import apply_workarounds
 from seg2tflite.errors import UserError
 
 INPUT_NAME = "input"
@@ -89,9 +89,7 @@ def _input_dims(model: onnx.ModelProto, source: str) -> list[int | str]:
     return dims
 
 
-def prepare_onnx(
-    model: onnx.ModelProto, input_size: tuple[int, int] | None, source: str, rewrites: bool = True
-) -> PreparedOnnx:
+def prepare_onnx(model: onnx.ModelProto, input_size: tuple[int, int] | None, source: str, rewrites: bool = True) -> PreparedOnnx:
     """Fix the input to (1, 3, H, W), check, simplify, rewrite. ``source`` names the file in errors."""
     dims = _input_dims(model, source)
     input_name = next(i.name for i in model.graph.input if i.name not in {x.name for x in model.graph.initializer})
@@ -100,10 +98,7 @@ def prepare_onnx(
     static_hw = (dims[2], dims[3]) if all(isinstance(d, int) and d > 0 for d in dims[2:]) else None
     if input_size is None:
         if static_hw is None:
-            raise UserError(
-                f"{source}: input {input_name!r} has dynamic dimensions {dims}; "
-                "pass --input-size H W to fix them"
-            )
+            raise UserError(f"{source}: input {input_name!r} has dynamic dimensions {dims}; pass --input-size H W to fix them")
         input_size = static_hw
     input_size = tuple(int(s) for s in input_size)
     if static_hw is not None and static_hw != input_size:

@@ -17,15 +17,15 @@ import contextlib
 import io
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Iterator
 
 import numpy as np
 import onnx
 
-from seg2tflite.converters.offline import onnx2tf_offline
 from seg2tflite.atomic import atomic_path
+from seg2tflite.converters.offline import onnx2tf_offline
 from seg2tflite.errors import UserError
 
 SAVED_MODEL_ENTRIES = ("saved_model.pb", "variables", "assets", "fingerprint.pb")
@@ -91,8 +91,8 @@ def run_onnx2tf(model: onnx.ModelProto, folder: Path, sample_nhwc: np.ndarray, *
 
 
 def _failure_message(error: BaseException, log: str) -> str:
-    lines = [_strip_colors(l).strip() for l in log.splitlines() if "ERROR" in l]
-    op = next((l.split("onnx_op_name:", 1)[1].strip() for l in lines if "onnx_op_name:" in l), None)
+    lines = [_strip_colors(line).strip() for line in log.splitlines() if "ERROR" in line]
+    op = next((line.split("onnx_op_name:", 1)[1].strip() for line in lines if "onnx_op_name:" in line), None)
     detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
     where = f" at ONNX node {op.replace('wa/', '/', 1)}" if op else ""
     return f"onnx2tf failed{where}: {detail}; see the onnx2tf log above, or try another --opset"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+
 import numpy as np
 from tqdm import tqdm
 
@@ -79,9 +80,8 @@ class ParityReport:
             }
         )
 
-
     @classmethod
-    def from_dict(cls, data: dict) -> "ParityReport":
+    def from_dict(cls, data: dict) -> ParityReport:
         """The report ``to_dict`` wrote (parity.json), with its NaN/Inf restored."""
 
         def restore(v):

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from seg2tflite.atomic import atomic_write_bytes, atomic_write_text
 from seg2tflite.calibration.representative import (
     CalibrationSet,
     build_calibration_set,
@@ -36,7 +37,6 @@ from seg2tflite.converters.resume import StageCache, stage_key
 from seg2tflite.converters.runtimes import OnnxRunner, SavedModelRunner, TFLiteRunner, TorchRunner
 from seg2tflite.converters.stages import ONNX2TF_LOG, PARITY_FILE, STAGES, ConversionDir
 from seg2tflite.converters.tflite_variants import build_tflite
-from seg2tflite.atomic import atomic_write_bytes, atomic_write_text
 from seg2tflite.data.base import SegmentationDataset
 from seg2tflite.data.preprocess import Preprocess
 from seg2tflite.errors import UserError
@@ -81,7 +81,11 @@ def _quiet(message: str) -> None:
 
 
 def _parity_images(
-    calib_data, parity_data: SegmentationDataset | None, calib: CalibrationSet | None, preprocess: Preprocess, config: ConvertConfig
+    calib_data,
+    parity_data: SegmentationDataset | None,
+    calib: CalibrationSet | None,
+    preprocess: Preprocess,
+    config: ConvertConfig,
 ) -> _Images:
     """Real images for parity: from ``parity_data``, else the calibration split minus the calibration images."""
     if parity_data is not None:
@@ -104,7 +108,9 @@ def _parity_images(
         x, y = preprocess(np.asarray(image), np.asarray(mask))
         images.append(x)
         masks.append(y)
-    return _Images(np.stack(images).astype(np.float32), np.stack(masks), [dataset.item_name(i) for i in chosen], dataset_source(dataset))
+    return _Images(
+        np.stack(images).astype(np.float32), np.stack(masks), [dataset.item_name(i) for i in chosen], dataset_source(dataset)
+    )
 
 
 def _calibration(calib_data, preprocess: Preprocess, config: ConvertConfig, progress: bool) -> CalibrationSet:
@@ -225,7 +231,9 @@ class _Chain:
             atomic_write_bytes(path, content)
             self.cache.record(variant, key, [path.name])
             self.seconds[variant] = time.perf_counter() - t
-            self.log(f"{path.name}: {len(content) / 1e6:.2f} MB, {sum(report.counts.values())} ops ({self.seconds[variant]:.1f}s)")
+            self.log(
+                f"{path.name}: {len(content) / 1e6:.2f} MB, {sum(report.counts.values())} ops ({self.seconds[variant]:.1f}s)"
+            )
         self.artifacts[variant] = path
         self.ops[variant] = report
         runner = TFLiteRunner(content)
@@ -412,7 +420,9 @@ def convert_registered(
     if checkpoint is None:
         weights = save_checkpoint(model, ConversionDir(out_dir).artifact("pytorch"), extra={"seed": seed})
         info["weights"] = weights.name
-    return convert_model(model, out_dir, config, calib_data, parity_data, command=command, model_info=info, log=log, progress=progress)
+    return convert_model(
+        model, out_dir, config, calib_data, parity_data, command=command, model_info=info, log=log, progress=progress
+    )
 
 
 def resolve_onnx_input_size(onnx_path: str | Path, input_size: tuple[int, int] | None) -> tuple[int, int]:
@@ -428,4 +438,3 @@ def resolve_onnx_input_size(onnx_path: str | Path, input_size: tuple[int, int] |
         dims = [d.dim_value or d.dim_param or "?" for d in graph_input.type.tensor_type.shape.dim]
         raise UserError(f"{onnx_path}: input {graph_input.name!r} has dynamic dimensions {dims}; pass --input-size H W")
     return size
-

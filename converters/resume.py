@@ -16,8 +16,8 @@ import json
 import shutil
 from pathlib import Path
 
-from seg2tflite.converters.manifest import artifact_hashes
 from seg2tflite.atomic import atomic_write_text
+from seg2tflite.converters.manifest import artifact_hashes
 
 STAGES_FILE = "stages.json"
 

@@ -10,8 +10,8 @@ output. ``make_runner(path)`` picks the runner for a file; evaluation code reuse
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -121,7 +121,11 @@ class TFLiteRunner:
     def io_quantization(self) -> dict:
         """Input/output dtype, scale and zero point (scale 0 means not quantized)."""
         return {
-            side: {"dtype": np.dtype(d["dtype"]).name, "scale": float(d["quantization"][0]), "zero_point": int(d["quantization"][1])}
+            side: {
+                "dtype": np.dtype(d["dtype"]).name,
+                "scale": float(d["quantization"][0]),
+                "zero_point": int(d["quantization"][1]),
+            }
             for side, d in (("input", self.input), ("output", self.output))
         }
 

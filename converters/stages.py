@@ -46,8 +46,14 @@ STAGES: dict[str, Stage] = {
         Stage("full_int8", "model_full_int8.tflite", "litert", "TFLite full int8", "float32", "quantized", calibrated=True),
         Stage("int16x8", "model_int16x8.tflite", "litert", "TFLite int16x8", "float32", "quantized", calibrated=True),
         Stage(
-            "mixed_int8", "model_mixed_int8.tflite", "litert", "TFLite mixed int8", "float32", "quantized",
-            calibrated=True, built_by_convert=False,
+            "mixed_int8",
+            "model_mixed_int8.tflite",
+            "litert",
+            "TFLite mixed int8",
+            "float32",
+            "quantized",
+            calibrated=True,
+            built_by_convert=False,
         ),  # fmt: skip
     )
 }

@@ -16,8 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from seg2tflite.calibration.representative import CalibrationSet
-from seg2tflite.converters.stages import CALIBRATED_VARIANTS, VARIANTS
 from seg2tflite.converters.onnx_to_tf import ConversionError
+from seg2tflite.converters.stages import CALIBRATED_VARIANTS, VARIANTS
 from seg2tflite.quiet import muted_stderr
 
 

@@ -50,8 +50,12 @@ PARAMS = {
     "segformer_b1": PublishedParams("SegFormer MiT-B1", 13.7, "encoder 13.1M + decoder 0.6M", SEGFORMER_PAPER),
     "segformer_b2": PublishedParams("SegFormer MiT-B2", 27.5, "encoder 24.2M + decoder 3.3M", SEGFORMER_PAPER),
     "segformer_b5": PublishedParams("SegFormer MiT-B5", 84.7, "encoder 81.4M + decoder 3.3M", SEGFORMER_PAPER),
-    "deeplabv3plus_mobilenetv2": PublishedParams("DeepLabV3+ MobileNetV2", 15.4, "SegFormer paper's Table 2 row", "SegFormer paper, Table 2"),
-    "segnet_vgg16": PublishedParams("SegNet (VGG16 encoder)", 29.44, "encoder 14.7M; 29,443,968 in total", SEGNET_PAPER + "; seed 001_6afd5ad6279e4eb9.txt"),
+    "deeplabv3plus_mobilenetv2": PublishedParams(
+        "DeepLabV3+ MobileNetV2", 15.4, "SegFormer paper's Table 2 row", "SegFormer paper, Table 2"
+    ),
+    "segnet_vgg16": PublishedParams(
+        "SegNet (VGG16 encoder)", 29.44, "encoder 14.7M; 29,443,968 in total", SEGNET_PAPER + "; seed 001_6afd5ad6279e4eb9.txt"
+    ),
 }
 
 ACCURACY = {
@@ -73,19 +77,43 @@ ACCURACY = {
 
 QUANTIZATION = {
     "deeplabv3plus_mobilenetv2": (
-        PublishedQuantization("DeepLabV3+ MobileNetV2", "custom data, quantized inference graph", 84.66, 75.17, "seed 004_1fed18c48436982c.txt"),
-        PublishedQuantization("DeepLab MobileNetV2", "VOC, 8-bit QAT (TFLite 2.2 MB)", 75.32, 74.26, "tensorflow/models research/deeplab g3doc/quantize.md"),
-        PublishedQuantization("MNv2 + DeepLabV3 512x512", "VOC, PTQ", 75.30, 73.95, "tensorflow/models official/projects/qat/vision/README.md"),
-        PublishedQuantization("MNv2 + DeepLabV3 512x512", "VOC, QAT", 75.30, 74.68, "tensorflow/models official/projects/qat/vision/README.md"),
-        PublishedQuantization("MNv2 + DeepLabV3+", "Cityscapes, PTQ", 73.84, 72.33, "tensorflow/models official/projects/qat/vision/README.md"),
-        PublishedQuantization("MNv2 + DeepLabV3+", "Cityscapes, QAT", 73.84, 73.49, "tensorflow/models official/projects/qat/vision/README.md"),
+        PublishedQuantization(
+            "DeepLabV3+ MobileNetV2", "custom data, quantized inference graph", 84.66, 75.17, "seed 004_1fed18c48436982c.txt"
+        ),
+        PublishedQuantization(
+            "DeepLab MobileNetV2",
+            "VOC, 8-bit QAT (TFLite 2.2 MB)",
+            75.32,
+            74.26,
+            "tensorflow/models research/deeplab g3doc/quantize.md",
+        ),
+        PublishedQuantization(
+            "MNv2 + DeepLabV3 512x512", "VOC, PTQ", 75.30, 73.95, "tensorflow/models official/projects/qat/vision/README.md"
+        ),
+        PublishedQuantization(
+            "MNv2 + DeepLabV3 512x512", "VOC, QAT", 75.30, 74.68, "tensorflow/models official/projects/qat/vision/README.md"
+        ),
+        PublishedQuantization(
+            "MNv2 + DeepLabV3+", "Cityscapes, PTQ", 73.84, 72.33, "tensorflow/models official/projects/qat/vision/README.md"
+        ),
+        PublishedQuantization(
+            "MNv2 + DeepLabV3+", "Cityscapes, QAT", 73.84, 73.49, "tensorflow/models official/projects/qat/vision/README.md"
+        ),
         PublishedQuantization("DeepLabV3+ MobileNet (PyTorch)", "VOC, PTQ", 72.32, 72.08, "quic/aimet-model-zoo README.md"),
     ),
     "deeplabv3plus_xception65": (
-        PublishedQuantization("DeepLabV3+ Xception", "custom data, quantized inference graph", 92.42, 90.40, "seed 004_1fed18c48436982c.txt"),
+        PublishedQuantization(
+            "DeepLabV3+ Xception", "custom data, quantized inference graph", 92.42, 90.40, "seed 004_1fed18c48436982c.txt"
+        ),
     ),
     "segformer_b0": (
-        PublishedQuantization("SegFormer-B0 (Paddle)", "convolutions only quantized (Paddle ACT)", 75.23, 75.22, "PaddlePaddle/PaddleSeg deploy/slim/act/readme.md"),
+        PublishedQuantization(
+            "SegFormer-B0 (Paddle)",
+            "convolutions only quantized (Paddle ACT)",
+            75.23,
+            75.22,
+            "PaddlePaddle/PaddleSeg deploy/slim/act/readme.md",
+        ),
     ),
 }
 

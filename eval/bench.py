@@ -50,7 +50,7 @@ class BenchResult:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "BenchResult":
+    def from_dict(cls, d: dict) -> BenchResult:
         return cls(**{**d, "input_size": tuple(d["input_size"])})
 
 
@@ -74,7 +74,8 @@ def _maxrss_mb() -> float:
 
 def measure(path: str, input_size: tuple[int, int], threads: int, warmup: int, runs: int) -> BenchResult:
     """Time the artifact in THIS process (``benchmark_artifact`` calls it in a fresh one)."""
-    from seg2tflite.eval.evaluate import RUNTIME_NAMES, artifact_kind, open_artifact
+    from seg2tflite.eval.artifacts import RUNTIME_NAMES, artifact_kind
+    from seg2tflite.eval.evaluate import open_artifact
 
     kind = artifact_kind(path)
     _import_runtime(kind)
@@ -139,7 +140,7 @@ def benchmark_artifact(
     ``isolate=False`` measures in this process instead (for a checkpoint of a model registered
     only here, e.g. in a test); its memory figures are then this process's, not the artifact's.
     """
-    from seg2tflite.eval.evaluate import checked_size, read_metadata
+    from seg2tflite.eval.artifacts import checked_size, read_metadata
 
     path = Path(path)
     size = input_size if input_size is not None else read_metadata(path)["input_size"]
@@ -155,7 +156,14 @@ def benchmark_artifact(
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with tempfile.TemporaryDirectory(prefix="seg2tflite-bench-") as tmp:
         out = Path(tmp) / "result.json"
-        job = {"path": str(path.resolve()), "input_size": list(size), "threads": threads, "warmup": warmup, "runs": runs, "out": str(out)}
+        job = {
+            "path": str(path.resolve()),
+            "input_size": list(size),
+            "threads": threads,
+            "warmup": warmup,
+            "runs": runs,
+            "out": str(out),
+        }
         proc = subprocess.run(
             [sys.executable, "-m", "seg2tflite.eval.bench", json.dumps(job)], env=env, cwd=root, capture_output=True, text=True
         )

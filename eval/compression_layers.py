@@ -78,7 +78,10 @@ def render_compression_layers_md(run_dir: str | Path) -> str | None:
                 f"`model_float32.tflite`, {summary['tflite_sparsity']:.1%} of the {summary['tflite_params']:,} values of its "
                 f"{summary['tflite_tensors']} float32 weight tensors are zero."
             )
-            header, cells = ["layer", "weights", "zeros", "sparsity"], lambda v: [f"{v['params']:,}", f"{v['zeros']:,}", f"{v['sparsity']:.1%}"]
+            header, cells = (
+                ["layer", "weights", "zeros", "sparsity"],
+                lambda v: [f"{v['params']:,}", f"{v['zeros']:,}", f"{v['sparsity']:.1%}"],
+            )
         else:
             line = (
                 f"Every clustered layer holds at most {summary['clusters']} distinct values in PyTorch; in "

@@ -1,10 +1,8 @@
 """Evaluate any artifact on a dataset split: a checkpoint, an ONNX file, a SavedModel or a .tflite.
 
-Every artifact goes through its own real runtime (``seg2tflite.converters.runtimes``): PyTorch eager, ONNX
-Runtime, TensorFlow, the LiteRT interpreter. Images are preprocessed with the one shared
-definition (``seg2tflite.data.Preprocess``); the input size and mean/std come from, in order,
-the explicit arguments, the conversion ``manifest.json`` beside the artifact, and the
-checkpoint's JSON config, and a missing one is a ``UserError`` naming the option to pass.
+Every artifact goes through its own real runtime (``seg2tflite.converters.runtimes``): PyTorch
+eager, ONNX Runtime, TensorFlow, the LiteRT interpreter. Images are preprocessed with the one
+shared definition (``seg2tflite.data.Preprocess``), at the size and mean/std ``artifacts`` finds.
 
 With ``workers > 1`` the split is cut into chunks and evaluated by that many processes (spawned,
 so no runtime state is forked); each builds its runner once and returns a confusion matrix per
@@ -14,50 +12,24 @@ chunk, and the matrices are merged. The result is identical to a single-process 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from seg2tflite.converters.compare import LogitComparison
 from seg2tflite.converters.runtimes import Runner
-from seg2tflite.converters.stages import ConversionDir
-from seg2tflite.data import Preprocess, load_dataset
+from seg2tflite.data import load_dataset
 from seg2tflite.errors import UserError
+from seg2tflite.eval.artifacts import RUNTIME_NAMES, ArtifactInfo, artifact_kind, describe_artifact
 from seg2tflite.metrics import ConfusionMatrix
-
-CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
-KINDS = ("pytorch", "onnx", "saved_model", "tflite")
-RUNTIME_NAMES = {"pytorch": "pytorch", "onnx": "onnxruntime", "saved_model": "tensorflow", "tflite": "litert"}
-
-
-@dataclass(frozen=True)
-class ArtifactInfo:
-    """What evaluating an artifact needs to know besides its file."""
-
-    path: Path
-    kind: str  # one of KINDS
-    input_size: tuple[int, int]  # (H, W) fed to the artifact
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    model: str | None = None  # registered model name, when the metadata names one
-    num_classes: int | None = None  # head size, when the metadata gives it
-
-    @property
-    def runtime(self) -> str:
-        return RUNTIME_NAMES[self.kind]
-
-    @property
-    def preprocess(self) -> Preprocess:
-        return Preprocess(self.input_size, self.mean, self.std)
 
 
 @dataclass
@@ -111,161 +83,6 @@ def format_eval(result: EvalResult) -> str:
     width = max(map(len, m["per_class_iou"]), default=0)
     lines += [f"  {name:<{width}}  IoU {pct(v):>6} %" for name, v in m["per_class_iou"].items()]
     return "\n".join(lines)
-
-
-# -- what an artifact is ---------------------------------------------------------------------
-
-
-def artifact_kind(path: str | Path) -> str:
-    """``pytorch``, ``onnx``, ``saved_model`` (SavedModel folder) or ``tflite``, from the path alone."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: not found")
-    if path.is_dir():
-        if (path / "saved_model.pb").is_file():
-            return "saved_model"
-        if any((path / name).is_file() for name in ("model.safetensors", "best.safetensors", "last.safetensors")):
-            return "pytorch"
-        raise UserError(f"{path}: a folder that is neither a SavedModel (saved_model.pb) nor a checkpoint folder")
-    suffix = path.suffix.lower()
-    if suffix == ".tflite":
-        return "tflite"
-    if suffix == ".onnx":
-        return "onnx"
-    if suffix in CHECKPOINT_SUFFIXES:
-        return "pytorch"
-    raise UserError(f"{path}: unknown artifact type; use a .safetensors/.pt checkpoint, .onnx, a SavedModel folder or .tflite")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: unreadable JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return data
-
-
-def find_manifest(path: str | Path) -> dict:
-    """The conversion manifest that describes ``path`` (the folder's own, else its parent's); {} if none."""
-    path = Path(path)
-    folders = [ConversionDir(path)] if path.is_dir() else []
-    folders.append(ConversionDir(path.parent))
-    return next((m for m in (f.manifest() for f in folders) if m), {})
-
-
-def _manifest_sources(manifest: dict) -> list[dict]:
-    """The conversion manifest's own sections first (``preprocessing``: size/mean/std, ``model``:
-    name/num_classes), then the whole manifest for the generic lookup."""
-    pre = manifest.get("preprocessing") if isinstance(manifest.get("preprocessing"), dict) else {}
-    model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
-    known = {"input_size": pre.get("size"), "mean": pre.get("mean"), "std": pre.get("std")}
-    known.update({"name": model.get("name"), "num_classes": model.get("num_classes")})
-    return [{k: v for k, v in known.items() if v is not None}, manifest]
-
-
-def _lookup(record: dict, key: str):
-    """``record[key]`` at the top level or one level down (e.g. under "config" or "model")."""
-    if record.get(key) is not None:
-        return record[key]
-    for value in record.values():
-        if isinstance(value, dict) and value.get(key) is not None:
-            return value[key]
-    return None
-
-
-def _model_name(record: dict) -> str | None:
-    for key in ("model", "model_name", "name"):
-        value = _lookup(record, key)
-        if isinstance(value, str):
-            return value
-    return None
-
-
-def _checkpoint_config(path: Path) -> dict:
-    from seg2tflite.models.checkpoint import read_checkpoint_config, resolve_weights_file
-
-    weights = resolve_weights_file(path)
-    if not weights.with_suffix(".json").is_file():
-        return {}
-    return read_checkpoint_config(weights)
-
-
-def read_metadata(path: str | Path) -> dict:
-    """Input size, mean/std, model name and class count of an artifact, as far as its metadata
-    tells (``None`` where it does not): the conversion manifest beside it first, then the
-    checkpoint config (for a checkpoint: the size it was trained at, then its model's default)."""
-    path = Path(path)
-    kind = artifact_kind(path)
-    sources: list[dict] = []  # most trusted first
-    manifest = find_manifest(path)
-    if manifest:
-        sources += _manifest_sources(manifest)
-    if kind == "pytorch":
-        config = _checkpoint_config(path)
-        trained_size = (config.get("train_config") or {}).get("input_size")
-        if trained_size:
-            sources.append({"input_size": trained_size})
-        sources.append(config)
-    else:
-        sibling = path.parent / "model.json"  # the conversion's PyTorch reference config
-        if sibling.is_file():
-            sources.append(_read_json(sibling))
-
-    def first(key: str):
-        return next((v for v in (_lookup(s, key) for s in sources) if v is not None), None)
-
-    num_classes = first("num_classes")
-    return {
-        "kind": kind,
-        "input_size": first("input_size"),
-        "mean": first("mean"),
-        "std": first("std"),
-        "model": next((m for m in map(_model_name, sources) if m), None),
-        "num_classes": None if num_classes is None else int(num_classes),
-    }
-
-
-def describe_artifact(
-    path: str | Path,
-    input_size: tuple[int, int] | None = None,
-    mean: tuple[float, float, float] | None = None,
-    std: tuple[float, float, float] | None = None,
-) -> ArtifactInfo:
-    """Kind, input size, mean/std and model name of an artifact: the arguments where given, else
-    its metadata (``read_metadata``); a value found nowhere is a ``UserError``."""
-    path = Path(path)
-    meta = read_metadata(path)
-    size = input_size if input_size is not None else meta["input_size"]
-    mean = mean if mean is not None else meta["mean"]
-    std = std if std is not None else meta["std"]
-    missing = [opt for opt, v in (("--input-size H W", size), ("--mean R G B", mean), ("--std R G B", std)) if v is None]
-    if missing:
-        raise UserError(
-            f"{path}: no manifest.json or checkpoint config beside it gives the preprocessing; pass {', '.join(missing)}"
-        )
-    size, mean, std = checked_size(size), _checked("mean", mean, 3, float), _checked("std", std, 3, float)
-    if min(std) <= 0:
-        raise UserError(f"{path}: std {std} must be positive")
-    return ArtifactInfo(path, meta["kind"], size, mean, std, meta["model"], meta["num_classes"])
-
-
-def checked_size(size) -> tuple[int, int]:
-    size = _checked("input size", size, 2, int)
-    if min(size) <= 0:
-        raise UserError(f"input size {size}: must be positive")
-    return size
-
-
-def _checked(what: str, value, length: int, cast) -> tuple:
-    try:
-        values = tuple(cast(v) for v in value)
-    except (TypeError, ValueError):
-        values = ()
-    if len(values) != length:
-        raise UserError(f"{what} {value!r}: expected {length} numbers")
-    return values
 
 
 # -- running it ------------------------------------------------------------------------------
@@ -407,7 +224,9 @@ def evaluate_artifact(
         chunks = [list(range(i, min(i + chunk, n))) for i in range(0, n, chunk)]
         context = multiprocessing.get_context("spawn")
         with (
-            ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(info, data_spec, split, threads)) as pool,
+            ProcessPoolExecutor(
+                workers, mp_context=context, initializer=_init_worker, initargs=(info, data_spec, split, threads)
+            ) as pool,
             tqdm(total=n, desc=desc, disable=not progress, unit="img") as bar,
         ):
             futures = [pool.submit(_run_chunk, c, keep_predictions) for c in chunks]
@@ -441,7 +260,12 @@ def evaluate_artifact(
 
 
 def tflite_miou(
-    model: bytes | str | Path, images: np.ndarray, masks: np.ndarray, num_classes: int, threads: int | None = None, xnnpack: bool = True
+    model: bytes | str | Path,
+    images: np.ndarray,
+    masks: np.ndarray,
+    num_classes: int,
+    threads: int | None = None,
+    xnnpack: bool = True,
 ) -> float:
     """mIoU in points of a .tflite on preprocessed (N, 3, H, W) images, in LiteRT (with XNNPACK unless told not to)."""
     from seg2tflite.converters.runtimes import TFLiteRunner
@@ -493,7 +317,9 @@ def compare_artifacts(
     ref_info = describe_artifact(reference, input_size, mean, std)
     info = describe_artifact(path, input_size or ref_info.input_size, mean or ref_info.mean, std or ref_info.std)
     if info.input_size != ref_info.input_size:
-        raise UserError(f"{path}: input size {info.input_size} differs from {reference}'s {ref_info.input_size}; pass --input-size")
+        raise UserError(
+            f"{path}: input size {info.input_size} differs from {reference}'s {ref_info.input_size}; pass --input-size"
+        )
     dataset = load_dataset(data_spec, split, num_classes=ref_info.num_classes)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if n == 0:

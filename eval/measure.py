@@ -86,8 +86,9 @@ def measure_conversion(
     processes evaluate each .tflite (a LiteRT interpreter keeps to few threads); PyTorch, ONNX
     Runtime and TensorFlow run in this process with all cores, as they parallelise inside.
     """
+    from seg2tflite.eval.artifacts import describe_artifact
     from seg2tflite.eval.bench import benchmark_artifact
-    from seg2tflite.eval.evaluate import argmax_agreement, compare_artifacts, describe_artifact, evaluate_artifact
+    from seg2tflite.eval.evaluate import argmax_agreement, compare_artifacts, evaluate_artifact
 
     convert_dir = Path(convert_dir)
     found = ConversionDir(convert_dir).artifacts()
@@ -133,7 +134,16 @@ def measure_conversion(
         elif reference is not None:
             row.argmax_agreement = argmax_agreement(result.predictions, reference_predictions)
             if drift_images > 0:
-                drift = compare_artifacts(path, reference, data_spec, split, limit=drift_images, input_size=first.input_size, mean=first.mean, std=first.std)
+                drift = compare_artifacts(
+                    path,
+                    reference,
+                    data_spec,
+                    split,
+                    limit=drift_images,
+                    input_size=first.input_size,
+                    mean=first.mean,
+                    std=first.std,
+                )
                 row.max_logit_drift, row.mean_logit_drift = drift.max_abs, drift.mean_abs
                 row.logit_range, row.drift_images = drift.logit_range, drift.num_images
         if bench:

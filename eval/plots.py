@@ -76,13 +76,28 @@ def plot_tradeoff(rows: list[dict], path: str | Path) -> None:
     axes[1].set_title("accuracy against latency")
     model_handles = [Patch(color=colours[m], label=m) for m in models]
     stage_handles = [
-        Line2D([], [], marker=STAGE_MARKERS.get(s, "o"), color="grey", markeredgecolor="black", linestyle="", markersize=8, label=labels[s])
+        Line2D(
+            [],
+            [],
+            marker=STAGE_MARKERS.get(s, "o"),
+            color="grey",
+            markeredgecolor="black",
+            linestyle="",
+            markersize=8,
+            label=labels[s],
+        )
         for s in STAGE_MARKERS
         if s in labels
     ]
     first = fig.legend(handles=model_handles, title="model", loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False)
     fig.add_artist(first)
-    fig.legend(handles=stage_handles, title="stage", loc="upper left", bbox_to_anchor=(1.0, 0.95 - 0.06 * (len(models) + 2)), frameon=False)
+    fig.legend(
+        handles=stage_handles,
+        title="stage",
+        loc="upper left",
+        bbox_to_anchor=(1.0, 0.95 - 0.06 * (len(models) + 2)),
+        frameon=False,
+    )
     fig.tight_layout()
     _save(fig, Path(path))
 
@@ -140,7 +155,9 @@ def plot_overlays(
             row += 1
     handles = [Patch(facecolor=np.asarray(c) / 255.0, edgecolor="black", linewidth=0.5, label=n) for n, c in legend.items()]
     handles.append(Patch(facecolor=np.asarray(IGNORE_COLOUR) / 255.0, edgecolor="black", linewidth=0.5, label="ignored"))
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 9), frameon=False, fontsize=8, bbox_to_anchor=(0.5, 0.0))
+    fig.legend(
+        handles=handles, loc="lower center", ncol=min(len(handles), 9), frameon=False, fontsize=8, bbox_to_anchor=(0.5, 0.0)
+    )
     fig.tight_layout(rect=(0.02, 0.05, 1.0, 1.0))
     _save(fig, Path(path))
 
@@ -176,7 +193,13 @@ def plot_compression(rows: list[dict], path: str | Path) -> None:
     ]
     first = fig.legend(handles=variant_handles, title="compression", loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False)
     fig.add_artist(first)
-    fig.legend(handles=stage_handles, title="stage", loc="upper left", bbox_to_anchor=(1.0, 0.95 - 0.06 * (len(variants) + 2)), frameon=False)
+    fig.legend(
+        handles=stage_handles,
+        title="stage",
+        loc="upper left",
+        bbox_to_anchor=(1.0, 0.95 - 0.06 * (len(variants) + 2)),
+        frameon=False,
+    )
     fig.tight_layout()
     _save(fig, Path(path))
 
@@ -192,7 +215,9 @@ def plot_calibration_study(studies: dict[str, dict], path: str | Path) -> None:
             per_channel = [r for r in rows if r["strategy"] == strategy and r["weights"] == "per-channel"]
             line = sorted((r["size"], r["miou"]) for r in per_channel)
             ax.plot(*zip(*line), marker="o", color=f"C{i}", label=f"{strategy}, per-channel")
-            builtin = sorted((r["size"], r["miou_builtin_kernels"]) for r in per_channel if r.get("miou_builtin_kernels") is not None)
+            builtin = sorted(
+                (r["size"], r["miou_builtin_kernels"]) for r in per_channel if r.get("miou_builtin_kernels") is not None
+            )
             if builtin:
                 ax.plot(*zip(*builtin), marker=".", linestyle=":", color=f"C{i}", label=f"{strategy}, builtin kernels")
         for r in (r for r in rows if r["weights"] == "per-tensor"):

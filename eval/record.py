@@ -73,7 +73,7 @@ class RecordRow:
         return self.model, self.stage
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RecordRow":
+    def from_dict(cls, d: dict) -> RecordRow:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -92,7 +92,7 @@ class RunRecord:
         return {"schema": self.schema, "created": self.created, "versions": self.versions, "rows": [asdict(r) for r in self.rows]}
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = RECORD_FILE) -> "RunRecord":
+    def from_dict(cls, d: dict, source: str = RECORD_FILE) -> RunRecord:
         if d.get("schema") != SCHEMA:
             raise UserError(f"{source}: record schema {d.get('schema')!r}, this version reads {SCHEMA}; re-run the measurements")
         return cls([RecordRow.from_dict(r) for r in d.get("rows", [])], d.get("versions", {}), d.get("created", ""))

@@ -101,7 +101,17 @@ def compression_rows(record: RunRecord) -> list[dict]:
 
 def render_compression_md(record: RunRecord) -> str:
     rows = compression_rows(record)
-    header = ["model", "compression", "stage", "mIoU (%)", "Δ vs float PyTorch (pts)", "size (MB)", "zipped (MB)", "zipped / float32", "median (ms)"]
+    header = [
+        "model",
+        "compression",
+        "stage",
+        "mIoU (%)",
+        "Δ vs float PyTorch (pts)",
+        "size (MB)",
+        "zipped (MB)",
+        "zipped / float32",
+        "median (ms)",
+    ]
     body = [
         [
             f"`{t['base_model']}`", t["variant"], t["stage"], _fmt(t["miou_pct"], ".2f"), _signed(t["miou_delta_vs_base_pts"]),
@@ -125,10 +135,7 @@ def render_compression_md(record: RunRecord) -> str:
 def per_class_rows(record: RunRecord) -> tuple[list[str], list[dict]]:
     """Class names (union, in first-seen order) and one dict per model x stage of IoU in %."""
     classes = list(dict.fromkeys(name for r in record.rows for name in r.per_class_iou))
-    rows = [
-        {"model": r.model, "stage": r.stage, **{c: _pct(r.per_class_iou.get(c)) for c in classes}}
-        for r in record.rows
-    ]
+    rows = [{"model": r.model, "stage": r.stage, **{c: _pct(r.per_class_iou.get(c)) for c in classes}} for r in record.rows]
     return classes, rows
 
 
@@ -256,7 +263,9 @@ def render_anchors_md(record: RunRecord) -> str:
             body.append([f"`{model}`", "parameters", ours, f"{p.params_m:g}M ({p.note})", "-", p.source])
         ours = f"{100 * ref.miou:.2f} ({ours_data})" if ref is not None and ref.miou is not None else "-"
         for i, acc in enumerate(a["accuracy"]):
-            body.append([f"`{model}`", "float mIoU (%)", ours if i == 0 else "(as above)", f"{acc.miou:.2f}", acc.dataset, acc.source])
+            body.append(
+                [f"`{model}`", "float mIoU (%)", ours if i == 0 else "(as above)", f"{acc.miou:.2f}", acc.dataset, acc.source]
+            )
         ours = "-"
         if ref is not None and int8 is not None and ref.miou is not None and int8.miou is not None:
             ours = f"{100 * (int8.miou - ref.miou):+.2f} (full int8 PTQ, {ours_data})"
@@ -327,5 +336,7 @@ def build_report(run_dir: str | Path) -> Path:
     saved = load_predictions(run_dir)
     predictions = {m: saved[m] for m in dict.fromkeys(r.model for r in record.rows) if m in saved}
     if predictions:
-        plots.plot_overlays(predictions, out / "overlays.png", stages=OVERLAY_STAGES, labels={key: stage.label for key, stage in STAGES.items()})
+        plots.plot_overlays(
+            predictions, out / "overlays.png", stages=OVERLAY_STAGES, labels={key: stage.label for key, stage in STAGES.items()}
+        )
     return out

@@ -73,8 +73,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{weights}: not a readable weights file ({first[:200]})") from None
     except Exception as e:  # pickle.UnpicklingError and friends: refused, never executed
         raise UserError(
-            f"{weights}: refused to load: it is not a plain tensor checkpoint "
-            f"({type(e).__name__}); re-save it as safetensors"
+            f"{weights}: refused to load: it is not a plain tensor checkpoint ({type(e).__name__}); re-save it as safetensors"
         ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
@@ -99,12 +98,13 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
     if unexpected:
         problems.append(f"{len(unexpected)} unexpected keys ({', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''})")
     if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatches ({', '.join(mismatched[:3])}{' ...' if len(mismatched) > 3 else ''})")
+        problems.append(
+            f"{len(mismatched)} shape mismatches ({', '.join(mismatched[:3])}{' ...' if len(mismatched) > 3 else ''})"
+        )
     if problems:
         name = getattr(getattr(model, "model_config", None), "name", type(model).__name__)
         raise UserError(
-            f"{source}: does not fit {name}: {'; '.join(problems)}. "
-            "Check --model and --num-classes match the checkpoint"
+            f"{source}: does not fit {name}: {'; '.join(problems)}. Check --model and --num-classes match the checkpoint"
         )
     model.load_state_dict(state, strict=True)
 

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seg2tflite.errors import UserError
 from seg2tflite.models.checkpoint import read_state_dict
 from seg2tflite.models.registry import ModelConfig, register_model
-from seg2tflite.errors import UserError
 
 
 class ConvBNReLU(nn.Sequential):
@@ -43,7 +43,9 @@ class SeparableConvBNReLU(nn.Sequential):
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, dilation: int = 1):
         super().__init__(
-            nn.Conv2d(in_ch, in_ch, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation, groups=in_ch, bias=False),
+            nn.Conv2d(
+                in_ch, in_ch, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation, groups=in_ch, bias=False
+            ),
             nn.BatchNorm2d(in_ch),
             nn.ReLU(inplace=True),
             ConvBNReLU(in_ch, out_ch, 1),
@@ -70,9 +72,7 @@ class ASPP(nn.Module):
         super().__init__()
         atrous = SeparableConvBNReLU if separable else ConvBNReLU
         self.branches = nn.ModuleList(
-            [ConvBNReLU(in_ch, out_ch, 1)]
-            + [atrous(in_ch, out_ch, 3, dilation=r) for r in rates]
-            + [ImagePooling(in_ch, out_ch)]
+            [ConvBNReLU(in_ch, out_ch, 1)] + [atrous(in_ch, out_ch, 3, dilation=r) for r in rates] + [ImagePooling(in_ch, out_ch)]
         )
         self.project = nn.Sequential(ConvBNReLU(out_ch * len(self.branches), out_ch, 1), nn.Dropout(dropout))
 
@@ -144,7 +144,7 @@ class DeepLabV3Plus(nn.Module):
         y = self.decoder(self.aspp(features[-1]), features[self.low_index])
         return F.interpolate(self.classifier(y), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
-    def to_deploy(self) -> "DeepLabV3Plus":
+    def to_deploy(self) -> DeepLabV3Plus:
         # Checked with onnx2tf: mean-pool, 1x1-map resize and dilated convs all reach builtins.
         return self
 
@@ -170,7 +170,11 @@ class DeepLabV3Plus(nn.Module):
         missing = sorted(k for k in own if k not in mapped and not k.endswith("num_batches_tracked"))
         mismatched = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in mapped.items() if v.shape != own[k].shape]
         problems = []
-        for label, items in (("missing keys", missing), ("unexpected keys", sorted(unexpected)), ("shape mismatches", mismatched)):
+        for label, items in (
+            ("missing keys", missing),
+            ("unexpected keys", sorted(unexpected)),
+            ("shape mismatches", mismatched),
+        ):
             if items:
                 problems.append(f"{len(items)} {label} ({', '.join(items[:3])}{' ...' if len(items) > 3 else ''})")
         if problems:

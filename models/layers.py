@@ -15,7 +15,7 @@ no other way is left in place (``remaining_batchnorm`` names it).
 from __future__ import annotations
 
 import copy
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.fx as fx

@@ -9,9 +9,9 @@ that reach TFLite builtins (see ``seg2tflite.models.deploy_form``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 from torch import nn
 
@@ -41,6 +41,7 @@ class ModelConfig:
     num_classes: int = 150  # default head size (ADE20K)
     size_divisor: int = 32  # H and W must be multiples of this
     paper: str = ""
+    variant_of: str = ""  # a larger size of this registered model, same code (tests carry that one)
     kwargs: dict = field(default_factory=dict)  # defaults passed to the builder
 
 
@@ -61,6 +62,12 @@ def register_model(config: ModelConfig):
         return builder
 
     return wrap
+
+
+def unregister_model(name: str) -> None:
+    """Remove a registered name (for models registered for a while, e.g. in tests)."""
+    _BUILDERS.pop(name, None)
+    _CONFIGS.pop(name, None)
 
 
 def list_models() -> list[str]:

@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg2tflite.models import hf_segformer
-from seg2tflite.models.mit import MIT_ARCHS, LinearAsConv, MixVisionTransformer, SharedConv, checkpoint_filter_fn
-from seg2tflite.models.registry import ModelConfig, register_model
 from seg2tflite.errors import UserError
+from seg2tflite.models import hf_segformer
+from seg2tflite.models.mit import MIT_ARCHS, MixVisionTransformer, checkpoint_filter_fn
+from seg2tflite.models.mit_deploy import LinearAsConv, SharedConv
+from seg2tflite.models.registry import ModelConfig, register_model
 
 PAPER = "Xie et al. 2021, SegFormer, arXiv 2105.15203"
 
@@ -55,11 +56,21 @@ class SegFormerHead(nn.Module):
 class SegFormer(nn.Module):
     """MiT encoder + all-MLP decoder; logits at input resolution."""
 
-    def __init__(self, variant: str, num_classes: int, decoder_dim: int, drop_path_rate: float = 0.1, dropout: float = 0.1, **encoder_kwargs):
+    def __init__(
+        self,
+        variant: str,
+        num_classes: int,
+        decoder_dim: int,
+        drop_path_rate: float = 0.1,
+        dropout: float = 0.1,
+        **encoder_kwargs,
+    ):
         super().__init__()
         embed_dims, depths = MIT_ARCHS[variant]
         self.variant = variant
-        self.encoder = MixVisionTransformer(num_classes=0, embed_dims=embed_dims, depths=depths, drop_path_rate=drop_path_rate, **encoder_kwargs)
+        self.encoder = MixVisionTransformer(
+            num_classes=0, embed_dims=embed_dims, depths=depths, drop_path_rate=drop_path_rate, **encoder_kwargs
+        )
         self.decode_head = SegFormerHead(embed_dims, decoder_dim, num_classes, dropout)
 
     def forward_quarter(self, x: torch.Tensor) -> torch.Tensor:
@@ -208,7 +219,15 @@ def _segformer(variant: str, num_classes: int, decoder_dim: int, encoder_checkpo
 
 
 def _config(i: int) -> ModelConfig:
-    return ModelConfig(f"segformer_b{i}", family="segformer", input_size=(512, 512), num_classes=150, size_divisor=32, paper=PAPER)
+    return ModelConfig(
+        f"segformer_b{i}",
+        family="segformer",
+        input_size=(512, 512),
+        num_classes=150,
+        size_divisor=32,
+        paper=PAPER,
+        variant_of="segformer_b0" if i else "",
+    )
 
 
 @register_model(_config(0))

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg2tflite.models.registry import ModelConfig, register_model
 from seg2tflite.errors import UserError
+from seg2tflite.models.registry import ModelConfig, register_model
 
 # (convs, out channels) per encoder stage: VGG16's 13 convolutions.
 VGG16_STAGES = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
@@ -115,8 +115,7 @@ class SegNet(nn.Module):
         if h % d or w % d:
             fit = [max(d, round(v / d) * d) for v in (h, w)]
             raise UserError(
-                f"input size {h}x{w}: SegNet needs height and width divisible by {d}; "
-                f"resize to e.g. {fit[0]}x{fit[1]}"
+                f"input size {h}x{w}: SegNet needs height and width divisible by {d}; resize to e.g. {fit[0]}x{fit[1]}"
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -140,7 +139,7 @@ class SegNet(nn.Module):
         _, indices, size = context
         return F.max_unpool2d(x, indices, 2, 2, output_size=size)
 
-    def to_deploy(self) -> "SegNetDeploy":
+    def to_deploy(self) -> SegNetDeploy:
         return SegNetDeploy(self)
 
 
@@ -164,7 +163,7 @@ class SegNetDeploy(SegNet):
         pooled, before_pool = context
         return unpool_first_max(x, pooled, before_pool)
 
-    def to_deploy(self) -> "SegNetDeploy":
+    def to_deploy(self) -> SegNetDeploy:
         return self
 
 

@@ -15,8 +15,7 @@ from seg2tflite.errors import UserError
 from seg2tflite.quiet import VERBOSE_VARIABLE, quiet_libraries
 
 DATA_SPEC_SHORT = (
-    "data spec: synthetic | folder:PATH | ade20k:PATH | voc:PATH | cityscapes:PATH | camvid:PATH "
-    "(see `seg2tflite data --help`)"
+    "data spec: synthetic | folder:PATH | ade20k:PATH | voc:PATH | cityscapes:PATH | camvid:PATH (see `seg2tflite data --help`)"
 )
 
 
@@ -126,7 +125,9 @@ def _add_train(sub) -> None:
     p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warm-up steps")
-    p.add_argument("--input-size", type=_size, nargs=2, metavar=("H", "W"), default=None, help="training size (default: the model's)")
+    p.add_argument(
+        "--input-size", type=_size, nargs=2, metavar=("H", "W"), default=None, help="training size (default: the model's)"
+    )
     p.add_argument("--num-classes", type=_size, default=None, help="head size (default: the dataset's)")
     p.add_argument("--val-every", type=_size, default=d.val_every, help="steps between validations and checkpoints")
     p.add_argument("--val-images", type=_size, default=None, help="cap on validation images (default: whole split)")
@@ -169,21 +170,46 @@ def _add_convert(sub) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="registered model name (see `seg2tflite models`)")
     source.add_argument("--onnx", help="convert an existing ONNX file instead (NCHW image in, NCHW logits out)")
-    p.add_argument("--checkpoint", default=None, help="local weights (this project's, Hugging Face folder, or a state dict); default: seeded random init")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="local weights (this project's, Hugging Face folder, or a state dict); default: seeded random init",
+    )
     p.add_argument("--num-classes", type=_size, default=None, help="head size (default: the calibration dataset's)")
-    p.add_argument("--input-size", type=_size, nargs=2, metavar=("H", "W"), default=None, help="fixed input size (default: the model's)")
+    p.add_argument(
+        "--input-size", type=_size, nargs=2, metavar=("H", "W"), default=None, help="fixed input size (default: the model's)"
+    )
     p.add_argument("--calib-data", default="synthetic", help="calibration " + DATA_SPEC_SHORT)
-    p.add_argument("--calib-split", default=d.calib_split, choices=["train", "val", "test"], help="split the calibration images come from")
-    p.add_argument("--parity-split", default="val", choices=["train", "val", "test"], help="split of --calib-data the parity images come from")
+    p.add_argument(
+        "--calib-split", default=d.calib_split, choices=["train", "val", "test"], help="split the calibration images come from"
+    )
+    p.add_argument(
+        "--parity-split",
+        default="val",
+        choices=["train", "val", "test"],
+        help="split of --calib-data the parity images come from",
+    )
     p.add_argument("--calib-size", type=_size, default=d.calib_size, help="representative images for full int8 and int16x8")
     p.add_argument("--parity-images", type=_size, default=d.parity_images, help="real images every artifact is compared on")
     p.add_argument("--variants", nargs="+", default=list(d.variants), choices=VARIANTS, help="TFLite variants to build")
     p.add_argument("--int8-io", default=d.int8_io, choices=["int8", "float"], help="input/output type of the full-int8 model")
     p.add_argument("--opset", type=int, default=d.opset, help="ONNX opset")
-    p.add_argument("--max-miou-drop", type=float, default=d.max_miou_drop, help="mIoU points a quantized variant may lose (gated for trained models)")
-    p.add_argument("--trained", action=argparse.BooleanOptionalAction, default=None, help="gate quantized mIoU (default: on when --checkpoint is given)")
+    p.add_argument(
+        "--max-miou-drop",
+        type=float,
+        default=d.max_miou_drop,
+        help="mIoU points a quantized variant may lose (gated for trained models)",
+    )
+    p.add_argument(
+        "--trained",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="gate quantized mIoU (default: on when --checkpoint is given)",
+    )
     p.add_argument("--threads", dest="num_threads", type=_size, default=None, help="LiteRT / ONNX Runtime threads")
-    p.add_argument("--mean", type=float, nargs=3, default=None, help="with --onnx: per-channel mean on a 0..1 image (default: ImageNet)")
+    p.add_argument(
+        "--mean", type=float, nargs=3, default=None, help="with --onnx: per-channel mean on a 0..1 image (default: ImageNet)"
+    )
     p.add_argument("--std", type=float, nargs=3, default=None, help="with --onnx: per-channel std (default: ImageNet)")
     p.add_argument("--seed", type=int, default=0, help="seed for the random init when no --checkpoint is given")
     p.add_argument("--out", required=True, help="output folder")
@@ -223,13 +249,26 @@ def _run_convert(args) -> None:
     command = ["seg2tflite", *sys.argv[1:]]
     if args.model is not None:
         result = convert_registered(
-            args.model, args.out, config, calib, parity,
-            num_classes=args.num_classes or calib.info.num_classes, checkpoint=args.checkpoint, seed=args.seed, command=command,
+            args.model,
+            args.out,
+            config,
+            calib,
+            parity,
+            num_classes=args.num_classes or calib.info.num_classes,
+            checkpoint=args.checkpoint,
+            seed=args.seed,
+            command=command,
         )
     else:
         result = convert_onnx(
-            args.onnx, args.out, config, calib, parity,
-            mean=tuple(args.mean or IMAGENET_MEAN), std=tuple(args.std or IMAGENET_STD), command=command,
+            args.onnx,
+            args.out,
+            config,
+            calib,
+            parity,
+            mean=tuple(args.mean or IMAGENET_MEAN),
+            std=tuple(args.std or IMAGENET_STD),
+            command=command,
         )
     print(f"all gates passed; artifacts in {result.out_dir}")
 
@@ -252,7 +291,14 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--artifact", required=True, help="checkpoint, .onnx, SavedModel folder or .tflite")
     p.add_argument("--data", default="synthetic", help=DATA_SPEC_SHORT)
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate")
-    p.add_argument("--input-size", type=_size, nargs=2, metavar=("H", "W"), default=None, help="default: from the artifact's manifest or config")
+    p.add_argument(
+        "--input-size",
+        type=_size,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="default: from the artifact's manifest or config",
+    )
     p.add_argument("--mean", type=float, nargs=3, default=None, help="default: from the artifact's manifest or config")
     p.add_argument("--std", type=float, nargs=3, default=None, help="default: from the artifact's manifest or config")
     p.add_argument("--workers", type=_size, default=_default_workers(), help="evaluation processes (TFLite, ONNX)")
@@ -265,14 +311,19 @@ def _add_evaluate(sub) -> None:
 def _run_evaluate(args) -> None:
     import json
 
-    from seg2tflite.eval.evaluate import evaluate_artifact, format_eval
     from seg2tflite.atomic import atomic_write_text
+    from seg2tflite.eval.evaluate import evaluate_artifact, format_eval
 
     result = evaluate_artifact(
-        args.artifact, args.data, split=args.split,
+        args.artifact,
+        args.data,
+        split=args.split,
         input_size=tuple(args.input_size) if args.input_size else None,
-        mean=tuple(args.mean) if args.mean else None, std=tuple(args.std) if args.std else None,
-        workers=args.workers, threads=args.threads, limit=args.limit,
+        mean=tuple(args.mean) if args.mean else None,
+        std=tuple(args.std) if args.std else None,
+        workers=args.workers,
+        threads=args.threads,
+        limit=args.limit,
     )
     print(format_eval(result))
     if args.json:
@@ -287,7 +338,14 @@ def _add_bench(sub) -> None:
         description="LiteRT interpreter with XNNPACK, ONNX Runtime or PyTorch eager, each in a fresh process.",
     )
     p.add_argument("--artifact", required=True, nargs="+", help="checkpoint, .onnx, SavedModel folder or .tflite")
-    p.add_argument("--input-size", type=_size, nargs=2, metavar=("H", "W"), default=None, help="default: from the artifact's manifest or config")
+    p.add_argument(
+        "--input-size",
+        type=_size,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="default: from the artifact's manifest or config",
+    )
     p.add_argument("--threads", type=_size, default=1, help="runtime threads")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first")
     p.add_argument("--runs", type=_size, default=30, help="timed runs")
@@ -298,14 +356,19 @@ def _run_bench(args) -> None:
     from seg2tflite.eval.bench import benchmark_artifacts, format_bench
 
     results = benchmark_artifacts(
-        args.artifact, input_size=tuple(args.input_size) if args.input_size else None,
-        threads=args.threads, warmup=args.warmup, runs=args.runs,
+        args.artifact,
+        input_size=tuple(args.input_size) if args.input_size else None,
+        threads=args.threads,
+        warmup=args.warmup,
+        runs=args.runs,
     )
     print(format_bench(results))
 
 
 def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="rebuild DIR/report/ from a run's recorded results, recomputing nothing", formatter_class=_Formatter)
+    p = sub.add_parser(
+        "report", help="rebuild DIR/report/ from a run's recorded results, recomputing nothing", formatter_class=_Formatter
+    )
     p.add_argument("--run", required=True, help="run folder holding record.json (e.g. the demo's --out)")
     p.set_defaults(handler=_run_report)
 
@@ -390,7 +453,9 @@ def _add_compress(sub) -> None:
     p.add_argument("--lr", dest="finetune_lr", type=float, default=d.finetune_lr, help="fine-tuning AdamW learning rate")
     p.add_argument("--batch-size", type=_size, default=d.batch_size, help="fine-tuning batch size")
     p.add_argument("--max-miou-drop", type=float, default=d.max_miou_drop, help="mIoU points mixed precision may lose")
-    p.add_argument("--val-images", type=_size, default=d.val_images, help="validation images the mixed-precision search measures on")
+    p.add_argument(
+        "--val-images", type=_size, default=d.val_images, help="validation images the mixed-precision search measures on"
+    )
     p.add_argument("--calib-sizes", type=_size, nargs="+", default=list(d.calib_sizes), help="calibration set sizes of the study")
     p.add_argument("--threads", type=_size, default=d.threads, help="LiteRT threads for evaluation and the benchmark")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (fine-tuning)")

@@ -18,7 +18,7 @@ class Method:
     then_mixed: bool = False  # prune/cluster/qat followed by mixed precision on the compressed model
 
     @classmethod
-    def parse(cls, text: str) -> "Method":
+    def parse(cls, text: str) -> Method:
         base, plus, after = text.partition("+")
         if plus:
             if after != "mixed" or base.partition(":")[0] not in ("prune", "cluster", "qat"):
@@ -31,7 +31,9 @@ class Method:
             try:
                 number = float(value) if kind == "prune" else int(value)
             except ValueError:
-                raise UserError(f"--methods: {text!r} needs a number: prune:SPARSITY (e.g. prune:0.5), cluster:K (e.g. cluster:16)") from None
+                raise UserError(
+                    f"--methods: {text!r} needs a number: prune:SPARSITY (e.g. prune:0.5), cluster:K (e.g. cluster:16)"
+                ) from None
             return cls(kind, number)
         if value:
             raise UserError(f"--methods: {kind} takes no value, got {text!r}")

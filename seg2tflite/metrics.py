@@ -84,14 +84,12 @@ class ConfusionMatrix:
         target, pred = target[keep], pred[keep]
         bad = (target < 0) | (target >= k)
         if bad.any():
-            raise ValueError(
-                f"target holds label {int(target[bad][0])}, outside 0..{k - 1} and not ignore ({self.ignore_index})"
-            )
+            raise ValueError(f"target holds label {int(target[bad][0])}, outside 0..{k - 1} and not ignore ({self.ignore_index})")
         valid = (pred >= 0) & (pred < k)
         self.mat += np.bincount(target[valid] * k + pred[valid], minlength=k * k).reshape(k, k)
         self.out_of_range += np.bincount(target[~valid], minlength=k)
 
-    def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+    def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         """Add another matrix's counts (e.g. from another process); returns self."""
         if (other.num_classes, other.ignore_index) != (self.num_classes, self.ignore_index):
             raise ValueError(

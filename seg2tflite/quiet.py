@@ -18,7 +18,7 @@ import importlib.machinery
 import os
 import sys
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
 
 VERBOSE_VARIABLE = "SEG2TFLITE_VERBOSE"
 NOISY_IMPORTS = ("tensorflow",)

@@ -23,12 +23,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from seg2tflite.metrics import ConfusionMatrix
-from seg2tflite.models import create_model, get_model_config
-from seg2tflite.models.checkpoint import save_checkpoint
 from seg2tflite.atomic import atomic_path, atomic_write_text
 from seg2tflite.data import IGNORE_INDEX, Preprocess, TorchSegDataset, load_dataset
 from seg2tflite.errors import UserError
+from seg2tflite.metrics import ConfusionMatrix
+from seg2tflite.models import create_model, get_model_config
+from seg2tflite.models.checkpoint import save_checkpoint
 from seg2tflite.train_config import TrainConfig
 
 
@@ -117,9 +117,7 @@ def train(config: TrainConfig) -> dict:
     # The checkpoint's config says the size the model was trained at, so later steps default to it.
     model.model_config = replace(model.model_config, input_size=tuple(size))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, poly_lr_lambda(config.warmup_steps, config.steps, config.poly_power)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lr_lambda(config.warmup_steps, config.steps, config.poly_power))
     amp = config.amp and use_cuda
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
@@ -160,7 +158,9 @@ def train(config: TrainConfig) -> dict:
                 if is_main:
                     metrics = evaluate_model(bare_model, val_loader, num_classes, device)
                     history.append({"step": step, "loss": loss.item(), **_summary(metrics)})
-                    bar.write(f"step {step}: val mIoU {100 * metrics['miou']:.2f}  pixel acc {100 * metrics['pixel_accuracy']:.2f}")
+                    bar.write(
+                        f"step {step}: val mIoU {100 * metrics['miou']:.2f}  pixel acc {100 * metrics['pixel_accuracy']:.2f}"
+                    )
                     train_extra = {"step": step, "val": _summary(metrics), "train_config": asdict(config)}
                     if metrics["miou"] > best["miou"]:
                         best = {"step": step, **_summary(metrics)}
@@ -202,7 +202,18 @@ def _summary(metrics: dict) -> dict:
     return {k: metrics[k] for k in ("miou", "pixel_accuracy", "mean_class_accuracy")}
 
 
-RESUME_SETTINGS = ("model", "data", "steps", "batch_size", "lr", "weight_decay", "warmup_steps", "poly_power", "input_size", "seed")
+RESUME_SETTINGS = (
+    "model",
+    "data",
+    "steps",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "warmup_steps",
+    "poly_power",
+    "input_size",
+    "seed",
+)
 
 
 def resume_settings(config: TrainConfig) -> dict:
@@ -244,4 +255,3 @@ def _load_train_state(path: Path, config: TrainConfig, model, optimizer, schedul
     scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["torch_rng"])
     return int(state["step"]), json.loads(state["best_json"])
-

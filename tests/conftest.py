@@ -1,11 +1,29 @@
-"""Fixtures shared across test modules."""
+"""Fixtures shared across test modules, and the fast lane's guard.
+
+The fast lane (``pytest -m "not chain"``) imports no TensorFlow: a test that does while that lane
+runs fails, naming itself, so it is marked ``chain`` (it needs the conversion chain) or fixed.
+"""
 
 import socket
+import sys
 
 import pytest
-from small_chain import SIZE, BlobDataset, small_model
 
 from seg2tflite.converters import ConvertConfig, convert_model
+
+from small_chain import SIZE, BlobDataset, small_model
+
+
+def _fast_lane(config) -> bool:
+    return "not chain" in (config.getoption("markexpr") or "")
+
+
+@pytest.fixture(autouse=True)
+def _no_tensorflow_in_the_fast_lane(request):
+    before = "tensorflow" in sys.modules
+    yield
+    if _fast_lane(request.config) and not before and "tensorflow" in sys.modules:
+        pytest.fail(f"{request.node.nodeid} imported TensorFlow in the fast lane; mark it chain", pytrace=False)
 
 
 @pytest.fixture(scope="session")

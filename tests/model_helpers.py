@@ -2,6 +2,14 @@
 
 import torch
 
+from seg2tflite.models import get_model_config, list_models
+
+
+def carried_models() -> list[str]:
+    """The registered models every model test carries: each architecture once (its larger
+    variants share its code and are only counted), test models left out."""
+    return [n for n in list_models() if not get_model_config(n).variant_of and get_model_config(n).family != "test"]
+
 
 def randomise_batchnorm(model: torch.nn.Module, size=(64, 64), seed: int = 0) -> torch.nn.Module:
     """BN statistics measured on random images (at random init they would let the signal fade out

@@ -1,4 +1,11 @@
-"""A small CNN and a blob dataset that carry the whole conversion chain in seconds (shared by tests)."""
+"""The tests' one small CNN, a blob dataset, and the helpers that register and convert it.
+
+``SmallSegNet`` carries the whole conversion chain in seconds; ``registered_small(name, ...)``
+puts it in the model registry for as long as a test module needs it and removes it after, so no
+test model leaks into the registry other tests iterate over.
+"""
+
+import contextlib
 
 import numpy as np
 import torch
@@ -6,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seg2tflite.data.base import DatasetInfo, SegmentationDataset
+from seg2tflite.models.registry import ModelConfig, register_model, unregister_model
 
 SIZE = (32, 48)
 K = 4
@@ -47,6 +55,18 @@ class BlobDataset(SegmentationDataset):
         return image, mask
 
 
+@contextlib.contextmanager
+def registered_small(name: str, **config):
+    """``SmallSegNet`` registered as ``name`` (ModelConfig fields in ``config``) inside the block."""
+    register_model(ModelConfig(name=name, family="test", **{"size_divisor": 2, **config}))(
+        lambda num_classes: SmallSegNet(num_classes)
+    )
+    try:
+        yield name
+    finally:
+        unregister_model(name)
+
+
 def small_model():
     torch.manual_seed(0)
     model = SmallSegNet()
@@ -56,3 +76,16 @@ def small_model():
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
     return model.eval()
+
+
+def convert_float32(model, images, out):
+    """The project's real chain (export, onnx2tf, TFLite converter, LiteRT) down to
+    model_float32.tflite, with parity measured on ``images`` ((N, 3, H, W) tensor or array): the
+    one way a test carries a model through, offline workaround included."""
+    from seg2tflite.calibration import calibration_from_array
+    from seg2tflite.converters import ConvertConfig, convert_model
+
+    images = np.asarray(images, np.float32)
+    config = ConvertConfig(input_size=images.shape[2:], variants=("float32",), parity_images=len(images), calib_min=1)
+    calib = calibration_from_array(images, "test images", min_size=1)
+    return convert_model(model.eval(), out, config, calib, log=None, progress=False)

@@ -10,22 +10,15 @@ import pytest
 import torch
 from torch import nn
 
+from seg2tflite.errors import UserError
 from seg2tflite.eval.bench import BenchResult, benchmark_artifact, benchmark_artifacts
 from seg2tflite.models.checkpoint import save_checkpoint
-from seg2tflite.models.registry import ModelConfig, create_model, list_models, register_model
-from seg2tflite.errors import UserError
+from seg2tflite.models.registry import create_model
+
+from small_chain import registered_small
 
 SIZE = (16, 16)
 NAME = "tiny_bench_cnn"
-
-
-class TinyConvNet(nn.Module):
-    def __init__(self, num_classes: int = 4):
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, num_classes, 1))
-
-    def forward(self, x):
-        return self.net(x)
 
 
 class WideDense(nn.Module):
@@ -41,14 +34,22 @@ class WideDense(nn.Module):
         return self.fc2(torch.relu(self.fc1(x.flatten(1)))).reshape(x.shape[0], self.num_classes, *SIZE)
 
 
-if NAME not in list_models():
-    register_model(ModelConfig(name=NAME, family="test", input_size=SIZE, num_classes=4, size_divisor=1))(
-        lambda num_classes: TinyConvNet(num_classes)
-    )
+@pytest.fixture(scope="module", autouse=True)
+def tiny_model():
+    with registered_small(NAME, input_size=SIZE, num_classes=4, size_divisor=1):
+        yield
 
 
 def _export(model, path):
-    torch.onnx.export(model.eval(), torch.zeros(1, 3, *SIZE), str(path), opset_version=17, dynamo=False, input_names=["input"], output_names=["logits"])
+    torch.onnx.export(
+        model.eval(),
+        torch.zeros(1, 3, *SIZE),
+        str(path),
+        opset_version=17,
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,9 @@ def test_checkpoint_in_this_process(artifacts):
 
 
 def test_memory_belongs_to_the_artifact(artifacts):
-    small, wide = benchmark_artifacts([artifacts / "model.onnx", artifacts / "wide" / "model.onnx"], progress=False, warmup=1, runs=2)
+    small, wide = benchmark_artifacts(
+        [artifacts / "model.onnx", artifacts / "wide" / "model.onnx"], progress=False, warmup=1, runs=2
+    )
     small_growth = small.peak_rss_mb - small.baseline_rss_mb
     wide_growth = wide.peak_rss_mb - wide.baseline_rss_mb
     assert wide_growth - small_growth > 30  # the wide model holds ~46 MB of weights

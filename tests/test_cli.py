@@ -62,7 +62,21 @@ def test_unknown_data_kind_names_the_valid_ones(capsys, tmp_path):
 
 def test_data_synthetic_writes_the_folder_layout(tmp_path, capsys):
     out = tmp_path / "data"
-    args = ["data", "synthetic", "--out", str(out), "--num-train", "3", "--num-val", "2", "--num-test", "2", "--image-size", "32", "48"]
+    args = [
+        "data",
+        "synthetic",
+        "--out",
+        str(out),
+        "--num-train",
+        "3",
+        "--num-val",
+        "2",
+        "--num-test",
+        "2",
+        "--image-size",
+        "32",
+        "48",
+    ]
     assert main(args) == 0
     assert len(list((out / "train" / "images").glob("*.png"))) == 3
     assert len(list((out / "val" / "masks").glob("*.png"))) == 2

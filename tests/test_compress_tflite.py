@@ -11,7 +11,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from small_chain import SIZE, BlobDataset, K
 
 from seg2tflite.calibration.representative import build_calibration_set
 from seg2tflite.calibration.select import select_calibration, select_random
@@ -26,10 +25,14 @@ from seg2tflite.compress.mixed_precision import (
     search_mixed_precision,
     write_mixed_precision,
 )
-from seg2tflite.converters.ops import op_report
 from seg2tflite.compress_config import Method
+from seg2tflite.converters.ops import op_report
 from seg2tflite.data.preprocess import Preprocess
 from seg2tflite.errors import UserError
+
+from small_chain import SIZE, BlobDataset, K
+
+pytestmark = pytest.mark.chain
 
 PREPROCESS = Preprocess(SIZE, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -111,7 +114,9 @@ def test_calibration_study_rows(offline_result):
     text = render_calibration_study_md({"small": {"data": "blobs test", "float32_miou": 50.0, "rows": rows}})
     assert "| 8 | stratified | per-tensor |" in text
     with pytest.raises(UserError, match="--calib-sizes"):
-        run_calibration_study(out / "saved_model", BlobDataset("train", n=4), PREPROCESS, images, masks, K, config, progress=False)
+        run_calibration_study(
+            out / "saved_model", BlobDataset("train", n=4), PREPROCESS, images, masks, K, config, progress=False
+        )
 
 
 def test_random_and_stratified_selection_differ():
@@ -133,7 +138,9 @@ def test_method_parsing(text, tag):
     assert method.tag == tag and method.then_mixed == text.endswith("+mixed")
 
 
-@pytest.mark.parametrize("text", ["prune", "prune:x", "cluster:1.5", "qat:3", "distill", "mixed+mixed", "cluster:16+prune", "calibration+mixed"])
+@pytest.mark.parametrize(
+    "text", ["prune", "prune:x", "cluster:1.5", "qat:3", "distill", "mixed+mixed", "cluster:16+prune", "calibration+mixed"]
+)
 def test_method_parsing_refuses(text):
     with pytest.raises(UserError, match="--methods"):
         Method.parse(text)
@@ -145,16 +152,16 @@ def test_compress_command_end_to_end(tmp_path):
     import torch
     from test_report import NAME
 
+    from seg2tflite.compress.pipeline import run_compress
+    from seg2tflite.compress_config import CompressConfig
     from seg2tflite.converters import ConvertConfig, convert_registered
+    from seg2tflite.data import SyntheticDataset, load_dataset, write_folder_dataset
+    from seg2tflite.data.spec import parse_synthetic_spec
     from seg2tflite.eval.measure import measure_conversion
     from seg2tflite.eval.record import load_record, record_results
     from seg2tflite.eval.report import build_report
     from seg2tflite.models.checkpoint import save_checkpoint
     from seg2tflite.models.registry import create_model
-    from seg2tflite.compress.pipeline import run_compress
-    from seg2tflite.compress_config import CompressConfig
-    from seg2tflite.data import SyntheticDataset, load_dataset, write_folder_dataset
-    from seg2tflite.data.spec import parse_synthetic_spec
 
     run = tmp_path / "run"
     synthetic = parse_synthetic_spec("synthetic:train=16,val=4,test=4,size=32")

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from small_chain import SIZE, BlobDataset, K, SmallSegNet, small_model
 from timm.layers import BatchNormAct2d
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -30,6 +29,8 @@ from seg2tflite.compress import (
     remaining_batchnorm,
 )
 from seg2tflite.errors import UserError
+
+from small_chain import SIZE, BlobDataset, K, SmallSegNet, small_model
 
 FT = FinetuneConfig(steps=8, batch_size=4, input_size=SIZE)
 TRAIN = BlobDataset("train")

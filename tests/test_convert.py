@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from small_chain import SIZE, BlobDataset, K, small_model
 from torch import nn
 
 from seg2tflite.converters import ConvertConfig, convert_model, convert_onnx, resolve_onnx_input_size
@@ -20,6 +19,10 @@ from seg2tflite.converters.onnx_export import INPUT_NAME, export_onnx, load_onnx
 from seg2tflite.converters.ops import op_report
 from seg2tflite.converters.runtimes import OnnxRunner, TFLiteRunner, TorchRunner, make_runner
 from seg2tflite.errors import UserError
+
+from small_chain import SIZE, BlobDataset, K, small_model
+
+pytestmark = pytest.mark.chain
 
 
 def test_conversion_is_offline(offline_result):
@@ -85,8 +88,15 @@ def test_convert_onnx_with_float_io(offline_result, tmp_path):
     result = offline_result[0]
     config = ConvertConfig(input_size=SIZE, calib_size=8, parity_images=2, variants=("float32", "full_int8"), int8_io="float")
     res = convert_onnx(
-        result.out_dir / "model.onnx", tmp_path, config, BlobDataset("train"), BlobDataset("val"),
-        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), log=None, progress=False,
+        result.out_dir / "model.onnx",
+        tmp_path,
+        config,
+        BlobDataset("train"),
+        BlobDataset("val"),
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        log=None,
+        progress=False,
     )
     assert list(res.parity.stages) == ["onnx", "saved_model", "float32", "full_int8"]
     assert res.parity.reference == "onnx" and "onnx logit range" in res.table
@@ -99,8 +109,14 @@ def test_convert_onnx_with_float_io(offline_result, tmp_path):
 def test_dynamic_onnx_input_needs_input_size(tmp_path):
     path = tmp_path / "dynamic.onnx"
     torch.onnx.export(
-        small_model(), (torch.zeros(1, 3, *SIZE),), str(path), input_names=["x"], output_names=["y"],
-        dynamic_axes={"x": {0: "batch", 2: "height", 3: "width"}}, opset_version=17, dynamo=False,
+        small_model(),
+        (torch.zeros(1, 3, *SIZE),),
+        str(path),
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "batch", 2: "height", 3: "width"}},
+        opset_version=17,
+        dynamo=False,
     )
     with pytest.raises(UserError, match=r"dynamic\.onnx: input 'x' has dynamic dimensions .*pass --input-size H W"):
         resolve_onnx_input_size(path, None)

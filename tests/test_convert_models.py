@@ -13,12 +13,16 @@ import numpy as np
 import pytest
 
 from seg2tflite.converters import ConvertConfig, ParityError, convert_registered
-from seg2tflite.converters.config import FLOAT_STAGES, QUANTIZED_VARIANTS, VARIANTS
 from seg2tflite.converters.manifest import sha256_file
 from seg2tflite.converters.runtimes import OnnxRunner
+from seg2tflite.converters.stages import FLOAT_STAGES, QUANTIZED_VARIANTS, VARIANTS
 from seg2tflite.data import load_dataset
 
-FAMILIES = ["segformer_b0", "segnet_vgg16", "deeplabv3plus_mobilenetv2", "deeplabv3plus_xception65"]
+from model_helpers import carried_models
+
+pytestmark = pytest.mark.chain
+
+FAMILIES = carried_models()
 SPEC = "synthetic:size=64,train=16,val=16"
 SIZE = (64, 64)
 
@@ -31,8 +35,15 @@ def converted(request, tmp_path_factory):
     start = time.perf_counter()
     try:
         result = convert_registered(
-            name, out, config, load_dataset(SPEC, "train"), load_dataset(SPEC, "val"),
-            num_classes=8, seed=0, log=None, progress=False,
+            name,
+            out,
+            config,
+            load_dataset(SPEC, "train"),
+            load_dataset(SPEC, "val"),
+            num_classes=8,
+            seed=0,
+            log=None,
+            progress=False,
         )
         error = None
     except ParityError as e:  # the files are written; the gate test reports the failure
@@ -60,7 +71,8 @@ def _segnet_unpool_near_tie(name, result) -> bool:
     stages = result.parity.stages
     return _near_tie_drift_only(name, result) and all(
         # the conversion steps themselves hold the gate: ONNX -> TF -> TFLite are faithful
-        stages[s].vs_previous["max_abs_over_range"] <= 1e-3 for s in ("saved_model", "float32")
+        stages[s].vs_previous["max_abs_over_range"] <= 1e-3
+        for s in ("saved_model", "float32")
     )
 
 

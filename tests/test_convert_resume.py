@@ -13,14 +13,17 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from interrupt import kill_once_recorded, recorded_stages
 from onnx import numpy_helper
-from small_chain import SIZE, BlobDataset
 
 from seg2tflite.converters import ConvertConfig, convert_onnx
 from seg2tflite.converters.manifest import sha256_file
 from seg2tflite.converters.resume import StageCache, stage_key
 from seg2tflite.data import write_folder_dataset
+
+from interrupt import kill_once_recorded, recorded_stages
+from small_chain import SIZE, BlobDataset
+
+pytestmark = pytest.mark.chain
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 BUILT_STAGES = ("onnx", "saved_model", "float32", "float16", "dynamic_int8", "full_int8", "int16x8", "parity")
@@ -29,7 +32,15 @@ BUILT_STAGES = ("onnx", "saved_model", "float32", "float16", "dynamic_int8", "fu
 def _convert_again(out, log):
     config = ConvertConfig(input_size=SIZE, calib_size=8, parity_images=4)
     return convert_onnx(
-        out / "model.onnx", out, config, BlobDataset("train"), BlobDataset("val"), mean=MEAN, std=STD, log=log.append, progress=False
+        out / "model.onnx",
+        out,
+        config,
+        BlobDataset("train"),
+        BlobDataset("val"),
+        mean=MEAN,
+        std=STD,
+        log=log.append,
+        progress=False,
     )
 
 

@@ -119,7 +119,9 @@ def test_folder_bad_items_are_caught_per_item_and_by_validate(tmp_path):
 
 
 def test_unknown_kind_lists_the_valid_ones(tmp_path):
-    with pytest.raises(UserError, match="unknown dataset kind 'coco'; use one of synthetic, folder, ade20k, voc, cityscapes, camvid"):
+    with pytest.raises(
+        UserError, match="unknown dataset kind 'coco'; use one of synthetic, folder, ade20k, voc, cityscapes, camvid"
+    ):
         load_dataset(f"coco:{tmp_path}", "train")
     with pytest.raises(UserError, match="needs a path"):
         load_dataset("ade20k", "val")
@@ -193,7 +195,11 @@ def test_voc_reads_palette_indices_and_keeps_255(tmp_path):
 def test_cityscapes_maps_label_ids_to_train_ids(tmp_path):
     root = tmp_path / "cityscapes"
     raw = {}
-    for split, city, n in (("train", "aachen", "aachen_000000_000019"), ("train", "bochum", "bochum_000000_000313"), ("val", "frankfurt", "frankfurt_000000_000294")):
+    for split, city, n in (
+        ("train", "aachen", "aachen_000000_000019"),
+        ("train", "bochum", "bochum_000000_000313"),
+        ("val", "frankfurt", "frankfurt_000000_000294"),
+    ):
         _image(root / "leftImg8bit" / split / city / f"{n}_leftImg8bit.png")
         raw[n] = _mask(root / "gtFine" / split / city / f"{n}_gtFine_labelIds.png", (7, 26, 0, 33, 4, 24, 9))
         _mask(root / "gtFine" / split / city / f"{n}_gtFine_color.png", (1,))  # published beside it; not read

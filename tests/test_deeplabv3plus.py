@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import io
-import os
-import sys
 
 import numpy as np
 import pytest
 import timm
 import torch
-from model_helpers import randomise_batchnorm
 from safetensors.torch import save_file
 
+from seg2tflite.errors import UserError
 from seg2tflite.models import create_model, deploy_form, get_model_config
 from seg2tflite.models.checkpoint import save_checkpoint
 from seg2tflite.models.deeplabv3plus import DeepLabV3Plus
-from seg2tflite.errors import UserError
+
+from model_helpers import randomise_batchnorm
+from small_chain import convert_float32
 
 NUM_CLASSES = 5
 
@@ -135,7 +135,9 @@ def test_onnx_export_matches_pytorch(fixture, request):
     model = request.getfixturevalue(fixture)
     x = torch.randn(1, 3, 64, 64)
     buffer = io.BytesIO()
-    torch.onnx.export(deploy_form(model), x, buffer, opset_version=17, dynamo=False, input_names=["input"], output_names=["logits"])
+    torch.onnx.export(
+        deploy_form(model), x, buffer, opset_version=17, dynamo=False, input_names=["input"], output_names=["logits"]
+    )
     session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
     for sample in (x, torch.randn(1, 3, 64, 64)):
         with torch.no_grad():
@@ -145,32 +147,14 @@ def test_onnx_export_matches_pytorch(fixture, request):
 
 
 @pytest.mark.slow
-def test_converts_to_tflite_builtins(mobilenet, tmp_path, monkeypatch):
-    """onnx2tf -> LiteRT at 64x64: builtins only (mean-pool, 1x1 resize, dilated convs), same logits."""
-    import onnx2tf
-    from ai_edge_litert.interpreter import Interpreter
-
-    # onnx2tf runs the onnxsim command from PATH, and reads its layout-check images from the
-    # current directory instead of downloading them when this file is there.
-    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    monkeypatch.chdir(tmp_path)
-    np.save("calibration_image_sample_data_20x128x128x3_float32.npy", np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
-    x = torch.randn(1, 3, 64, 64)
-    torch.onnx.export(deploy_form(mobilenet), x, "m.onnx", opset_version=17, dynamo=False, input_names=["input"], output_names=["logits"])
-    onnx2tf.convert(input_onnx_file_path="m.onnx", output_folder_path="tf", non_verbose=True)
-    interpreter = Interpreter(model_path="tf/m_float32.tflite")
-    interpreter.allocate_tensors()
-    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+@pytest.mark.chain
+def test_converts_to_tflite_builtins(mobilenet, tmp_path):
+    """The chain at 64x64: builtins only (mean-pool, 1x1 resize, dilated convs), float32 gates pass."""
+    result = convert_float32(mobilenet, torch.randn(2, 3, 64, 64), tmp_path)
+    ops = set(result.ops["float32"].counts)
     assert not any(op.startswith("Flex") for op in ops), ops
     assert {"MEAN", "RESIZE_BILINEAR", "DEPTHWISE_CONV_2D"} <= ops
-    for sample in (x, torch.randn(1, 3, 64, 64)):
-        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], sample.permute(0, 2, 3, 1).numpy())
-        interpreter.invoke()
-        logits = interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).transpose(0, 3, 1, 2)
-        with torch.no_grad():
-            reference = mobilenet(sample).numpy()
-        assert np.abs(logits - reference).max() <= 1e-3 * (reference.max() - reference.min())
-        assert (logits.argmax(1) == reference.argmax(1)).mean() >= 0.9999
+    assert result.parity.stages["float32"].gate == "pass", result.table
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -5,10 +5,14 @@ import os
 import subprocess
 import sys
 
-from interrupt import kill_once_recorded
+import pytest
 
 from seg2tflite.demo import run_demo
 from seg2tflite.demo_config import DemoConfig
+
+from interrupt import kill_once_recorded
+
+pytestmark = pytest.mark.chain
 
 
 def test_demo_writes_the_report_and_resumes_without_redoing_work(tmp_path):
@@ -41,7 +45,7 @@ def test_demo_writes_the_report_and_resumes_without_redoing_work(tmp_path):
     assert "measure" not in json.loads((run / "demo.json").read_text())["seconds"]["deeplabv3plus_mobilenetv2"]
 
 
-NETWORK_GUARD = '''
+NETWORK_GUARD = """
 import os
 import socket
 
@@ -63,7 +67,7 @@ def connect(self, address):
 
 socket.socket.connect = connect
 socket.create_connection = lambda address, *args, **kwargs: _refuse(address)
-'''
+"""
 
 
 def test_demo_killed_mid_conversion_resumes_offline_and_contained(tmp_path):

@@ -7,21 +7,17 @@ import shutil
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from seg2tflite.eval.evaluate import (
-    argmax_agreement,
-    compare_artifacts,
-    describe_artifact,
-    evaluate_artifact,
-    open_artifact,
-)
-from seg2tflite.metrics import ConfusionMatrix
-from seg2tflite.models.checkpoint import save_checkpoint
-from seg2tflite.models.registry import ModelConfig, create_model, list_models, register_model
 from seg2tflite.data import Preprocess, load_dataset
 from seg2tflite.errors import UserError
+from seg2tflite.eval.artifacts import describe_artifact
+from seg2tflite.eval.evaluate import argmax_agreement, compare_artifacts, evaluate_artifact, open_artifact
+from seg2tflite.metrics import ConfusionMatrix
+from seg2tflite.models.checkpoint import save_checkpoint
+from seg2tflite.models.registry import create_model
+
+from small_chain import registered_small
 
 DATA = "synthetic:train=8,val=4,test=4,size=32"
 SIZE = (32, 32)
@@ -29,25 +25,10 @@ NAME = "tiny_eval_cnn"
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
 
-class TinySegNet(nn.Module):
-    """conv/BN/ReLU, a strided conv, a 1x1 head and a bilinear upsample back to the input size."""
-
-    def __init__(self, num_classes: int = 8):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        )  # fmt: skip
-        self.head = nn.Conv2d(16, num_classes, 1)
-
-    def forward(self, x):
-        return F.interpolate(self.head(self.body(x)), size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-
-if NAME not in list_models():
-    register_model(ModelConfig(name=NAME, family="test", input_size=SIZE, mean=MEAN, std=STD, num_classes=8, size_divisor=2))(
-        lambda num_classes: TinySegNet(num_classes)
-    )
+@pytest.fixture(scope="module", autouse=True)
+def tiny_model():
+    with registered_small(NAME, input_size=SIZE, mean=MEAN, std=STD, num_classes=8):
+        yield
 
 
 def _make_model(num_classes: int = 8, seed: int = 0) -> nn.Module:
@@ -140,10 +121,20 @@ def test_preprocessing_comes_from_the_checkpoint_config_or_the_manifest(folder, 
         "onnx", SIZE, MEAN, STD, NAME, 8,
     )  # fmt: skip
     shutil.copy(folder / "model.onnx", tmp_path / "model.onnx")
-    manifest = {"model": NAME, "config": {"input_size": [32, 32], "num_classes": 8}, "preprocess": {"mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]}}
+    manifest = {
+        "model": NAME,
+        "config": {"input_size": [32, 32], "num_classes": 8},
+        "preprocess": {"mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]},
+    }
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     info = describe_artifact(tmp_path / "model.onnx")
-    assert (info.input_size, info.mean, info.std, info.model, info.num_classes) == (SIZE, (0.1, 0.2, 0.3), (1.0, 1.0, 1.0), NAME, 8)
+    assert (info.input_size, info.mean, info.std, info.model, info.num_classes) == (
+        SIZE,
+        (0.1, 0.2, 0.3),
+        (1.0, 1.0, 1.0),
+        NAME,
+        8,
+    )
     info = describe_artifact(tmp_path / "model.onnx", input_size=(64, 64), mean=MEAN)  # arguments win
     assert (info.input_size, info.mean) == ((64, 64), MEAN)
 

@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 
 from seg2tflite.converters.onnx_export import load_onnx
-from seg2tflite.models.checkpoint import read_state_dict
 from seg2tflite.data import SyntheticDataset, load_dataset, write_folder_dataset
 from seg2tflite.data.readers import read_image, read_mask
 from seg2tflite.data.spec import parse_synthetic_spec
 from seg2tflite.errors import UserError
+from seg2tflite.models.checkpoint import read_state_dict
 
 CASES = 40
 
@@ -104,7 +104,9 @@ def test_corrupted_onnx_files(tmp_path, offline_result):
 
 def test_corrupted_dataset_folders(tmp_path):
     config = parse_synthetic_spec("synthetic:size=16,train=2,val=2,test=2")
-    folder = write_folder_dataset({s: SyntheticDataset(s, config) for s in ("train", "val", "test")}, tmp_path / "d", progress=False)
+    folder = write_folder_dataset(
+        {s: SyntheticDataset(s, config) for s in ("train", "val", "test")}, tmp_path / "d", progress=False
+    )
     good = (folder / "dataset.json").read_bytes()
     for what, bad in _corruptions(good, seed=4):
         (folder / "dataset.json").write_bytes(bad)

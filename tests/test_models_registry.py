@@ -4,11 +4,12 @@ import dataclasses
 
 import pytest
 import torch
-from model_helpers import randomise_batchnorm
 
 from seg2tflite.models import create_model, deploy_form, get_model_config, list_models
 from seg2tflite.models.checkpoint import save_checkpoint
 from seg2tflite.models.registry import load_model
+
+from model_helpers import carried_models, randomise_batchnorm
 
 NUM_CLASSES = 5
 ALL_MODELS = list_models()
@@ -26,12 +27,7 @@ def test_unknown_model_names_the_choices():
         create_model("no_such_model")
 
 
-def _small_models():
-    # b1..b5 share b0's code; their own tests count their parameters.
-    return [n for n in ALL_MODELS if not (n.startswith("segformer_b") and n != "segformer_b0")]
-
-
-@pytest.fixture(scope="module", params=_small_models())
+@pytest.fixture(scope="module", params=carried_models())
 def model_name(request):
     return request.param
 

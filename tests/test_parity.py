@@ -75,7 +75,9 @@ def test_float_gates_name_stage_and_figure():
     ref = _logits()
     bad = ref.copy()
     bad[0, 0] += 1.0  # drift of 1.0 on a range of ~30: breaks the 1e-3 drift gate
-    report = measure_parity({"pytorch": _runner(ref), "onnx": _runner(ref), "float32": _runner(bad)}, _images(), None, K, progress=False)
+    report = measure_parity(
+        {"pytorch": _runner(ref), "onnx": _runner(ref), "float32": _runner(bad)}, _images(), None, K, progress=False
+    )
     failures = apply_gates(report, _config())
     assert report.stages["onnx"].gate == "pass"
     assert report.stages["float32"].gate == "fail"

@@ -10,39 +10,40 @@ import shutil
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from seg2tflite.converters.stages import STAGES
+from seg2tflite.data import load_dataset
+from seg2tflite.errors import UserError
 from seg2tflite.eval.measure import file_size_mb, measure_conversion, zipped_size_mb
 from seg2tflite.eval.record import RECORD_FILE, load_record, record_results
 from seg2tflite.eval.report import build_report
 from seg2tflite.models.checkpoint import save_checkpoint
-from seg2tflite.models.registry import ModelConfig, create_model, list_models, register_model
-from seg2tflite.data import load_dataset
-from seg2tflite.errors import UserError
+from seg2tflite.models.registry import create_model
+
+from small_chain import SmallSegNet, registered_small
+
+pytestmark = pytest.mark.chain
 
 DATA = "synthetic:train=8,val=4,test=4,size=32"
 SIZE = (32, 32)
 NAME = "tiny_report_cnn"
 CONVERT_STAGES = [k for k, s in STAGES.items() if s.built_by_convert]  # mixed precision comes from `compress`
-REPORT_FILES = ("results.md", "summary.md", "results.csv", "results.json", "per_class_iou.md", "per_class_iou.csv", "tradeoff.png", "overlays.png")
+REPORT_FILES = (
+    "results.md",
+    "summary.md",
+    "results.csv",
+    "results.json",
+    "per_class_iou.md",
+    "per_class_iou.csv",
+    "tradeoff.png",
+    "overlays.png",
+)
 
 
-class TinySegNet(nn.Module):
-    def __init__(self, num_classes: int = 8):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ReLU())
-        self.head = nn.Conv2d(16, num_classes, 1)
-
-    def forward(self, x):
-        return F.interpolate(self.head(self.body(x)), size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-
-if NAME not in list_models():
-    register_model(ModelConfig(name=NAME, family="test", input_size=SIZE, num_classes=8, size_divisor=2))(
-        lambda num_classes: TinySegNet(num_classes)
-    )
+@pytest.fixture(scope="module", autouse=True)
+def tiny_model():
+    with registered_small(NAME, input_size=SIZE, num_classes=8):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_measured_rows_are_complete(measured):
     assert [r.stage for r in rows] == CONVERT_STAGES
     assert [r.runtime for r in rows] == ["pytorch", "onnxruntime", "tensorflow"] + ["litert"] * 5
     pt, onnx, tf, f32 = rows[:4]
-    assert pt.params == sum(p.numel() for p in TinySegNet().parameters())
+    assert pt.params == sum(p.numel() for p in SmallSegNet(8).parameters())
     assert onnx.artifact == f"models/{NAME}/model.onnx"
     assert pt.argmax_agreement is None and pt.max_logit_drift is None
     for r in (onnx, tf, f32):  # float stages: the PyTorch function, so the PyTorch figures

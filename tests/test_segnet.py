@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import collections
 import itertools
-import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from model_helpers import randomise_batchnorm
 
+from seg2tflite.errors import UserError
 from seg2tflite.models import create_model, deploy_form, get_model_config
 from seg2tflite.models.checkpoint import save_checkpoint
 from seg2tflite.models.segnet import SegNet, SegNetDeploy, depth_to_space, unpool_first_max
-from seg2tflite.errors import UserError
+
+from model_helpers import randomise_batchnorm
+from small_chain import convert_float32
 
 NUM_CLASSES = 5
 
@@ -219,31 +219,13 @@ def test_deploy_form_exports_to_onnx_without_unpool(tmp_path):
         assert np.abs(logits - reference).max() < 1e-5
 
 
-def test_deploy_form_converts_to_tflite_builtins(tmp_path, monkeypatch):
-    """onnx2tf -> LiteRT on a two-stage SegNet: builtin ops only, same logits on tied inputs."""
-    import onnx2tf
-    from ai_edge_litert.interpreter import Interpreter
-
-    # onnx2tf runs the onnxsim command from PATH, and reads its layout-check images from the
-    # current directory instead of downloading them when this file is there.
-    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    monkeypatch.chdir(tmp_path)
-    np.save("calibration_image_sample_data_20x128x128x3_float32.npy", np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
-
-    model = _tiny()
+@pytest.mark.chain
+def test_deploy_form_converts_to_tflite_builtins(tmp_path):
+    """The chain on a two-stage SegNet: builtin ops only, float32 gates pass on tied inputs."""
     size = (32, 48)
-    _export(model.to_deploy(), _tie_image(size), tmp_path / "tiny.onnx")
-    onnx2tf.convert(input_onnx_file_path=str(tmp_path / "tiny.onnx"), output_folder_path=str(tmp_path / "tf"), non_verbose=True)
-    interpreter = Interpreter(model_path=str(tmp_path / "tf" / "tiny_float32.tflite"))
-    interpreter.allocate_tensors()
-    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    images = torch.cat([_tie_image(size, seed=1), _tie_image(size, seed=2), torch.randn(1, 3, *size)])
+    result = convert_float32(_tiny(), images, tmp_path)
+    ops = set(result.ops["float32"].counts)
     assert not any(op.startswith("Flex") for op in ops), ops
     assert {"DEPTH_TO_SPACE", "SELECT_V2", "EQUAL"} <= ops
-    for sample in (_tie_image(size, seed=1), torch.randn(1, 3, *size)):
-        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], sample.permute(0, 2, 3, 1).numpy())
-        interpreter.invoke()
-        logits = interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).transpose(0, 3, 1, 2)
-        with torch.no_grad():
-            reference = model(sample).numpy()
-        assert np.abs(logits - reference).max() <= 1e-3 * (reference.max() - reference.min())
-        assert (logits.argmax(1) == reference.argmax(1)).mean() >= 0.9999
+    assert result.parity.stages["float32"].gate == "pass", result.table

@@ -16,8 +16,16 @@ TINY_DATA = "synthetic:train=16,val=8,test=4,size=64"
 
 def _config(out, **overrides):
     settings = dict(
-        model="segformer_b0", data=TINY_DATA, out=str(out), steps=4, batch_size=4,
-        warmup_steps=1, input_size=(64, 64), val_every=2, seed=3, progress=False,
+        model="segformer_b0",
+        data=TINY_DATA,
+        out=str(out),
+        steps=4,
+        batch_size=4,
+        warmup_steps=1,
+        input_size=(64, 64),
+        val_every=2,
+        seed=3,
+        progress=False,
     )
     return TrainConfig(**{**settings, **overrides})
 
@@ -36,7 +44,11 @@ def test_training_writes_checkpoints_and_log(tmp_path):
     for name in ("best.safetensors", "best.json", "last.safetensors", "last.json", "train_state.pt", "train_log.json"):
         assert (tmp_path / name).is_file(), name
     config = json.loads((tmp_path / "last.json").read_text())
-    assert config["name"] == "segformer_b0" and config["num_classes"] == load_dataset(TINY_DATA, "train").info.num_classes and config["step"] == 4
+    assert (
+        config["name"] == "segformer_b0"
+        and config["num_classes"] == load_dataset(TINY_DATA, "train").info.num_classes
+        and config["step"] == 4
+    )
     log = json.loads((tmp_path / "train_log.json").read_text())
     assert [h["step"] for h in log["history"]] == [2, 4]
     assert 0.0 <= best["miou"] <= 1.0

@@ -16,9 +16,9 @@ would rescale every output channel after them).
 
 from seg2tflite.compress.cluster import ClusterConfig, cluster_model, kmeans_1d
 from seg2tflite.compress.finetune import FinetuneConfig, finetune, validate
-from seg2tflite.models.layers import FoldedBatchNorm, fold_batchnorm, layer_weights, remaining_batchnorm
 from seg2tflite.compress.prune import PruneConfig, polynomial_sparsity, prune_model, sparsity_report
 from seg2tflite.compress.qat import QATConfig, qat_model, snap_to_int8_grid
+from seg2tflite.models.layers import FoldedBatchNorm, fold_batchnorm, layer_weights, remaining_batchnorm
 
 __all__ = [
     "ClusterConfig",

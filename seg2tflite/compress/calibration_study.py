@@ -98,6 +98,8 @@ def render_calibration_study_md(studies: dict[str, dict]) -> str:
         for r in study["rows"]:
             builtin = r.get("miou_builtin_kernels")
             builtin_cells = "- | -" if builtin is None else f"{builtin:.2f} | {builtin - float32:+.2f}"
-            lines.append(f"| {r['size']} | {r['strategy']} | {r['weights']} | {r['miou']:.2f} | {r['miou'] - float32:+.2f} | {builtin_cells} |")
+            lines.append(
+                f"| {r['size']} | {r['strategy']} | {r['weights']} | {r['miou']:.2f} | {r['miou'] - float32:+.2f} | {builtin_cells} |"
+            )
         lines.append("")
     return "\n".join(lines)

@@ -20,9 +20,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from seg2tflite.compress.finetune import FinetuneConfig, example_input, finetune
-from seg2tflite.models.layers import fold_batchnorm, layer_weights, remaining_batchnorm
 from seg2tflite.data import SegmentationDataset
 from seg2tflite.errors import UserError
+from seg2tflite.models.layers import fold_batchnorm, layer_weights, remaining_batchnorm
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,9 @@ def cluster_model(
     if not layers:
         raise UserError(f"--min-params: no Conv2d or Linear layer has {cluster_config.min_params} weights or more; lower it")
     for _, module in layers:
-        parametrize.register_parametrization(module, "weight", _Clustered(module.weight, cluster_config.clusters, cluster_config.kmeans_iterations))
+        parametrize.register_parametrization(
+            module, "weight", _Clustered(module.weight, cluster_config.clusters, cluster_config.kmeans_iterations)
+        )
         module.parametrizations.weight.original.requires_grad_(False)  # only the centroids train
     stats = finetune(clustered, dataset, finetune_config, progress=progress, val_dataset=val_dataset, desc="cluster")
     for _, module in layers:
@@ -98,7 +100,8 @@ def cluster_model(
         module.weight.requires_grad_(True)
     report = {
         "layers": {
-            name: {"params": module.weight.numel(), "unique_values": int(module.weight.unique().numel())} for name, module in layers
+            name: {"params": module.weight.numel(), "unique_values": int(module.weight.unique().numel())}
+            for name, module in layers
         },
         "unfolded_batchnorm": remaining_batchnorm(clustered),
         "config": asdict(cluster_config),

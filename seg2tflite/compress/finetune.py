@@ -9,8 +9,8 @@ fine-tuning at a small batch would pull them away from the ones the model was tr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -129,7 +129,12 @@ def finetune(
         model.eval()
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
     tail = losses[-max(1, len(losses) // 10) :]
-    result = {"steps": len(losses), "loss_first": losses[0], "loss_last": losses[-1], "loss_mean_last_tenth": sum(tail) / len(tail)}
+    result = {
+        "steps": len(losses),
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "loss_mean_last_tenth": sum(tail) / len(tail),
+    }
     if val_dataset is not None:
         result["val"] = validate(model, val_dataset, config)
     return result
@@ -137,7 +142,9 @@ def finetune(
 
 def validate(model: nn.Module, dataset: SegmentationDataset, config: FinetuneConfig) -> dict:
     """mIoU, pixel accuracy and mean class accuracy of ``model`` on ``dataset`` (no augmentation)."""
-    loader = DataLoader(TorchSegDataset(dataset, preprocess_for(model, config)), batch_size=config.batch_size, num_workers=config.num_workers)
+    loader = DataLoader(
+        TorchSegDataset(dataset, preprocess_for(model, config)), batch_size=config.batch_size, num_workers=config.num_workers
+    )
     metrics = evaluate_model(model, loader, dataset.info.num_classes, next(model.parameters()).device)
     return {k: metrics[k] for k in ("miou", "pixel_accuracy", "mean_class_accuracy")}
 

@@ -29,19 +29,19 @@ float, every trial's mIoU, and the size against the float32 file.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
 
+from seg2tflite.atomic import atomic_write_bytes, atomic_write_text
 from seg2tflite.calibration.representative import CalibrationSet
 from seg2tflite.converters.ops import op_report
 from seg2tflite.converters.stages import STAGES
-from seg2tflite.eval.evaluate import tflite_miou
-from seg2tflite.atomic import atomic_write_bytes, atomic_write_text
 from seg2tflite.errors import UserError
+from seg2tflite.eval.evaluate import tflite_miou
 from seg2tflite.quiet import muted_stderr
 
 MIXED_FILE = STAGES["mixed_int8"].file

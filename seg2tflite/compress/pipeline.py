@@ -40,7 +40,7 @@ class _Run:
     models: tuple[str, ...]
 
     @classmethod
-    def open(cls, run: str | Path) -> "_Run":
+    def open(cls, run: str | Path) -> _Run:
         out = Path(run)
         demo = out / "demo.json"
         if not demo.is_file():
@@ -64,8 +64,8 @@ def _input_size(convert_dir: Path) -> tuple[int, int]:
 
 
 def _preprocess(name: str, size: tuple[int, int]):
-    from seg2tflite.models.registry import get_model_config
     from seg2tflite.data.preprocess import Preprocess
+    from seg2tflite.models.registry import get_model_config
 
     return Preprocess.for_model(get_model_config(name), size)
 
@@ -77,7 +77,14 @@ def _arrays(dataset, preprocess, limit: int | None) -> tuple[np.ndarray, np.ndar
 
 
 def _measure(
-    run: _Run, convert_dir: Path, model: str, stages: list[str], config: CompressConfig, base: str, method: Method, record_pytorch: bool = True
+    run: _Run,
+    convert_dir: Path,
+    model: str,
+    stages: list[str],
+    config: CompressConfig,
+    base: str,
+    method: Method,
+    record_pytorch: bool = True,
 ):
     from seg2tflite.eval.measure import measure_conversion
     from seg2tflite.eval.record import record_results
@@ -93,7 +100,10 @@ def _measure(
     record_results(run.out, rows)  # no overlay sample: the overlays stay the base models'
 
 
-def _mixed(run: _Run, name: str, config: CompressConfig, method: Method = Method("mixed")) -> None:
+MIXED = Method("mixed")
+
+
+def _mixed(run: _Run, name: str, config: CompressConfig, method: Method = MIXED) -> None:
     """Mixed precision on the model's own conversion, or on its ``method``-compressed one; either
     way the budget and the size are against the uncompressed model's float32 TFLite file."""
     from seg2tflite.calibration.representative import build_calibration_set
@@ -136,32 +146,46 @@ def _num_classes(run: _Run) -> int:
 
 def _finetuned(run: _Run, name: str, method: Method, config: CompressConfig) -> str | None:
     """Fine-tune, save, convert, measure; the gate failure as text, if any."""
+    from seg2tflite import compress
     from seg2tflite.converters import ConvertConfig, ParityError, convert_model
+    from seg2tflite.data import load_dataset
     from seg2tflite.eval.compression_layers import COMPRESS_LOG
     from seg2tflite.eval.record import load_record
     from seg2tflite.models.checkpoint import save_checkpoint
     from seg2tflite.models.registry import load_model
-    from seg2tflite import compress
-    from seg2tflite.data import load_dataset
 
     out = run.model_dir(name) / "compress" / method.tag
     checkpoint = out / "model.safetensors"
     size = _input_size(run.model_dir(name) / "convert")
-    settings = {"method": method.tag, "steps": config.finetune_steps, "lr": config.finetune_lr, "batch_size": config.batch_size, "seed": config.seed}
+    settings = {
+        "method": method.tag,
+        "steps": config.finetune_steps,
+        "lr": config.finetune_lr,
+        "batch_size": config.batch_size,
+        "seed": config.seed,
+    }
     log = out / COMPRESS_LOG
     train = load_dataset(run.data, "train")
     finetuned_now = not (log.is_file() and checkpoint.is_file() and json.loads(log.read_text()).get("settings") == settings)
     if finetuned_now:
         model = load_model(run.model_dir(name) / "train" / "best.safetensors")
-        finetune = compress.FinetuneConfig(config.finetune_steps, config.batch_size, config.finetune_lr, seed=config.seed, input_size=size)
+        finetune = compress.FinetuneConfig(
+            config.finetune_steps, config.batch_size, config.finetune_lr, seed=config.seed, input_size=size
+        )
         if method.kind == "prune":
-            model, report = compress.prune_model(model, train, compress.PruneConfig(sparsity=method.value), finetune, config.progress)
+            model, report = compress.prune_model(
+                model, train, compress.PruneConfig(sparsity=method.value), finetune, config.progress
+            )
         elif method.kind == "cluster":
-            model, report = compress.cluster_model(model, train, compress.ClusterConfig(clusters=method.value), finetune, config.progress)
+            model, report = compress.cluster_model(
+                model, train, compress.ClusterConfig(clusters=method.value), finetune, config.progress
+            )
         else:
             model, report = compress.qat_model(model, train, compress.QATConfig(), finetune, config.progress)
         folded = method.kind in ("cluster", "qat")  # these fold BN into the convs first
-        save_checkpoint(model, checkpoint, extra={"input_size": list(size), "compression": method.tag, "batchnorm_folded": folded})
+        save_checkpoint(
+            model, checkpoint, extra={"input_size": list(size), "compression": method.tag, "batchnorm_folded": folded}
+        )
         atomic_write_text(log, json.dumps({"settings": settings, "report": report}, indent=2, default=str) + "\n")
     convert_config = ConvertConfig(
         input_size=size, variants=("float32", "full_int8"), calib_size=run.calib_size, parity_images=run.parity_images,
@@ -187,8 +211,8 @@ def _finetuned(run: _Run, name: str, method: Method, config: CompressConfig) -> 
 
 def _calibration_study(run: _Run, name: str, config: CompressConfig) -> dict:
     from seg2tflite.compress.calibration_study import CalibrationStudyConfig, run_calibration_study
-    from seg2tflite.eval.evaluate import tflite_miou
     from seg2tflite.data import load_dataset
+    from seg2tflite.eval.evaluate import tflite_miou
 
     convert_dir = run.model_dir(name) / "convert"
     preprocess = _preprocess(name, _input_size(convert_dir))
@@ -244,4 +268,3 @@ def run_compress(config: CompressConfig) -> int:
     for name, failure in failures.items():
         print(f"gate failed (a finding, see the report): {name}: {failure}")
     return 1 if failures and config.strict else 0
-

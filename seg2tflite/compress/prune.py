@@ -24,9 +24,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from seg2tflite.compress.finetune import FinetuneConfig, finetune
-from seg2tflite.models.layers import layer_weights
 from seg2tflite.data import SegmentationDataset
 from seg2tflite.errors import UserError
+from seg2tflite.models.layers import layer_weights
 
 
 @dataclass(frozen=True)
@@ -106,11 +106,15 @@ def prune_model(
 
     def schedule(step: int) -> None:
         if step <= last and (step % prune_config.frequency == 0 or step == last):
-            sparsity = polynomial_sparsity(step, prune_config.initial_sparsity, prune_config.sparsity, 0, last, prune_config.power)
+            sparsity = polynomial_sparsity(
+                step, prune_config.initial_sparsity, prune_config.sparsity, 0, last, prune_config.power
+            )
             for _, module in layers:
                 _update_mask(module, sparsity)
 
-    stats = finetune(pruned, dataset, finetune_config, step_hook=schedule, progress=progress, val_dataset=val_dataset, desc="prune")
+    stats = finetune(
+        pruned, dataset, finetune_config, step_hook=schedule, progress=progress, val_dataset=val_dataset, desc="prune"
+    )
     for _, module in layers:
         parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
     report = sparsity_report(pruned, [name for name, _ in layers])

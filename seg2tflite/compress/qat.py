@@ -29,9 +29,9 @@ from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver
 from torch.nn.utils import parametrize
 
 from seg2tflite.compress.finetune import FinetuneConfig, example_input, finetune, validate
-from seg2tflite.models.layers import fold_batchnorm, layer_weights, remaining_batchnorm
 from seg2tflite.data import SegmentationDataset
 from seg2tflite.errors import UserError
+from seg2tflite.models.layers import fold_batchnorm, layer_weights, remaining_batchnorm
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,10 @@ def qat_model(
         stats = {**stats, "val": validate(trained, val_dataset, finetune_config)}
     report = {
         "layers": {
-            name: {"params": m.weight.numel(), "max_abs_error": float((m.weight.detach() - snap_to_int8_grid(m.weight.detach())).abs().max())}
+            name: {
+                "params": m.weight.numel(),
+                "max_abs_error": float((m.weight.detach() - snap_to_int8_grid(m.weight.detach())).abs().max()),
+            }
             for name, m in layers
         },
         "activation_ranges": {
@@ -112,4 +115,3 @@ def qat_model(
         "finetune": stats,
     }
     return trained.eval(), report
-

@@ -11,8 +11,8 @@ it or to hand it to other tools).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 from PIL import Image
@@ -75,10 +75,7 @@ def folder_info(root: str | Path, num_classes: int | None = None) -> DatasetInfo
         ok = (
             isinstance(palette, list)
             and len(palette) == len(names)
-            and all(
-                isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
-                for c in palette
-            )
+            and all(isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in palette)
         )
         if not ok:
             raise UserError(f"{meta_path}: 'palette' must be one [r, g, b] (0..255) per class; fix or remove it")
@@ -136,9 +133,7 @@ def write_folder_dataset(
         "source": source,
     }
     total = sum(len(ds) for ds in datasets.values())
-    with atomic_path(out_dir) as tmp, tqdm(
-        total=total, disable=not progress, desc=f"writing {out_dir.name}", unit="img"
-    ) as bar:
+    with atomic_path(out_dir) as tmp, tqdm(total=total, disable=not progress, desc=f"writing {out_dir.name}", unit="img") as bar:
         for split, ds in datasets.items():
             image_dir, mask_dir = tmp / split / "images", tmp / split / "masks"
             image_dir.mkdir(parents=True)

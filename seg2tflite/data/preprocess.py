@@ -22,7 +22,7 @@ class Preprocess:
     std: tuple[float, float, float]
 
     @classmethod
-    def for_model(cls, model_config, size: tuple[int, int] | None = None) -> "Preprocess":
+    def for_model(cls, model_config, size: tuple[int, int] | None = None) -> Preprocess:
         return cls(tuple(size or model_config.input_size), tuple(model_config.mean), tuple(model_config.std))
 
     def image(self, image: np.ndarray) -> np.ndarray:

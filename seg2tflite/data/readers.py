@@ -8,8 +8,8 @@ never uses, and meeting one raises a ``UserError`` naming the file.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -205,12 +205,8 @@ def validate_dataset(ds: SegmentationDataset, limit: int | None = None) -> int:
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise UserError(f"{where}: image is {image.dtype} {image.shape}, expected uint8 (H, W, 3)")
         if mask.dtype != np.uint8 or mask.shape != image.shape[:2]:
-            raise UserError(
-                f"{where}: mask is {mask.dtype} {mask.shape}, expected uint8 {image.shape[:2]} to match its image"
-            )
+            raise UserError(f"{where}: mask is {mask.dtype} {mask.shape}, expected uint8 {image.shape[:2]} to match its image")
         bad = (mask >= k) & (mask != ds.info.ignore_index)
         if bad.any():
-            raise UserError(
-                f"{where}: mask holds label {int(mask[bad].max())} beyond the {k} classes; fix the mask"
-            )
+            raise UserError(f"{where}: mask holds label {int(mask[bad].max())} beyond the {k} classes; fix the mask")
     return n

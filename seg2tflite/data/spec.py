@@ -7,9 +7,9 @@ dataset from disk in its published layout (``folder``, ``ade20k``, ``voc``, ``ci
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import Callable
 
 from seg2tflite.data.ade20k import ADE20K_INFO, ADE20KDataset
 from seg2tflite.data.base import DatasetInfo, SegmentationDataset
@@ -75,16 +75,12 @@ def parse_synthetic_spec(spec: str) -> SyntheticConfig:
         key, eq, raw = item.partition("=")
         key = key.strip()
         if key not in _SYNTHETIC_KEYS or not eq:
-            raise UserError(
-                f"--data {spec}: bad option {item!r}; use key=value with keys {', '.join(_SYNTHETIC_KEYS)}"
-            )
+            raise UserError(f"--data {spec}: bad option {item!r}; use key=value with keys {', '.join(_SYNTHETIC_KEYS)}")
         name, parse = _SYNTHETIC_KEYS[key]
         try:
             values[name] = parse(raw.strip())
         except ValueError:
-            raise UserError(
-                f"--data {spec}: {key}={raw!r} is not a valid value; e.g. seed=3, size=96x128, train=500"
-            ) from None
+            raise UserError(f"--data {spec}: {key}={raw!r} is not a valid value; e.g. seed=3, size=96x128, train=500") from None
     assert set(values) <= {f.name for f in fields(SyntheticConfig)}
     return SyntheticConfig(**values)
 

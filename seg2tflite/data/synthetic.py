@@ -70,9 +70,7 @@ class SyntheticConfig:
             if self.num_items(split) < 0:
                 raise UserError(f"synthetic: {split}={self.num_items(split)} is negative; use a count >= 0")
         if not 1 <= self.min_objects <= self.max_objects:
-            raise UserError(
-                f"synthetic: need 1 <= min_objects <= max_objects, got {self.min_objects} and {self.max_objects}"
-            )
+            raise UserError(f"synthetic: need 1 <= min_objects <= max_objects, got {self.min_objects} and {self.max_objects}")
         for name in ("texture_prob", "colour_hint"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UserError(f"synthetic: {name}={getattr(self, name)} is not in 0..1")
