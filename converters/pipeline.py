@@ -21,12 +21,11 @@ import numpy as np
 from seg2tflite.atomic import atomic_write_bytes, atomic_write_text
 from seg2tflite.calibration.representative import (
     CalibrationSet,
-    build_calibration_set,
-    check_disjoint,
     dataset_source,
 )
 from seg2tflite.converters.config import ConvertConfig
 from seg2tflite.converters.divergence import explain_float_failure
+from seg2tflite.converters.images import ParityImages, calibration_set, parity_images
 from seg2tflite.converters.manifest import artifact_hashes, build_manifest, package_versions, write_json
 from seg2tflite.converters.offline import no_network
 from seg2tflite.converters.onnx_export import PreparedOnnx, export_onnx, load_onnx, prepare_onnx, save_onnx
@@ -64,68 +63,12 @@ class ConvertResult:
         return format_table(self.parity)
 
 
-@dataclass
-class _Images:
-    images: np.ndarray  # (N, 3, H, W) float32, preprocessed
-    masks: np.ndarray | None  # (N, H, W) int64
-    names: list[str]
-    source: str
-
-
 def _log_default(message: str) -> None:
     print(message, flush=True)
 
 
 def _quiet(message: str) -> None:
     pass
-
-
-def _parity_images(
-    calib_data,
-    parity_data: SegmentationDataset | None,
-    calib: CalibrationSet | None,
-    preprocess: Preprocess,
-    config: ConvertConfig,
-) -> _Images:
-    """Real images for parity: from ``parity_data``, else the calibration split minus the calibration images."""
-    if parity_data is not None:
-        if isinstance(calib_data, SegmentationDataset):
-            check_disjoint(calib_data, parity_data)
-        dataset, exclude = parity_data, set()
-    elif isinstance(calib_data, SegmentationDataset):
-        dataset, exclude = calib_data, set(calib.indices if calib else ())
-    else:  # pre-built calibration array, no masks
-        n = min(config.parity_images, len(calib_data))
-        return _Images(calib_data.images[:n], None, list(calib_data.names[:n]), calib_data.source)
-    rng = np.random.default_rng(config.calib_seed + 1)
-    candidates = [int(i) for i in rng.permutation(len(dataset)) if int(i) not in exclude]
-    if not candidates:  # tiny split: every image went into calibration
-        candidates = [int(i) for i in rng.permutation(len(dataset))]
-    chosen = candidates[: config.parity_images]
-    images, masks = [], []
-    for i in chosen:
-        image, mask = dataset[i]
-        x, y = preprocess(np.asarray(image), np.asarray(mask))
-        images.append(x)
-        masks.append(y)
-    return _Images(
-        np.stack(images).astype(np.float32), np.stack(masks), [dataset.item_name(i) for i in chosen], dataset_source(dataset)
-    )
-
-
-def _calibration(calib_data, preprocess: Preprocess, config: ConvertConfig, progress: bool) -> CalibrationSet:
-    if isinstance(calib_data, CalibrationSet):
-        if calib_data.images.shape[2:] != tuple(config.input_size):
-            raise UserError(
-                f"{calib_data.source}: calibration images are {calib_data.images.shape[2:]}, the model input is "
-                f"{tuple(config.input_size)}; preprocess them at --input-size"
-            )
-        return calib_data
-    if not isinstance(calib_data, SegmentationDataset):
-        raise UserError("--calib-data: expected a dataset split or a calibration array")
-    return build_calibration_set(
-        calib_data, preprocess, size=config.calib_size, seed=config.calib_seed, min_size=config.calib_min, progress=progress
-    )
 
 
 @dataclass
@@ -170,7 +113,7 @@ class _Chain:
             raise
         return result
 
-    def read_data(self, calib_data, parity_data) -> tuple[CalibrationSet | None, _Images]:
+    def read_data(self, calib_data, parity_data) -> tuple[CalibrationSet | None, ParityImages]:
         t = time.perf_counter()
         num_classes = self.prepared.num_classes
         for data in (calib_data, parity_data):
@@ -181,8 +124,8 @@ class _Chain:
                     f"{dataset_classes}; pass --num-classes {dataset_classes} (or a checkpoint with that head)"
                 )
         config = self.config
-        calib = _calibration(calib_data, self.preprocess, config, self.progress) if config.needs_calibration else None
-        parity = _parity_images(calib_data, parity_data, calib, self.preprocess, config)
+        calib = calibration_set(calib_data, self.preprocess, config, self.progress) if config.needs_calibration else None
+        parity = parity_images(calib_data, parity_data, calib, self.preprocess, config)
         self.seconds["data"] = time.perf_counter() - t
         if calib is not None:
             self.log(f"calibration: {len(calib)} images from {calib.source}")
@@ -242,7 +185,7 @@ class _Chain:
         if runner.delegate != "xnnpack":
             self.log(f"{path.name}: LiteRT delegate {runner.delegate}")
 
-    def check_parity(self, parity: _Images, sample: np.ndarray) -> ParityReport:
+    def check_parity(self, parity: ParityImages, sample: np.ndarray) -> ParityReport:
         """Every artifact against PyTorch (kept from parity.json when nothing changed), gated."""
         t = time.perf_counter()
         config = self.config
@@ -280,7 +223,7 @@ class _Chain:
         self.log(format_table(report))
         return report
 
-    def write_manifest(self, report: ParityReport, calib, parity: _Images, model_info: dict, command) -> dict:
+    def write_manifest(self, report: ParityReport, calib, parity: ParityImages, model_info: dict, command) -> dict:
         config, (h, w), k = self.config, self.config.input_size, self.prepared.num_classes
         names = [self.artifacts[stage].name for stage in ("onnx", "saved_model", *config.variants)]
         manifest = build_manifest(

@@ -1,5 +1,6 @@
 """The command line: help for every subcommand, and one clear line for bad input."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -89,13 +90,33 @@ def test_debug_flag_shows_the_traceback(capsys, tmp_path):
     assert "Traceback" in capsys.readouterr().err
 
 
-def test_module_entry_point_runs():
-    result = subprocess.run([sys.executable, "-m", "seg2tflite", "models"], capture_output=True, text=True)
-    assert result.returncode == 0
+def test_module_entry_point_runs_beside_the_users_own_models_and_eval(tmp_path):
+    """A working folder with its own models.py, eval.py, converters/ and calibration.py shadows
+    nothing: the package installs one top-level name, and the command prints no library noise."""
+    for name in ("models.py", "eval.py", "calibration.py"):
+        (tmp_path / name).write_text("raise ImportError('the user module was imported')\n")
+    (tmp_path / "converters").mkdir()
+    (tmp_path / "converters" / "__init__.py").write_text("raise ImportError('the user package was imported')\n")
+    result = subprocess.run([sys.executable, "-m", "seg2tflite", "models"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
     assert "segformer_b0" in result.stdout
+    assert result.stderr == ""
 
 
 def test_report_command_rebuilds_from_its_run_folder(capsys, tmp_path):
     """``--run`` is an option of ``report``; it must not shadow the command's own handler."""
     code = main(["report", "--run", str(tmp_path)])
     assert code == 2 and "record.json" in _error_line(capsys)
+
+
+@pytest.mark.chain
+def test_tensorflow_start_up_lines_are_silenced_unless_verbose():
+    """The first ``import tensorflow`` prints absl/XLA lines to fd 2; quiet_libraries() mutes them,
+    and SEG2TFLITE_VERBOSE (``--verbose``) lets them through."""
+    code = "from seg2tflite.quiet import quiet_libraries; quiet_libraries(); import tensorflow; print('imported')"
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "SEG2TFLITE_VERBOSE")}
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**env, "SEG2TFLITE_VERBOSE": "1"})
+    assert quiet.returncode == loud.returncode == 0 and "imported" in quiet.stdout
+    assert quiet.stderr == "", quiet.stderr
+    assert loud.stderr.strip(), "TensorFlow printed nothing even when verbose: this check would prove nothing"

@@ -30,7 +30,7 @@ from seg2tflite.converters.ops import op_report
 from seg2tflite.data.preprocess import Preprocess
 from seg2tflite.errors import UserError
 
-from small_chain import SIZE, BlobDataset, K
+from small_chain import SIZE, BlobDataset, K, registered_small
 
 pytestmark = pytest.mark.chain
 
@@ -149,8 +149,12 @@ def test_method_parsing_refuses(text):
 def test_compress_command_end_to_end(tmp_path):
     """A tiny run folder (what `seg2tflite demo` leaves), then pruning, mixed precision and the
     calibration study through `run_compress`: rows in the record, the tables and the plots."""
+    with registered_small("tiny_compress_cnn", input_size=(32, 32), num_classes=8) as name:
+        _compress_end_to_end(tmp_path, name)
+
+
+def _compress_end_to_end(tmp_path, name):
     import torch
-    from test_report import NAME
 
     from seg2tflite.compress.pipeline import run_compress
     from seg2tflite.compress_config import CompressConfig
@@ -168,15 +172,15 @@ def test_compress_command_end_to_end(tmp_path):
     splits = {s: SyntheticDataset(s, synthetic) for s in ("train", "val", "test")}
     write_folder_dataset(splits, run / "data", progress=False, source=synthetic.to_spec())
     data = f"folder:{run / 'data'}"
-    (run / "demo.json").write_text(json.dumps({"config": {"data": data, "models": [NAME], "calib_size": 8, "parity_images": 4}}))
+    (run / "demo.json").write_text(json.dumps({"config": {"data": data, "models": [name], "calib_size": 8, "parity_images": 4}}))
     torch.manual_seed(0)
-    model_dir = run / "models" / NAME
-    checkpoint = save_checkpoint(create_model(NAME, num_classes=8), model_dir / "train" / "best.safetensors")
+    model_dir = run / "models" / name
+    checkpoint = save_checkpoint(create_model(name, num_classes=8), model_dir / "train" / "best.safetensors")
     convert_registered(
-        NAME, model_dir / "convert", ConvertConfig(input_size=(32, 32), calib_size=8, parity_images=4),
+        name, model_dir / "convert", ConvertConfig(input_size=(32, 32), calib_size=8, parity_images=4),
         load_dataset(data, "train"), load_dataset(data, "val"), checkpoint=checkpoint, log=None, progress=False,
     )  # fmt: skip
-    rows, sample = measure_conversion(model_dir / "convert", data, model=NAME, bench=False, run_dir=run, progress=False)
+    rows, sample = measure_conversion(model_dir / "convert", data, model=name, bench=False, run_dir=run, progress=False)
     record_results(run, rows, sample)
     build_report(run)
 
@@ -187,16 +191,16 @@ def test_compress_command_end_to_end(tmp_path):
     assert run_compress(config) == 0
 
     record = {r.key: r for r in load_record(run).rows}
-    pruned = f"{NAME}+prune50"
+    pruned = f"{name}+prune50"
     for stage in ("pytorch", "float32", "full_int8"):
         row = record[(pruned, stage)]
-        assert row.base_model == NAME and row.compression == "magnitude pruning to 50% sparsity" and row.miou is not None
-    assert record[(NAME, "mixed_int8")].compression == "mixed precision"
+        assert row.base_model == name and row.compression == "magnitude pruning to 50% sparsity" and row.miou is not None
+    assert record[(name, "mixed_int8")].compression == "mixed precision"
     # +mixed: the search ran on the pruned model, its budget and size against the uncompressed float32 file
     assert record[(pruned, "mixed_int8")].compression == "magnitude pruning to 50% sparsity"
     pruned_mixed = json.loads((model_dir / "compress" / "prune50" / "convert" / "mixed_precision.json").read_text())
     assert pruned_mixed["float32_size_bytes"] == (model_dir / "convert" / "model_float32.tflite").stat().st_size
-    assert record[(NAME, "pytorch")].compression is None
+    assert record[(name, "pytorch")].compression is None
     report = json.loads((model_dir / "compress" / "prune50" / "compress.json").read_text())["report"]
     assert report["layers"] and all(layer["sparsity"] == pytest.approx(0.5, abs=0.01) for layer in report["layers"].values())
     folder = run / "report"

@@ -1,0 +1,73 @@
+"""The real images a conversion uses: the calibration set, and the parity images every artifact is compared on.
+
+Parity images come from ``parity_data`` when given, else from the calibration split minus the
+images calibration took, so no artifact is judged on the images it was calibrated with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from seg2tflite.calibration.representative import CalibrationSet, build_calibration_set, check_disjoint, dataset_source
+from seg2tflite.converters.config import ConvertConfig
+from seg2tflite.data.base import SegmentationDataset
+from seg2tflite.data.preprocess import Preprocess
+from seg2tflite.errors import UserError
+
+
+@dataclass
+class ParityImages:
+    images: np.ndarray  # (N, 3, H, W) float32, preprocessed
+    masks: np.ndarray | None  # (N, H, W) int64
+    names: list[str]
+    source: str
+
+
+def parity_images(
+    calib_data,
+    parity_data: SegmentationDataset | None,
+    calib: CalibrationSet | None,
+    preprocess: Preprocess,
+    config: ConvertConfig,
+) -> ParityImages:
+    """Real images for parity: from ``parity_data``, else the calibration split minus the calibration images."""
+    if parity_data is not None:
+        if isinstance(calib_data, SegmentationDataset):
+            check_disjoint(calib_data, parity_data)
+        dataset, exclude = parity_data, set()
+    elif isinstance(calib_data, SegmentationDataset):
+        dataset, exclude = calib_data, set(calib.indices if calib else ())
+    else:  # pre-built calibration array, no masks
+        n = min(config.parity_images, len(calib_data))
+        return ParityImages(calib_data.images[:n], None, list(calib_data.names[:n]), calib_data.source)
+    rng = np.random.default_rng(config.calib_seed + 1)
+    candidates = [int(i) for i in rng.permutation(len(dataset)) if int(i) not in exclude]
+    if not candidates:  # tiny split: every image went into calibration
+        candidates = [int(i) for i in rng.permutation(len(dataset))]
+    chosen = candidates[: config.parity_images]
+    images, masks = [], []
+    for i in chosen:
+        image, mask = dataset[i]
+        x, y = preprocess(np.asarray(image), np.asarray(mask))
+        images.append(x)
+        masks.append(y)
+    return ParityImages(
+        np.stack(images).astype(np.float32), np.stack(masks), [dataset.item_name(i) for i in chosen], dataset_source(dataset)
+    )
+
+
+def calibration_set(calib_data, preprocess: Preprocess, config: ConvertConfig, progress: bool) -> CalibrationSet:
+    if isinstance(calib_data, CalibrationSet):
+        if calib_data.images.shape[2:] != tuple(config.input_size):
+            raise UserError(
+                f"{calib_data.source}: calibration images are {calib_data.images.shape[2:]}, the model input is "
+                f"{tuple(config.input_size)}; preprocess them at --input-size"
+            )
+        return calib_data
+    if not isinstance(calib_data, SegmentationDataset):
+        raise UserError("--calib-data: expected a dataset split or a calibration array")
+    return build_calibration_set(
+        calib_data, preprocess, size=config.calib_size, seed=config.calib_seed, min_size=config.calib_min, progress=progress
+    )
