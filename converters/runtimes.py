@@ -10,12 +10,53 @@ output. ``make_runner(path)`` picks the runner for a file; evaluation code reuse
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from seg2tflite.quiet import muted_stderr
+
+# LiteRT releases whose XNNPACK path ignores the right-hand zero point of int8 BATCH_MATMUL
+# (fixed in LiteRT 3d796311b, 2026-03-10, released in ai-edge-litert 2.1.3).
+BROKEN_INT8_BATCH_MATMUL = ((2, 0, 2), (2, 1, 2))
+_warned = False
+
+
+def litert_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("ai-edge-litert")
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def litert_warning(version: str | None = None) -> str | None:
+    """The line to print when this LiteRT is known to compute int8 models wrong; None when it is not."""
+    version = version or litert_version()
+    try:
+        release = tuple(int(part) for part in version.split(".")[:3])
+    except ValueError:
+        return None
+    low, high = BROKEN_INT8_BATCH_MATMUL
+    if not low <= release <= high:
+        return None
+    return (
+        f"ai-edge-litert {version} is known to give wrong results for int8 BATCH_MATMUL under XNNPACK; "
+        "upgrade ai-edge-litert to >= 2.1.3 (pip install --no-deps -r runtime-override.txt)"
+    )
+
+
+def _warn_about_litert_once() -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        line = litert_warning()
+        if line:
+            print(f"seg2tflite: warning: {line}", file=sys.stderr, flush=True)
+
 
 Runner = Callable[[np.ndarray], np.ndarray]  # (B, 3, H, W) float32 -> (B, K, H, W) float32
 
@@ -90,6 +131,7 @@ class TFLiteRunner:
     def __init__(self, model: str | Path | bytes, threads: int | None = None, xnnpack: bool = True):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+        _warn_about_litert_once()
         kwargs = {"num_threads": threads} if threads else {}
         if not xnnpack:
             kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
