@@ -33,6 +33,7 @@ from seg2tflite.errors import UserError
 SCHEMA = 2  # 2: stages named as in converters.stages (saved_model, float32, ...), not tf/tflite_*
 RECORD_FILE = "record.json"
 PREDICTIONS_DIR = "predictions"
+DEPLOY_LATENCY_FILE = "deploy_latency.json"  # written by `seg2tflite latency`
 
 
 @dataclass

@@ -20,7 +20,7 @@ from seg2tflite.atomic import atomic_write_text
 from seg2tflite.converters.stages import REFERENCE, STAGES, label
 from seg2tflite.errors import UserError
 from seg2tflite.eval import anchors
-from seg2tflite.eval.record import RECORD_FILE, SCHEMA, RunRecord, load_predictions, load_record
+from seg2tflite.eval.record import DEPLOY_LATENCY_FILE, RECORD_FILE, SCHEMA, RunRecord, load_predictions, load_record
 
 REPORT_DIR = "report"
 OVERLAY_STAGES = ("pytorch", "float32", "full_int8")
@@ -308,6 +308,44 @@ def render_anchors_md(record: RunRecord) -> str:
     return "\n".join(lines)
 
 
+def render_deploy_latency_md(run_dir: Path) -> str | None:
+    """``seg2tflite latency``'s figures (deploy_latency.json), or None when it has not run."""
+    path = Path(run_dir) / DEPLOY_LATENCY_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        rows = data["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: unreadable latency record ({e}); run `seg2tflite latency` again") from None
+    body = []
+    for r in rows:
+        ms = r["median_ms"]
+        ops = {s: d for s, d in (r.get("delegation") or {}).items()}
+        taken = " / ".join(f"{ops[s]['delegated']}/{ops[s]['ops']}" if s in ops else "-" for s in ("float32", "full_int8"))
+        body.append([
+            f"`{r['model']}`", f"{r['input_size'][0]}x{r['input_size'][1]}", f"{ms['pytorch']:.1f}", f"{ms['float32']:.1f}",
+            f"{ms['full_int8']:.1f}", f"{r['int8_over_float32']:.2f}", f"{r['float32_over_pytorch']:.2f}", taken,
+        ])  # fmt: skip
+    versions = data.get("versions") or {}
+    return "\n".join([
+        "# Latency at the deploy size",
+        "",
+        f"Median ms at batch 1, {data.get('threads')} threads, {data.get('runs')} timed runs, every artifact in a fresh",
+        f"process, all in one run (`seg2tflite latency`); LiteRT {versions.get('ai-edge-litert')} with XNNPACK, PyTorch",
+        f"{versions.get('torch')} eager, on {versions.get('cpus')} CPUs ({versions.get('platform')}). On an x86 CPU with AVX2",
+        "and no VNNI, XNNPACK's int8 kernels can be at most about 2x faster than float32 in theory; int16x8 is",
+        "never delegated (XNNPACK takes no int16). XNNPACK ops: delegated of all, float32 / full int8.",
+        "",
+        _md_table(
+            ["model", "input", "PyTorch", "TFLite float32", "TFLite full int8", "int8 / float32", "float32 / PyTorch", "XNNPACK ops"],
+            body,
+            ["---", "---"] + ["--:"] * 6,
+        ),
+        "",
+    ])  # fmt: skip
+
+
 def _csv_text(rows: list[dict], columns: list[str]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
@@ -345,6 +383,9 @@ def build_report(run_dir: str | Path) -> Path:
     if compressed:
         atomic_write_text(out / "compression.md", render_compression_md(record))
         plots.plot_compression(compressed, out / "compression.png")
+    deploy = render_deploy_latency_md(run_dir)
+    if deploy:
+        atomic_write_text(out / "deploy_latency.md", deploy)
     per_layer = render_compression_layers_md(run_dir)
     if per_layer:
         atomic_write_text(out / "compression_layers.md", per_layer)

@@ -5,8 +5,8 @@ that gives the same bytes, and clear errors."""
 import csv
 import dataclasses
 import json
-from importlib import metadata
 import shutil
+from importlib import metadata
 
 import numpy as np
 import pytest
@@ -110,7 +110,9 @@ def test_report_files_and_tables(measured):
     assert [line.split(" | ")[1] for line in table] == [STAGES[s].label for s in CONVERT_STAGES]
     versions = {r.runtime: r.runtime_version for r in rows}
     assert versions["litert"] == metadata.version("ai-edge-litert") and versions["pytorch"] == metadata.version("torch")
-    assert table[0].startswith(f"| `{NAME}` | PyTorch | pytorch {versions['pytorch']} |") and table[0].endswith("| ref | - | - | ref | ref |")
+    assert table[0].startswith(f"| `{NAME}` | PyTorch | pytorch {versions['pytorch']} |") and table[0].endswith(
+        "| ref | - | - | ref | ref |"
+    )
     assert table[1].startswith(f"| `{NAME}` | ONNX | onnxruntime ") and "| +0.00 | - | - | 100.000 |" in table[1]
     f32 = rows[3]
     assert table[3].startswith(f"| `{NAME}` | TFLite float32 | litert {versions['litert']} |")
