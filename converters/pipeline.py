@@ -209,10 +209,11 @@ class _Chain:
             runners["pytorch"] = TorchRunner(self.torch_model)
         runners["onnx"] = OnnxRunner(self.artifacts["onnx"], config.num_threads)
         runners["saved_model"] = SavedModelRunner(self.artifacts["saved_model"])
-        builtin = {}
+        builtin = {}  # a file XNNPACK took nothing of already ran on the builtin kernels alone
         for variant in config.variants:
             runners[variant] = TFLiteRunner(self.artifacts[variant], config.num_threads)
-            builtin[variant] = TFLiteRunner(self.artifacts[variant], config.num_threads, xnnpack=False)
+            if self.delegation[variant]["delegated"]:
+                builtin[variant] = TFLiteRunner(self.artifacts[variant], config.num_threads, xnnpack=False)
         report = measure_parity(
             runners, parity.images, parity.masks, self.prepared.num_classes, image_names=parity.names,
             progress=self.progress, builtin=builtin, config=config,

@@ -3,11 +3,12 @@
 import json
 
 import pytest
-from small_chain import registered_small
 
 from seg2tflite.eval.record import DEPLOY_LATENCY_FILE
 from seg2tflite.eval.report import render_deploy_latency_md
 from seg2tflite.latency import LatencyConfig, run_latency
+
+from small_chain import registered_small
 
 pytestmark = pytest.mark.chain
 NAME, DEPLOY_SIZE = "tiny_latency_cnn", (32, 48)
