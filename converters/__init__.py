@@ -20,7 +20,7 @@ _EXPORTS = {
     "convert_model": "seg2tflite.converters.pipeline",
     "convert_onnx": "seg2tflite.converters.pipeline",
     "convert_registered": "seg2tflite.converters.pipeline",
-    "resolve_onnx_input_size": "seg2tflite.converters.pipeline",
+    "resolve_onnx_input_size": "seg2tflite.converters.checks",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from seg2tflite.atomic import atomic_write_bytes, atomic_write_text
-from seg2tflite.calibration.representative import (
-    CalibrationSet,
-    dataset_source,
-)
+from seg2tflite.atomic import atomic_write_bytes, atomic_write_text, private_tempdir
+from seg2tflite.calibration.representative import CalibrationSet
+from seg2tflite.converters.checks import check_class_count, check_finite_weights
 from seg2tflite.converters.config import ConvertConfig
 from seg2tflite.converters.divergence import explain_float_failure
 from seg2tflite.converters.images import ParityImages, calibration_set, parity_images
+from seg2tflite.converters.isolated import VariantError, VariantFailure, VariantWorker, failure_message
 from seg2tflite.converters.manifest import artifact_hashes, build_manifest, package_versions, write_json
 from seg2tflite.converters.offline import no_network
 from seg2tflite.converters.onnx_export import PreparedOnnx, export_onnx, load_onnx, prepare_onnx, save_onnx
@@ -35,7 +34,6 @@ from seg2tflite.converters.parity import ParityError, ParityReport, apply_gates,
 from seg2tflite.converters.resume import StageCache, stage_key
 from seg2tflite.converters.runtimes import OnnxRunner, SavedModelRunner, TFLiteRunner, TorchRunner
 from seg2tflite.converters.stages import ONNX2TF_LOG, PARITY_FILE, STAGES, ConversionDir
-from seg2tflite.converters.tflite_variants import build_tflite
 from seg2tflite.data.base import SegmentationDataset
 from seg2tflite.data.preprocess import Preprocess
 from seg2tflite.errors import UserError
@@ -57,6 +55,7 @@ class ConvertResult:
     ops: dict[str, OpReport]  # variant -> operators
     manifest: dict
     seconds: dict[str, float] = field(default_factory=dict)
+    variant_failures: dict[str, dict] = field(default_factory=dict)  # variant -> VariantFailure.to_dict()
 
     @property
     def table(self) -> str:
@@ -90,39 +89,61 @@ class _Chain:
     ops: dict[str, OpReport] = field(default_factory=dict)
     quantization: dict[str, dict] = field(default_factory=dict)
     delegation: dict[str, dict] = field(default_factory=dict)  # variant -> what XNNPACK took
+    failures: dict[str, VariantFailure] = field(default_factory=dict)  # variants that crashed or cannot load
+    worker: VariantWorker | None = None  # builds and first loads each variant in a child process
+    before_writing: Callable[[], dict] | None = None  # runs after the last refusal, before the first write
+    model_source: str = ""  # the ONNX file converted, for messages
 
     def run(self, calib_data, parity_data, model_info: dict, command) -> ConvertResult:
-        self.folder.path.mkdir(parents=True, exist_ok=True)
+        onnx_source = None if self.torch_model is not None else self.model_source
+        check_class_count(self.prepared.num_classes, (calib_data, parity_data), onnx_source)
         calib, parity = self.read_data(calib_data, parity_data)
+        self.folder.path.mkdir(parents=True, exist_ok=True)
+        if self.before_writing is not None:
+            model_info = {**model_info, **self.before_writing()}
         self.cache = StageCache(self.folder.path)
+        self.forget_other_runs(model_info)
         self.write_onnx()
         sample = np.ascontiguousarray(parity.images.transpose(0, 2, 3, 1))  # NHWC: onnx2tf checks its layouts on these
         self.build_saved_model(sample)
-        for variant in self.config.variants:
-            self.build_tflite(variant, calib)
+        with private_tempdir("variants") as work, VariantWorker(work, self.progress) as worker:
+            self.worker = worker
+            worker.set_calibration(None if calib is None else calib.images, "" if calib is None else calib.source)
+            for variant in self.config.variants:
+                self.build_tflite(variant, calib)
         full_int8 = self.ops.get("full_int8")
         if full_int8 is not None and full_int8.float_ops:
             self.log(f"full_int8: {len(full_int8.float_ops)} ops still run in float: {', '.join(full_int8.float_ops)}")
         report = self.check_parity(parity, sample)
         manifest = self.write_manifest(report, calib, parity, model_info, command)
-        result = ConvertResult(self.folder.path, self.artifacts, report, self.ops, manifest, self.seconds)
+        result = ConvertResult(self.folder.path, self.artifacts, report, self.ops, manifest, self.seconds, self.failure_dicts)
         try:
+            if self.failures:
+                raise VariantError(failure_message(self.failures, len(self.config.variants), self.folder.manifest_path, report))
             raise_on_failure(report, where=str(self.folder.parity_path))
         except ParityError as e:
             e.result = result  # everything was written; callers may still read the figures
             raise
         return result
 
+    @property
+    def built(self) -> tuple[str, ...]:
+        """The variants built and checked (all asked for, less those that failed)."""
+        return tuple(v for v in self.config.variants if v not in self.failures)
+
+    @property
+    def failure_dicts(self) -> dict[str, dict]:
+        return {variant: failure.to_dict() for variant, failure in self.failures.items()}
+
+    def fail_variant(self, variant: str, failure: VariantFailure) -> None:
+        """A variant that crashed or cannot be loaded: no file of it stays, the others go on."""
+        self.failures[variant] = failure
+        self.cache.forget(variant)
+        self.folder.artifact(variant).unlink(missing_ok=True)
+        self.log(f"{self.folder.artifact(variant).name}: FAILED, not kept: {failure.line()}")
+
     def read_data(self, calib_data, parity_data) -> tuple[CalibrationSet | None, ParityImages]:
         t = time.perf_counter()
-        num_classes = self.prepared.num_classes
-        for data in (calib_data, parity_data):
-            dataset_classes = getattr(getattr(data, "info", None), "num_classes", None)
-            if dataset_classes is not None and dataset_classes != num_classes:
-                raise UserError(
-                    f"--num-classes: the model predicts {num_classes} classes but {dataset_source(data)} has "
-                    f"{dataset_classes}; pass --num-classes {dataset_classes} (or a checkpoint with that head)"
-                )
         config = self.config
         calib = calibration_set(calib_data, self.preprocess, config, self.progress) if config.needs_calibration else None
         parity = parity_images(calib_data, parity_data, calib, self.preprocess, config)
@@ -131,6 +152,20 @@ class _Chain:
             self.log(f"calibration: {len(calib)} images from {calib.source}")
         self.log(f"parity: {len(parity.images)} images from {parity.source}")
         return calib, parity
+
+    def forget_other_runs(self, model_info: dict) -> None:
+        """Record the weights this run saved (the PyTorch stage), then delete what an earlier run
+        into this folder built that this one does not: no file of another run stays beside this one."""
+        stages = ["onnx", "saved_model", *self.config.variants, "parity"]
+        weights = model_info.get("weights")
+        if weights:
+            names = [weights, Path(weights).with_suffix(".json").name]
+            self.cache.record("pytorch", stage_key(artifact_hashes(self.folder.path, names)), names)
+            stages.append("pytorch")
+        checkpoint = model_info.get("checkpoint")
+        keep = (Path(checkpoint), Path(checkpoint).with_suffix(".json")) if checkpoint else ()
+        for name in self.cache.forget_others(stages, keep):
+            self.log(f"{name}: removed, left by an earlier conversion into this folder that this one does not build")
 
     def write_onnx(self) -> None:
         key = self.keys["onnx"] = stage_key(self.prepared.model.SerializeToString())
@@ -164,10 +199,15 @@ class _Chain:
         key = self.keys[variant] = stage_key(self.keys["saved_model"], variant, calib_key, self.config.int8_io)
         kept = self.cache.fresh(variant, key)
         if kept:
-            content = path.read_bytes()
-            self.log(f"{path.name}: unchanged since the last run, kept")
+            outcome = self.worker.check(path, variant)  # a LiteRT upgrade may not take it any more
         else:
-            content = build_tflite(self.artifacts["saved_model"], variant, calib, self.config.int8_io, self.progress)
+            outcome = self.worker.build(self.artifacts["saved_model"], variant, self.config.int8_io)
+        if isinstance(outcome, VariantFailure):
+            self.fail_variant(variant, outcome)
+            return
+        content = outcome.content
+        if kept:
+            self.log(f"{path.name}: unchanged since the last run, kept")
         report = op_report(content)
         check_builtins_only(report, path.name)
         if not kept:
@@ -179,11 +219,11 @@ class _Chain:
             )
         self.artifacts[variant] = path
         self.ops[variant] = report
-        runner = TFLiteRunner(content)
-        self.quantization[variant] = runner.io_quantization
-        delegation = self.delegation[variant] = runner.delegation
-        if runner.delegate != "xnnpack":
-            self.log(f"{path.name}: LiteRT delegate {runner.delegate}")
+        self.quantization[variant] = outcome.quantization
+        # the worker has loaded it safely; read back what XNNPACK took of it here
+        delegation = self.delegation[variant] = TFLiteRunner(content).delegation
+        if outcome.delegate != "xnnpack":
+            self.log(f"{path.name}: LiteRT delegate {outcome.delegate}")
         elif delegation["delegated"] < delegation["ops"]:
             kept = ", ".join(f"{n} {op}" for op, n in delegation["not_delegated"].items())
             self.log(
@@ -194,7 +234,7 @@ class _Chain:
         """Every artifact against PyTorch (kept from parity.json when nothing changed), gated."""
         t = time.perf_counter()
         config = self.config
-        built_files = {stage: self.cache.stages[stage]["files"] for stage in ("onnx", "saved_model", *config.variants)}
+        built_files = {stage: self.cache.stages[stage]["files"] for stage in ("onnx", "saved_model", *self.built)}
         key = stage_key(
             built_files, parity.images.tobytes(), None if parity.masks is None else parity.masks.tobytes(),
             config.to_dict(), self.torch_model is not None,
@@ -210,7 +250,7 @@ class _Chain:
         runners["onnx"] = OnnxRunner(self.artifacts["onnx"], config.num_threads)
         runners["saved_model"] = SavedModelRunner(self.artifacts["saved_model"])
         builtin = {}  # a file XNNPACK took nothing of already ran on the builtin kernels alone
-        for variant in config.variants:
+        for variant in self.built:
             runners[variant] = TFLiteRunner(self.artifacts[variant], config.num_threads)
             if self.delegation[variant]["delegated"]:
                 builtin[variant] = TFLiteRunner(self.artifacts[variant], config.num_threads, xnnpack=False)
@@ -235,7 +275,7 @@ class _Chain:
 
     def write_manifest(self, report: ParityReport, calib, parity: ParityImages, model_info: dict, command) -> dict:
         config, (h, w), k = self.config, self.config.input_size, self.prepared.num_classes
-        names = [self.artifacts[stage].name for stage in ("onnx", "saved_model", *config.variants)]
+        names = [self.artifacts[stage].name for stage in ("onnx", "saved_model", *self.built)]
         manifest = build_manifest(
             command=command,
             config=config.to_dict(),
@@ -258,6 +298,7 @@ class _Chain:
             parity={"source": parity.source, "images": parity.names, "failures": report.failures,
                     "divergence": (report.divergence or {}).get("summary")},
             artifacts=artifact_hashes(self.folder.path, names),
+            variant_failures=self.failure_dicts,
             stage_keys={stage: entry["key"] for stage, entry in self.cache.stages.items()},
             seconds=self.seconds,
         )  # fmt: skip
@@ -278,12 +319,14 @@ def convert_model(
     model_info: dict | None = None,
     log: Callable[[str], None] | None = _log_default,
     progress: bool = True,
+    before_writing: Callable[[], dict] | None = None,
 ) -> ConvertResult:
     """Convert any PyTorch segmentation module (``forward(x) -> (B, K, H, W)`` logits).
 
     The ONNX graph is exported from ``model.to_deploy()`` when the model has one; PyTorch parity
     is measured against ``model`` itself. ``mean``/``std`` default to the model's registry config,
-    else ImageNet's.
+    else ImageNet's. ``before_writing()`` runs once everything that can be refused was checked,
+    before the first file goes into ``out_dir``; what it returns is added to the model info.
     """
     from seg2tflite.models.registry import IMAGENET_MEAN, IMAGENET_STD, deploy_form
 
@@ -293,6 +336,7 @@ def convert_model(
     std = tuple(std or getattr(cfg, "std", IMAGENET_STD))
     preprocess = Preprocess(tuple(config.input_size), mean, std)
     model = model.eval()
+    check_finite_weights(model)
     t = time.perf_counter()
     deploy = deploy_form(model).eval()
     exported = export_onnx(deploy, config.input_size, config.opset)
@@ -308,6 +352,7 @@ def convert_model(
     }
     with no_network():
         chain = _Chain(prepared, model, deploy, ConversionDir(out_dir), config, preprocess, log or _quiet, progress, seconds)
+        chain.before_writing = before_writing
         return chain.run(calib_data, parity_data, info, command)
 
 
@@ -332,6 +377,7 @@ def convert_onnx(
     info = {"onnx_source": str(onnx_path), "num_classes": prepared.num_classes, **(model_info or {})}
     with no_network():
         chain = _Chain(prepared, None, None, ConversionDir(out_dir), config, preprocess, log or _quiet, progress, seconds)
+        chain.model_source = str(onnx_path)
         return chain.run(calib_data, parity_data, info, command)
 
 
@@ -348,8 +394,13 @@ def convert_registered(
     command: list[str] | str | None = None,
     log: Callable[[str], None] | None = _log_default,
     progress: bool = True,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
 ) -> ConvertResult:
-    """``seg2tflite convert --model NAME``: build the registry model, save seeded weights, convert."""
+    """``seg2tflite convert --model NAME``: build the registry model, save seeded weights, convert.
+
+    ``mean``/``std`` (default: the model's registry config) are the normalisation the weights were
+    trained with; the manifest records them and every stage is measured with them."""
     import torch
 
     from seg2tflite.models.checkpoint import save_checkpoint
@@ -367,27 +418,16 @@ def convert_registered(
             num_classes = read_checkpoint_config(checkpoint).get("num_classes")
         except UserError:
             pass
+    # The head against the data before anything is built or written into out_dir.
+    check_class_count(get_model_config(name).num_classes if num_classes is None else int(num_classes), (calib_data, parity_data))
     torch.manual_seed(seed)
     model = create_model(name, num_classes=num_classes, checkpoint=None if checkpoint is None else str(checkpoint))
     info = {"checkpoint": str(checkpoint) if checkpoint else None, "seed": None if checkpoint else seed}
-    if checkpoint is None:
-        weights = save_checkpoint(model, ConversionDir(out_dir).artifact("pytorch"), extra={"seed": seed})
-        info["weights"] = weights.name
+
+    def save_weights() -> dict:  # seeded weights go beside the artifacts, once nothing is refused any more
+        return {"weights": save_checkpoint(model, ConversionDir(out_dir).artifact("pytorch"), extra={"seed": seed}).name}
+
     return convert_model(
-        model, out_dir, config, calib_data, parity_data, command=command, model_info=info, log=log, progress=progress
-    )
-
-
-def resolve_onnx_input_size(onnx_path: str | Path, input_size: tuple[int, int] | None) -> tuple[int, int]:
-    """The input size to convert an ONNX file at: the one given, else the one fixed in the file."""
-    from seg2tflite.converters.onnx_export import onnx_input_size
-
-    if input_size is not None:
-        return tuple(int(s) for s in input_size)
-    size = onnx_input_size(onnx_path)
-    if size is None:
-        model = load_onnx(onnx_path)
-        graph_input = model.graph.input[0]
-        dims = [d.dim_value or d.dim_param or "?" for d in graph_input.type.tensor_type.shape.dim]
-        raise UserError(f"{onnx_path}: input {graph_input.name!r} has dynamic dimensions {dims}; pass --input-size H W")
-    return size
+        model, out_dir, config, calib_data, parity_data, mean=mean, std=std, command=command, model_info=info, log=log,
+        progress=progress, before_writing=None if checkpoint else save_weights,
+    )  # fmt: skip
