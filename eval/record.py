@@ -44,7 +44,6 @@ class RecordRow:
     stage: str  # a key of converters.stages.STAGES
     artifact: str  # its path (relative to the run folder when inside it)
     runtime: str  # pytorch, onnxruntime, tensorflow, litert
-    runtime_version: str | None  # the version of that runtime the row was measured on
     input_size: tuple[int, int]  # (H, W) evaluated and benchmarked at
     data: str  # data spec evaluated on
     split: str
@@ -69,6 +68,7 @@ class RecordRow:
     data_sha256: str = ""  # digest of the evaluated images and masks: equal across a model's stages
     base_model: str | None = None  # for a compressed variant (`seg2tflite compress`): the model it came from
     compression: str | None = None  # and how it was compressed
+    runtime_version: str | None = None  # the version of ``runtime`` the row was measured on
     miou_builtin: float | None = None  # a .tflite on LiteRT's builtin kernels (no XNNPACK), 0..1
     delegated_ops: int | None = None  # a .tflite: ops XNNPACK took, of total_ops
     total_ops: int | None = None
