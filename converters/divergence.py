@@ -216,7 +216,7 @@ def explain_float_failure(
         }
     elif broken == "saved_model":
         log("saved_model broke parity; locating the first diverging layer...")
-        found = locate_divergence(onnx_model, image_nhwc, torch_model=deploy_model, rel_tol=config.float_max_drift)
+        found = locate_divergence(onnx_model, image_nhwc, torch_model=deploy_model, rel_tol=config.float_outlier_drift)
     else:
         found = {
             "summary": "the SavedModel passes but model_float32.tflite does not: the TF -> TFLite converter changed "

@@ -20,9 +20,11 @@ from tqdm import tqdm
 from seg2tflite.converters.compare import LogitComparison
 from seg2tflite.converters.config import ConvertConfig
 from seg2tflite.converters.runtimes import Runner
-from seg2tflite.converters.stages import FLOAT_STAGES, QUANTIZED_VARIANTS, STAGES, previous_stage
+from seg2tflite.converters.stages import STAGES, previous_stage
 from seg2tflite.errors import UserError
 from seg2tflite.metrics import ConfusionMatrix
+
+DEFAULT_GATES = ConvertConfig(input_size=(64, 64))  # only its gate thresholds are read
 
 
 class ParityError(UserError):
@@ -38,6 +40,7 @@ class StageResult:
     miou: float = math.nan  # against the ground-truth masks, 0..1
     miou_drop_points: float = math.nan  # reference mIoU minus this one, in mIoU points (0..100 scale)
     nonfinite: int = 0  # NaN/Inf values in this stage's logits
+    builtin: dict = field(default_factory=dict)  # a .tflite on LiteRT's builtin kernels: miou, vs_xnnpack
     gate: str = "report"  # "pass", "fail" or "report" (measured, not gated)
     failures: list[str] = field(default_factory=list)  # one line per broken gate
     notes: list[str] = field(default_factory=list)  # why a stage is not gated
@@ -52,6 +55,7 @@ class ParityReport:
     pytorch_miou: float  # the reference's mIoU against the masks, 0..1
     reference: str = "pytorch"  # what "vs_pytorch" compares with: pytorch, or onnx for an ONNX input
     divergence: dict | None = None  # first diverging layer, when a float gate broke
+    delegation: dict = field(default_factory=dict)  # .tflite stage -> what XNNPACK took (TFLiteRunner.delegation)
 
     @property
     def failures(self) -> list[str]:
@@ -77,6 +81,7 @@ class ParityReport:
                 "stages": {name: vars(r).copy() for name, r in self.stages.items()},
                 "failures": self.failures,
                 "divergence": self.divergence,
+                "delegation": self.delegation,
             }
         )
 
@@ -100,6 +105,7 @@ class ParityReport:
                 fields[key] = restore(fields[key])
             for key in ("miou", "miou_drop_points"):
                 fields[key] = restore(fields[key])
+            fields["builtin"] = restore(fields.get("builtin") or {})
             stages[name] = StageResult(**fields)
         return cls(
             stages=stages,
@@ -109,6 +115,7 @@ class ParityReport:
             pytorch_miou=restore(data["pytorch_miou"]),
             reference=data["reference"],
             divergence=data.get("divergence"),
+            delegation=data.get("delegation") or {},
         )
 
 
@@ -120,34 +127,55 @@ def measure_parity(
     ignore_index: int = 255,
     image_names: list[str] | None = None,
     progress: bool = True,
+    builtin: dict[str, Runner] | None = None,
+    config: ConvertConfig | None = None,
 ) -> ParityReport:
     """Run ``images`` (N, 3, H, W) through every runner (named by stage, see ``STAGES``); the
-    earliest stage present (pytorch, or onnx for an ONNX input) is the reference."""
+    earliest stage present (pytorch, or onnx for an ONNX input) is the reference.
+
+    A first pass runs the reference alone for its logit range, which the outlier counts and the
+    decisive pixels are measured against. ``builtin`` holds, per .tflite stage, the same file on
+    LiteRT's builtin kernels (no XNNPACK): it is compared with the XNNPACK runner image by image.
+    """
+    config = config or DEFAULT_GATES
+    builtin = builtin or {}
     names = [s for s in STAGES if s in runners] + [s for s in runners if s not in STAGES]
     reference = names[0]
-    pairs_ref = {s: LogitComparison(num_classes) for s in names[1:]}
-    pairs_prev = {s: LogitComparison(num_classes) for s in names[1:]}
-    labels = {s: ConfusionMatrix(num_classes, ignore_index=ignore_index) for s in names}
-    nonfinite = dict.fromkeys(names, 0)
     lo, hi = math.inf, -math.inf
+    for i in range(len(images)):
+        ref = np.asarray(runners[reference](images[i : i + 1]), np.float32)
+        lo, hi = min(lo, float(np.nanmin(ref))), max(hi, float(np.nanmax(ref)))
+    logit_range = hi - lo
+
+    def comparison() -> LogitComparison:
+        drifts = (config.float_outlier_drift, config.float16_outlier_drift)
+        return LogitComparison(num_classes, logit_range, drifts, config.float16_tie_margin)
+
+    pairs_ref = {s: comparison() for s in names[1:]}
+    pairs_prev = {s: comparison() for s in names[1:]}
+    pairs_builtin = {s: comparison() for s in builtin}
+    labels = {s: ConfusionMatrix(num_classes, ignore_index=ignore_index) for s in [*names, *(f"{s}@builtin" for s in builtin)]}
+    nonfinite = dict.fromkeys(names, 0)
     for i in tqdm(range(len(images)), desc="parity", disable=not progress, leave=False):
         x = images[i : i + 1]
         outs = {}
-        for s in names:
-            out = np.asarray(runners[s](x), np.float32)
+        for s in [*names, *(f"{s}@builtin" for s in builtin)]:
+            run = runners[s] if s in runners else builtin[s.removesuffix("@builtin")]
+            out = np.asarray(run(x), np.float32)
             if out.shape[0] != 1 or out.shape[1] != num_classes or out.shape[2:] != x.shape[2:]:
                 raise ParityError(f"{s}: logits have shape {out.shape}; expected (1, {num_classes}, {x.shape[2]}, {x.shape[3]})")
-            nonfinite[s] += int((~np.isfinite(out)).sum())
+            if s in nonfinite:
+                nonfinite[s] += int((~np.isfinite(out)).sum())
             outs[s] = out
         ref = outs[reference]
-        lo, hi = min(lo, float(np.nanmin(ref))), max(hi, float(np.nanmax(ref)))
         for s in names[1:]:
             pairs_ref[s].update(ref, outs[s])
             pairs_prev[s].update(outs[previous_stage(s, names) or reference], outs[s])
+        for s in builtin:
+            pairs_builtin[s].update(outs[s], outs[f"{s}@builtin"])
         if masks is not None:
-            for s in names:
-                labels[s].update(outs[s].argmax(1), masks[i : i + 1])
-    logit_range = hi - lo
+            for s, out in outs.items():
+                labels[s].update(out.argmax(1), masks[i : i + 1])
     base_miou = labels[reference].compute().miou if masks is not None else math.nan
     stages = {}
     for s in names:
@@ -155,13 +183,39 @@ def measure_parity(
         stages[s] = StageResult(
             stage=s,
             previous=previous_stage(s, names) if s != reference else None,
-            vs_pytorch=pairs_ref[s].result(logit_range) if s in pairs_ref else {},
-            vs_previous=pairs_prev[s].result(logit_range) if s in pairs_prev else {},
+            vs_pytorch=pairs_ref[s].result() if s in pairs_ref else {},
+            vs_previous=pairs_prev[s].result() if s in pairs_prev else {},
             miou=miou,
             miou_drop_points=100.0 * (base_miou - miou),
             nonfinite=nonfinite[s],
         )
+        if s in builtin:
+            builtin_miou = labels[f"{s}@builtin"].compute().miou if masks is not None else math.nan
+            stages[s].builtin = {"miou": builtin_miou, "vs_xnnpack": pairs_builtin[s].result()}
     return ParityReport(stages, len(images), list(image_names or []), logit_range, base_miou, reference)
+
+
+def float_gate_failures(name: str, figures: dict, config: ConvertConfig, against: str) -> list[str]:
+    """The broken float gates of one comparison (``LogitComparison.result``): the onnx/saved_model/
+    float32 rule, or float16's looser one, which leaves near-tied pixels out of the agreement."""
+    fp16 = STAGES.get(name.split("@")[0]) is not None and STAGES[name.split("@")[0]].gate == "float16"
+    drift = config.float16_outlier_drift if fp16 else config.float_outlier_drift
+    share = figures["outlier_share"][f"{drift:g}"]
+    failures = []
+    if fp16:
+        agree, minimum, what = figures["decisive_agreement"], config.float16_min_agreement, "decisive-pixel argmax agreement"
+        if math.isnan(agree):  # every pixel inside float16's rounding: nothing to gate on
+            agree = 1.0
+    else:
+        agree, minimum, what = figures["argmax_agreement"], config.float_min_agreement, "argmax agreement"
+    if not agree >= minimum:
+        failures.append(f"{name}: {what} with {against} {100 * agree:.4f}% < {100 * minimum:.4f}%")
+    if not share <= config.max_outlier_share:
+        failures.append(
+            f"{name}: {100 * share:.4f}% of the logits drift more than {drift:g} of the logit range from {against} "
+            f"(limit {100 * config.max_outlier_share:.4f}%; max drift {figures['max_abs']:.3g})"
+        )
+    return failures
 
 
 def apply_gates(report: ParityReport, config: ConvertConfig) -> list[str]:
@@ -170,26 +224,11 @@ def apply_gates(report: ParityReport, config: ConvertConfig) -> list[str]:
         notes, gated = [], False
         if r.nonfinite:
             notes.append(f"{name}: {r.nonfinite} NaN/Inf values in the logits")
-        if name in FLOAT_STAGES and r.vs_pytorch:
+        gate = STAGES[name].gate if name in STAGES else None
+        if gate in ("float", "float16") and r.vs_pytorch:
             gated = True
-            agree, drift = r.vs_pytorch["argmax_agreement"], r.vs_pytorch["max_abs_over_range"]
-            if not agree >= config.float_min_agreement:
-                notes.append(
-                    f"{name}: argmax agreement with {report.reference} {100 * agree:.4f}% < {100 * config.float_min_agreement:.4f}%"
-                )
-            if not drift <= config.float_max_drift:
-                notes.append(
-                    f"{name}: max abs logit drift {r.vs_pytorch['max_abs']:.3g} is {drift:.3g} of the logit range "
-                    f"(limit {config.float_max_drift:g})"
-                )
-        elif name == "float16" and r.vs_pytorch:
-            gated = True
-            agree = r.vs_pytorch["argmax_agreement"]
-            if not agree >= config.float16_min_agreement:
-                notes.append(
-                    f"{name}: argmax agreement with {report.reference} {100 * agree:.3f}% < {100 * config.float16_min_agreement:.3f}%"
-                )
-        elif name in QUANTIZED_VARIANTS:
+            notes += float_gate_failures(name, r.vs_pytorch, config, report.reference)
+        elif gate == "quantized":
             if not config.trained:
                 r.notes = ["untrained model: mIoU reported, not gated"]
             elif math.isnan(r.miou_drop_points):
@@ -201,12 +240,33 @@ def apply_gates(report: ParityReport, config: ConvertConfig) -> list[str]:
                         f"{name}: mIoU {100 * r.miou:.2f} is {r.miou_drop_points:.2f} points below {report.reference}'s "
                         f"{100 * report.pytorch_miou:.2f} (budget {config.max_miou_drop:g})"
                     )
+        notes += _kernel_failures(name, r, gate, config)
         r.failures = notes
         if notes:
             r.gate = "fail"
-        elif gated or (name != report.reference and name not in QUANTIZED_VARIANTS):
+        elif gated or (name != report.reference and gate != "quantized"):
             r.gate = "pass"
     return report.failures
+
+
+def _kernel_failures(name: str, r: StageResult, gate: str | None, config: ConvertConfig) -> list[str]:
+    """XNNPACK against LiteRT's builtin kernels on the same file: they must agree within the
+    variant's own budget (the check that found LiteRT 2.1's int8 BATCH_MATMUL bug)."""
+    if not r.builtin:
+        return []
+    if gate == "quantized":
+        xnnpack, builtin = r.miou, r.builtin["miou"]
+        if (
+            config.trained
+            and not (math.isnan(xnnpack) or math.isnan(builtin))
+            and abs(xnnpack - builtin) * 100 > config.max_miou_drop
+        ):
+            return [
+                f"{name}: XNNPACK and LiteRT's builtin kernels disagree: mIoU {100 * xnnpack:.2f} against {100 * builtin:.2f} "
+                f"on the same file (budget {config.max_miou_drop:g} points)"
+            ]
+        return []
+    return float_gate_failures(f"{name}@builtin", r.builtin["vs_xnnpack"], config, "XNNPACK")
 
 
 def raise_on_failure(report: ParityReport, where: str = "") -> None:
@@ -223,26 +283,35 @@ def raise_on_failure(report: ParityReport, where: str = "") -> None:
     raise ParityError(message)
 
 
-def format_table(report: ParityReport) -> str:
-    """The parity table printed on the terminal."""
+def format_table(report: ParityReport, config: ConvertConfig | None = None) -> str:
+    """The parity table printed on the terminal. ``outl%``: the share of logit values drifting more
+    than the stage's outlier threshold (1e-3 of the range; float16 1e-2); ``builtin`` rows compare
+    a .tflite on LiteRT's builtin kernels with the same file under XNNPACK."""
+    config = config or DEFAULT_GATES
     head = (
-        f"{'stage':<13}{'vs':<12}{'max|d|':>10}{'mean|d|':>10}{'max/range':>10}{'cosine':>10}"
+        f"{'stage':<13}{'vs':<12}{'max|d|':>10}{'mean|d|':>10}{'max/range':>10}{'outl%':>9}"
         f"{'argmax%':>10}{'mIoU':>8}{'drop':>7}  gate"
     )
     ref = report.reference
     lines = [f"parity on {report.num_images} images; {ref} logit range {report.logit_range:.4g}", head, "-" * len(head)]
     for name, r in report.stages.items():
-        rows = [(ref, r.vs_pytorch)] + ([(r.previous, r.vs_previous)] if r.previous not in (None, ref) else [])
+        rows = [(ref, r.vs_pytorch, r.miou)] + ([(r.previous, r.vs_previous, None)] if r.previous not in (None, ref) else [])
+        if r.builtin:
+            rows.append(("builtin", r.builtin["vs_xnnpack"], r.builtin["miou"]))
         if name == ref or not r.vs_pytorch:
-            rows = [("-", {})]
-        for j, (against, m) in enumerate(rows):
+            rows = [("-", {}, r.miou)]
+        drift = (
+            config.float16_outlier_drift if STAGES.get(name) and STAGES[name].gate == "float16" else config.float_outlier_drift
+        )
+        for j, (against, m, miou) in enumerate(rows):
             first = j == 0
+            share = (m.get("outlier_share") or {}).get(f"{drift:g}")
             lines.append(
                 f"{name if first else '':<13}{against:<12}"
                 f"{_fmt(m.get('max_abs'), '.3g'):>10}{_fmt(m.get('mean_abs'), '.3g'):>10}"
-                f"{_fmt(m.get('max_abs_over_range'), '.2e'):>10}{_fmt(m.get('cosine'), '.6f'):>10}"
+                f"{_fmt(m.get('max_abs_over_range'), '.2e'):>10}{_fmt(None if share is None else 100 * share, '.4f'):>9}"
                 f"{_fmt(None if m.get('argmax_agreement') is None else 100 * m['argmax_agreement'], '.3f'):>10}"
-                f"{_fmt(100 * r.miou if first else None, '.2f'):>8}"
+                f"{_fmt(None if miou is None else 100 * miou, '.2f'):>8}"
                 f"{_fmt(r.miou_drop_points if first and name != ref else None, '+.2f'):>7}"
                 f"  {r.gate if first else ''}"
             )

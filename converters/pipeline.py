@@ -89,7 +89,7 @@ class _Chain:
     keys: dict[str, str] = field(default_factory=dict)  # stage -> what it was built from (resume)
     ops: dict[str, OpReport] = field(default_factory=dict)
     quantization: dict[str, dict] = field(default_factory=dict)
-    delegates: dict[str, str] = field(default_factory=dict)
+    delegation: dict[str, dict] = field(default_factory=dict)  # variant -> what XNNPACK took
 
     def run(self, calib_data, parity_data, model_info: dict, command) -> ConvertResult:
         self.folder.path.mkdir(parents=True, exist_ok=True)
@@ -181,9 +181,14 @@ class _Chain:
         self.ops[variant] = report
         runner = TFLiteRunner(content)
         self.quantization[variant] = runner.io_quantization
-        self.delegates[variant] = runner.delegate
+        delegation = self.delegation[variant] = runner.delegation
         if runner.delegate != "xnnpack":
             self.log(f"{path.name}: LiteRT delegate {runner.delegate}")
+        elif delegation["delegated"] < delegation["ops"]:
+            kept = ", ".join(f"{n} {op}" for op, n in delegation["not_delegated"].items())
+            self.log(
+                f"{path.name}: XNNPACK takes {delegation['delegated']} of {delegation['ops']} ops; builtin kernels run {kept}"
+            )
 
     def check_parity(self, parity: ParityImages, sample: np.ndarray) -> ParityReport:
         """Every artifact against PyTorch (kept from parity.json when nothing changed), gated."""
@@ -197,18 +202,23 @@ class _Chain:
         if self.cache.fresh("parity", key):
             report = ParityReport.from_dict(json.loads(self.folder.parity_path.read_text()))
             self.log("parity: inputs unchanged since the last run, figures kept from parity.json")
-            self.log(format_table(report))
+            self.log(format_table(report, self.config))
             return report
         runners = {}
         if self.torch_model is not None:
             runners["pytorch"] = TorchRunner(self.torch_model)
         runners["onnx"] = OnnxRunner(self.artifacts["onnx"], config.num_threads)
         runners["saved_model"] = SavedModelRunner(self.artifacts["saved_model"])
+        builtin = {}  # a file XNNPACK took nothing of already ran on the builtin kernels alone
         for variant in config.variants:
             runners[variant] = TFLiteRunner(self.artifacts[variant], config.num_threads)
+            if self.delegation[variant]["delegated"]:
+                builtin[variant] = TFLiteRunner(self.artifacts[variant], config.num_threads, xnnpack=False)
         report = measure_parity(
-            runners, parity.images, parity.masks, self.prepared.num_classes, image_names=parity.names, progress=self.progress
-        )
+            runners, parity.images, parity.masks, self.prepared.num_classes, image_names=parity.names,
+            progress=self.progress, builtin=builtin, config=config,
+        )  # fmt: skip
+        report.delegation = dict(self.delegation)
         apply_gates(report, config)
         self.seconds["parity"] = time.perf_counter() - t
         if config.locate_divergence:
@@ -220,7 +230,7 @@ class _Chain:
                 self.seconds["divergence"] = time.perf_counter() - t
         write_json(self.folder.parity_path, report.to_dict())
         self.cache.record("parity", key, [PARITY_FILE])
-        self.log(format_table(report))
+        self.log(format_table(report, self.config))
         return report
 
     def write_manifest(self, report: ParityReport, calib, parity: ParityImages, model_info: dict, command) -> dict:
@@ -239,7 +249,7 @@ class _Chain:
             },
             preprocessing={"size": list(self.preprocess.size), "mean": list(self.preprocess.mean), "std": list(self.preprocess.std)},
             quantization=self.quantization,
-            litert_delegate=self.delegates,
+            litert_delegation=self.delegation,
             ops={v: r.to_dict() for v, r in self.ops.items()},
             onnx_rewrites=self.prepared.rewrites,
             calibration=None if calib is None else {

@@ -160,6 +160,42 @@ class TFLiteRunner:
         self.nhwc = shape[3] == 3  # onnx2tf writes NHWC; (1, 3, H, W) only when the last axis is not 3
 
     @property
+    def delegation(self) -> dict:
+        """Which ops XNNPACK took, read from the interpreter after delegation.
+
+        LiteRT keeps the model's nodes and appends one DELEGATE node per partition it handed to
+        XNNPACK, with the partition's boundary tensors as inputs and outputs; a node is delegated
+        when it lies between a DELEGATE node's inputs and outputs (walking back from the outputs
+        to the inputs through the nodes that produce each tensor)."""
+        ops = self.interpreter._get_ops_details()
+        delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
+        nodes = [op for op in ops if op["op_name"] != "DELEGATE"]
+        producer = {int(t): op["index"] for op in nodes for t in op["outputs"]}
+        by_index = {op["index"]: op for op in nodes}
+        delegated: set[int] = set()
+        for d in delegates:
+            boundary = {int(t) for t in d["inputs"]}
+            stack = [int(t) for t in d["outputs"]]
+            while stack:
+                tensor = stack.pop()
+                node = producer.get(tensor)
+                if tensor in boundary or node is None or node in delegated:
+                    continue
+                delegated.add(node)
+                stack.extend(int(t) for t in by_index[node]["inputs"] if int(t) >= 0)
+        kept: dict[str, int] = {}
+        for op in nodes:
+            if op["index"] not in delegated:
+                kept[op["op_name"]] = kept.get(op["op_name"], 0) + 1
+        return {
+            "delegate": self.delegate,
+            "ops": len(nodes),
+            "delegated": len(delegated),
+            "partitions": len(delegates),
+            "not_delegated": dict(sorted(kept.items(), key=lambda kv: (-kv[1], kv[0]))),
+        }
+
+    @property
     def io_quantization(self) -> dict:
         """Input/output dtype, scale and zero point (scale 0 means not quantized)."""
         return {

@@ -88,7 +88,7 @@ def format_eval(result: EvalResult) -> str:
 # -- running it ------------------------------------------------------------------------------
 
 
-def open_artifact(path: str | Path, threads: int | None = None) -> Runner:
+def open_artifact(path: str | Path, threads: int | None = None, xnnpack: bool = True) -> Runner:
     """A runner for the artifact at ``path`` in its own runtime (``seg2tflite.converters.runtimes``),
     ``runner(nchw float32) -> logits nchw float32``, using ``threads`` threads where the runtime
     lets us choose (PyTorch, ONNX Runtime intra-op, TensorFlow intra-op, LiteRT/XNNPACK)."""
@@ -107,7 +107,7 @@ def open_artifact(path: str | Path, threads: int | None = None) -> Runner:
             _set_tf_threads(threads)
         return runtimes.SavedModelRunner(path)
     try:
-        return runtimes.TFLiteRunner(path, threads)
+        return runtimes.TFLiteRunner(path, threads, xnnpack=xnnpack)
     except ValueError as e:  # e.g. an input that is not NHWC (1, H, W, 3)
         raise UserError(f"{path}: {e}") from None
 
@@ -125,13 +125,13 @@ def _set_tf_threads(threads: int) -> None:
 class _Evaluator:
     """One runner plus one dataset split: evaluates lists of item indices."""
 
-    def __init__(self, info: ArtifactInfo, data: str, split: str, threads: int | None):
+    def __init__(self, info: ArtifactInfo, data: str, split: str, threads: int | None, xnnpack: bool = True):
         self.info = info
         self.dataset = load_dataset(data, split, num_classes=info.num_classes)
         self.num_classes = self.dataset.info.num_classes
         self.ignore_index = self.dataset.info.ignore_index
         self.preprocess = info.preprocess
-        self.runner = open_artifact(info.path, threads=threads)
+        self.runner = open_artifact(info.path, threads=threads, xnnpack=xnnpack)
 
     def run(self, indices, keep_predictions: bool, on_item: Callable[[], None] | None = None):
         """The confusion matrix over ``indices``, their predictions (if kept) and item digests."""
@@ -167,9 +167,9 @@ class _Evaluator:
 _WORKER: _Evaluator | None = None
 
 
-def _init_worker(info: ArtifactInfo, data: str, split: str, threads: int | None) -> None:
+def _init_worker(info: ArtifactInfo, data: str, split: str, threads: int | None, xnnpack: bool) -> None:
     global _WORKER
-    _WORKER = _Evaluator(info, data, split, threads)
+    _WORKER = _Evaluator(info, data, split, threads, xnnpack)
 
 
 def _run_chunk(indices: list[int], keep_predictions: bool):
@@ -186,6 +186,7 @@ def evaluate_artifact(
     std: tuple[float, float, float] | None = None,
     workers: int = 1,
     threads: int | None = None,
+    xnnpack: bool = True,
     limit: int | None = None,
     keep_predictions: bool = False,
     progress: bool = True,
@@ -194,7 +195,8 @@ def evaluate_artifact(
 
     ``workers`` processes each run their own runner with ``threads`` threads (default: the CPU
     count shared out); ``limit`` evaluates only the first N images; ``keep_predictions`` keeps
-    every image's argmax (for agreement between artifacts and for overlays).
+    every image's argmax (for agreement between artifacts and for overlays); ``xnnpack=False``
+    runs a .tflite on LiteRT's builtin kernels.
     """
     started = time.perf_counter()
     info = describe_artifact(path, input_size, mean, std)
@@ -213,7 +215,7 @@ def evaluate_artifact(
     desc = f"eval {info.path.name}"
 
     if workers == 1:
-        evaluator = _Evaluator(info, data_spec, split, threads)
+        evaluator = _Evaluator(info, data_spec, split, threads, xnnpack)
         with tqdm(total=n, desc=desc, disable=not progress, unit="img") as bar:
             matrix, preds, digests = evaluator.run(range(n), keep_predictions, on_item=lambda: bar.update(1))
         predictions = np.stack(preds) if keep_predictions else None
@@ -225,7 +227,7 @@ def evaluate_artifact(
         context = multiprocessing.get_context("spawn")
         with (
             ProcessPoolExecutor(
-                workers, mp_context=context, initializer=_init_worker, initargs=(info, data_spec, split, threads)
+                workers, mp_context=context, initializer=_init_worker, initargs=(info, data_spec, split, threads, xnnpack)
             ) as pool,
             tqdm(total=n, desc=desc, disable=not progress, unit="img") as bar,
         ):

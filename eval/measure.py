@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seg2tflite.converters.runtimes import TFLiteRunner
 from seg2tflite.converters.stages import REFERENCE, STAGES, ConversionDir
 from seg2tflite.errors import UserError
 from seg2tflite.eval.record import RecordRow
@@ -33,6 +34,18 @@ def zipped_size_mb(path: str | Path) -> float:
             for p in _files(path):
                 archive.write(p, p.relative_to(path.parent))
         return f.tell() / 1e6
+
+
+RUNTIME_PACKAGES = {"pytorch": "torch", "onnxruntime": "onnxruntime", "tensorflow": "tensorflow", "litert": "ai-edge-litert"}
+
+
+def runtime_version(runtime: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(RUNTIME_PACKAGES[runtime])
+    except (KeyError, metadata.PackageNotFoundError):
+        return None
 
 
 def _count_params(checkpoint: Path) -> int:
@@ -116,6 +129,7 @@ def measure_conversion(
             stage=stage,
             artifact=_relative(path, run_dir),
             runtime=STAGES[stage].runtime,
+            runtime_version=runtime_version(STAGES[stage].runtime),
             input_size=first.input_size,
             data=data_spec,
             split=split,
@@ -129,6 +143,16 @@ def measure_conversion(
             eval_seconds=result.seconds,
             data_sha256=result.data_sha256,
         )
+        if STAGES[stage].runtime == "litert":
+            delegation = TFLiteRunner(path).delegation
+            row.delegated_ops, row.total_ops = delegation["delegated"], delegation["ops"]
+            row.miou_builtin = row.miou  # with no op delegated, XNNPACK's run was the builtin kernels' run
+            if delegation["delegated"]:
+                builtin = evaluate_artifact(
+                    path, data_spec, split, first.input_size, first.mean, first.std,
+                    workers=workers, limit=limit, xnnpack=False, progress=progress,
+                )  # fmt: skip
+                row.miou_builtin = builtin.metrics["miou"]
         if stage == REFERENCE:
             reference_predictions = result.predictions
         elif reference is not None:

@@ -33,6 +33,7 @@ from seg2tflite.errors import UserError
 SCHEMA = 2  # 2: stages named as in converters.stages (saved_model, float32, ...), not tf/tflite_*
 RECORD_FILE = "record.json"
 PREDICTIONS_DIR = "predictions"
+DEPLOY_LATENCY_FILE = "deploy_latency.json"  # written by `seg2tflite latency`
 
 
 @dataclass
@@ -43,6 +44,7 @@ class RecordRow:
     stage: str  # a key of converters.stages.STAGES
     artifact: str  # its path (relative to the run folder when inside it)
     runtime: str  # pytorch, onnxruntime, tensorflow, litert
+    runtime_version: str | None  # the version of that runtime the row was measured on
     input_size: tuple[int, int]  # (H, W) evaluated and benchmarked at
     data: str  # data spec evaluated on
     split: str
@@ -67,6 +69,9 @@ class RecordRow:
     data_sha256: str = ""  # digest of the evaluated images and masks: equal across a model's stages
     base_model: str | None = None  # for a compressed variant (`seg2tflite compress`): the model it came from
     compression: str | None = None  # and how it was compressed
+    miou_builtin: float | None = None  # a .tflite on LiteRT's builtin kernels (no XNNPACK), 0..1
+    delegated_ops: int | None = None  # a .tflite: ops XNNPACK took, of total_ops
+    total_ops: int | None = None
 
     @property
     def key(self) -> tuple[str, str]:

@@ -20,7 +20,7 @@ from seg2tflite.atomic import atomic_write_text
 from seg2tflite.converters.stages import REFERENCE, STAGES, label
 from seg2tflite.errors import UserError
 from seg2tflite.eval import anchors
-from seg2tflite.eval.record import RECORD_FILE, SCHEMA, RunRecord, load_predictions, load_record
+from seg2tflite.eval.record import DEPLOY_LATENCY_FILE, RECORD_FILE, SCHEMA, RunRecord, load_predictions, load_record
 
 REPORT_DIR = "report"
 OVERLAY_STAGES = ("pytorch", "float32", "full_int8")
@@ -47,7 +47,7 @@ def table_rows(record: RunRecord) -> list[dict]:
             "model": r.model,
             "stage": r.stage,
             "stage_label": label(r.stage),
-            "runtime": r.runtime,
+            "runtime": r.runtime if r.runtime_version is None else f"{r.runtime} {r.runtime_version}",
             "input_size": f"{r.input_size[0]}x{r.input_size[1]}",
             "params_m": None if r.params is None else round(r.params / 1e6, 4),
             "file_mb": round(r.file_mb, 3),
@@ -59,6 +59,8 @@ def table_rows(record: RunRecord) -> list[dict]:
             "baseline_rss_mb": _round(r.baseline_rss_mb, 1),
             "miou_pct": _pct(r.miou),
             "miou_delta_pts": delta,
+            "miou_builtin_pct": _pct(r.miou_builtin),
+            "xnnpack_ops": None if r.total_ops is None else f"{r.delegated_ops}/{r.total_ops}",
             "pixel_accuracy_pct": _pct(r.pixel_accuracy),
             "argmax_agreement_pct": None if r.argmax_agreement is None else round(100.0 * r.argmax_agreement, 3),
             "max_logit_drift": None if r.max_logit_drift is None else float(f"{r.max_logit_drift:.4g}"),
@@ -162,7 +164,7 @@ def render_results_md(record: RunRecord) -> str:
     rows = table_rows(record)
     header = [
         "model", "stage", "runtime", "params (M)", "size (MB)", "zipped (MB)", "median (ms)", "p90 (ms)",
-        "threads", "peak RSS (MB)", "mIoU (%)", "Δ mIoU (pts)", "agreement (%)", "max drift",
+        "threads", "peak RSS (MB)", "mIoU (%)", "Δ mIoU (pts)", "builtin mIoU (%)", "XNNPACK ops", "agreement (%)", "max drift",
     ]  # fmt: skip
     body = [
         [
@@ -170,6 +172,7 @@ def render_results_md(record: RunRecord) -> str:
             _fmt(t["zip_mb"], ".2f"), _fmt(t["latency_median_ms"], ".2f"), _fmt(t["latency_p90_ms"], ".2f"),
             _fmt(t["threads"]), _fmt(t["peak_rss_mb"], ".0f"), _fmt(t["miou_pct"], ".2f"),
             _signed(t["miou_delta_pts"]) if t["stage"] != REFERENCE else "ref",
+            _fmt(t["miou_builtin_pct"], ".2f"), _fmt(t["xnnpack_ops"]),
             _fmt(t["argmax_agreement_pct"], ".3f") if t["stage"] != REFERENCE else "ref",
             _fmt(t["max_logit_drift"], ".3g") if t["stage"] != REFERENCE else "ref",
         ]
@@ -194,6 +197,9 @@ def render_results_md(record: RunRecord) -> str:
         "argmax equals PyTorch's over the whole split; max drift = largest |logit - PyTorch logit|"
         + (f" over the first {', '.join(map(str, drift_n))} images" if drift_n else "")
         + "; latency at batch 1 after warm-up, one fresh process per artifact (peak RSS is that process's).",
+        "builtin mIoU: the same .tflite on LiteRT's builtin kernels, without XNNPACK; XNNPACK ops: the ops",
+        "XNNPACK took of all the file's ops (read from the interpreter after delegation; the rest run on",
+        "the builtin kernels).",
         "",
         *(w + "\n" for w in warnings),
         _md_table(header, body, align),
@@ -214,23 +220,32 @@ def render_results_md(record: RunRecord) -> str:
 def render_summary_md(record: RunRecord) -> str:
     """The short table (one row per model x stage, the columns a reader compares first) for a README."""
     rows = table_rows(record)
-    header = ["model", "input", "stage", "size (MB)", "zipped (MB)", "median (ms)", "mIoU (%)", "Δ mIoU (pts)", "agreement (%)"]
+    header = [
+        "model", "input", "stage", "size (MB)", "zipped (MB)", "median (ms)", "mIoU (%)", "Δ mIoU (pts)", "builtin mIoU (%)",
+        "XNNPACK ops", "agreement (%)",
+    ]  # fmt: skip
     body = [
         [
             f"`{t['model']}`", t["input_size"], t["stage_label"], _fmt(t["file_mb"], ".2f"), _fmt(t["zip_mb"], ".2f"),
             _fmt(t["latency_median_ms"], ".1f"), _fmt(t["miou_pct"], ".2f"),
             _signed(t["miou_delta_pts"]) if t["stage"] != REFERENCE else "ref",
+            _fmt(t["miou_builtin_pct"], ".2f"), _fmt(t["xnnpack_ops"]),
             _fmt(t["argmax_agreement_pct"], ".2f") if t["stage"] != REFERENCE else "ref",
         ]
         for t in rows
     ]  # fmt: skip
     threads = sorted({t["threads"] for t in rows if t["threads"]})
     return "\n".join([
-        f"Latency: median ms at batch 1 with {', '.join(map(str, threads)) or '?'} threads. Full table: `results.md`.",
+        f"Latency: median ms at batch 1 with {', '.join(map(str, threads)) or '?'} threads; runtimes: {_runtimes(rows)}. "
+        "builtin mIoU: the .tflite on LiteRT's builtin kernels; XNNPACK ops: delegated of all. Full table: `results.md`.",
         "",
         _md_table(header, body, ["---", "---", "---"] + ["--:"] * (len(header) - 3)),
         "",
     ])  # fmt: skip
+
+
+def _runtimes(rows: list[dict]) -> str:
+    return ", ".join(dict.fromkeys(t["runtime"] for t in rows)) or "?"
 
 
 def render_per_class_md(record: RunRecord) -> str:
@@ -293,6 +308,44 @@ def render_anchors_md(record: RunRecord) -> str:
     return "\n".join(lines)
 
 
+def render_deploy_latency_md(run_dir: Path) -> str | None:
+    """``seg2tflite latency``'s figures (deploy_latency.json), or None when it has not run."""
+    path = Path(run_dir) / DEPLOY_LATENCY_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        rows = data["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: unreadable latency record ({e}); run `seg2tflite latency` again") from None
+    body = []
+    for r in rows:
+        ms = r["median_ms"]
+        ops = {s: d for s, d in (r.get("delegation") or {}).items()}
+        taken = " / ".join(f"{ops[s]['delegated']}/{ops[s]['ops']}" if s in ops else "-" for s in ("float32", "full_int8"))
+        body.append([
+            f"`{r['model']}`", f"{r['input_size'][0]}x{r['input_size'][1]}", f"{ms['pytorch']:.1f}", f"{ms['float32']:.1f}",
+            f"{ms['full_int8']:.1f}", f"{r['int8_over_float32']:.2f}", f"{r['float32_over_pytorch']:.2f}", taken,
+        ])  # fmt: skip
+    versions = data.get("versions") or {}
+    return "\n".join([
+        "# Latency at the deploy size",
+        "",
+        f"Median ms at batch 1, {data.get('threads')} threads, {data.get('runs')} timed runs, every artifact in a fresh",
+        f"process, all in one run (`seg2tflite latency`); LiteRT {versions.get('ai-edge-litert')} with XNNPACK, PyTorch",
+        f"{versions.get('torch')} eager, on {versions.get('cpus')} CPUs ({versions.get('platform')}). On an x86 CPU with AVX2",
+        "and no VNNI, XNNPACK's int8 kernels can be at most about 2x faster than float32 in theory; int16x8 is",
+        "never delegated (XNNPACK takes no int16). XNNPACK ops: delegated of all, float32 / full int8.",
+        "",
+        _md_table(
+            ["model", "input", "PyTorch", "TFLite float32", "TFLite full int8", "int8 / float32", "float32 / PyTorch", "XNNPACK ops"],
+            body,
+            ["---", "---"] + ["--:"] * 6,
+        ),
+        "",
+    ])  # fmt: skip
+
+
 def _csv_text(rows: list[dict], columns: list[str]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
@@ -330,6 +383,9 @@ def build_report(run_dir: str | Path) -> Path:
     if compressed:
         atomic_write_text(out / "compression.md", render_compression_md(record))
         plots.plot_compression(compressed, out / "compression.png")
+    deploy = render_deploy_latency_md(run_dir)
+    if deploy:
+        atomic_write_text(out / "deploy_latency.md", deploy)
     per_layer = render_compression_layers_md(run_dir)
     if per_layer:
         atomic_write_text(out / "compression_layers.md", per_layer)

@@ -114,6 +114,41 @@ def _run_compress(args) -> None:
         raise SystemExit(1)
 
 
+# -- latency at the deploy size -------------------------------------------------------------
+
+
+def _add_latency(sub) -> None:
+    from seg2tflite.latency import LatencyConfig
+
+    d = LatencyConfig(run="")
+    p = sub.add_parser(
+        "latency",
+        help="latency of PyTorch, TFLite float32 and full int8 at each model's deploy size",
+        formatter_class=Formatter,
+        description=(
+            "Converts each model of a run at its registry input size (SegFormer and DeepLab 512x512, SegNet 352x480; "
+            "the run's trained weights when it has them), benchmarks PyTorch and both .tflite files in fresh processes "
+            "in the same run, writes RUN/deploy_latency.json and adds report/deploy_latency.md."
+        ),
+    )
+    p.add_argument("--run", required=True, help="run folder (the demo's --out), or any output folder")
+    p.add_argument("--models", nargs="+", default=list(d.models), help="models to time (default: the run's)")
+    p.add_argument("--threads", type=positive_int, default=d.threads, help="benchmark threads")
+    p.add_argument("--runs", type=positive_int, default=d.runs, help="timed runs per artifact")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed runs first")
+    p.set_defaults(handler=_run_latency)
+
+
+def _run_latency(args) -> None:
+    from seg2tflite.eval.report import build_report
+    from seg2tflite.latency import LatencyConfig, run_latency
+
+    path = run_latency(config_from_args(LatencyConfig, args))
+    print(f"latency written to {path}")
+    if (Path(args.run) / "record.json").is_file():
+        print(f"report written to {build_report(args.run)}")
+
+
 # -- entry point -----------------------------------------------------------------------------
 
 COMMANDS = (
@@ -126,6 +161,7 @@ COMMANDS = (
     commands.add_bench,
     commands.add_report,
     _add_compress,
+    _add_latency,
 )
 
 

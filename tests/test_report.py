@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import shutil
+from importlib import metadata
 
 import numpy as np
 import pytest
@@ -77,6 +78,9 @@ def test_measured_rows_are_complete(measured):
     assert pt.params == sum(p.numel() for p in SmallSegNet(8).parameters())
     assert onnx.artifact == f"models/{NAME}/model.onnx"
     assert pt.argmax_agreement is None and pt.max_logit_drift is None
+    for r in rows[3:]:  # every .tflite: evaluated on the builtin kernels too, delegation read back
+        assert r.miou_builtin is not None and 0 <= r.delegated_ops <= r.total_ops
+    assert f32.delegated_ops == f32.total_ops and f32.miou_builtin == f32.miou
     for r in (onnx, tf, f32):  # float stages: the PyTorch function, so the PyTorch figures
         assert r.miou == pt.miou and r.per_class_iou == pt.per_class_iou
         assert r.argmax_agreement == 1.0
@@ -104,9 +108,15 @@ def test_report_files_and_tables(measured):
     md = (out / "results.md").read_text()
     table = [line for line in md.splitlines() if line.startswith(f"| `{NAME}` |")]
     assert [line.split(" | ")[1] for line in table] == [STAGES[s].label for s in CONVERT_STAGES]
-    assert table[0].startswith(f"| `{NAME}` | PyTorch | pytorch |") and table[0].endswith("| ref | ref | ref |")
-    assert table[1].startswith(f"| `{NAME}` | ONNX | onnxruntime |") and "| +0.00 | 100.000 |" in table[1]
-    assert table[3].startswith(f"| `{NAME}` | TFLite float32 | litert |") and "| +0.00 | 100.000 |" in table[3]
+    versions = {r.runtime: r.runtime_version for r in rows}
+    assert versions["litert"] == metadata.version("ai-edge-litert") and versions["pytorch"] == metadata.version("torch")
+    assert table[0].startswith(f"| `{NAME}` | PyTorch | pytorch {versions['pytorch']} |") and table[0].endswith(
+        "| ref | - | - | ref | ref |"
+    )
+    assert table[1].startswith(f"| `{NAME}` | ONNX | onnxruntime ") and "| +0.00 | - | - | 100.000 |" in table[1]
+    f32 = rows[3]
+    assert table[3].startswith(f"| `{NAME}` | TFLite float32 | litert {versions['litert']} |")
+    assert f"| +0.00 | {100 * f32.miou_builtin:.2f} | {f32.delegated_ops}/{f32.total_ops} | 100.000 |" in table[3]
     assert "## Published figures: DIFFERENT DATA, not comparable" in md and "WARNING" not in md
     summary = [line.split(" | ") for line in (out / "summary.md").read_text().splitlines() if line.startswith(f"| `{NAME}` |")]
     assert [cells[2] for cells in summary] == [STAGES[s].label for s in CONVERT_STAGES]

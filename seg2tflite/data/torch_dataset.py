@@ -39,8 +39,9 @@ class TorchSegDataset(Dataset):
     def _augment(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         from torchvision import tv_tensors
 
-        img = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
-        msk = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask)))
+        # copies: the readers may hand out read-only arrays, which torch refuses to wrap silently
+        img = tv_tensors.Image(torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1))
+        msk = tv_tensors.Mask(torch.from_numpy(np.array(mask, copy=True)))
         img, msk = self.transform(img, msk)
         img = torch.as_tensor(img)
         if img.is_floating_point():
