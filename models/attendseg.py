@@ -4,26 +4,26 @@ Wen, Famouri, Hryniowski, Wong, "AttendSeg: A Tiny Attention Condenser Neural Ne
 Semantic Segmentation on the Edge", arXiv 2104.14623, CVPR workshops 2021 (seed
 003_ffe1dc7797900181.txt).
 
-From the paper:
+From the paper (and the TinySpeech, arXiv 2008.04245, and AttendNets, arXiv 2009.14385, papers
+whose block it reuses):
 
-- Built from light-weight **attention condensers** (the block of TinySpeech, arXiv 2008.04245, and
-  AttendNets, arXiv 2009.14385) mixed with depthwise and pointwise convolutions.
-- The attention condenser: a condensation layer ``Q = C(V)`` (max pooling), an embedding
-  structure ``K = E(Q)`` characterising joint local and cross-channel relationships at the
-  reduced size (a grouped convolution and a pointwise convolution), an expansion layer
-  ``A = X(K)`` back to the size of ``V`` (upsampling), and selective attention
-  ``V' = F(V, A, S) = V * sigmoid(A) * S``: the sigmoid of ``A`` scales ``V`` element by element,
-  ``S`` a learned scale.
-- About 1.19M parameters on CamVid (11 classes, 360x480), meant to run with 8-bit weights.
+- A low-precision, highly compact network (8-bit weights) built from light-weight **attention
+  condensers** mixed with depthwise and pointwise convolutions, its macro-architecture found by
+  machine-driven design exploration; about 1.19M parameters, shown on CamVid (11 classes,
+  360x480) against RefineNet.
+- The attention condenser: a condensation layer ``Q = C(V)`` to a reduced size, an embedding
+  structure ``K = E(Q)`` characterising joint local and cross-channel activation relationships
+  there, an expansion layer ``A = X(K)`` back to the size of ``V``, and selective attention
+  ``V' = F(V, A, S)``: the sigmoid of ``A`` scales ``V`` element by element, with a scale ``S``.
 
-Designed here (the published text gives no layer list for the machine-designed
-macro-architecture):
+Chosen here (the published text gives no layer list):
 
-- Condensation is a 2x2/stride-2 max pool; expansion nearest 2x upsampling. At an odd size the
-  last row/column is repeated before the pool and the upsampled map cropped back, which equals a
-  ceil-mode pool (CamVid's 360x480 is 45x60 at stride 8). The embedding is a grouped 3x3 conv to
-  half the width with ReLU, then a pointwise conv back to the width of ``V``; ``S`` is one learned
-  scalar per condenser, starting at 1.
+- The condenser's layers, read from those descriptions: ``C`` a 2x2/stride-2 max pool, ``E`` a
+  grouped 3x3 conv to half the width + ReLU then a pointwise conv back to the width of ``V``,
+  ``X`` nearest 2x upsampling, ``F(V, A, S) = V * sigmoid(A) * S`` with ``S`` one learned scalar
+  per condenser starting at 1. At an odd size the last row/column is repeated before the pool and
+  the upsampled map cropped back, which equals a ceil-mode pool (CamVid's 360x480 is 45x60 at
+  stride 8).
 - ``AttendBlock``: attention condenser, then a 3x3 depthwise conv (dilated in the deepest stage)
   + BN + ReLU and a pointwise conv + BN, with a residual when the width is kept, then ReLU.
 - The macro-architecture: a stride-2 3x3 stem; one block at stride 2, two at stride 4 and eight
@@ -31,11 +31,16 @@ macro-architecture):
   a decoder that upsamples bilinearly, concatenates the stride-4 and stride-2 features, fuses
   them with a pointwise conv and an ``AttendBlock`` each, and a pointwise classifier at stride 2
   upsampled bilinearly to the input. The widths (16/32/64/224 encoder, 96/48 decoder) put it at
-  1,189,672 parameters with 11 classes; H and W must be multiples of 8.
+  1,189,672 parameters with 11 classes (2.7 GMACs at 360x480); H and W must be multiples of 8.
+- Input normalisation: the registry's default (ImageNet mean/std); the paper does not say.
 
 Deploy form: every op reaches a TFLite builtin as written (MAX_POOL_2D, CONV_2D,
-DEPTHWISE_CONV_2D, RESIZE_NEAREST_NEIGHBOR, LOGISTIC, MUL, STRIDED_SLICE, CONCATENATION,
-RESIZE_BILINEAR), so ``to_deploy()`` returns the model itself.
+DEPTHWISE_CONV_2D, RESIZE_NEAREST_NEIGHBOR, LOGISTIC, MUL, CONCATENATION, RESIZE_BILINEAR, and
+STRIDED_SLICE at odd sizes; onnx2tf also puts TRANSPOSE pairs around the concatenations there),
+so ``to_deploy()`` returns the model itself. In the full-int8 file XNNPACK (LiteRT 2.3.0) takes
+every op but RESIZE_NEAREST_NEIGHBOR, so the gating path is split: the condensed map is expanded
+on LiteRT's builtin kernel, LOGISTIC and the MULs run in XNNPACK; both paths agree with PyTorch's
+float output to within two int8 steps (tests/test_attendseg.py).
 """
 
 from __future__ import annotations

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import collections
-
 import numpy as np
 import pytest
 import torch
@@ -130,34 +128,6 @@ def test_odd_condensed_sizes_convert_to_builtins(tmp_path):
     assert result.parity.stages["float32"].gate == "pass", result.table
 
 
-def xnnpack_partition(path) -> tuple[collections.Counter, collections.Counter]:
-    """(delegated, kept) op counts of a .tflite under LiteRT's default XNNPACK delegate.
-
-    After ``allocate_tensors`` the interpreter lists the original nodes, then one DELEGATE node
-    per XNNPACK partition; an original node is delegated when it lies between a DELEGATE node's
-    inputs and outputs (reached walking back from its outputs without crossing its inputs).
-    """
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path))
-    interpreter.allocate_tensors()
-    ops = interpreter._get_ops_details()
-    nodes = [op for op in ops if op["op_name"] != "DELEGATE"]
-    producer = {t: op["index"] for op in nodes for t in op["outputs"]}
-    inside: set[int] = set()
-    for delegate in (op for op in ops if op["op_name"] == "DELEGATE"):
-        stop, todo = set(delegate["inputs"]), list(delegate["outputs"])
-        while todo:
-            t = todo.pop()
-            if t in stop or t not in producer or producer[t] in inside:
-                continue
-            inside.add(producer[t])
-            todo.extend(i for i in nodes[producer[t]]["inputs"] if i >= 0)
-    delegated = collections.Counter(op["op_name"] for op in nodes if op["index"] in inside)
-    kept = collections.Counter(op["op_name"] for op in nodes if op["index"] not in inside)
-    return delegated, kept
-
-
 class _Gate(nn.Module):
     """A conv, then one attention condenser whose logits spread over the sigmoid's range."""
 
@@ -195,11 +165,12 @@ def test_full_int8_gating_is_accurate_under_xnnpack(tmp_path):
     result = convert_model(model, tmp_path, config, calibration_from_array(images, "gate", min_size=1), log=None, progress=False)
     assert result.ops["full_int8"].float_ops == [] and result.ops["full_int8"].non_builtin == []
     path = tmp_path / "model_full_int8.tflite"
-    delegated, kept = xnnpack_partition(path)
-    print(f"XNNPACK delegates {dict(delegated)}; LiteRT's own kernels run {dict(kept)}")
-    assert delegated["LOGISTIC"] == 1 and delegated["MUL"] >= 1 and "LOGISTIC" not in kept and "MUL" not in kept
     xnnpack, builtin = TFLiteRunner(path), TFLiteRunner(path, xnnpack=False)
-    assert xnnpack.delegate == "xnnpack"
+    delegation = xnnpack.delegation
+    print(f"XNNPACK takes {delegation['delegated']} of {delegation['ops']} ops; not {delegation['not_delegated']}")
+    assert delegation["delegate"] == "xnnpack"
+    assert "LOGISTIC" not in delegation["not_delegated"] and "MUL" not in delegation["not_delegated"]
+    assert result.ops["full_int8"].counts["LOGISTIC"] == 1 and result.ops["full_int8"].counts["MUL"] >= 1
     step = xnnpack.io_quantization["output"]["scale"]
     y_xnnpack = np.concatenate([xnnpack(images[i : i + 1]) for i in range(len(images))])
     y_builtin = np.concatenate([builtin(images[i : i + 1]) for i in range(len(images))])
