@@ -82,6 +82,7 @@ def measure_conversion(
     stages: list[str] | None = None,
     workers: int = 1,
     limit: int | None = None,
+    stage_limits: dict[str, int] | None = None,
     drift_images: int = 8,
     overlay_images: int = 4,
     bench: bool = True,
@@ -98,6 +99,8 @@ def measure_conversion(
     ``record_results``. All stages use the preprocessing the folder's manifest gives. ``workers``
     processes evaluate each .tflite (a LiteRT interpreter keeps to few threads); PyTorch, ONNX
     Runtime and TensorFlow run in this process with all cores, as they parallelise inside.
+    ``stage_limits`` evaluates the named stages on their first N images only (at least the overlay
+    images); such a row's agreement and ``reference_miou`` are PyTorch's on the same images.
     """
     from seg2tflite.eval.artifacts import describe_artifact
     from seg2tflite.eval.bench import benchmark_artifact
@@ -119,9 +122,12 @@ def measure_conversion(
 
     rows, reference_predictions = [], None
     for stage, path in found.items():
+        stage_limit = limit
+        if stage != REFERENCE and stage in (stage_limits or {}):
+            stage_limit = max(stage_limits[stage], overlay_images) if limit is None else min(limit, stage_limits[stage])
         result = evaluate_artifact(
             path, data_spec, split, first.input_size, first.mean, first.std,
-            workers=workers if path.suffix == ".tflite" else 1, limit=limit, keep_predictions=True, progress=progress,
+            workers=workers if path.suffix == ".tflite" else 1, limit=stage_limit, keep_predictions=True, progress=progress,
         )  # fmt: skip
         sample[f"pred_{stage}"] = result.predictions[: len(sample["image"])]
         row = RecordRow(
@@ -150,13 +156,18 @@ def measure_conversion(
             if delegation["delegated"]:
                 builtin = evaluate_artifact(
                     path, data_spec, split, first.input_size, first.mean, first.std,
-                    workers=workers, limit=limit, xnnpack=False, progress=progress,
+                    workers=workers, limit=stage_limit, xnnpack=False, progress=progress,
                 )  # fmt: skip
                 row.miou_builtin = builtin.metrics["miou"]
         if stage == REFERENCE:
             reference_predictions = result.predictions
         elif reference is not None:
-            row.argmax_agreement = argmax_agreement(result.predictions, reference_predictions)
+            n = len(result.predictions)
+            row.argmax_agreement = argmax_agreement(result.predictions, reference_predictions[:n])
+            if n < len(reference_predictions):  # fewer images than PyTorch's row: its mIoU on the same ones
+                row.reference_miou = evaluate_artifact(
+                    reference, data_spec, split, first.input_size, first.mean, first.std, limit=n, progress=False
+                ).metrics["miou"]
             if drift_images > 0:
                 drift = compare_artifacts(
                     path,

@@ -72,6 +72,9 @@ class RecordRow:
     miou_builtin: float | None = None  # a .tflite on LiteRT's builtin kernels (no XNNPACK), 0..1
     delegated_ops: int | None = None  # a .tflite: ops XNNPACK took, of total_ops
     total_ops: int | None = None
+    # A row evaluated on fewer images than its model's PyTorch row (the demo's int16x8): PyTorch's
+    # mIoU on those same images, which its change in mIoU is taken against.
+    reference_miou: float | None = None
 
     @property
     def key(self) -> tuple[str, str]:

@@ -1,7 +1,7 @@
-"""Segmentation models: SegFormer, SegNet and DeepLabv3+, reached through one registry."""
+"""Segmentation models: SegFormer, SegNet, DeepLabv3+, the MediaTek UNet and AttendSeg, reached through one registry."""
 
 # Importing the architecture files fills the registry.
-from seg2tflite.models import deeplabv3plus, segformer, segnet  # noqa: E402,F401
+from seg2tflite.models import attendseg, deeplabv3plus, segformer, segnet, unet_mediatek  # noqa: E402,F401
 from seg2tflite.models.registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -57,6 +57,10 @@ def _add_demo(sub) -> None:
     p.add_argument("--calib-size", type=positive_int, default=d.calib_size, help="representative images for full int8 / int16x8")
     p.add_argument("--parity-images", type=positive_int, default=d.parity_images, help="images the conversion gates compare on")
     p.add_argument("--eval-limit", type=positive_int, default=None, help="evaluate only the first N test images (default: all)")
+    p.add_argument(
+        "--int16x8-eval-images", type=positive_int, default=d.int16x8_eval_images,
+        help="evaluate the int16x8 file (LiteRT reference kernels, 30-40x slower) on the first N test images only",
+    )  # fmt: skip
     p.add_argument("--workers", type=positive_int, default=d.workers, help="processes evaluating each .tflite")
     p.add_argument("--bench-threads", type=positive_int, default=d.bench_threads, help="threads for the latency benchmark")
     p.add_argument(

@@ -154,6 +154,7 @@ def run_demo(config: DemoConfig) -> int:
             t = time.perf_counter()
             rows, sample = measure_conversion(
                 model_dir / "convert", data, config.eval_split, model=name, workers=config.workers, limit=config.eval_limit,
+                stage_limits={"int16x8": config.int16x8_eval_images} if config.int16x8_eval_images else None,
                 bench_threads=config.bench_threads, runs=config.bench_runs, run_dir=out, progress=config.progress,
             )  # fmt: skip
             record_results(out, rows, sample)

@@ -174,6 +174,34 @@ def test_stages_evaluated_on_different_data_are_flagged(measured, tmp_path):
     assert f"WARNING: `{NAME}` was evaluated on different data" in md
 
 
+def test_a_stage_on_fewer_images_is_compared_on_those_images(measured, tmp_path):
+    """The demo evaluates int16x8 on its first test images only: the row says so in the tables, and
+    its change in mIoU and its agreement are against PyTorch on the same images."""
+    from seg2tflite.eval.evaluate import evaluate_artifact
+
+    run, rows, _ = measured
+    convert = run / "models" / NAME
+    fewer, sample = measure_conversion(
+        convert, DATA, "test", stages=["pytorch", "int16x8"], stage_limits={"int16x8": 2}, workers=1, drift_images=2,
+        overlay_images=2, bench=False, run_dir=run, progress=False,
+    )  # fmt: skip
+    pt, q = fewer
+    assert pt.num_images == 4 and q.num_images == 2 and sample["pred_int16x8"].shape[0] == 2
+    on_two = evaluate_artifact(convert / "model.safetensors", DATA, "test", limit=2, progress=False).metrics["miou"]
+    assert q.reference_miou == on_two != pt.miou and pt.reference_miou is None  # so the Δ below tells them apart
+    full = rows[CONVERT_STAGES.index("int16x8")]  # the same file on all 4 images, from the fixture
+    assert q.data_sha256 != full.data_sha256 and q.miou is not None
+    record_results(tmp_path, fewer, sample)
+    out = build_report(tmp_path)
+    md = (out / "results.md").read_text()
+    assert "WARNING" not in md  # a subset has its own digest; that is not a change of data
+    line = next(line for line in md.splitlines() if "TFLite int16x8" in line)
+    assert "| TFLite int16x8 (first 2 images) |" in line
+    assert f"| {100 * (q.miou - on_two):+.2f} |" in line
+    summary = (out / "summary.md").read_text()
+    assert "| TFLite int16x8 (first 2 images) |" in summary
+
+
 def test_sizes_of_files_and_folders(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "zeros.bin").write_bytes(bytes(1_000_000))
