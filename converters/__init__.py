@@ -16,7 +16,7 @@ _EXPORTS = {
     "ConversionError": "seg2tflite.converters.onnx_to_tf",
     "OpsError": "seg2tflite.converters.ops",
     "ParityError": "seg2tflite.converters.parity",
-    "ConvertResult": "seg2tflite.converters.pipeline",
+    "ConvertResult": "seg2tflite.converters.chain",
     "convert_model": "seg2tflite.converters.pipeline",
     "convert_onnx": "seg2tflite.converters.pipeline",
     "convert_registered": "seg2tflite.converters.pipeline",
