@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg2tflite.errors import UserError
+from seg2tflite.models.layers import check_divisible
 from seg2tflite.models.registry import ModelConfig, register_model
 
 SIZE_DIVISOR = 8  # three stride-2 steps; 360x480 (CamVid) is a multiple of 8, not of 16
@@ -177,14 +177,7 @@ class AttendSeg(nn.Module):
         self.classifier = nn.Conv2d(d2, num_classes, 1)
 
     def check_size(self, x: torch.Tensor) -> None:
-        if torch.jit.is_tracing():  # export traces one fixed size; int() of a traced shape only warns
-            return
-        h, w, d = int(x.shape[-2]), int(x.shape[-1]), self.size_divisor
-        if h % d or w % d:
-            fit = [max(d, round(v / d) * d) for v in (h, w)]
-            raise UserError(
-                f"input size {h}x{w}: AttendSeg needs height and width divisible by {d}; resize to e.g. {fit[0]}x{fit[1]}"
-            )
+        check_divisible(x, self.size_divisor, "AttendSeg")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_size(x)

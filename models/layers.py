@@ -22,7 +22,19 @@ import torch.fx as fx
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from seg2tflite.errors import UserError
+
 COMPRESSIBLE = (nn.Conv2d, nn.Linear)
+
+
+def check_divisible(x: torch.Tensor, divisor: int, model: str) -> None:
+    """Refuse an input whose height or width the model cannot take, naming the nearest size that works."""
+    if torch.jit.is_tracing():  # export traces one fixed size; int() of a traced shape only warns
+        return
+    h, w, d = int(x.shape[-2]), int(x.shape[-1]), divisor
+    if h % d or w % d:
+        fit = [max(d, round(v / d) * d) for v in (h, w)]
+        raise UserError(f"input size {h}x{w}: {model} needs height and width divisible by {d}; resize to e.g. {fit[0]}x{fit[1]}")
 
 
 def layer_weights(model: nn.Module, min_params: int = 0) -> Iterator[tuple[str, nn.Module]]:

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg2tflite.errors import UserError
+from seg2tflite.models.layers import check_divisible
 from seg2tflite.models.registry import ModelConfig, register_model
 
 DEPTH = 5  # encoder stages; a 2x2 pool after each but the last
@@ -115,14 +115,7 @@ class MediaTekUNet(nn.Module):
         self.head = conv3x3(widths[0], num_classes)
 
     def check_size(self, x: torch.Tensor) -> None:
-        if torch.jit.is_tracing():  # export traces one fixed size; int() of a traced shape only warns
-            return
-        h, w, d = int(x.shape[-2]), int(x.shape[-1]), self.size_divisor
-        if h % d or w % d:
-            fit = [max(d, round(v / d) * d) for v in (h, w)]
-            raise UserError(
-                f"input size {h}x{w}: the MediaTek UNet needs height and width divisible by {d}; resize to e.g. {fit[0]}x{fit[1]}"
-            )
+        check_divisible(x, self.size_divisor, "the MediaTek UNet")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_size(x)
