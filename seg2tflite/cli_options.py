@@ -56,6 +56,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_input_size(parser: argparse.ArgumentParser, help: str) -> None:
+    """The ``--input-size H W`` option every command that takes a size shares."""
+    parser.add_argument("--input-size", type=positive_int, nargs=2, metavar=("H", "W"), default=None, help=help)
+
+
 def non_negative_int(text: str) -> int:
     value = _number(text, int)
     if value < 0:

@@ -13,6 +13,7 @@ import sys
 from seg2tflite.cli_options import (
     DATA_SPEC_SHORT,
     Formatter,
+    add_input_size,
     class_count,
     config_from_args,
     finite_float,
@@ -109,9 +110,7 @@ def add_train(sub) -> None:
     p.add_argument("--lr", type=positive_float, default=d.lr, help="peak AdamW learning rate")
     p.add_argument("--weight-decay", type=non_negative_float, default=d.weight_decay, help="AdamW weight decay")
     p.add_argument("--warmup-steps", type=non_negative_int, default=d.warmup_steps, help="linear warm-up steps")
-    p.add_argument(
-        "--input-size", type=positive_int, nargs=2, metavar=("H", "W"), default=None, help="training size (default: the model's)"
-    )
+    add_input_size(p, "training size (default: the model's)")
     p.add_argument("--num-classes", type=class_count, default=None, help="head size (default: the dataset's)")
     p.add_argument("--val-every", type=positive_int, default=d.val_every, help="steps between validations and checkpoints")
     p.add_argument("--val-images", type=positive_int, default=None, help="cap on validation images (default: whole split)")
@@ -163,14 +162,7 @@ def add_convert(sub) -> None:
         help="local weights (this project's, Hugging Face folder, or a state dict); default: seeded random init",
     )
     p.add_argument("--num-classes", type=class_count, default=None, help="head size (default: the calibration dataset's)")
-    p.add_argument(
-        "--input-size",
-        type=positive_int,
-        nargs=2,
-        metavar=("H", "W"),
-        default=None,
-        help="fixed input size (default: the model's)",
-    )
+    add_input_size(p, "fixed input size (default: the model's)")
     p.add_argument("--calib-data", default="synthetic", help="calibration " + DATA_SPEC_SHORT)
     p.add_argument(
         "--calib-split", default=d.calib_split, choices=["train", "val", "test"], help="split the calibration images come from"
@@ -301,14 +293,7 @@ def add_evaluate(sub) -> None:
     p.add_argument("--artifact", required=True, help="checkpoint, .onnx, SavedModel folder or .tflite")
     p.add_argument("--data", default="synthetic", help=DATA_SPEC_SHORT)
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate")
-    p.add_argument(
-        "--input-size",
-        type=positive_int,
-        nargs=2,
-        metavar=("H", "W"),
-        default=None,
-        help="default: from the artifact's manifest or config",
-    )
+    add_input_size(p, "default: from the artifact's manifest or config")
     p.add_argument("--mean", type=finite_float, nargs=3, default=None, help="default: from the artifact's manifest or config")
     p.add_argument("--std", type=positive_float, nargs=3, default=None, help="default: from the artifact's manifest or config")
     p.add_argument("--workers", type=positive_int, default=_default_workers(), help="evaluation processes (TFLite, ONNX)")
@@ -350,14 +335,7 @@ def add_bench(sub) -> None:
         description="LiteRT interpreter with XNNPACK, ONNX Runtime or PyTorch eager, each in a fresh process.",
     )
     p.add_argument("--artifact", required=True, nargs="+", help="checkpoint, .onnx, SavedModel folder or .tflite")
-    p.add_argument(
-        "--input-size",
-        type=positive_int,
-        nargs=2,
-        metavar=("H", "W"),
-        default=None,
-        help="default: from the artifact's manifest or config",
-    )
+    add_input_size(p, "default: from the artifact's manifest or config")
     p.add_argument("--threads", type=positive_int, default=1, help="runtime threads")
     p.add_argument("--warmup", type=non_negative_int, default=5, help="untimed runs first")
     p.add_argument("--runs", type=positive_int, default=30, help="timed runs")
