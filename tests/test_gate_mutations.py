@@ -151,7 +151,15 @@ def _verdicts(torch_model, onnx_model, images, tmp_path) -> tuple[bool, bool, li
     onnx.save(onnx_model, str(path))
     report = measure_parity({"pytorch": TorchRunner(torch_model), "onnx": OnnxRunner(path)}, images, None, K, progress=False)
     failures = apply_gates(report, GATES)
-    return _old_gate_fails(report.stages["onnx"].vs_pytorch), bool(failures), failures
+    m = report.stages["onnx"].vs_pytorch
+    old = _old_gate_fails(m)
+    # the README's mutation table is these lines (pytest tests/test_gate_mutations.py -s)
+    print(
+        f"\nmax drift/range {m['max_abs_over_range']:.2e}, agreement {100 * m['argmax_agreement']:.2f}%, "
+        f"outliers {100 * m['outlier_share']['0.001']:.2f}%, old gate {'fail' if old else 'pass'}, "
+        f"new gates {'fail' if failures else 'pass'}"
+    )
+    return old, bool(failures), failures
 
 
 @pytest.fixture(scope="module")
