@@ -170,14 +170,19 @@ def test_ctrl_c_during_evaluate_with_workers_prints_one_line(tmp_path):
     import time
 
     onnx_path = Bench(tmp_path, None).onnx()
+    # Far more images than get evaluated: the first chunk (1/8 of the split) reports progress, and the
+    # SIGINT must still find the workers busy. 20,000 images finished in 6 s on an idle machine.
+    images = 400_000
     command = [sys.executable, "-m", "seg2tflite", "evaluate", "--artifact", str(onnx_path), "--workers", "2",
-               "--data", "synthetic:size=32,test=20000", *EIGHT_CLASS_ARGS]  # fmt: skip
+               "--data", f"synthetic:size=32,test={images}", *EIGHT_CLASS_ARGS]  # fmt: skip
     process = subprocess.Popen(command, stderr=subprocess.PIPE, start_new_session=True)
     stderr = bytearray()
     reader = threading.Thread(target=lambda: [stderr.extend(chunk) for chunk in iter(lambda: process.stderr.read1(4096), b"")])
     reader.start()
     try:
-        while process.poll() is None and not re.search(rb"eval model\.onnx:\s+\d+%.*\| *[1-9]\d*/20000", bytes(stderr)):
+        while process.poll() is None and not re.search(
+            rb"eval model\.onnx:\s+\d+%.*\| *[1-9]\d*/" + str(images).encode(), bytes(stderr)
+        ):
             time.sleep(0.05)
         assert process.poll() is None, bytes(stderr).decode()[-2000:]
         os.killpg(process.pid, signal.SIGINT)
