@@ -16,11 +16,11 @@ _EXPORTS = {
     "ConversionError": "seg2tflite.converters.onnx_to_tf",
     "OpsError": "seg2tflite.converters.ops",
     "ParityError": "seg2tflite.converters.parity",
-    "ConvertResult": "seg2tflite.converters.pipeline",
+    "ConvertResult": "seg2tflite.converters.chain",
     "convert_model": "seg2tflite.converters.pipeline",
     "convert_onnx": "seg2tflite.converters.pipeline",
     "convert_registered": "seg2tflite.converters.pipeline",
-    "resolve_onnx_input_size": "seg2tflite.converters.pipeline",
+    "resolve_onnx_input_size": "seg2tflite.converters.checks",
 }
 
 __all__ = sorted(_EXPORTS)

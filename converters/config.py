@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from seg2tflite.converters.stages import CALIBRATED_VARIANTS, VARIANTS
@@ -57,13 +58,13 @@ class ConvertConfig:
         if self.parity_images < 1:
             raise UserError(f"--parity-images: {self.parity_images} must be at least 1")
         for name in ("float_min_agreement", "float16_min_agreement"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
+            if not 0.0 <= getattr(self, name) <= 1.0:  # NaN fails this too
                 raise UserError(f"{name}: {getattr(self, name)} must be a fraction in 0..1")
         for name in ("float_outlier_drift", "float16_outlier_drift", "float16_tie_margin", "max_outlier_share"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
+            if not 0.0 <= getattr(self, name) <= 1.0:  # NaN fails this too
                 raise UserError(f"{name}: {getattr(self, name)} must be a fraction in 0..1")
-        if not self.max_miou_drop >= 0:  # also refuses NaN
-            raise UserError(f"--max-miou-drop: {self.max_miou_drop} must be a number >= 0")
+        if not (math.isfinite(self.max_miou_drop) and self.max_miou_drop >= 0):
+            raise UserError(f"--max-miou-drop {self.max_miou_drop}: must be a finite number of mIoU points >= 0")
         if self.num_threads is not None and self.num_threads < 1:
             raise UserError(f"--threads: {self.num_threads} must be at least 1")
 

@@ -15,12 +15,12 @@ TorchScript exporter names nodes ``/scope/scope/Op`` after module paths.
 from __future__ import annotations
 
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from seg2tflite.atomic import private_tempdir
 from seg2tflite.converters.onnx_to_tf import ConversionError, run_onnx2tf
 from seg2tflite.converters.parity import ParityReport
 from seg2tflite.converters.stages import FLOAT_STAGES
@@ -108,7 +108,7 @@ def locate_divergence(
 
     main.onnx_tf_tensor_validation = capture
     try:
-        with tempfile.TemporaryDirectory(prefix="seg2tflite_divergence_") as work:
+        with private_tempdir("divergence") as work:
             run_onnx2tf(
                 onnx_model,
                 Path(work) / "saved_model",
@@ -208,6 +208,14 @@ def explain_float_failure(
     broken = next((s for s in FLOAT_STAGES if s in report.stages and report.stages[s].gate == "fail"), None)
     if broken is None:
         return None
+    reference = report.stages.get(report.reference)
+    if reference is not None and reference.nonfinite:
+        return {
+            "stage": broken,
+            "summary": f"{report.reference}'s own logits hold {reference.nonfinite} NaN/Inf values: the model (its weights "
+            "or its forward) computes NaN before any conversion, so no stage can match it; check the checkpoint",
+            "first": None,
+        }
     if broken == "onnx":
         found = {
             "summary": "ONNX Runtime already differs from PyTorch: the deploy form or torch.onnx.export is at fault "
@@ -224,7 +232,8 @@ def explain_float_failure(
             "first": None,
         }
     drift = report.stages[broken].vs_pytorch
-    if drift["argmax_agreement"] == 1.0 and drift["max_abs"] > LOCALIZED_DRIFT_RATIO * drift["mean_abs"]:
+    near_tie = drift["argmax_agreement"] == 1.0 and drift["max_abs"] > LOCALIZED_DRIFT_RATIO * drift["mean_abs"]
+    if near_tie and not report.stages[broken].nonfinite:
         floor_text = ""
         if deploy_model is not None and parity_images is not None:
             floor = found["float64_noise_floor"] = float64_noise_floor(deploy_model, parity_images)

@@ -71,3 +71,17 @@ def calibration_set(calib_data, preprocess: Preprocess, config: ConvertConfig, p
     return build_calibration_set(
         calib_data, preprocess, size=config.calib_size, seed=config.calib_seed, min_size=config.calib_min, progress=progress
     )
+
+
+def conversion_memory(activations, calibrated: bool, calib_size: int, parity_images: int):
+    """``need(h, w)``: a lower bound of the bytes a conversion at (h, w) holds at once: the
+    calibration and parity images as float32 (plus the NHWC copy of the parity images onnx2tf
+    checks its layouts on), and ``activations(h, w)`` (every layer's output, which onnx2tf's
+    shape inference and the TFLite calibrator keep; None: unknown, counted as nothing)."""
+
+    def need(h: int, w: int) -> float:
+        image = 3 * h * w * 4
+        held = (calib_size if calibrated else 0) + 2 * parity_images
+        return held * image + (activations(h, w) or 0)
+
+    return need

@@ -22,6 +22,10 @@ from seg2tflite.errors import UserError
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+# onnxsim 0.4.36 carries its own onnx checker, which reads IR versions up to 10 (onnx 1.16); IR 10
+# covers the default-domain opsets up to 21. The installed onnx saves IR 11+ by default.
+SIMPLIFIER_MAX_IR = 10
+SIMPLIFIER_MAX_OPSET = 21
 
 
 @dataclass
@@ -107,7 +111,7 @@ def prepare_onnx(model: onnx.ModelProto, input_size: tuple[int, int] | None, sou
             f"{input_size[0]}x{input_size[1]}; pass --input-size {static_hw[0]} {static_hw[1]}"
         )
     check_ops_carried(model, source)
-    model = _fix_input_shape(model, input_name, [1, 3, *input_size])
+    model = _fix_input_shape(_simplifiable_ir(model, source), input_name, [1, 3, *input_size])
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:
@@ -129,21 +133,77 @@ def prepare_onnx(model: onnx.ModelProto, input_size: tuple[int, int] | None, sou
     return PreparedOnnx(model, input_name, outputs[0].name, out_dims[1], applied)
 
 
+def _simplifiable_ir(model: onnx.ModelProto, source: str) -> onnx.ModelProto:
+    """``model`` with an IR version onnxsim reads: a newer one is lowered to 10, which changes
+    nothing for opsets up to 21 (IR 11 and 12 add only new data types and newer opsets)."""
+    if model.ir_version <= SIMPLIFIER_MAX_IR:
+        return model
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset > SIMPLIFIER_MAX_OPSET:
+        raise UserError(
+            f"{source}: opset {opset} (IR version {model.ir_version}) is newer than the chain's ONNX simplifier reads "
+            f"(opset <= {SIMPLIFIER_MAX_OPSET}); export the model again with opset_version={SIMPLIFIER_MAX_OPSET} or lower"
+        )
+    lowered = onnx.ModelProto.FromString(model.SerializeToString())
+    lowered.ir_version = SIMPLIFIER_MAX_IR
+    return lowered
+
+
 def check_ops_carried(model: onnx.ModelProto, source: str) -> None:
     """Refuse, before any conversion work, a node whose op onnx2tf has no converter for."""
     import importlib.util
+
+    # onnx2tf/ops/OP.py, found without importing onnx2tf (which imports TensorFlow)
+    ops = Path(importlib.util.find_spec("onnx2tf").submodule_search_locations[0]) / "ops"
 
     known: dict[str, bool] = {}
     for node in model.graph.node:
         op = node.op_type
         if op not in known:
-            known[op] = op.isidentifier() and importlib.util.find_spec(f"onnx2tf.ops.{op}") is not None
+            known[op] = op.isidentifier() and (ops / f"{op}.py").is_file()
         if not known[op] or node.domain not in ("", "ai.onnx"):
             where = f"{node.domain}::{op}" if node.domain else op
             raise UserError(
                 f"{source}: node {node.name or '(unnamed)'!r} is a {where} op, which onnx2tf cannot convert; "
                 "replace it in the PyTorch model (or the ONNX graph) with standard ONNX ops"
             )
+
+
+def onnx_output_classes(model: onnx.ModelProto, size: tuple[int, int]) -> int | None:
+    """K of the (1, K, H, W) logits ``model`` returns at ``size``, from shape inference; None if unknown."""
+    try:
+        input_name = next(i.name for i in model.graph.input if i.name not in {x.name for x in model.graph.initializer})
+        inferred = _fix_input_shape(model, input_name, [1, 3, *size])
+        dims = inferred.graph.output[0].type.tensor_type.shape.dim
+    except Exception:  # noqa: BLE001 - prepare_onnx reports the real problem
+        return None
+    return dims[1].dim_value if len(dims) == 4 and dims[1].HasField("dim_value") and dims[1].dim_value > 0 else None
+
+
+def onnx_activation_bytes(model: onnx.ModelProto, size: tuple[int, int]) -> int | None:
+    """Bytes of every tensor of ``model`` at input ``size`` (batch 1), from shape inference alone
+    (no data, no run); None when the shapes cannot be inferred."""
+    try:
+        input_name = next(i.name for i in model.graph.input if i.name not in {x.name for x in model.graph.initializer})
+        inferred = _fix_input_shape(model, input_name, [1, 3, *size])
+    except Exception:  # noqa: BLE001 - no estimate is no refusal; prepare_onnx reports the real problem
+        return None
+    total = 0
+    for value in [*inferred.graph.value_info, *inferred.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            n = 1
+            for d in dims:
+                n *= d.dim_value
+            total += 4 * n
+    return total + sum(4 * _numel(i.dims) for i in model.graph.initializer)
+
+
+def _numel(dims) -> int:
+    n = 1
+    for d in dims:
+        n *= d
+    return n
 
 
 def _fix_input_shape(model: onnx.ModelProto, input_name: str, shape: list[int]) -> onnx.ModelProto:

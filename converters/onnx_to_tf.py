@@ -14,9 +14,9 @@ stubbed out while onnx2tf runs (``_skip_onnx2tf_tflite``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 
-from seg2tflite.atomic import atomic_path
+from seg2tflite.atomic import atomic_path, private_tempdir
 from seg2tflite.converters.offline import onnx2tf_offline
 from seg2tflite.errors import UserError
 
@@ -71,7 +71,7 @@ def run_onnx2tf(model: onnx.ModelProto, folder: Path, sample_nhwc: np.ndarray, *
 
     tf_keras.backend.clear_session()
     log = io.StringIO()
-    with tempfile.TemporaryDirectory(prefix="seg2tflite_onnx2tf_") as work:
+    with private_tempdir("onnx2tf") as work:  # a killed run's copy is removed by the next one
         onnx_path = Path(work) / "model.onnx"
         onnx.save(model, str(onnx_path))
         try:
@@ -86,14 +86,32 @@ def run_onnx2tf(model: onnx.ModelProto, folder: Path, sample_nhwc: np.ndarray, *
                     **options,
                 )
         except (Exception, SystemExit) as e:
+            disk_full = _disk_full(e, log.getvalue())
+            if disk_full is not None:  # not a conversion problem: the one-line disk message, as for every write
+                raise OSError(errno.ENOSPC, "No space left on device", str(folder)) from None
             raise ConversionError(_failure_message(e, log.getvalue())) from None
     return log.getvalue()
+
+
+def _disk_full(error: BaseException, log: str) -> BaseException | None:
+    """The error (or one it was raised from) that says the disk is full, if any; TensorFlow
+    wraps ENOSPC in its own error types, and onnx2tf may only print it before exiting."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return seen
+        if "No space left on device" in str(seen):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return error if "No space left on device" in log else None
 
 
 def _failure_message(error: BaseException, log: str) -> str:
     lines = [_strip_colors(line).strip() for line in log.splitlines() if "ERROR" in line]
     op = next((line.split("onnx_op_name:", 1)[1].strip() for line in lines if "onnx_op_name:" in line), None)
-    detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+    text = _strip_colors(str(error)).strip()
+    detail = next((line.strip() for line in text.splitlines() if line.strip() and not line.startswith(("Traceback", "  "))), "")
+    detail = detail[:300] or type(error).__name__
     where = f" at ONNX node {op.replace('wa/', '/', 1)}" if op else ""
     return f"onnx2tf failed{where}: {detail}; see the onnx2tf log above, or try another --opset"
 
@@ -118,7 +136,10 @@ def onnx_to_saved_model(
     with atomic_path(target) as tmp:
         log = run_onnx2tf(model, tmp, sample_nhwc, **options)
         if not (tmp / "saved_model.pb").is_file():
-            raise ConversionError(f"onnx2tf wrote no saved_model.pb; its log ends: {log[-500:]}")
+            if "No space left on device" in log:  # onnx2tf printed TensorFlow's ENOSPC and went on
+                raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+            last = [line.strip() for line in _strip_colors(log).splitlines() if line.strip()]
+            raise ConversionError(f"onnx2tf wrote no saved_model.pb; its log ends: {last[-1][:300] if last else '(empty)'}")
         for entry in tmp.iterdir():
             if entry.name not in SAVED_MODEL_ENTRIES:
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from seg2tflite.atomic import atomic_write_text
+from seg2tflite.atomic import remove_stale_temporaries as _remove_stale_temporaries
 from seg2tflite.converters.manifest import artifact_hashes
 
 STAGES_FILE = "stages.json"
@@ -53,11 +54,42 @@ class StageCache:
 
     def record(self, stage: str, key: str, names: list[str]) -> None:
         self.stages[stage] = {"key": key, "names": names, "files": artifact_hashes(self.out_dir, names)}
+        self._save()
+
+    def _save(self) -> None:
         atomic_write_text(self.path, json.dumps({"stages": self.stages}, indent=2) + "\n")
 
+    def forget(self, stage: str, keep: tuple[Path, ...] = ()) -> list[str]:
+        """Drop ``stage`` from the record and delete the files it recorded that are still as
+        written (a file changed since, or one of ``keep``, is left alone). Returns what was deleted."""
+        entry = self.stages.pop(stage, None)
+        if entry is None:
+            return []
+        kept = {Path(p).resolve() for p in keep}
+        current = artifact_hashes(self.out_dir, entry.get("names") or [])
+        deleted = []
+        for rel, recorded in (entry.get("files") or {}).items():
+            path = self.out_dir / rel
+            if current.get(rel) == recorded and path.resolve() not in kept:
+                path.unlink(missing_ok=True)
+                deleted.append(rel)
+        for name in entry.get("names") or []:  # a folder (the SavedModel) emptied of its files goes too
+            folder = self.out_dir / name
+            if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
+                shutil.rmtree(folder, ignore_errors=True)
+        self._save()
+        return deleted
 
-def remove_stale_temporaries(out_dir: Path) -> None:
-    """Delete the ``.NAME.*.tmp`` folders that a killed ``atomic_path`` write left behind."""
-    if out_dir.is_dir():
-        for tmp in out_dir.glob(".*.tmp"):
-            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+    def forget_others(self, stages, keep: tuple[Path, ...] = ()) -> list[str]:
+        """``forget`` every recorded stage not in ``stages``: what an earlier run into this folder
+        built that this run does not (another variant set, a seed's weights beside a checkpoint's)."""
+        deleted = []
+        for stage in [s for s in self.stages if s not in set(stages)]:
+            deleted += self.forget(stage, keep)
+        return deleted
+
+
+def remove_stale_temporaries(out_dir: Path) -> list[Path]:
+    """Delete the temporaries that killed writes of this project left in ``out_dir`` (never
+    anything else: see ``seg2tflite.atomic``)."""
+    return _remove_stale_temporaries(out_dir)

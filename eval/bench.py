@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -75,13 +75,13 @@ def _maxrss_mb() -> float:
 def measure(path: str, input_size: tuple[int, int], threads: int, warmup: int, runs: int) -> BenchResult:
     """Time the artifact in THIS process (``benchmark_artifact`` calls it in a fresh one)."""
     from seg2tflite.eval.artifacts import RUNTIME_NAMES, artifact_kind
-    from seg2tflite.eval.evaluate import open_artifact
+    from seg2tflite.eval.opening import open_artifact
 
     kind = artifact_kind(path)
     _import_runtime(kind)
     baseline = _maxrss_mb()
     started = time.perf_counter()
-    runner = open_artifact(path, threads=threads)
+    runner = open_artifact(path, threads=threads, input_size=tuple(input_size))
     load_seconds = time.perf_counter() - started
     x = np.random.default_rng(0).standard_normal((1, 3, *input_size), dtype=np.float32)
     for _ in range(warmup):
@@ -140,21 +140,26 @@ def benchmark_artifact(
     ``isolate=False`` measures in this process instead (for a checkpoint of a model registered
     only here, e.g. in a test); its memory figures are then this process's, not the artifact's.
     """
-    from seg2tflite.eval.artifacts import checked_size, read_metadata
+    from seg2tflite.eval.artifacts import ArtifactInfo, checked_size, read_metadata
+    from seg2tflite.eval.opening import check_memory
 
     path = Path(path)
-    size = input_size if input_size is not None else read_metadata(path)["input_size"]
+    meta = read_metadata(path)
+    size = input_size if input_size is not None else meta["input_size"]
     if size is None:
         raise UserError(f"{path}: no manifest.json or checkpoint config gives the input size; pass --input-size H W")
     size = checked_size(size)
     if threads < 1 or warmup < 0 or runs < 1:
         raise UserError(f"bench: need threads >= 1, warmup >= 0 and runs >= 1 (got {threads}, {warmup}, {runs})")
+    check_memory(ArtifactInfo(path, meta["kind"], size, (0.0,) * 3, (1.0,) * 3, meta["model"], meta["num_classes"]))
     if not isolate:
         return measure(str(path), size, threads, warmup, runs)
     root = str(Path(__file__).resolve().parents[1])  # so the child imports this checkout's packages
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with tempfile.TemporaryDirectory(prefix="seg2tflite-bench-") as tmp:
+    from seg2tflite.atomic import private_tempdir
+
+    with private_tempdir("bench") as tmp:
         out = Path(tmp) / "result.json"
         job = {
             "path": str(path.resolve()),
@@ -169,8 +174,12 @@ def benchmark_artifact(
         )
         result = json.loads(out.read_text()) if out.is_file() else None
     if result is None or proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
-        raise RuntimeError(f"benchmark of {path} failed (exit {proc.returncode}):\n{tail}")
+        if proc.returncode < 0:
+            how = f"was killed by {signal.Signals(-proc.returncode).name}"
+        else:
+            how = f"failed (exit {proc.returncode})"
+        last = next((line.strip() for line in reversed((proc.stderr or proc.stdout).splitlines()) if line.strip()), "")
+        raise UserError(f"{path}: the benchmark process {how}{f': {last[:300]}' if last else ''}")
     if "error" in result:
         raise UserError(result["error"])
     result["artifact"] = str(path)
@@ -204,6 +213,9 @@ def format_bench(results: list[BenchResult]) -> str:
 def _child_main(argv: list[str]) -> int:
     job = json.loads(argv[0])
     out = Path(job["out"])
+    from seg2tflite.quiet import quiet_libraries
+
+    quiet_libraries()
     try:
         result = measure(job["path"], tuple(job["input_size"]), job["threads"], job["warmup"], job["runs"]).as_dict()
     except UserError as e:

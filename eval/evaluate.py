@@ -16,9 +16,12 @@ import hashlib
 import math
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,10 +29,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from seg2tflite.converters.compare import LogitComparison
-from seg2tflite.converters.runtimes import Runner
 from seg2tflite.data import load_dataset
 from seg2tflite.errors import UserError
-from seg2tflite.eval.artifacts import RUNTIME_NAMES, ArtifactInfo, artifact_kind, describe_artifact
+from seg2tflite.eval.artifacts import RUNTIME_NAMES, ArtifactInfo, describe_artifact
+from seg2tflite.eval.opening import check_memory, open_artifact  # noqa: F401 - open_artifact: this module's API too
 from seg2tflite.metrics import ConfusionMatrix
 
 
@@ -89,38 +92,18 @@ def format_eval(result: EvalResult) -> str:
 # -- running it ------------------------------------------------------------------------------
 
 
-def open_artifact(path: str | Path, threads: int | None = None, xnnpack: bool = True) -> Runner:
-    """A runner for the artifact at ``path`` in its own runtime (``seg2tflite.converters.runtimes``),
-    ``runner(nchw float32) -> logits nchw float32``, using ``threads`` threads where the runtime
-    lets us choose (PyTorch, ONNX Runtime intra-op, TensorFlow intra-op, LiteRT/XNNPACK)."""
-    from seg2tflite.converters import runtimes
+def dataset_for(info: ArtifactInfo, data_spec: str, split: str):
+    """The split to evaluate ``info``'s artifact on; refused when the artifact's metadata says it
+    predicts another number of classes than the data has."""
+    from seg2tflite.data.spec import declares_classes
 
-    path = Path(path)
-    kind = artifact_kind(path)
-    if kind == "pytorch":
-        from seg2tflite.models.registry import load_model
-
-        return runtimes.TorchRunner(load_model(path), threads)
-    if kind == "onnx":
-        return runtimes.OnnxRunner(path, threads)
-    if kind == "saved_model":
-        if threads:
-            _set_tf_threads(threads)
-        return runtimes.SavedModelRunner(path)
-    try:
-        return runtimes.TFLiteRunner(path, threads, xnnpack=xnnpack)
-    except ValueError as e:  # e.g. an input that is not NHWC (1, H, W, 3)
-        raise UserError(f"{path}: {e}") from None
-
-
-def _set_tf_threads(threads: int) -> None:
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:  # TensorFlow already started in this process; it keeps its thread pools
-        pass
+    dataset = load_dataset(data_spec, split, num_classes=None if declares_classes(data_spec) else info.num_classes)
+    if info.num_classes is not None and info.num_classes != dataset.info.num_classes:
+        raise UserError(
+            f"{info.path}: the model predicts {info.num_classes} classes but the dataset has {dataset.info.num_classes} "
+            f"({data_spec}); evaluate it on the data it was trained for"
+        )
+    return dataset
 
 
 class _Evaluator:
@@ -128,11 +111,11 @@ class _Evaluator:
 
     def __init__(self, info: ArtifactInfo, data: str, split: str, threads: int | None, xnnpack: bool = True):
         self.info = info
-        self.dataset = load_dataset(data, split, num_classes=info.num_classes)
+        self.dataset = dataset_for(info, data, split)
         self.num_classes = self.dataset.info.num_classes
         self.ignore_index = self.dataset.info.ignore_index
         self.preprocess = info.preprocess
-        self.runner = open_artifact(info.path, threads=threads, xnnpack=xnnpack)
+        self.runner = open_artifact(info.path, threads=threads, input_size=info.input_size, xnnpack=xnnpack)
 
     def run(self, indices, keep_predictions: bool, on_item: Callable[[], None] | None = None):
         """The confusion matrix over ``indices``, their predictions (if kept) and item digests."""
@@ -159,7 +142,7 @@ class _Evaluator:
         if logits.shape[1] != self.num_classes:
             raise UserError(
                 f"{self.info.path}: the model predicts {logits.shape[1]} classes but the dataset has "
-                f"{self.num_classes}; evaluate it on the data it was trained for"
+                f"{self.num_classes} ({self.dataset.spec}); evaluate it on the data it was trained for"
             )
         if not np.isfinite(logits).all():
             raise UserError(f"{self.info.path}: the output holds NaN or Inf")
@@ -168,12 +151,63 @@ class _Evaluator:
 _WORKER: _Evaluator | None = None
 
 
+_WORKER_ERROR: Exception | None = None
+
+
 def _init_worker(info: ArtifactInfo, data: str, split: str, threads: int | None, xnnpack: bool) -> None:
-    global _WORKER
-    _WORKER = _Evaluator(info, data, split, threads, xnnpack)
+    global _WORKER, _WORKER_ERROR
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
+    try:
+        _WORKER = _Evaluator(info, data, split, threads, xnnpack)
+    except Exception as e:  # noqa: BLE001 - raised by the first chunk, so the parent gets the error itself
+        _WORKER_ERROR = e
+
+
+def _in_workers(workers: int, initargs: tuple, chunks: list[list[int]], keep_predictions: bool):
+    """Yield ``_run_chunk`` of every chunk, computed by ``workers`` spawned processes.
+
+    The workers start with SIGINT ignored, so a Ctrl-C reaches only this process: it stops them
+    and raises KeyboardInterrupt once, with no worker tracebacks. A worker that dies (killed, or
+    a native crash in a runtime) is a ``UserError`` naming the artifact."""
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=initargs)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None  # children inherit the ignore
+    try:
+        futures = [pool.submit(_run_chunk, c, keep_predictions) for c in chunks]
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+    done = False
+    try:
+        for future in as_completed(futures):
+            yield future.result()
+        done = True
+    except BrokenProcessPool:
+        codes = [p.exitcode for p in list(getattr(pool, "_processes", {}).values()) if p.exitcode]
+        how = f" (exit {codes[0]}{', signal ' + signal.Signals(-codes[0]).name if codes[0] < 0 else ''})" if codes else ""
+        raise UserError(
+            f"{initargs[0].path}: an evaluation worker died{how}; rerun with --workers 1 to see the runtime's own error"
+        ) from None
+    finally:
+        pool.shutdown() if done else _stop(pool, futures)
+
+
+def _stop(pool: ProcessPoolExecutor, futures) -> None:
+    for future in futures:
+        future.cancel()
+    processes = list(getattr(pool, "_processes", {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:  # still computing a chunk nobody waits for
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=10)
 
 
 def _run_chunk(indices: list[int], keep_predictions: bool):
+    if _WORKER_ERROR is not None:
+        raise _WORKER_ERROR
     matrix, predictions, digests = _WORKER.run(indices, keep_predictions)
     return indices, matrix, predictions, digests
 
@@ -201,11 +235,12 @@ def evaluate_artifact(
     """
     started = time.perf_counter()
     info = describe_artifact(path, input_size, mean, std)
+    check_memory(info, workers)
     if workers < 1:
         raise UserError(f"--workers {workers}: use 1 or more")
     if limit is not None and limit < 1:
         raise UserError(f"--limit {limit}: use 1 or more images")
-    dataset = load_dataset(data_spec, split, num_classes=info.num_classes)
+    dataset = dataset_for(info, data_spec, split)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if n == 0:
         raise UserError(f"--data {data_spec}: the {split} split is empty")
@@ -225,16 +260,10 @@ def evaluate_artifact(
         predictions, digests = None, [b""] * n
         chunk = max(1, math.ceil(n / (workers * 4)))
         chunks = [list(range(i, min(i + chunk, n))) for i in range(0, n, chunk)]
-        context = multiprocessing.get_context("spawn")
-        with (
-            ProcessPoolExecutor(
-                workers, mp_context=context, initializer=_init_worker, initargs=(info, data_spec, split, threads, xnnpack)
-            ) as pool,
-            tqdm(total=n, desc=desc, disable=not progress, unit="img") as bar,
-        ):
-            futures = [pool.submit(_run_chunk, c, keep_predictions) for c in chunks]
-            for future in as_completed(futures):
-                indices, part, preds, item_digests = future.result()
+        with tqdm(total=n, desc=desc, disable=not progress, unit="img") as bar:
+            for indices, part, preds, item_digests in _in_workers(
+                workers, (info, data_spec, split, threads, xnnpack), chunks, keep_predictions
+            ):
                 matrix.merge(part)
                 for i, d in zip(indices, item_digests):
                     digests[i] = d
@@ -344,7 +373,7 @@ def compare_artifacts(
         raise UserError(
             f"{path}: input size {info.input_size} differs from {reference}'s {ref_info.input_size}; pass --input-size"
         )
-    dataset = load_dataset(data_spec, split, num_classes=ref_info.num_classes)
+    dataset = dataset_for(ref_info, data_spec, split)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if n == 0:
         raise UserError(f"--data {data_spec}: the {split} split is empty")

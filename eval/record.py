@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -44,7 +44,6 @@ class RecordRow:
     stage: str  # a key of converters.stages.STAGES
     artifact: str  # its path (relative to the run folder when inside it)
     runtime: str  # pytorch, onnxruntime, tensorflow, litert
-    runtime_version: str | None  # the version of that runtime the row was measured on
     input_size: tuple[int, int]  # (H, W) evaluated and benchmarked at
     data: str  # data spec evaluated on
     split: str
@@ -69,6 +68,7 @@ class RecordRow:
     data_sha256: str = ""  # digest of the evaluated images and masks: equal across a model's stages
     base_model: str | None = None  # for a compressed variant (`seg2tflite compress`): the model it came from
     compression: str | None = None  # and how it was compressed
+    runtime_version: str | None = None  # the version of ``runtime`` the row was measured on
     miou_builtin: float | None = None  # a .tflite on LiteRT's builtin kernels (no XNNPACK), 0..1
     delegated_ops: int | None = None  # a .tflite: ops XNNPACK took, of total_ops
     total_ops: int | None = None
@@ -81,12 +81,42 @@ class RecordRow:
         return self.model, self.stage
 
     @classmethod
-    def from_dict(cls, d: dict) -> RecordRow:
+    def from_dict(cls, d: dict, source: str = RECORD_FILE) -> RecordRow:
+        if not isinstance(d, dict):
+            raise UserError(f"{source}: a row is {type(d).__name__}, not an object; re-run the measurements")
         names = {f.name for f in fields(cls)}
+        where = f"{source}: row {d.get('model')}/{d.get('stage')}"
         unknown = set(d) - names
         if unknown:
-            raise UserError(f"record row {d.get('model')}/{d.get('stage')}: unknown fields {sorted(unknown)}")
-        return cls(**{**d, "input_size": tuple(d["input_size"])})
+            raise UserError(f"{where}: unknown fields {sorted(unknown)}")
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [name for name in required if name not in d]
+        if missing:
+            raise UserError(f"{where}: lacks {', '.join(missing)}; re-run the measurements")
+        size = d["input_size"]
+        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) for v in size)):
+            raise UserError(f"{where}: input_size {size!r} is not [H, W]; re-run the measurements")
+        iou = d["per_class_iou"]
+        if not isinstance(iou, dict) or not all(_fits(v, "float | None") for v in iou.values()):
+            raise UserError(f"{where}: per_class_iou is not an object of numbers; re-run the measurements")
+        for f in fields(cls):
+            if f.name in d and f.name not in ("input_size", "per_class_iou") and not _fits(d[f.name], f.type):
+                raise UserError(f"{where}: {f.name} is {d[f.name]!r}, not {f.type}; re-run the measurements")
+        return cls(**{**d, "input_size": tuple(size)})
+
+
+def _fits(value, annotation: str) -> bool:
+    """Whether a JSON value fits a RecordRow field's annotation (str, int, float, each maybe None)."""
+    kinds = {part.strip() for part in annotation.split("|")}
+    if value is None:
+        return "None" in kinds
+    if isinstance(value, bool):
+        return False
+    return (
+        ("str" in kinds and isinstance(value, str))
+        or ("int" in kinds and isinstance(value, int))
+        or ("float" in kinds and isinstance(value, (int, float)))
+    )
 
 
 @dataclass
@@ -101,9 +131,14 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = RECORD_FILE) -> RunRecord:
+        if not isinstance(d, dict):
+            raise UserError(f"{source}: holds a JSON {type(d).__name__}, not a run record object; re-run the measurements")
         if d.get("schema") != SCHEMA:
             raise UserError(f"{source}: record schema {d.get('schema')!r}, this version reads {SCHEMA}; re-run the measurements")
-        return cls([RecordRow.from_dict(r) for r in d.get("rows", [])], d.get("versions", {}), d.get("created", ""))
+        rows, versions = d.get("rows", []), d.get("versions", {})
+        if not isinstance(rows, list) or not isinstance(versions, dict):
+            raise UserError(f"{source}: 'rows' must be a list and 'versions' an object; re-run the measurements")
+        return cls([RecordRow.from_dict(r, source) for r in rows], versions, str(d.get("created", "")))
 
 
 def run_versions() -> dict[str, str | None]:
@@ -150,6 +185,12 @@ def load_predictions(run_dir: str | Path) -> dict[str, dict[str, np.ndarray]]:
     folder = Path(run_dir) / PREDICTIONS_DIR
     out = {}
     for path in sorted(folder.glob("*.npz")) if folder.is_dir() else []:
-        with np.load(path) as data:
-            out[path.stem] = {k: data[k] for k in data.files}
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                out[path.stem] = {k: data[k] for k in data.files}
+        except Exception as e:  # noqa: BLE001 - zipfile and zlib raise many types for a damaged archive
+            raise UserError(
+                f"{path}: unreadable prediction sample ({type(e).__name__}: {str(e)[:200]}); delete it to report "
+                "without that model's overlays, or re-run the measurements"
+            ) from None
     return out

@@ -41,9 +41,49 @@ def read_checkpoint_config(path: str | Path) -> dict:
     if not config_path.is_file():
         raise UserError(f"{weights}: no {config_path.name} beside it; pass --model NAME explicitly")
     try:
-        return json.loads(config_path.read_text())
+        config = json.loads(config_path.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"{config_path}: unreadable checkpoint config ({e})") from None
+    return checked_config(config, config_path)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _numbers(value, n: int) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == n
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v for v in value)
+    )
+
+
+def checked_config(config, source: Path) -> dict:
+    """The checkpoint config with the fields later steps read checked for type; a wrong one is a
+    ``UserError`` naming the field and the file."""
+    if not isinstance(config, dict):
+        raise UserError(f"{source}: expected a JSON object (the checkpoint config), found {type(config).__name__}")
+    problems = {
+        "name": "a registered model name" if "name" in config and not isinstance(config["name"], str) else None,
+        "num_classes": "a class count in 1..255"
+        if config.get("num_classes") is not None and not (_is_int(config["num_classes"]) and 0 < config["num_classes"] <= 255)
+        else None,
+        "kwargs": "an object of keyword arguments" if config.get("kwargs") is not None and not isinstance(config["kwargs"], dict) else None,
+        "input_size": "[H, W], two positive integers"
+        if config.get("input_size") is not None
+        and not (isinstance(config["input_size"], list) and len(config["input_size"]) == 2
+                 and all(_is_int(v) and v > 0 for v in config["input_size"]))
+        else None,
+        "mean": "three numbers" if config.get("mean") is not None and not _numbers(config["mean"], 3) else None,
+        "std": "three positive numbers"
+        if config.get("std") is not None and not (_numbers(config["std"], 3) and min(config["std"]) > 0)
+        else None,
+    }  # fmt: skip
+    for key, expected in problems.items():
+        if expected:
+            raise UserError(f"{source}: {key!r} is {config[key]!r}, not {expected}; fix the file or save the checkpoint again")
+    return config
 
 
 def resolve_weights_file(path: str | Path) -> Path:

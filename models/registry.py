@@ -112,6 +112,7 @@ def create_model(
     config = get_model_config(name)
     num_classes = config.num_classes if num_classes is None else int(num_classes)
     arguments = {**config.kwargs, **kwargs}
+    check_arguments(name, arguments)
     model = _BUILDERS[name](num_classes=num_classes, **arguments)
     # Record the architecture arguments (not where weights came from) so a checkpoint rebuilds it.
     architecture = {k: v for k, v in arguments.items() if k not in WEIGHT_SOURCE_ARGUMENTS}
@@ -119,6 +120,22 @@ def create_model(
     if checkpoint is not None:
         load_weights_into(model, checkpoint)
     return model
+
+
+def check_arguments(name: str, arguments: dict) -> None:
+    """Refuse keyword arguments ``name``'s builder does not take (a ``UserError`` listing those it does)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(_BUILDERS[name]).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(set(arguments) - set(parameters))
+    if unknown:
+        known = ", ".join(p for p in parameters if p != "num_classes") or "none"
+        raise UserError(f"{name}: unknown keyword arguments {', '.join(unknown)} (it takes: {known})")
 
 
 def deploy_form(model: nn.Module) -> nn.Module:
@@ -134,10 +151,28 @@ def load_model(checkpoint: str | Path) -> nn.Module:
     if "name" not in config:
         raise UserError(f"{checkpoint}: the checkpoint config names no model")
     weights = str(resolve_weights_file(checkpoint))
+    source = Path(weights).with_suffix(".json")
+    if config["name"] not in _BUILDERS:
+        raise UserError(
+            f"{source}: names model {config['name']!r}, which is not registered here; choose one of "
+            f"{', '.join(list_models())} (fix 'name' in the file, or use the seg2tflite version that saved it)"
+        )
+    try:
+        check_arguments(config["name"], {**get_model_config(config["name"]).kwargs, **(config.get("kwargs") or {})})
+    except UserError as e:
+        raise UserError(f"{source}: {e}; fix 'kwargs' in the file") from None
     folded = bool(config.get("batchnorm_folded"))  # saved by `seg2tflite compress` after folding BN into convs
-    model = create_model(
-        config["name"], num_classes=config.get("num_classes"), checkpoint=None if folded else weights, **config.get("kwargs", {})
-    )
+    kwargs = config.get("kwargs") or {}
+    try:
+        model = create_model(
+            config["name"], num_classes=config.get("num_classes"), checkpoint=None if folded else weights, **kwargs
+        )
+    except TypeError as e:  # a builder that passes **kwargs on: the class it reaches refused them
+        if not kwargs:
+            raise
+        raise UserError(
+            f"{source}: 'kwargs' {sorted(kwargs)} do not fit {config['name']} ({e}); fix 'kwargs' in the file"
+        ) from None
     if folded:
         model = fold_batchnorm(model)
         load_state_dict_strict(model, read_state_dict(weights), weights)

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-import argparse
 import errno
 import os
+import signal
 import sys
 import tempfile
 import traceback
 from pathlib import Path
 
 from seg2tflite import commands
-from seg2tflite.cli_options import DATA_SPEC_SHORT, Formatter, config_from_args, positive_int
-from seg2tflite.errors import UserError
+from seg2tflite.cli_options import (
+    DATA_SPEC_SHORT,
+    Formatter,
+    Parser,
+    config_from_args,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+from seg2tflite.errors import Terminated, UserError
 from seg2tflite.quiet import VERBOSE_VARIABLE, quiet_libraries
 
 # -- demo ------------------------------------------------------------------------------------
@@ -44,7 +53,7 @@ def _add_demo(sub) -> None:
         "--train-steps", type=positive_int, default=None, help=f"optimizer steps per model (default per model: {steps})"
     )
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="training batch size")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate")
+    p.add_argument("--lr", type=positive_float, default=d.lr, help="peak AdamW learning rate")
     p.add_argument("--calib-size", type=positive_int, default=d.calib_size, help="representative images for full int8 / int16x8")
     p.add_argument("--parity-images", type=positive_int, default=d.parity_images, help="images the conversion gates compare on")
     p.add_argument("--eval-limit", type=positive_int, default=None, help="evaluate only the first N test images (default: all)")
@@ -54,8 +63,10 @@ def _add_demo(sub) -> None:
     )  # fmt: skip
     p.add_argument("--workers", type=positive_int, default=d.workers, help="processes evaluating each .tflite")
     p.add_argument("--bench-threads", type=positive_int, default=d.bench_threads, help="threads for the latency benchmark")
-    p.add_argument("--max-miou-drop", type=float, default=d.max_miou_drop, help="mIoU points a quantized variant may lose")
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed (data, init, training)")
+    p.add_argument(
+        "--max-miou-drop", type=non_negative_float, default=d.max_miou_drop, help="mIoU points a quantized variant may lose"
+    )
+    p.add_argument("--seed", type=non_negative_int, default=d.seed, help="random seed (data, init, training)")
     p.add_argument("--strict", action="store_true", help="exit non-zero when any conversion gate fails")
     p.set_defaults(handler=_run_demo)
 
@@ -94,9 +105,11 @@ def _add_compress(sub) -> None:
     p.add_argument(
         "--finetune-steps", type=positive_int, default=d.finetune_steps, help="fine-tuning steps for prune, cluster and qat"
     )
-    p.add_argument("--lr", dest="finetune_lr", type=float, default=d.finetune_lr, help="fine-tuning AdamW learning rate")
+    p.add_argument("--lr", dest="finetune_lr", type=positive_float, default=d.finetune_lr, help="fine-tuning AdamW learning rate")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="fine-tuning batch size")
-    p.add_argument("--max-miou-drop", type=float, default=d.max_miou_drop, help="mIoU points mixed precision may lose")
+    p.add_argument(
+        "--max-miou-drop", type=non_negative_float, default=d.max_miou_drop, help="mIoU points mixed precision may lose"
+    )
     p.add_argument(
         "--val-images", type=positive_int, default=d.val_images, help="validation images the mixed-precision search measures on"
     )
@@ -104,7 +117,7 @@ def _add_compress(sub) -> None:
         "--calib-sizes", type=positive_int, nargs="+", default=list(d.calib_sizes), help="calibration set sizes of the study"
     )
     p.add_argument("--threads", type=positive_int, default=d.threads, help="LiteRT threads for evaluation and the benchmark")
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed (fine-tuning)")
+    p.add_argument("--seed", type=non_negative_int, default=d.seed, help="random seed (fine-tuning)")
     p.add_argument("--strict", action="store_true", help="exit non-zero when a compressed model's conversion gate fails")
     p.set_defaults(handler=_run_compress)
 
@@ -169,8 +182,8 @@ COMMANDS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    parser = Parser(
         prog="seg2tflite",
         description="Carry PyTorch segmentation models to TensorFlow Lite and measure what each step costs.",
         formatter_class=Formatter,
@@ -194,41 +207,74 @@ def keep_tool_caches_in_temp() -> None:
             os.environ[variable] = str(base / folder)
 
 
+def _terminate(signum, frame) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a refusal is one ``seg2tflite: error:`` line on stderr (exit 2, or the
+    error's own ``exit_code``), never a traceback unless ``--debug``."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UserError as e:  # a refused option: argparse printed the usage
+        print(f"seg2tflite: error: {one_line(e)}", file=sys.stderr)
+        return 2
     if args.verbose or args.debug:
         os.environ[VERBOSE_VARIABLE] = "1"
     quiet_libraries()
     keep_tool_caches_in_temp()
+    # SIGTERM (kill, a batch system's time limit) unwinds like Ctrl-C, so every temporary is removed.
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         args.handler(args)
     except UserError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"seg2tflite: error: {e}", file=sys.stderr)
-        return 2
+        print(f"seg2tflite: error: {one_line(e)}", file=sys.stderr)
+        return getattr(e, "exit_code", 2)
     except OSError as e:  # disk full, no permission, a file where a folder should be...
         if args.debug:
             traceback.print_exc()
-        print(f"seg2tflite: error: {os_error_line(e)}", file=sys.stderr)
+        print(f"seg2tflite: error: {os_error_line(e, _output_option(args))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("seg2tflite: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("seg2tflite: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
-def os_error_line(error: OSError) -> str:
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (a library's multi-line text joined with '; ')."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "; ".join(lines) or type(error).__name__
+
+
+def _output_option(args) -> str | None:
+    """The option naming where this command writes, for the advice in an OS error."""
+    if getattr(args, "out", None):
+        return "--out"
+    if getattr(args, "json", None):
+        return "--json"
+    return None
+
+
+def os_error_line(error: OSError, option: str | None = "--out") -> str:
     """One line for an operating-system error while reading or writing."""
     where = f"{error.filename}: " if error.filename else ""
     reason = error.strerror or str(error) or type(error).__name__
+    elsewhere = f"choose another {option}" if option else "choose another place to write"
     if error.errno == errno.ENOSPC:
-        return f"{where}no space left on the device; free some space or choose another --out (the unfinished file was not kept)"
+        return f"{where}no space left on the device; free some space or {elsewhere} (the unfinished file was not kept)"
     if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"{where}cannot write here ({reason}); choose a writable --out"
+        return f"{where}cannot write here ({reason}); {elsewhere}"
     if error.errno in (errno.ENOTDIR, errno.EEXIST):
-        return f"{where}{reason}: a file is in the way of a folder; choose another --out"
+        return f"{where}{reason}: a file is in the way of a folder; {elsewhere}"
     return f"{where}{reason}; rerun with --debug for the traceback"
 
 

@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 from dataclasses import fields
+
+from seg2tflite.errors import UserError
 
 DATA_SPEC_SHORT = (
     "data spec: synthetic | folder:PATH | ade20k:PATH | voc:PATH | cityscapes:PATH | camvid:PATH (see `seg2tflite data --help`)"
 )
+MAX_CLASSES = 255  # masks hold 8-bit class indices and 255 marks ignored pixels
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     pass
+
+
+class UsageError(UserError):
+    """An option argparse refused; the command line prints it as its one error line."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a refused option answered like every other refusal: the usage, then one
+    ``seg2tflite: error:`` line naming the subcommand and the option (exit 2)."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        command = self.prog.partition(" ")[2]
+        raise UsageError(f"{command}: {message}" if command else message)
 
 
 def config_from_args(cls, args: argparse.Namespace, **values):
@@ -23,8 +42,52 @@ def config_from_args(cls, args: argparse.Namespace, **values):
     return cls(**values)
 
 
+def _number(text: str, cast):
+    try:
+        return cast(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
 def positive_int(text: str) -> int:
-    value = int(text)
+    value = _number(text, int)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def class_count(text: str) -> int:
+    value = _number(text, int)
+    if not 1 <= value <= MAX_CLASSES:
+        raise argparse.ArgumentTypeError(
+            f"must be 1..{MAX_CLASSES}, got {text} (masks hold 8-bit class indices, 255 marks ignored pixels)"
+        )
+    return value
+
+
+def finite_float(text: str) -> float:
+    value = _number(text, float)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
     return value

@@ -10,7 +10,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from seg2tflite.cli_options import DATA_SPEC_SHORT, Formatter, config_from_args, positive_int
+from seg2tflite.cli_options import (
+    DATA_SPEC_SHORT,
+    Formatter,
+    class_count,
+    config_from_args,
+    finite_float,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from seg2tflite.errors import UserError
 
 # -- data ------------------------------------------------------------------------------------
@@ -28,10 +38,10 @@ def add_data(sub) -> None:
         description="Write DIR/{train,val,test}/{images,masks}/*.png (masks are class-index PNGs).",
     )
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--seed", type=int, default=0, help="random seed")
-    s.add_argument("--num-train", type=int, default=None, help="training images (default: the built-in size)")
-    s.add_argument("--num-val", type=int, default=None, help="validation images")
-    s.add_argument("--num-test", type=int, default=None, help="test images")
+    s.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
+    s.add_argument("--num-train", type=non_negative_int, default=None, help="training images (default: the built-in size)")
+    s.add_argument("--num-val", type=non_negative_int, default=None, help="validation images")
+    s.add_argument("--num-test", type=non_negative_int, default=None, help="test images")
     s.add_argument("--image-size", type=positive_int, nargs=2, metavar=("H", "W"), default=None, help="image size")
     s.set_defaults(handler=run_data_synthetic)
     c = data_sub.add_parser("check", help="read every item of a dataset split and report problems", formatter_class=Formatter)
@@ -96,17 +106,17 @@ def add_train(sub) -> None:
     p.add_argument("--out", default=d.out, help="output folder for checkpoints and the training log")
     p.add_argument("--steps", type=positive_int, default=d.steps, help="optimizer steps")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="batch size (per GPU under torchrun)")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warm-up steps")
+    p.add_argument("--lr", type=positive_float, default=d.lr, help="peak AdamW learning rate")
+    p.add_argument("--weight-decay", type=non_negative_float, default=d.weight_decay, help="AdamW weight decay")
+    p.add_argument("--warmup-steps", type=non_negative_int, default=d.warmup_steps, help="linear warm-up steps")
     p.add_argument(
         "--input-size", type=positive_int, nargs=2, metavar=("H", "W"), default=None, help="training size (default: the model's)"
     )
-    p.add_argument("--num-classes", type=positive_int, default=None, help="head size (default: the dataset's)")
+    p.add_argument("--num-classes", type=class_count, default=None, help="head size (default: the dataset's)")
     p.add_argument("--val-every", type=positive_int, default=d.val_every, help="steps between validations and checkpoints")
     p.add_argument("--val-images", type=positive_int, default=None, help="cap on validation images (default: whole split)")
-    p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed")
+    p.add_argument("--workers", type=non_negative_int, default=d.workers, help="DataLoader worker processes")
+    p.add_argument("--seed", type=non_negative_int, default=d.seed, help="random seed")
     p.add_argument("--encoder-checkpoint", default=None, help="local timm-format ImageNet weights for the encoder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
@@ -138,7 +148,10 @@ def add_convert(sub) -> None:
         formatter_class=Formatter,
         description=(
             "Writes OUT/model.onnx, OUT/saved_model/, OUT/model_{float32,float16,dynamic_int8,full_int8,int16x8}.tflite, "
-            "OUT/parity.json and OUT/manifest.json. Exits non-zero when a parity gate breaks."
+            "OUT/parity.json and OUT/manifest.json. Exits 2 on bad input or a broken parity gate, and 3 when a TFLite "
+            "variant could not be built or loaded (each is built and first loaded in a child process, so a native crash "
+            "fails only that variant: the others are kept and manifest.json lists the failure). A re-used OUT keeps "
+            "nothing another run built that this one does not."
         ),
     )
     source = p.add_mutually_exclusive_group(required=True)
@@ -149,7 +162,7 @@ def add_convert(sub) -> None:
         default=None,
         help="local weights (this project's, Hugging Face folder, or a state dict); default: seeded random init",
     )
-    p.add_argument("--num-classes", type=positive_int, default=None, help="head size (default: the calibration dataset's)")
+    p.add_argument("--num-classes", type=class_count, default=None, help="head size (default: the calibration dataset's)")
     p.add_argument(
         "--input-size",
         type=positive_int,
@@ -176,10 +189,10 @@ def add_convert(sub) -> None:
     )
     p.add_argument("--variants", nargs="+", default=list(d.variants), choices=VARIANTS, help="TFLite variants to build")
     p.add_argument("--int8-io", default=d.int8_io, choices=["int8", "float"], help="input/output type of the full-int8 model")
-    p.add_argument("--opset", type=int, default=d.opset, help="ONNX opset")
+    p.add_argument("--opset", type=positive_int, default=d.opset, help="ONNX opset")
     p.add_argument(
         "--max-miou-drop",
-        type=float,
+        type=non_negative_float,
         default=d.max_miou_drop,
         help="mIoU points a quantized variant may lose (gated for trained models)",
     )
@@ -191,27 +204,34 @@ def add_convert(sub) -> None:
     )
     p.add_argument("--threads", dest="num_threads", type=positive_int, default=None, help="LiteRT / ONNX Runtime threads")
     p.add_argument(
-        "--mean", type=float, nargs=3, default=None, help="with --onnx: per-channel mean on a 0..1 image (default: ImageNet)"
+        "--mean", type=finite_float, nargs=3, default=None,
+        help="per-channel mean on a 0..1 image the model was trained with (default: the model's; ImageNet's for --onnx)",
+    )  # fmt: skip
+    p.add_argument(
+        "--std", type=positive_float, nargs=3, default=None, help="per-channel std (default: the model's; ImageNet's for --onnx)"
     )
-    p.add_argument("--std", type=float, nargs=3, default=None, help="with --onnx: per-channel std (default: ImageNet)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the random init when no --checkpoint is given")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed for the random init when no --checkpoint is given")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(handler=run_convert)
 
 
 def run_convert(args) -> None:
+    from seg2tflite import convert_checks
     from seg2tflite.converters.config import ConvertConfig
     from seg2tflite.data import load_dataset
 
     # Everything that can be refused is refused here, before the model is built or TensorFlow loaded.
+    if args.onnx is not None and args.checkpoint is not None:
+        raise UserError("--checkpoint: applies to --model; an --onnx file carries its own weights, drop --checkpoint")
     if args.input_size is not None:
         ConvertConfig(input_size=tuple(args.input_size))
-    calib = load_dataset(args.calib_data, args.calib_split)
-    parity = load_dataset(args.calib_data, args.parity_split)
-    if args.num_classes is not None and args.num_classes != calib.info.num_classes:
+    calib = load_dataset(args.calib_data, args.calib_split, option="--calib-data")
+    parity = load_dataset(args.calib_data, args.parity_split, option="--calib-data")
+    data_classes = calib.info.num_classes
+    if args.num_classes is not None and args.num_classes != data_classes:
         raise UserError(
-            f"--num-classes {args.num_classes}: {args.calib_data} has {calib.info.num_classes} classes; "
-            f"pass --num-classes {calib.info.num_classes} or calibration data with {args.num_classes} classes"
+            f"--num-classes {args.num_classes}: {args.calib_data} has {data_classes} classes; "
+            f"pass --num-classes {data_classes} or calibration data with {args.num_classes} classes"
         )
     if args.model is not None:
         from seg2tflite.models import check_input_size, get_model_config, list_models
@@ -219,12 +239,17 @@ def run_convert(args) -> None:
         if args.model not in list_models():
             raise UserError(f"--model {args.model}: unknown model; choose one of {', '.join(list_models())}")
         size = check_input_size(args.model, args.input_size or get_model_config(args.model).input_size)
+        num_classes = (
+            args.num_classes or convert_checks.checkpoint_classes(args.checkpoint, args.calib_data, data_classes) or data_classes
+        )
     else:
         from seg2tflite.converters import resolve_onnx_input_size
 
         size = resolve_onnx_input_size(args.onnx, args.input_size)
+        num_classes = convert_checks.onnx_classes(args.onnx, size, args.calib_data, data_classes)
     trained = args.trained if args.trained is not None else args.checkpoint is not None
     config = config_from_args(ConvertConfig, args, input_size=size, trained=trained)
+    convert_checks.check_convert_memory(args, config, num_classes)
 
     from seg2tflite.converters import convert_onnx, convert_registered
     from seg2tflite.models import IMAGENET_MEAN, IMAGENET_STD
@@ -237,10 +262,12 @@ def run_convert(args) -> None:
             config,
             calib,
             parity,
-            num_classes=args.num_classes or calib.info.num_classes,
+            num_classes=num_classes,
             checkpoint=args.checkpoint,
             seed=args.seed,
             command=command,
+            mean=None if args.mean is None else tuple(args.mean),
+            std=None if args.std is None else tuple(args.std),
         )
     else:
         result = convert_onnx(
@@ -282,8 +309,8 @@ def add_evaluate(sub) -> None:
         default=None,
         help="default: from the artifact's manifest or config",
     )
-    p.add_argument("--mean", type=float, nargs=3, default=None, help="default: from the artifact's manifest or config")
-    p.add_argument("--std", type=float, nargs=3, default=None, help="default: from the artifact's manifest or config")
+    p.add_argument("--mean", type=finite_float, nargs=3, default=None, help="default: from the artifact's manifest or config")
+    p.add_argument("--std", type=positive_float, nargs=3, default=None, help="default: from the artifact's manifest or config")
     p.add_argument("--workers", type=positive_int, default=_default_workers(), help="evaluation processes (TFLite, ONNX)")
     p.add_argument("--threads", type=positive_int, default=None, help="threads per process (default: cores shared out)")
     p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N images")
@@ -294,9 +321,11 @@ def add_evaluate(sub) -> None:
 def run_evaluate(args) -> None:
     import json
 
-    from seg2tflite.atomic import atomic_write_text
+    from seg2tflite.atomic import atomic_write_text, check_writable_file
     from seg2tflite.eval.evaluate import evaluate_artifact, format_eval
 
+    if args.json:
+        check_writable_file(args.json, "--json")
     result = evaluate_artifact(
         args.artifact,
         args.data,
@@ -330,7 +359,7 @@ def add_bench(sub) -> None:
         help="default: from the artifact's manifest or config",
     )
     p.add_argument("--threads", type=positive_int, default=1, help="runtime threads")
-    p.add_argument("--warmup", type=int, default=5, help="untimed runs first")
+    p.add_argument("--warmup", type=non_negative_int, default=5, help="untimed runs first")
     p.add_argument("--runs", type=positive_int, default=30, help="timed runs")
     p.set_defaults(handler=run_bench)
 

@@ -34,6 +34,10 @@ class Method:
                 raise UserError(
                     f"--methods: {text!r} needs a number: prune:SPARSITY (e.g. prune:0.5), cluster:K (e.g. cluster:16)"
                 ) from None
+            if kind == "prune" and not 0.0 <= number < 1.0:
+                raise UserError(f"--methods: {text!r}: the sparsity must be a fraction in [0, 1), e.g. prune:0.5")
+            if kind == "cluster" and not 2 <= number <= 256:
+                raise UserError(f"--methods: {text!r}: the clusters must be a whole number in 2..256, e.g. cluster:16")
             return cls(kind, number)
         if value:
             raise UserError(f"--methods: {kind} takes no value, got {text!r}")

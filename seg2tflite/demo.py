@@ -94,6 +94,32 @@ def _convert(name: str, checkpoint: Path, data: str, config: DemoConfig, model_d
     return None
 
 
+def check_demo_settings(config: DemoConfig) -> None:
+    """Refuse, before any data is written or model trained, what a later step would refuse: every
+    model's size, training and conversion settings, and what fits in memory."""
+    from seg2tflite.converters import ConvertConfig
+    from seg2tflite.converters.images import conversion_memory
+    from seg2tflite.data.spec import dataset_info
+    from seg2tflite.memory import check_fits
+    from seg2tflite.models import get_model_config
+    from seg2tflite.models.footprint import activation_bytes
+    from seg2tflite.train import check_train_settings
+    from seg2tflite.train_config import TrainConfig
+
+    classes = dataset_info(config.data).num_classes
+    for name in config.models:
+        size = config.model_input_size(name)
+        train = TrainConfig(model=name, data=config.data, batch_size=config.batch_size, lr=config.lr, input_size=size)
+        check_train_settings(train, size, classes, classes)
+        convert = ConvertConfig(
+            input_size=size, calib_size=config.calib_size, parity_images=config.parity_images, max_miou_drop=config.max_miou_drop
+        )
+        need = conversion_memory(
+            lambda h, w, name=name: activation_bytes(name, (h, w), classes), True, convert.calib_size, convert.parity_images
+        )
+        check_fits(need, size, f"converting {name}", divisor=get_model_config(name).size_divisor)
+
+
 def run_demo(config: DemoConfig) -> int:
     """Run the whole job; return the process exit code (1 when a gate failed and ``strict``)."""
     from seg2tflite.eval.measure import measure_conversion
@@ -104,6 +130,7 @@ def run_demo(config: DemoConfig) -> int:
     unknown = [m for m in config.models if m not in list_models()]
     if unknown:
         raise UserError(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(list_models())}")
+    check_demo_settings(config)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

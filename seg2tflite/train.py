@@ -9,6 +9,7 @@ checkpoints (safetensors + JSON config) and ``train_state.pt`` (optimizer, sched
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
@@ -70,6 +71,42 @@ def evaluate_model(model: nn.Module, loader: DataLoader, num_classes: int, devic
     return matrix.compute().as_dict()
 
 
+def check_train_settings(config: TrainConfig, size, num_classes: int, data_classes: int) -> None:
+    """Refuse, before the model is built, what training could only fail on later: a size the model
+    cannot take, a head smaller than the data's labels, settings AdamW rejects, BatchNorm on a
+    batch of one, or more memory than the machine has."""
+    from seg2tflite.memory import check_fits
+    from seg2tflite.models import check_input_size
+    from seg2tflite.models.footprint import activation_bytes, probe
+
+    check_input_size(config.model, size)
+    if num_classes < data_classes:
+        raise UserError(
+            f"--num-classes {num_classes}: {config.data} has {data_classes} classes (labels up to {data_classes - 1}), "
+            f"more than a {num_classes}-class head can predict; pass --num-classes {data_classes} or drop it"
+        )
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        raise UserError(f"--lr {config.lr}: must be a finite number > 0")
+    if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
+        raise UserError(f"--weight-decay {config.weight_decay}: must be a finite number >= 0")
+    if config.workers < 0 or config.warmup_steps < 0:
+        raise UserError(f"--workers {config.workers} / --warmup-steps {config.warmup_steps}: must be 0 or more")
+    footprint = probe(config.model, size, num_classes)
+    if footprint is None:
+        return
+    if config.batch_size == 1 and footprint.single_value_batchnorms:
+        raise UserError(
+            f"--batch-size 1: {config.model}'s BatchNorm layer {footprint.single_value_batchnorms[0]} sees one value per "
+            "channel per image (a 1x1 map), which cannot be normalised over a batch of one image; use --batch-size 2 or more"
+        )
+
+    def need(h: int, w: int) -> float:  # the activations autograd keeps for the backward pass, per image
+        return config.batch_size * (activation_bytes(config.model, (h, w), num_classes) or 0)
+
+    what = f"training {config.model} with --batch-size {config.batch_size}"
+    check_fits(need, size, what, divisor=get_model_config(config.model).size_divisor)
+
+
 def _distributed() -> tuple[int, int, int]:
     """(rank, local_rank, world_size); initialises the process group under torchrun."""
     if "LOCAL_RANK" not in os.environ:
@@ -91,11 +128,12 @@ def train(config: TrainConfig) -> dict:
 
     model_config = get_model_config(config.model)
     size = tuple(config.input_size or model_config.input_size)
-    train_split = load_dataset(config.data, "train")
-    val_split = load_dataset(config.data, "val")
+    train_split = load_dataset(config.data, "train", num_classes=config.num_classes)
+    val_split = load_dataset(config.data, "val", num_classes=config.num_classes)
     num_classes = config.num_classes or train_split.info.num_classes
     if len(train_split) == 0 or len(val_split) == 0:
         raise UserError(f"--data {config.data}: the train or val split is empty")
+    check_train_settings(config, size, num_classes, train_split.info.num_classes)
 
     preprocess = Preprocess.for_model(model_config, size)
     train_set = TorchSegDataset(train_split, preprocess, transform=augmentation(size))
@@ -141,8 +179,16 @@ def train(config: TrainConfig) -> dict:
             model.train()
             started = time.perf_counter()
             images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                loss = criterion(model(images), masks)
+            try:
+                with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                    loss = criterion(model(images), masks)
+            except ValueError as e:  # what the footprint probe could not foresee
+                if "Expected more than 1 value per channel" not in str(e):
+                    raise
+                raise UserError(
+                    f"--batch-size {config.batch_size}: a BatchNorm layer of {config.model} saw one value per channel; "
+                    "use a larger --batch-size"
+                ) from None
             if not torch.isfinite(loss):
                 raise UserError(f"training diverged at step {step} (loss {loss.item()}); lower --lr")
             optimizer.zero_grad(set_to_none=True)

@@ -9,36 +9,18 @@ import errno
 import pickle
 
 import numpy as np
-import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper
+from hostile import EIGHT_CLASS_ARGS, SMALL, Bench, fails, nothing_written, onnx_file
+from onnx import helper
 from PIL import Image
 
-from seg2tflite.cli import main
 from seg2tflite.data import SyntheticDataset, write_folder_dataset
 from seg2tflite.data.spec import parse_synthetic_spec
 from seg2tflite.models import create_model
 from seg2tflite.models.checkpoint import save_checkpoint
 
 SYNTHETIC = "synthetic:size=32,train=16,val=8,test=8"
-
-
-def _fails(capsys, argv, *expected) -> str:
-    """Run the command: exit 2, no traceback, and one error line (last on stderr) holding every ``expected``."""
-    code = main(argv)
-    stderr = capsys.readouterr().err
-    errors = [line for line in stderr.splitlines() if line.startswith("seg2tflite: error: ")]
-    assert code == 2, stderr[-2000:]
-    assert len(errors) == 1 and "Traceback" not in stderr, stderr[-2000:]
-    assert stderr.rstrip().endswith(errors[0])  # progress bars may come first; the error is last
-    for text in expected:
-        assert str(text) in errors[0], (text, errors[0])
-    return errors[0]
-
-
-def _nothing_written(out) -> None:
-    assert not out.exists() or not any(out.rglob("*")), sorted(out.rglob("*"))
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +40,15 @@ def test_truncated_checkpoint(capsys, tmp_path, segformer_checkpoint):
     broken = tmp_path / "b0.safetensors"
     broken.write_bytes(segformer_checkpoint.read_bytes()[: segformer_checkpoint.stat().st_size // 2])
     (tmp_path / "b0.json").write_text(segformer_checkpoint.with_suffix(".json").read_text())
-    _fails(capsys, _convert(broken, tmp_path / "out"), broken, "not a readable weights file")
-    _nothing_written(tmp_path / "out")
+    fails(capsys, _convert(broken, tmp_path / "out"), broken, "not a readable weights file")
+    nothing_written(tmp_path / "out")
 
 
 def test_random_bytes_checkpoint(capsys, tmp_path):
     junk = tmp_path / "model.pt"
     junk.write_bytes(np.random.default_rng(0).bytes(4096))
-    _fails(capsys, _convert(junk, tmp_path / "out"), junk)
-    _nothing_written(tmp_path / "out")
+    fails(capsys, _convert(junk, tmp_path / "out"), junk)
+    nothing_written(tmp_path / "out")
 
 
 class _RunsCode:
@@ -83,69 +65,60 @@ def test_code_running_pickle_is_refused_never_run(capsys, tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     evil.write_bytes(pickle.dumps({"weight": _RunsCode(marker)}))
-    _fails(capsys, _convert(evil, tmp_path / "out"), evil, "refused to load")
+    fails(capsys, _convert(evil, tmp_path / "out"), evil, "refused to load")
     assert not marker.exists()
-    _nothing_written(tmp_path / "out")
+    nothing_written(tmp_path / "out")
 
 
 def test_checkpoint_of_another_architecture(capsys, tmp_path, segformer_checkpoint):
-    line = _fails(
+    line = fails(
         capsys, _convert(segformer_checkpoint, tmp_path / "out", "deeplabv3plus_mobilenetv2", "--num-classes", "8"),
         segformer_checkpoint, "does not fit deeplabv3plus_mobilenetv2", "missing keys",
     )  # fmt: skip
     assert "Check --model and --num-classes" in line
-    _nothing_written(tmp_path / "out")
+    nothing_written(tmp_path / "out")
 
 
 def test_checkpoint_with_another_class_count(capsys, tmp_path, segformer_checkpoint):
     # Refused against the data before the model is built: with --num-classes 8 the checkpoint fits.
-    _fails(
+    fails(
         capsys,
         _convert(segformer_checkpoint, tmp_path / "out", "segformer_b0", "--num-classes", "5"),
         "--num-classes 5",
         "has 8 classes",
     )
-    _nothing_written(tmp_path / "out")
-
-
-def _onnx_file(path, nodes, dims=(1, 3, 8, 8), out_channels=3, opset=17, extra_opsets=()):
-    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, list(dims))
-    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [dims[0], out_channels, *dims[2:]])
-    graph = helper.make_graph(nodes, "g", [x], [y])
-    opsets = [helper.make_opsetid("", opset), *(helper.make_opsetid(d, 1) for d in extra_opsets)]
-    onnx.save(helper.make_model(graph, opset_imports=opsets), str(path))
-    return path
+    nothing_written(tmp_path / "out")
 
 
 @pytest.mark.chain
 def test_onnx_op_the_chain_cannot_carry(capsys, tmp_path):
     node = helper.make_node("MaxUnpoolWithMagic", ["input"], ["logits"], name="/decoder/unpool", domain="custom.ops")
-    path = _onnx_file(tmp_path / "custom.onnx", [node], extra_opsets=["custom.ops"])
+    path = onnx_file(tmp_path / "custom.onnx", [node], extra_opsets=["custom.ops"])
     argv = ["convert", "--onnx", str(path), "--calib-data", SYNTHETIC, "--out", str(tmp_path / "out")]
-    _fails(capsys, argv, path, "'/decoder/unpool'", "custom.ops::MaxUnpoolWithMagic", "cannot convert")
-    _nothing_written(tmp_path / "out")
+    fails(capsys, argv, path, "'/decoder/unpool'", "custom.ops::MaxUnpoolWithMagic", "cannot convert")
+    nothing_written(tmp_path / "out")
 
 
 def test_onnx_with_dynamic_input_needs_input_size(capsys, tmp_path):
     node = helper.make_node("Identity", ["input"], ["logits"], name="id")
-    path = _onnx_file(tmp_path / "dynamic.onnx", [node], dims=("batch", 3, "height", "width"))
+    path = onnx_file(tmp_path / "dynamic.onnx", [node], dims=("batch", 3, "height", "width"))
     argv = ["convert", "--onnx", str(path), "--calib-data", SYNTHETIC, "--out", str(tmp_path / "out")]
-    _fails(capsys, argv, path, "dynamic dimensions", "--input-size H W")
-    _nothing_written(tmp_path / "out")
+    fails(capsys, argv, path, "dynamic dimensions", "--input-size H W")
+    nothing_written(tmp_path / "out")
 
 
 def test_not_an_onnx_file(capsys, tmp_path):
     path = tmp_path / "model.onnx"
     path.write_bytes(b"\x00garbage" * 50)
-    _fails(capsys, ["convert", "--onnx", str(path), "--calib-data", SYNTHETIC, "--out", str(tmp_path / "out")], path)
-    _nothing_written(tmp_path / "out")
+    fails(capsys, ["convert", "--onnx", str(path), "--calib-data", SYNTHETIC, "--out", str(tmp_path / "out")], path)
+    nothing_written(tmp_path / "out")
 
 
 def test_calibration_set_too_small(capsys, tmp_path, segformer_checkpoint):
-    _fails(
+    fails(
         capsys, _convert(segformer_checkpoint, tmp_path / "out", "segformer_b0", "--calib-size", "2"), "--calib-size", "at least"
     )
-    _nothing_written(tmp_path / "out")
+    nothing_written(tmp_path / "out")
 
 
 class _Constant(SyntheticDataset):
@@ -162,8 +135,8 @@ def test_calibration_images_all_one_value(capsys, tmp_path, segformer_checkpoint
     data = write_folder_dataset({s: _Constant(s, config) for s in ("train", "val")}, tmp_path / "grey", progress=False)
     argv = _convert(segformer_checkpoint, tmp_path / "out")
     argv[argv.index("--calib-data") + 1] = f"folder:{data}"
-    _fails(capsys, argv, "one value per channel")
-    _nothing_written(tmp_path / "out")
+    fails(capsys, argv, "one value per channel")
+    nothing_written(tmp_path / "out")
 
 
 @pytest.fixture
@@ -177,19 +150,19 @@ def folder(tmp_path):
 def test_mask_label_beyond_the_classes(capsys, folder):
     mask = folder / "val" / "masks" / "val_000002.png"
     Image.fromarray(np.full((16, 16), 9, np.uint8), mode="L").save(mask)
-    _fails(capsys, ["data", "check", "--data", f"folder:{folder}"], mask, "9")
+    fails(capsys, ["data", "check", "--data", f"folder:{folder}"], mask, "9")
 
 
 def test_mask_of_another_size(capsys, folder):
     mask = folder / "val" / "masks" / "val_000001.png"
     Image.fromarray(np.zeros((8, 16), np.uint8), mode="L").save(mask)
-    _fails(capsys, ["data", "check", "--data", f"folder:{folder}"], "val_000001")
+    fails(capsys, ["data", "check", "--data", f"folder:{folder}"], "val_000001")
 
 
 def test_unreadable_image(capsys, folder):
     image = folder / "val" / "images" / "val_000003.png"
     image.write_bytes(image.read_bytes()[:40])
-    _fails(capsys, ["data", "check", "--data", f"folder:{folder}"], image)
+    fails(capsys, ["data", "check", "--data", f"folder:{folder}"], image)
 
 
 def test_empty_split(capsys, folder, tmp_path):
@@ -197,13 +170,13 @@ def test_empty_split(capsys, folder, tmp_path):
         f.unlink()
     for f in (folder / "test" / "masks").iterdir():
         f.unlink()
-    _fails(capsys, ["data", "check", "--data", f"folder:{folder}", "--split", "test"], "test")
+    fails(capsys, ["data", "check", "--data", f"folder:{folder}", "--split", "test"], "test")
 
 
 def test_output_folder_blocked_by_a_file(capsys, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    _fails(capsys, ["data", "synthetic", "--out", str(blocker / "data"), "--num-train", "2", "--num-val", "1", "--num-test", "1"])
+    fails(capsys, ["data", "synthetic", "--out", str(blocker / "data"), "--num-train", "2", "--num-val", "1", "--num-test", "1"])
     assert blocker.read_text() == "not a folder"
 
 
@@ -220,6 +193,305 @@ def test_disk_full_mid_write_keeps_nothing(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(Image.Image, "save", save)
     out = tmp_path / "data"
     argv = ["data", "synthetic", "--out", str(out), "--num-train", "8", "--num-val", "2", "--num-test", "2"]
-    _fails(capsys, argv, "no space left on the device", "--out")
+    line = fails(capsys, argv, "no space left on the device", "--out", f"error: {out}: ")
+    assert ".seg2tflite-" not in line and ".tmp" not in line  # the target is named, never the temporary
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []  # the temporary folder is gone too
+
+
+# -- the hostile-input table (issue 19): one case per situation, each through the real CLI ------
+#
+# Every case builds what it needs in its own folder (a ``Bench``), runs one command and expects
+# exit 2 with one ``seg2tflite: error:`` line holding every ``expected`` text and none of the
+# ``absent`` ones; ``after`` checks what must (not) be on disk afterwards. None imports TensorFlow.
+
+CASES = {}
+
+
+def case(name, *expected, absent=(), after=None):
+    def register(build):
+        CASES[name] = (build, expected, absent, after)
+        return build
+
+    return register
+
+
+# 1. data loss
+
+
+def _user_folder(b):
+    folder = b.root / "results"
+    folder.mkdir()
+    (folder / "mine.txt").write_text("my notes")
+    return folder
+
+
+def _user_folder_intact(b):
+    assert (b.root / "results" / "mine.txt").read_text() == "my notes"
+
+
+@case("evaluate --json onto a folder of the user's", "--json", "is a folder", after=_user_folder_intact)
+def _(b):
+    return ["evaluate", "--artifact", str(b.onnx()), "--data", SMALL, "--workers", "1", *EIGHT_CLASS_ARGS,
+            "--json", str(_user_folder(b))]  # fmt: skip
+
+
+@case("evaluate --json under a file", "--json", "is a file", absent=("--out",))
+def _(b):
+    (b.root / "notes").write_text("x")
+    return ["evaluate", "--artifact", str(b.onnx()), "--data", SMALL, "--workers", "1", *EIGHT_CLASS_ARGS,
+            "--json", str(b.root / "notes" / "m.json")]  # fmt: skip
+
+
+# 2. tracebacks
+
+
+def _evaluate_checkpoint(b, **config):
+    return ["evaluate", "--artifact", str(b.checkpoint(**config)), "--data", SMALL, "--workers", "1"]
+
+
+@case("checkpoint config: non-numeric class count", "b0.json", "'num_classes' is 'eight'", "a class count in 1..255")
+def _(b):
+    return _evaluate_checkpoint(b, num_classes="eight")
+
+
+@case("checkpoint config: class count for convert", "b0.json", "'num_classes' is 'eight'")
+def _(b):
+    return _convert(b.checkpoint(num_classes="eight"), b.root / "out")
+
+
+@case("checkpoint config: unknown model name", "b0.json", "'segformer_b9'", "not registered")
+def _(b):
+    return _evaluate_checkpoint(b, name="segformer_b9")
+
+
+@case("checkpoint config: unknown keyword arguments", "b0.json", "'kwargs'", "depthz")
+def _(b):
+    return _evaluate_checkpoint(b, kwargs={"depthz": 3})
+
+
+def _broken_onnx(b, how):
+    path = b.onnx()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if how == "truncated" else np.random.default_rng(0).bytes(len(data)))
+    return path
+
+
+@case("evaluate: truncated ONNX file", "model.onnx", "ONNX")
+def _(b):
+    return ["evaluate", "--artifact", str(_broken_onnx(b, "truncated")), "--data", SMALL, "--workers", "1", *EIGHT_CLASS_ARGS]
+
+
+@case("evaluate: garbage ONNX file", "model.onnx", "ONNX")
+def _(b):
+    return ["evaluate", "--artifact", str(_broken_onnx(b, "garbage")), "--data", SMALL, "--workers", "1", *EIGHT_CLASS_ARGS]
+
+
+@case("bench: truncated ONNX file", "model.onnx", "ONNX")
+def _(b):
+    return ["bench", "--artifact", str(_broken_onnx(b, "truncated")), "--input-size", "32", "32", "--runs", "1"]
+
+
+@case("bench: garbage ONNX file", "model.onnx", "ONNX")
+def _(b):
+    return ["bench", "--artifact", str(_broken_onnx(b, "garbage")), "--input-size", "32", "32", "--runs", "1"]
+
+
+def _train(b, *extra, model="segformer_b0"):
+    return ["train", "--model", model, "--data", SMALL, "--steps", "1", "--input-size", "32", "32",
+            "--batch-size", "2", "--out", str(b.root / "train"), *extra]  # fmt: skip
+
+
+def _nothing_trained(b):
+    nothing_written(b.root / "train")
+
+
+@case("train --batch-size 1 with BatchNorm on a 1x1 map", "--batch-size 1", "aspp", "--batch-size 2", after=_nothing_trained)
+def _(b):
+    return _train(b, "--batch-size", "1", model="deeplabv3plus_mobilenetv2")
+
+
+@case("train --num-classes below the labels present", "--num-classes 3", "has 8 classes", after=_nothing_trained)
+def _(b):
+    return _train(b, "--num-classes", "3")
+
+
+@case("train --lr negative", "--lr", "> 0", after=_nothing_trained)
+def _(b):
+    return _train(b, "--lr", "-1")
+
+
+@case("train --workers negative", "--workers", "0 or more", after=_nothing_trained)
+def _(b):
+    return _train(b, "--workers", "-1")
+
+
+@case("report --run: the record is a list", "record.json", "list")
+def _(b):
+    return ["report", "--run", str(b.record(lambda d: [d]))]
+
+
+@case("report --run: a row lacks fields", "record.json", "lacks", "miou")
+def _(b):
+    def drop(d):
+        del d["rows"][0]["miou"]
+        return d
+
+    return ["report", "--run", str(b.record(drop))]
+
+
+@case("report --run: a row field of the wrong type", "record.json", "file_mb")
+def _(b):
+    def edit(d):
+        d["rows"][0]["file_mb"] = "big"
+        return d
+
+    return ["report", "--run", str(b.record(edit))]
+
+
+@case("report --run: corrupt predictions file", "m.npz", "unreadable prediction sample")
+def _(b):
+    run = b.record(lambda d: d)
+    (run / "predictions").mkdir()
+    (run / "predictions" / "m.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    return ["report", "--run", str(run)]
+
+
+@case("compress --run on a truncated demo.json", "demo.json", "unreadable or incomplete", "seg2tflite demo --out")
+def _(b):
+    (b.root / "run").mkdir()
+    (b.root / "run" / "demo.json").write_text('{"config": {"data": "synth')
+    return ["compress", "--run", str(b.root / "run"), "--methods", "mixed"]
+
+
+# 3. refused late or never
+
+
+@case(
+    "convert --input-size 8192 8192",
+    "--input-size 8192 8192",
+    "needs at least",
+    "largest size",
+    after=lambda b: nothing_written(b.root / "out"),
+)
+def _(b):
+    return [
+        "convert",
+        "--model",
+        "segformer_b0",
+        "--input-size",
+        "8192",
+        "8192",
+        "--calib-data",
+        SMALL,
+        "--out",
+        str(b.root / "out"),
+    ]
+
+
+@case("train --input-size 8192 8192", "--input-size 8192 8192", "largest size", after=_nothing_trained)
+def _(b):
+    return _train(b, "--input-size", "8192", "8192")
+
+
+@case("evaluate --data synthetic:size=60000", "size=60000", "largest size that fits")
+def _(b):
+    return ["evaluate", "--artifact", str(b.onnx()), "--data", "synthetic:size=60000", *EIGHT_CLASS_ARGS]
+
+
+@case(
+    "data synthetic --image-size 60000 60000",
+    "60000x60000",
+    "largest size that fits",
+    after=lambda b: nothing_written(b.root / "d"),
+)
+def _(b):
+    return ["data", "synthetic", "--out", str(b.root / "d"), "--image-size", "60000", "60000"]
+
+
+@case("train --num-classes 100000", "--num-classes", "1..255", after=_nothing_trained)
+def _(b):
+    return _train(b, "--num-classes", "100000")
+
+
+@case("convert --num-classes 100000", "--num-classes", "1..255", after=lambda b: nothing_written(b.root / "out"))
+def _(b):
+    return _convert(b.checkpoint(), b.root / "out", "segformer_b0", "--num-classes", "100000")
+
+
+@case("convert --max-miou-drop nan", "--max-miou-drop", "finite", after=lambda b: nothing_written(b.root / "out"))
+def _(b):
+    return _convert(b.checkpoint(), b.root / "out", "segformer_b0", "--max-miou-drop", "nan")
+
+
+@case("demo --max-miou-drop nan", "--max-miou-drop", "finite", after=lambda b: nothing_written(b.root / "demo"))
+def _(b):
+    return ["demo", "--out", str(b.root / "demo"), "--models", "segformer_b0", "--data", SMALL, "--train-steps", "1",
+            "--batch-size", "2", "--input-size", "32", "32", "--max-miou-drop", "nan"]  # fmt: skip
+
+
+@case("train DeepLabv3+ at --input-size 65 67", "--input-size 65 67", "multiples of", after=_nothing_trained)
+def _(b):
+    return _train(b, "--input-size", "65", "67", model="deeplabv3plus_mobilenetv2")
+
+
+# 4. misleading messages
+
+
+@case("convert --std 0 0 0", "--std", "> 0", absent=("NaN", "calibration"))
+def _(b):
+    return ["convert", "--onnx", str(b.onnx()), "--std", "0", "0", "0", "--calib-data", SMALL, "--out", str(b.root / "out")]
+
+
+@case("evaluate on data with other classes", "predicts 8 classes but the dataset has 5", absent=("--num-classes",))
+def _(b):
+    return ["evaluate", "--artifact", str(b.checkpoint()), "--data", f"folder:{b.folder(num_classes=5)}", "--workers", "1"]
+
+
+@case("compress --methods prune:1.5", "--methods", "prune:1.5", absent=("--sparsity",))
+def _(b):
+    run = b.root / "run"
+    (run / "models" / "segformer_b0" / "train").mkdir(parents=True)
+    (run / "models" / "segformer_b0" / "train" / "best.safetensors").write_bytes(b"x")
+    config = {"data": SMALL, "models": ["segformer_b0"], "calib_size": 8, "parity_images": 4}
+    (run / "demo.json").write_text(__import__("json").dumps({"config": config}))
+    return ["compress", "--run", str(run), "--methods", "prune:1.5"]
+
+
+@case("convert a checkpoint of NaN weights", "NaN or Inf", "checkpoint is broken", absent=("torch.onnx.export", "pooling"),
+      after=lambda b: nothing_written(b.root / "out"))  # fmt: skip
+def _(b):
+    from safetensors.torch import load_file, save_file
+
+    weights = b.checkpoint()
+    state = load_file(str(weights))
+    save_file({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}, str(weights))
+    return _convert(weights, b.root / "out")
+
+
+@case("evaluate a random-bytes .tflite", "junk.tflite", "not a TFLite model", absent=("utf-8", "codec"))
+def _(b):
+    (b.root / "junk.tflite").write_bytes(np.random.default_rng(0).bytes(4096))
+    return ["evaluate", "--artifact", str(b.root / "junk.tflite"), "--data", SMALL, *EIGHT_CLASS_ARGS]
+
+
+@case("convert --calib-data with a bad spec", "--calib-data bogus:x", absent=("--data bogus",))
+def _(b):
+    return ["convert", "--onnx", str(b.onnx()), "--calib-data", "bogus:x", "--out", str(b.root / "out")]
+
+
+@case("class count names the data path given", "folder:", "has 5", absent=("synthetic:train",))
+def _(b):
+    return _convert(b.checkpoint(), b.root / "out", "segformer_b0", "--calib-data", f"folder:{b.folder(num_classes=5)}")
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_hostile_input_is_refused_in_one_line(name, capsys, tmp_path, segformer_checkpoint):
+    build, expected, absent, after = CASES[name]
+    bench = Bench(tmp_path, segformer_checkpoint)
+    argv = build(bench)
+    line = fails(capsys, argv, *expected)
+    for text in absent:
+        assert text not in line, (text, line)
+    if after is not None:
+        after(bench)

@@ -102,11 +102,26 @@ def test_a_changed_model_rebuilds_everything(converted_copy):
     assert not any("unchanged" in line for line in log)
 
 
+KILLED_MID_WRITE = """
+import os, signal, sys
+from seg2tflite.atomic import atomic_path
+with atomic_path(sys.argv[1]) as tmp:
+    tmp.write_bytes(b"half")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
 def test_stale_temporaries_are_removed(tmp_path):
-    (tmp_path / ".model_float32.tflite.abc.tmp").mkdir()
-    (tmp_path / ".model_float32.tflite.abc.tmp" / "model_float32.tflite").write_bytes(b"half")
+    """A write killed mid-way leaves its marked temporary; the next StageCache removes it, and
+    nothing else (a user's own ``.*.tmp`` stays)."""
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(tmp_path / "model_float32.tflite")])
+    assert killed.returncode == -9
+    (left,) = tmp_path.glob(".*.tmp")
+    (tmp_path / ".notes.tmp").mkdir()
+    (tmp_path / ".draft.txt.tmp").write_text("mine")
     cache = StageCache(tmp_path)
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert not left.exists() and not (tmp_path / "model_float32.tflite").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".draft.txt.tmp", ".notes.tmp"]
     assert cache.stages == {}
 
 

@@ -94,6 +94,7 @@ def _config(**kw):
     return ConvertConfig(input_size=SIZE, variants=("float32",), calib_size=8, parity_images=2, **kw)
 
 
+@pytest.mark.chain  # it runs the conversion chain (onnx2tf)
 def test_channel_layernorm_rewrite_is_needed_and_divergence_names_the_module(tmp_path):
     model = _perturbed(ChannelNormNet())
     data = NoiseDataset("train"), NoiseDataset("val")

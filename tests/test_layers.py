@@ -26,14 +26,18 @@ FOLDERS = {
 }
 # Lowest floor first; a module may import its own floor and the floors below it.
 LAYERS = (
-    ("base", ("seg2tflite", "seg2tflite.errors", "seg2tflite.atomic", "seg2tflite.quiet", "seg2tflite.data", "seg2tflite.metrics")),
+    ("base", (
+        "seg2tflite", "seg2tflite.errors", "seg2tflite.atomic", "seg2tflite.quiet", "seg2tflite.data", "seg2tflite.metrics",
+        "seg2tflite.memory",
+    )),
     ("models", ("seg2tflite.models",)),
     ("calibration", ("seg2tflite.calibration",)),
     ("converters", ("seg2tflite.converters",)),
     ("eval", ("seg2tflite.eval",)),
     ("app", (
-        "seg2tflite.cli", "seg2tflite.cli_options", "seg2tflite.commands", "seg2tflite.__main__", "seg2tflite.demo", "seg2tflite.demo_config", "seg2tflite.train",
-        "seg2tflite.train_config", "seg2tflite.compress", "seg2tflite.compress_config", "seg2tflite.latency",
+        "seg2tflite.cli", "seg2tflite.cli_options", "seg2tflite.commands", "seg2tflite.convert_checks", "seg2tflite.__main__",
+        "seg2tflite.demo", "seg2tflite.demo_config", "seg2tflite.train", "seg2tflite.train_config", "seg2tflite.compress",
+        "seg2tflite.compress_config", "seg2tflite.latency",
     )),
 )  # fmt: skip
 

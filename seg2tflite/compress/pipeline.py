@@ -45,12 +45,22 @@ class _Run:
         demo = out / "demo.json"
         if not demo.is_file():
             raise UserError(f"--run {out}: no demo.json there; run `seg2tflite demo --out {out}` first")
-        config = json.loads(demo.read_text())["config"]
-        data = config["data"]
+        try:
+            config = json.loads(demo.read_text())["config"]
+            data = config["data"]
+            models = [str(m) for m in config["models"]]
+            calib_size, parity_images = int(config["calib_size"]), int(config["parity_images"])
+            if not isinstance(data, str):
+                raise TypeError("'data' is not a spec string")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(
+                f"--run {out}: {demo} is unreadable or incomplete ({type(e).__name__}: {str(e)[:200]}); "
+                f"run `seg2tflite demo --out {out}` again to rewrite it"
+            ) from None
         if data.startswith("synthetic"):
             data = f"folder:{out / 'data'}"
-        models = tuple(m for m in config["models"] if (out / "models" / m / "train" / "best.safetensors").is_file())
-        return cls(out, data, int(config["calib_size"]), int(config["parity_images"]), models)
+        models = tuple(m for m in models if (out / "models" / m / "train" / "best.safetensors").is_file())
+        return cls(out, data, calib_size, parity_images, models)
 
     def model_dir(self, name: str) -> Path:
         return self.out / "models" / name
@@ -233,12 +243,12 @@ def run_compress(config: CompressConfig) -> int:
     from seg2tflite.compress.calibration_study import render_calibration_study_md
     from seg2tflite.eval.report import REPORT_DIR, build_report
 
+    methods = [Method.parse(m) for m in config.methods]
     run = _Run.open(config.run)
     models = config.models or run.models
     missing = [m for m in models if m not in run.models]
     if missing:
         raise UserError(f"--models: {', '.join(missing)} not trained in {run.out}; choose from {', '.join(run.models)}")
-    methods = [Method.parse(m) for m in config.methods]
     failures, studies = {}, {}
     study_path = run.out / STUDY_FILE
     if study_path.is_file():

@@ -30,6 +30,7 @@ class SegmentationDataset:
 
     info: DatasetInfo
     split: str
+    spec: str | None = None  # the --data spec it was loaded from (set by ``load_dataset``)
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -40,3 +41,14 @@ class SegmentationDataset:
     def item_name(self, index: int) -> str:
         """A stable name for item ``index`` (a file stem), recorded in manifests."""
         return f"{self.split}_{index:06d}"
+
+
+def describe_data(data) -> str:
+    """How a message names a dataset split: the spec the user gave (``folder:PATH``), else its name."""
+    spec = getattr(data, "spec", None)
+    if spec:
+        return spec
+    info, split = getattr(data, "info", None), getattr(data, "split", None)
+    if info is not None:
+        return f"{info.name}:{split}" if split else info.name
+    return str(getattr(data, "source", data))

@@ -22,6 +22,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
 INVALID = -1  # lookup-table entry for a raw mask value the dataset never uses
 _MASK_MODES = ("L", "P", "I", "I;16", "1")
+_WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 def voc_colormap(n: int) -> tuple[tuple[int, int, int], ...]:
@@ -57,6 +58,10 @@ def read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
+            if img.mode in _WIDE_GREY_MODES:  # PIL's convert("RGB") would clip these at 255
+                return _grey_to_rgb8(np.asarray(img), path)
+            if img.mode == "F":
+                raise UserError(f"{path}: a floating-point image; save it as an 8- or 16-bit image")
             if img.mode != "RGB":
                 img = img.convert("RGB")
             return np.asarray(img, dtype=np.uint8)
@@ -64,6 +69,14 @@ def read_image(path: Path) -> np.ndarray:
         raise UserError(f"{path}: image file not found; check the dataset path") from None
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
         raise UserError(f"{path}: cannot read image ({e}); replace or remove the file") from None
+
+
+def _grey_to_rgb8(raw: np.ndarray, path: Path) -> np.ndarray:
+    """A 16-bit (or 32-bit integer holding 16-bit) grey image -> uint8 RGB, 0..65535 onto 0..255."""
+    if raw.size and (raw.min() < 0 or raw.max() > 65535):
+        raise UserError(f"{path}: grey values up to {int(raw.max())} do not fit 16 bits; save it as an 8- or 16-bit image")
+    grey = np.rint(raw.astype(np.float32) / 257.0).astype(np.uint8)
+    return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
 
 
 def read_mask(path: Path) -> np.ndarray:

@@ -67,7 +67,7 @@ def _parse_size(value: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
-def parse_synthetic_spec(spec: str) -> SyntheticConfig:
+def parse_synthetic_spec(spec: str, option: str = "--data") -> SyntheticConfig:
     """``synthetic[:key=value,...]`` -> ``SyntheticConfig`` (keys: see ``DATA_SPEC_HELP``)."""
     _, _, options = spec.partition(":")
     values: dict[str, object] = {}
@@ -75,49 +75,60 @@ def parse_synthetic_spec(spec: str) -> SyntheticConfig:
         key, eq, raw = item.partition("=")
         key = key.strip()
         if key not in _SYNTHETIC_KEYS or not eq:
-            raise UserError(f"--data {spec}: bad option {item!r}; use key=value with keys {', '.join(_SYNTHETIC_KEYS)}")
+            raise UserError(f"{option} {spec}: bad option {item!r}; use key=value with keys {', '.join(_SYNTHETIC_KEYS)}")
         name, parse = _SYNTHETIC_KEYS[key]
         try:
             values[name] = parse(raw.strip())
         except ValueError:
-            raise UserError(f"--data {spec}: {key}={raw!r} is not a valid value; e.g. seed=3, size=96x128, train=500") from None
+            raise UserError(f"{option} {spec}: {key}={raw!r} is not a valid value; e.g. seed=3, size=96x128, train=500") from None
     assert set(values) <= {f.name for f in fields(SyntheticConfig)}
-    return SyntheticConfig(**values)
+    try:
+        return SyntheticConfig(**values)
+    except UserError as e:
+        raise UserError(f"{option} {spec}: {e}") from None
 
 
-def _split_spec(spec: str) -> tuple[str, str]:
+def _split_spec(spec: str, option: str = "--data") -> tuple[str, str]:
     kind, _, rest = spec.partition(":")
     kind = kind.strip().lower()
     if kind not in KINDS:
-        raise UserError(f"--data {spec}: unknown dataset kind {kind!r}; use one of {', '.join(KINDS)}")
+        raise UserError(f"{option} {spec}: unknown dataset kind {kind!r}; use one of {', '.join(KINDS)}")
     if kind != "synthetic" and not rest:
-        raise UserError(f"--data {spec}: {kind} needs a path, as '{kind}:PATH'")
+        raise UserError(f"{option} {spec}: {kind} needs a path, as '{kind}:PATH'")
     return kind, rest
 
 
-def load_dataset(spec: str, split: str, num_classes: int | None = None) -> SegmentationDataset:
+def load_dataset(spec: str, split: str, num_classes: int | None = None, option: str = "--data") -> SegmentationDataset:
     """One split (``train``, ``val`` or ``test``) of the dataset ``spec`` names.
 
-    ``num_classes`` is used only by ``folder:`` datasets without a ``dataset.json``.
+    ``num_classes`` is used only by ``folder:`` datasets without a ``dataset.json``; ``option``
+    is the command-line option that gave ``spec``, for the messages.
     """
     if split not in SPLITS:
         raise UserError(f"split {split!r}: use one of {', '.join(SPLITS)}")
-    kind, rest = _split_spec(spec)
+    kind, rest = _split_spec(spec, option)
     if kind == "synthetic":
-        return SyntheticDataset(split, parse_synthetic_spec(spec))
-    path = Path(rest).expanduser()
-    if not path.exists():
-        raise UserError(f"{path}: does not exist; check the path in --data {spec}")
-    if kind == "folder":
-        return FolderDataset(path, split, num_classes=num_classes)
-    return _READERS[kind](path, split)
+        dataset = SyntheticDataset(split, parse_synthetic_spec(spec, option))
+    else:
+        path = Path(rest).expanduser()
+        if not path.exists():
+            raise UserError(f"{path}: does not exist; check the path in {option} {spec}")
+        dataset = FolderDataset(path, split, num_classes=num_classes) if kind == "folder" else _READERS[kind](path, split)
+    dataset.spec = spec
+    return dataset
 
 
-def dataset_info(spec: str, num_classes: int | None = None) -> DatasetInfo:
+def declares_classes(spec: str) -> bool:
+    """Whether ``spec`` says its own classes (everything but a ``folder:`` without dataset.json)."""
+    kind, rest = _split_spec(spec)
+    return kind != "folder" or (Path(rest).expanduser() / "dataset.json").is_file()
+
+
+def dataset_info(spec: str, num_classes: int | None = None, option: str = "--data") -> DatasetInfo:
     """Class names and palette of ``spec`` without listing its files."""
-    kind, rest = _split_spec(spec)
+    kind, rest = _split_spec(spec, option)
     if kind == "synthetic":
-        parse_synthetic_spec(spec)  # reject bad options here too
+        parse_synthetic_spec(spec, option)  # reject bad options here too
         return SYNTHETIC_INFO
     if kind == "folder":
         return folder_info(Path(rest).expanduser(), num_classes)

@@ -47,6 +47,7 @@ PREFERRED_TEXTURE = {DISC: STRIPES, RECTANGLE: CHECKER, TRIANGLE: DOTS, RING: GR
 _TINT = np.array([(128, 128, 128), (200, 90, 90), (90, 190, 90), (200, 190, 80), (80, 120, 200), (200, 140, 70), (150, 80, 190), (90, 200, 200)], np.float32)  # fmt: skip
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 MIN_VISIBLE_PIXELS = 6  # an object counts as present when at least this much of it shows
+RENDER_BYTES_PER_PIXEL = 64  # peak memory of ``render`` (tracemalloc: 62 bytes a pixel at 256x256 and 1024x1024)
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,11 @@ class SyntheticConfig:
     def __post_init__(self):
         object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
         h, w = self.image_size
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise UserError(f"synthetic: seed={self.seed!r} must be a whole number >= 0")
         if min(h, w) < 16:
             raise UserError(f"synthetic: image size {h}x{w} is too small; use at least 16x16")
+        self._check_memory(h, w)
         for split in SPLIT_CODES:
             if self.num_items(split) < 0:
                 raise UserError(f"synthetic: {split}={self.num_items(split)} is negative; use a count >= 0")
@@ -74,6 +78,20 @@ class SyntheticConfig:
         for name in ("texture_prob", "colour_hint"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UserError(f"synthetic: {name}={getattr(self, name)} is not in 0..1")
+
+    @staticmethod
+    def _check_memory(h: int, w: int) -> None:
+        from seg2tflite.memory import available_bytes, gigabytes, largest_fitting
+
+        budget = available_bytes()
+        need = lambda y, x: y * x * RENDER_BYTES_PER_PIXEL  # noqa: E731
+        if budget is not None and need(h, w) > budget:
+            best = largest_fitting(need, (h, w), budget)
+            fits = f"the largest size that fits is about {best[0]}x{best[1]}" if best else "no size fits"
+            raise UserError(
+                f"synthetic: size {h}x{w} needs {gigabytes(need(h, w))} of memory to draw one image "
+                f"({RENDER_BYTES_PER_PIXEL} bytes a pixel), more than the {gigabytes(budget)} available; {fits}"
+            )
 
     def num_items(self, split: str) -> int:
         return {"train": self.num_train, "val": self.num_val, "test": self.num_test}[split]

@@ -1,0 +1,292 @@
+"""One conversion under way, step by step: data, ONNX, SavedModel, each .tflite, parity, manifest.
+
+``Chain.run`` takes the steps in order; each step records what it built in ``stages.json`` (see
+``resume``), so a re-run keeps what is whole and unchanged. Every .tflite is built and first
+loaded in a child process (``isolated``), so a native crash fails only that variant.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from seg2tflite.atomic import atomic_write_bytes, atomic_write_text, private_tempdir
+from seg2tflite.calibration.representative import CalibrationSet
+from seg2tflite.converters.checks import check_class_count
+from seg2tflite.converters.config import ConvertConfig
+from seg2tflite.converters.divergence import explain_float_failure
+from seg2tflite.converters.images import ParityImages, calibration_set, parity_images
+from seg2tflite.converters.isolated import VariantError, VariantFailure, VariantWorker, failure_message
+from seg2tflite.converters.manifest import artifact_hashes, build_manifest, package_versions, write_json
+from seg2tflite.converters.onnx_export import PreparedOnnx, save_onnx
+from seg2tflite.converters.onnx_to_tf import onnx_to_saved_model
+from seg2tflite.converters.ops import OpReport, check_builtins_only, op_report
+from seg2tflite.converters.parity import ParityError, ParityReport, apply_gates, format_table, measure_parity, raise_on_failure
+from seg2tflite.converters.resume import StageCache, stage_key
+from seg2tflite.converters.runtimes import OnnxRunner, SavedModelRunner, TFLiteRunner, TorchRunner
+from seg2tflite.converters.stages import ONNX2TF_LOG, PARITY_FILE, STAGES, ConversionDir
+from seg2tflite.data.preprocess import Preprocess
+
+MAX_ONNX2TF_SAMPLES = 20  # onnx2tf's own test-data slot holds 20 images
+
+
+def _tool_versions() -> dict:
+    """The converter versions a built artifact depends on (a new onnx2tf or TF rebuilds it)."""
+    versions = package_versions()
+    return {name: versions.get(name) for name in ("onnx2tf", "tensorflow", "tf-keras", "onnx", "onnxsim")}
+
+
+@dataclass
+class ConvertResult:
+    out_dir: Path
+    artifacts: dict[str, Path]  # stage -> file or folder
+    parity: ParityReport
+    ops: dict[str, OpReport]  # variant -> operators
+    manifest: dict
+    seconds: dict[str, float] = field(default_factory=dict)
+    variant_failures: dict[str, dict] = field(default_factory=dict)  # variant -> VariantFailure.to_dict()
+
+    @property
+    def table(self) -> str:
+        return format_table(self.parity)
+
+
+@dataclass
+class Chain:
+    """One conversion under way: what its steps share. The steps run in the order of ``run``."""
+
+    prepared: PreparedOnnx
+    torch_model: object | None  # the module parity is measured against (None for an ONNX input)
+    deploy_model: object | None  # the module the ONNX graph was exported from
+    folder: ConversionDir
+    config: ConvertConfig
+    preprocess: Preprocess
+    log: Callable[[str], None]
+    progress: bool
+    seconds: dict[str, float]
+    cache: StageCache | None = None
+    artifacts: dict[str, Path] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)  # stage -> what it was built from (resume)
+    ops: dict[str, OpReport] = field(default_factory=dict)
+    quantization: dict[str, dict] = field(default_factory=dict)
+    delegation: dict[str, dict] = field(default_factory=dict)  # variant -> what XNNPACK took
+    failures: dict[str, VariantFailure] = field(default_factory=dict)  # variants that crashed or cannot load
+    worker: VariantWorker | None = None  # builds and first loads each variant in a child process
+    before_writing: Callable[[], dict] | None = None  # runs after the last refusal, before the first write
+    model_source: str = ""  # the ONNX file converted, for messages
+
+    def run(self, calib_data, parity_data, model_info: dict, command) -> ConvertResult:
+        onnx_source = None if self.torch_model is not None else self.model_source
+        check_class_count(self.prepared.num_classes, (calib_data, parity_data), onnx_source)
+        calib, parity = self.read_data(calib_data, parity_data)
+        self.folder.path.mkdir(parents=True, exist_ok=True)
+        if self.before_writing is not None:
+            model_info = {**model_info, **self.before_writing()}
+        self.cache = StageCache(self.folder.path)
+        self.forget_other_runs(model_info)
+        self.write_onnx()
+        sample = np.ascontiguousarray(parity.images.transpose(0, 2, 3, 1))  # NHWC: onnx2tf checks its layouts on these
+        self.build_saved_model(sample)
+        with private_tempdir("variants") as work, VariantWorker(work, self.progress) as worker:
+            self.worker = worker
+            worker.set_calibration(None if calib is None else calib.images, "" if calib is None else calib.source)
+            for variant in self.config.variants:
+                self.build_tflite(variant, calib)
+        full_int8 = self.ops.get("full_int8")
+        if full_int8 is not None and full_int8.float_ops:
+            self.log(f"full_int8: {len(full_int8.float_ops)} ops still run in float: {', '.join(full_int8.float_ops)}")
+        report = self.check_parity(parity, sample)
+        manifest = self.write_manifest(report, calib, parity, model_info, command)
+        result = ConvertResult(self.folder.path, self.artifacts, report, self.ops, manifest, self.seconds, self.failure_dicts)
+        try:
+            if self.failures:
+                raise VariantError(failure_message(self.failures, len(self.config.variants), self.folder.manifest_path, report))
+            raise_on_failure(report, where=str(self.folder.parity_path))
+        except ParityError as e:
+            e.result = result  # everything was written; callers may still read the figures
+            raise
+        return result
+
+    @property
+    def built(self) -> tuple[str, ...]:
+        """The variants built and checked (all asked for, less those that failed)."""
+        return tuple(v for v in self.config.variants if v not in self.failures)
+
+    @property
+    def failure_dicts(self) -> dict[str, dict]:
+        return {variant: failure.to_dict() for variant, failure in self.failures.items()}
+
+    def fail_variant(self, variant: str, failure: VariantFailure) -> None:
+        """A variant that crashed or cannot be loaded: no file of it stays, the others go on."""
+        self.failures[variant] = failure
+        self.cache.forget(variant)
+        self.folder.artifact(variant).unlink(missing_ok=True)
+        self.log(f"{self.folder.artifact(variant).name}: FAILED, not kept: {failure.line()}")
+
+    def read_data(self, calib_data, parity_data) -> tuple[CalibrationSet | None, ParityImages]:
+        t = time.perf_counter()
+        config = self.config
+        calib = calibration_set(calib_data, self.preprocess, config, self.progress) if config.needs_calibration else None
+        parity = parity_images(calib_data, parity_data, calib, self.preprocess, config)
+        self.seconds["data"] = time.perf_counter() - t
+        if calib is not None:
+            self.log(f"calibration: {len(calib)} images from {calib.source}")
+        self.log(f"parity: {len(parity.images)} images from {parity.source}")
+        return calib, parity
+
+    def forget_other_runs(self, model_info: dict) -> None:
+        """Record the weights this run saved (the PyTorch stage), then delete what an earlier run
+        into this folder built that this one does not: no file of another run stays beside this one."""
+        stages = ["onnx", "saved_model", *self.config.variants, "parity"]
+        weights = model_info.get("weights")
+        if weights:
+            names = [weights, Path(weights).with_suffix(".json").name]
+            self.cache.record("pytorch", stage_key(artifact_hashes(self.folder.path, names)), names)
+            stages.append("pytorch")
+        checkpoint = model_info.get("checkpoint")
+        keep = (Path(checkpoint), Path(checkpoint).with_suffix(".json")) if checkpoint else ()
+        for name in self.cache.forget_others(stages, keep):
+            self.log(f"{name}: removed, left by an earlier conversion into this folder that this one does not build")
+
+    def write_onnx(self) -> None:
+        key = self.keys["onnx"] = stage_key(self.prepared.model.SerializeToString())
+        path = self.artifacts["onnx"] = self.folder.artifact("onnx")
+        if not self.cache.fresh("onnx", key):
+            save_onnx(self.prepared.model, path)
+            self.cache.record("onnx", key, [path.name])
+        for rewrite in self.prepared.rewrites:
+            self.log(f"onnx rewrite: {rewrite}")
+
+    def build_saved_model(self, sample: np.ndarray) -> None:
+        t = time.perf_counter()
+        samples = sample[:MAX_ONNX2TF_SAMPLES]
+        path = self.folder.artifact("saved_model")
+        key = self.keys["saved_model"] = stage_key(self.keys["onnx"], samples.tobytes(), _tool_versions())
+        if self.cache.fresh("saved_model", key):
+            self.log(f"saved_model: unchanged since the last run, kept ({path})")
+        else:
+            path, onnx2tf_log = onnx_to_saved_model(self.prepared.model, path, samples)
+            atomic_write_text(self.folder / ONNX2TF_LOG, onnx2tf_log)
+            self.cache.record("saved_model", key, [path.name, ONNX2TF_LOG])
+            self.seconds["onnx2tf"] = time.perf_counter() - t
+            self.log(f"saved_model: {path} ({self.seconds['onnx2tf']:.1f}s)")
+        self.artifacts["saved_model"] = path
+
+    def build_tflite(self, variant: str, calib: CalibrationSet | None) -> None:
+        t = time.perf_counter()
+        path = self.folder.artifact(variant)
+        calibrated = STAGES[variant].calibrated
+        calib_key = stage_key(calib.images.tobytes()) if calibrated else None
+        key = self.keys[variant] = stage_key(self.keys["saved_model"], variant, calib_key, self.config.int8_io)
+        kept = self.cache.fresh(variant, key)
+        if kept:
+            outcome = self.worker.check(path, variant)  # a LiteRT upgrade may not take it any more
+        else:
+            outcome = self.worker.build(self.artifacts["saved_model"], variant, self.config.int8_io)
+        if isinstance(outcome, VariantFailure):
+            self.fail_variant(variant, outcome)
+            return
+        content = outcome.content
+        if kept:
+            self.log(f"{path.name}: unchanged since the last run, kept")
+        report = op_report(content)
+        check_builtins_only(report, path.name)
+        if not kept:
+            atomic_write_bytes(path, content)
+            self.cache.record(variant, key, [path.name])
+            self.seconds[variant] = time.perf_counter() - t
+            self.log(
+                f"{path.name}: {len(content) / 1e6:.2f} MB, {sum(report.counts.values())} ops ({self.seconds[variant]:.1f}s)"
+            )
+        self.artifacts[variant] = path
+        self.ops[variant] = report
+        self.quantization[variant] = outcome.quantization
+        # the worker has loaded it safely; read back what XNNPACK took of it here
+        delegation = self.delegation[variant] = TFLiteRunner(content).delegation
+        if outcome.delegate != "xnnpack":
+            self.log(f"{path.name}: LiteRT delegate {outcome.delegate}")
+        elif delegation["delegated"] < delegation["ops"]:
+            kept = ", ".join(f"{n} {op}" for op, n in delegation["not_delegated"].items())
+            self.log(
+                f"{path.name}: XNNPACK takes {delegation['delegated']} of {delegation['ops']} ops; builtin kernels run {kept}"
+            )
+
+    def check_parity(self, parity: ParityImages, sample: np.ndarray) -> ParityReport:
+        """Every artifact against PyTorch (kept from parity.json when nothing changed), gated."""
+        t = time.perf_counter()
+        config = self.config
+        built_files = {stage: self.cache.stages[stage]["files"] for stage in ("onnx", "saved_model", *self.built)}
+        key = stage_key(
+            built_files, parity.images.tobytes(), None if parity.masks is None else parity.masks.tobytes(),
+            config.to_dict(), self.torch_model is not None,
+        )  # fmt: skip
+        if self.cache.fresh("parity", key):
+            report = ParityReport.from_dict(json.loads(self.folder.parity_path.read_text()))
+            self.log("parity: inputs unchanged since the last run, figures kept from parity.json")
+            self.log(format_table(report, self.config))
+            return report
+        runners = {}
+        if self.torch_model is not None:
+            runners["pytorch"] = TorchRunner(self.torch_model)
+        runners["onnx"] = OnnxRunner(self.artifacts["onnx"], config.num_threads)
+        runners["saved_model"] = SavedModelRunner(self.artifacts["saved_model"])
+        builtin = {}  # a file XNNPACK took nothing of already ran on the builtin kernels alone
+        for variant in self.built:
+            runners[variant] = TFLiteRunner(self.artifacts[variant], config.num_threads)
+            if self.delegation[variant]["delegated"]:
+                builtin[variant] = TFLiteRunner(self.artifacts[variant], config.num_threads, xnnpack=False)
+        report = measure_parity(
+            runners, parity.images, parity.masks, self.prepared.num_classes, image_names=parity.names,
+            progress=self.progress, builtin=builtin, config=config,
+        )  # fmt: skip
+        report.delegation = dict(self.delegation)
+        apply_gates(report, config)
+        self.seconds["parity"] = time.perf_counter() - t
+        if config.locate_divergence:
+            t = time.perf_counter()
+            report.divergence = explain_float_failure(
+                report, self.prepared.model, sample[:1], self.deploy_model, config, self.log, parity.images
+            )
+            if report.divergence is not None:
+                self.seconds["divergence"] = time.perf_counter() - t
+        write_json(self.folder.parity_path, report.to_dict())
+        self.cache.record("parity", key, [PARITY_FILE])
+        self.log(format_table(report, self.config))
+        return report
+
+    def write_manifest(self, report: ParityReport, calib, parity: ParityImages, model_info: dict, command) -> dict:
+        config, (h, w), k = self.config, self.config.input_size, self.prepared.num_classes
+        names = [self.artifacts[stage].name for stage in ("onnx", "saved_model", *self.built)]
+        manifest = build_manifest(
+            command=command,
+            config=config.to_dict(),
+            model=model_info,
+            layouts={
+                "pytorch": {"input": "NCHW float32 (1, 3, H, W), normalised", "output": "NCHW logits (1, K, H, W)"},
+                "onnx": {"input": f"{self.prepared.input_name}: NCHW (1, 3, {h}, {w})",
+                         "output": f"{self.prepared.output_name}: NCHW (1, {k}, {h}, {w})"},
+                "saved_model": {"input": f"NHWC (1, {h}, {w}, 3)", "output": f"NHWC (1, {h}, {w}, {k})", "signature": "serving_default"},
+                "tflite": {"input": f"NHWC (1, {h}, {w}, 3)", "output": f"NHWC (1, {h}, {w}, {k})"},
+            },
+            preprocessing={"size": list(self.preprocess.size), "mean": list(self.preprocess.mean), "std": list(self.preprocess.std)},
+            quantization=self.quantization,
+            litert_delegation=self.delegation,
+            ops={v: r.to_dict() for v, r in self.ops.items()},
+            onnx_rewrites=self.prepared.rewrites,
+            calibration=None if calib is None else {
+                "source": calib.source, "count": len(calib), "seed": config.calib_seed, "images": list(calib.names)
+            },
+            parity={"source": parity.source, "images": parity.names, "failures": report.failures,
+                    "divergence": (report.divergence or {}).get("summary")},
+            artifacts=artifact_hashes(self.folder.path, names),
+            variant_failures=self.failure_dicts,
+            stage_keys={stage: entry["key"] for stage, entry in self.cache.stages.items()},
+            seconds=self.seconds,
+        )  # fmt: skip
+        write_json(self.folder.manifest_path, manifest)
+        return manifest
