@@ -11,6 +11,7 @@ chunk, and the matrices are merged. The result is identical to a single-process 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import multiprocessing
@@ -328,6 +329,27 @@ class LogitDrift:
         return {k: getattr(self, k) for k in ("max_abs", "mean_abs", "logit_range", "argmax_agreement", "num_images")}
 
 
+def _stamp(path: str | Path) -> tuple:
+    """What says a file (or every file of a folder) is unchanged: names, sizes, modification times."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+
+
+@functools.lru_cache(maxsize=4)
+def _reference_logits(
+    reference: str, stamp: tuple, data_spec: str, split: str, n: int, info: ArtifactInfo, threads: int | None
+) -> tuple[np.ndarray, ...]:
+    """The reference's logits on the first ``n`` images, computed once per process for all the
+    stages compared with it (``stamp`` keys the cache to the file as it is on disk)."""
+    dataset = load_dataset(data_spec, split, num_classes=info.num_classes)
+    run = open_artifact(reference, threads)
+    logits = tuple(np.asarray(run(info.preprocess.image(dataset[i][0])[None]), np.float32) for i in range(n))
+    for array in logits:
+        array.setflags(write=False)  # shared by every later comparison
+    return logits
+
+
 def compare_artifacts(
     path: str | Path,
     reference: str | Path,
@@ -355,11 +377,12 @@ def compare_artifacts(
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if n == 0:
         raise UserError(f"--data {data_spec}: the {split} split is empty")
-    run, run_ref = open_artifact(path, threads), open_artifact(reference, threads)
+    references = _reference_logits(str(Path(reference).resolve()), _stamp(reference), data_spec, split, n, ref_info, threads)
+    run = open_artifact(path, threads)
     comparison = None
     for i in tqdm(range(n), desc=f"compare {Path(path).name}", disable=not progress, unit="img"):
         x = ref_info.preprocess.image(dataset[i][0])[None]
-        ref, out = np.asarray(run_ref(x), np.float32), np.asarray(run(x), np.float32)
+        ref, out = references[i], np.asarray(run(x), np.float32)
         if ref.shape != out.shape:
             raise UserError(f"{path}: output shape {out.shape} differs from {reference}'s {ref.shape}")
         comparison = comparison or LogitComparison(num_classes=ref.shape[1])

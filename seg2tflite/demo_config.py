@@ -15,12 +15,18 @@ DEMO_MODELS = (
 
 # Steps sized so the whole demo stays under 25 minutes on a 2-core CPU, batch 8 (measured s per
 # step: segformer_b0 0.18, deeplabv3plus_mobilenetv2 0.40 and deeplabv3plus_xception65 1.2 at
-# 96x96; segnet_vgg16 1.1 at 64x64).
+# 96x96; segnet_vgg16 1.1 at 64x64). The demo's own loop on one thread, all six in one run:
+# segformer_b0 0.17, unet_mediatek 0.12, attendseg 0.20, deeplabv3plus_mobilenetv2 0.34,
+# segnet_vgg16 0.68, deeplabv3plus_xception65 1.42. unet_mediatek with the default settings on an
+# idle 2-core machine: train 39 s (val mIoU 43.2% after 400 steps), convert 11 s, measure 17 s;
+# attendseg (0.11 s per step on 2 threads, like segformer_b0) reaches 48.1% after 300 steps,
+# convert 20 s, measure 16 s. Both have many small ops: on a CPU that something else is using,
+# PyTorch's two threads wait on each other and a step costs 5-10x more.
 DEFAULT_TRAIN_STEPS = {
     "segformer_b0": 500,
     "segnet_vgg16": 240,
     "deeplabv3plus_mobilenetv2": 300,
-    "deeplabv3plus_xception65": 150,
+    "deeplabv3plus_xception65": 120,  # 41.0% val mIoU (43.9% after 150): 30 steps (~40 s) for the two new families
     "unet_mediatek": 400,
     "attendseg": 300,
 }

@@ -3,6 +3,7 @@ processes change nothing, and missing or wrong metadata is a clear UserError."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,6 +114,27 @@ def test_onnx_logits_match_pytorch(folder):
     assert drift.max_abs <= 1e-3 * drift.logit_range
     assert 0 <= drift.mean_abs <= drift.max_abs
     assert drift.argmax_agreement == 1.0
+
+
+def test_the_reference_runs_once_for_all_the_stages_compared_with_it(folder, tmp_path, monkeypatch):
+    """``measure`` compares every stage with PyTorch on the same images: the reference's logits are
+    computed once, and again only when its file changes."""
+    import seg2tflite.eval.evaluate as evaluate
+
+    opened = []
+    real_open = evaluate.open_artifact
+    monkeypatch.setattr(
+        evaluate, "open_artifact", lambda path, *a, **k: opened.append(Path(path).name) or real_open(path, *a, **k)
+    )
+    reference = tmp_path / "model.safetensors"
+    shutil.copy(folder / "model.safetensors", reference)
+    shutil.copy(folder / "model.json", tmp_path / "model.json")
+    first = compare_artifacts(folder / "model.onnx", reference, DATA, "test", limit=3)
+    again = compare_artifacts(folder / "model.onnx", reference, DATA, "test", limit=3)
+    assert again == first and opened == ["model.safetensors", "model.onnx", "model.onnx"]
+    save_checkpoint(_make_model(seed=1), reference)  # other weights at the same path
+    changed = compare_artifacts(folder / "model.onnx", reference, DATA, "test", limit=3)
+    assert opened[-2:] == ["model.safetensors", "model.onnx"] and changed.max_abs > first.max_abs
 
 
 def test_preprocessing_comes_from_the_checkpoint_config_or_the_manifest(folder, tmp_path):

@@ -15,11 +15,22 @@ NUM_CLASSES = 5
 ALL_MODELS = list_models()
 
 
-def test_registry_holds_the_four_families():
+def test_registry_holds_the_six_families():
     families = {get_model_config(name).family for name in ALL_MODELS}
-    assert {"segformer", "segnet", "deeplabv3plus"} <= families
-    for name in ("segformer_b0", "segnet_vgg16", "deeplabv3plus_mobilenetv2", "deeplabv3plus_xception65"):
+    assert {"segformer", "segnet", "deeplabv3plus", "unet", "attendseg"} <= families
+    for name in (
+        "segformer_b0", "segnet_vgg16", "deeplabv3plus_mobilenetv2", "deeplabv3plus_xception65",
+        "unet_mediatek", "unet_mediatek_res12", "attendseg",
+    ):  # fmt: skip
         assert name in ALL_MODELS
+
+
+def test_the_demo_carries_every_family():
+    from seg2tflite.demo_config import DEFAULT_TRAIN_STEPS, DEMO_MODELS
+
+    families = {get_model_config(name).family for name in DEMO_MODELS}
+    assert families == {get_model_config(name).family for name in carried_models()}
+    assert set(DEFAULT_TRAIN_STEPS) == set(DEMO_MODELS)
 
 
 def test_unknown_model_names_the_choices():
