@@ -19,7 +19,7 @@ def checkpoint_classes(checkpoint, data_spec: str, data_classes: int) -> int | N
     classes = read_checkpoint_config(weights).get("num_classes")
     if classes is not None and classes != data_classes:
         raise UserError(
-            f"--checkpoint {checkpoint}: a {classes}-class model, but {data_spec} has {data_classes} classes; "
+            f"--checkpoint {checkpoint}: its model predicts {classes} classes, but {data_spec} has {data_classes}; "
             f"calibrate on the data it was trained for (with {classes} classes)"
         )
     return classes
