@@ -234,3 +234,66 @@ def test_a_float_file_that_only_the_builtin_kernels_compute_differently_is_named
     apply_gates(report, _config())
     summary = explain_float_failure(report, None, None, None, _config(), print)["summary"]
     assert "kernel difference in LiteRT" in summary and "discontinuous" not in summary
+
+
+class _Discontinuous:
+    """A conv whose logits jump where its two channels are near-tied, the jump spread over 5x5
+    pixels by the next conv (SegNet's unpooling and decoder, in two ops)."""
+
+    @staticmethod
+    def onnx_model():
+        import io
+
+        import onnx
+        import torch
+
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                torch.manual_seed(0)
+                self.conv = torch.nn.Conv2d(3, 2, 3, padding=1)
+                self.spread = torch.nn.Conv2d(2, 2, 5, padding=2, groups=2)
+                with torch.no_grad():  # the two channels near-tied everywhere
+                    self.conv.weight[1] = self.conv.weight[0] + 1e-3 * torch.randn_like(self.conv.weight[0])
+                    self.conv.bias[1] = self.conv.bias[0]
+
+            def forward(self, x):
+                y = self.conv(x)
+                jump = (y[:, :1] > y[:, 1:]).float() * 10.0
+                return self.spread(torch.cat([y[:, :1] + jump, y[:, 1:]], 1))
+
+        buffer = io.BytesIO()
+        torch.onnx.export(Net().eval(), torch.zeros(1, 3, 64, 64), buffer, opset_version=17, dynamo=False)
+        return onnx.load_from_string(buffer.getvalue())
+
+
+def test_a_float16_file_that_is_the_model_with_float16_weights_is_named_so():
+    """Seen on the demo's trained SegNet: float16 breaks its outlier gate, and the file equals the
+    model with float16-rounded weights. A file that also shifts a bias is named a conversion error."""
+    import onnx
+    from onnx import numpy_helper
+
+    from seg2tflite.converters.divergence import explain_float16_failure, float16_weights
+    from seg2tflite.converters.runtimes import OnnxRunner
+
+    model = _Discontinuous.onnx_model()
+    images = np.random.default_rng(0).standard_normal((8, 3, 64, 64)).astype(np.float32)
+    exact, as_float16 = OnnxRunner(model.SerializeToString()), OnnxRunner(float16_weights(model))
+    report = measure_parity({"pytorch": exact, "float16": as_float16}, images, None, 2, progress=False)
+    assert any(f.startswith("float16:") for f in apply_gates(report, _config()))  # the jumps move with the rounding
+    found = explain_float16_failure(report, model, as_float16, images, _config())
+    assert found["stage"] == "float16" and "model's own response to float16 weights" in found["summary"]
+    assert found["float16_weights"]["max_abs"] < 1e-5
+
+    shifted = onnx.ModelProto.FromString(float16_weights(model))
+    bias = next(t for t in shifted.graph.initializer if numpy_helper.to_array(t).shape == (2,))
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + np.float32(0.5), bias.name))
+    wrong = OnnxRunner(shifted.SerializeToString())
+    report = measure_parity({"pytorch": exact, "float16": wrong}, images, None, 2, progress=False)
+    apply_gates(report, _config())
+    assert (
+        "changed more than the weights' precision" in explain_float16_failure(report, model, wrong, images, _config())["summary"]
+    )
+    report = measure_parity({"pytorch": exact, "float16": exact}, images, None, 2, progress=False)
+    apply_gates(report, _config())
+    assert explain_float16_failure(report, model, exact, images, _config()) is None
