@@ -17,12 +17,15 @@ import numpy as np
 
 from seg2tflite.atomic import atomic_write_bytes, atomic_write_text, private_tempdir
 from seg2tflite.calibration.representative import CalibrationSet
+from seg2tflite.converters.app_io import AppIO
 from seg2tflite.converters.checks import check_class_count
 from seg2tflite.converters.config import ConvertConfig
 from seg2tflite.converters.divergence import explain_float_failure
+from seg2tflite.converters.gpu_check import gpu_compatibility, gpu_line
 from seg2tflite.converters.images import ParityImages, calibration_set, parity_images
 from seg2tflite.converters.isolated import VariantError, VariantFailure, VariantWorker, failure_message
 from seg2tflite.converters.manifest import artifact_hashes, build_manifest, package_versions, write_json
+from seg2tflite.converters.metadata import ModelMetadata, class_labels, model_metadata
 from seg2tflite.converters.onnx_export import PreparedOnnx, save_onnx
 from seg2tflite.converters.onnx_to_tf import onnx_to_saved_model
 from seg2tflite.converters.ops import OpReport, check_builtins_only, op_report
@@ -75,15 +78,30 @@ class Chain:
     ops: dict[str, OpReport] = field(default_factory=dict)
     quantization: dict[str, dict] = field(default_factory=dict)
     delegation: dict[str, dict] = field(default_factory=dict)  # variant -> what XNNPACK took
+    gpu: dict[str, dict] = field(default_factory=dict)  # variant -> what the GPU delegate's checks refuse
     failures: dict[str, VariantFailure] = field(default_factory=dict)  # variants that crashed or cannot load
     worker: VariantWorker | None = None  # builds and first loads each variant in a child process
     before_writing: Callable[[], dict] | None = None  # runs after the last refusal, before the first write
     model_source: str = ""  # the ONNX file converted, for messages
+    metadata: ModelMetadata | None = None  # written into every .tflite (config.metadata)
+
+    @property
+    def app(self) -> AppIO:
+        """The app's ends of every .tflite (``--input``), with this conversion's normalisation."""
+        return AppIO(self.config.image_input, "logits", tuple(self.preprocess.mean), tuple(self.preprocess.std))
+
+    @property
+    def pixels(self) -> tuple | None:
+        """What a TFLiteRunner needs to feed a uint8-input file (None for a float input)."""
+        return (self.app.mean, self.app.std) if self.app.input == "uint8" else None
 
     def run(self, calib_data, parity_data, model_info: dict, command) -> ConvertResult:
         onnx_source = None if self.torch_model is not None else self.model_source
         check_class_count(self.prepared.num_classes, (calib_data, parity_data), onnx_source)
         calib, parity = self.read_data(calib_data, parity_data)
+        if self.config.metadata:
+            labels = class_labels(self.prepared.num_classes, calib_data, parity_data)
+            self.metadata = model_metadata(model_info, labels, self.preprocess.mean, self.preprocess.std)
         self.folder.path.mkdir(parents=True, exist_ok=True)
         if self.before_writing is not None:
             model_info = {**model_info, **self.before_writing()}
@@ -182,12 +200,16 @@ class Chain:
         path = self.folder.artifact(variant)
         calibrated = STAGES[variant].calibrated
         calib_key = stage_key(calib.images.tobytes()) if calibrated else None
-        key = self.keys[variant] = stage_key(self.keys["saved_model"], variant, calib_key, self.config.int8_io)
+        app, metadata = self.app, None if self.metadata is None else self.metadata.to_dict()
+        key = self.keys[variant] = stage_key(
+            self.keys["saved_model"], variant, calib_key, self.config.int8_io, app.to_dict(), metadata
+        )
         kept = self.cache.fresh(variant, key)
+        app_job = None if app.default else app.to_dict()
         if kept:
-            outcome = self.worker.check(path, variant)  # a LiteRT upgrade may not take it any more
+            outcome = self.worker.check(path, variant, app_job)  # a LiteRT upgrade may not take it any more
         else:
-            outcome = self.worker.build(self.artifacts["saved_model"], variant, self.config.int8_io)
+            outcome = self.worker.build(self.artifacts["saved_model"], variant, self.config.int8_io, app_job, metadata)
         if isinstance(outcome, VariantFailure):
             self.fail_variant(variant, outcome)
             return
@@ -207,7 +229,10 @@ class Chain:
         self.ops[variant] = report
         self.quantization[variant] = outcome.quantization
         # the worker has loaded it safely; read back what XNNPACK took of it here
-        delegation = self.delegation[variant] = TFLiteRunner(content).delegation
+        delegation = self.delegation[variant] = TFLiteRunner(content, pixels=self.pixels).delegation
+        gpu = self.gpu[variant] = gpu_compatibility(content)
+        if gpu["checked"] and not gpu["compatible"]:  # an unchecked verdict is in the manifest only
+            self.log(gpu_line(path.name, gpu))
         if outcome.delegate != "xnnpack":
             self.log(f"{path.name}: LiteRT delegate {outcome.delegate}")
         elif delegation["delegated"] < delegation["ops"]:
@@ -237,9 +262,9 @@ class Chain:
         runners["saved_model"] = SavedModelRunner(self.artifacts["saved_model"])
         builtin = {}  # a file XNNPACK took nothing of already ran on the builtin kernels alone
         for variant in self.built:
-            runners[variant] = TFLiteRunner(self.artifacts[variant], config.num_threads)
+            runners[variant] = TFLiteRunner(self.artifacts[variant], config.num_threads, pixels=self.pixels)
             if self.delegation[variant]["delegated"]:
-                builtin[variant] = TFLiteRunner(self.artifacts[variant], config.num_threads, xnnpack=False)
+                builtin[variant] = TFLiteRunner(self.artifacts[variant], config.num_threads, xnnpack=False, pixels=self.pixels)
         report = measure_parity(
             runners, parity.images, parity.masks, self.prepared.num_classes, image_names=parity.names,
             progress=self.progress, builtin=builtin, config=config,
@@ -271,11 +296,14 @@ class Chain:
                 "onnx": {"input": f"{self.prepared.input_name}: NCHW (1, 3, {h}, {w})",
                          "output": f"{self.prepared.output_name}: NCHW (1, {k}, {h}, {w})"},
                 "saved_model": {"input": f"NHWC (1, {h}, {w}, 3)", "output": f"NHWC (1, {h}, {w}, {k})", "signature": "serving_default"},
-                "tflite": {"input": f"NHWC (1, {h}, {w}, 3)", "output": f"NHWC (1, {h}, {w}, {k})"},
+                "tflite": {"input": f"NHWC (1, {h}, {w}, 3)" + (" uint8 RGB pixels 0..255" if self.pixels else ""),
+                           "output": f"NHWC (1, {h}, {w}, {k})"},
             },
+            tflite_metadata=None if self.metadata is None else self.metadata.to_dict(),
             preprocessing={"size": list(self.preprocess.size), "mean": list(self.preprocess.mean), "std": list(self.preprocess.std)},
             quantization=self.quantization,
             litert_delegation=self.delegation,
+            gpu_delegate=self.gpu,
             ops={v: r.to_dict() for v, r in self.ops.items()},
             onnx_rewrites=self.prepared.rewrites,
             calibration=None if calib is None else {

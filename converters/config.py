@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from seg2tflite.converters.app_io import INPUTS
 from seg2tflite.converters.stages import CALIBRATED_VARIANTS, VARIANTS
 from seg2tflite.errors import UserError
 
@@ -19,6 +20,8 @@ class ConvertConfig:
     calib_min: int = 8  # refuse calibration data with fewer images than this
     calib_split: str = "train"  # split the calibration images are drawn from
     int8_io: str = "int8"  # full_int8 input/output type: "int8" or "float"
+    image_input: str = "float"  # "float": normalised float32 in; "uint8": RGB pixels in, normalised in the graph
+    metadata: bool = True  # write TFLite metadata (name, normalisation, labels) into every .tflite
     parity_images: int = 16  # real images every artifact is compared on
     trained: bool = False  # gate quantized mIoU only for a trained model
     max_miou_drop: float = 1.0  # mIoU points a quantized variant may lose against PyTorch
@@ -50,6 +53,8 @@ class ConvertConfig:
         object.__setattr__(self, "variants", tuple(v for v in VARIANTS if v in variants))
         if self.int8_io not in ("int8", "float"):
             raise UserError(f"--int8-io: {self.int8_io!r} is not valid; use int8 or float")
+        if self.image_input not in INPUTS:
+            raise UserError(f"--input: {self.image_input!r} is not valid; use {' or '.join(INPUTS)}")
         if self.calib_min < 1 or self.calib_size < self.calib_min:
             raise UserError(
                 f"--calib-size: {self.calib_size} is below the minimum of {self.calib_min} images; "

@@ -109,18 +109,22 @@ class VariantWorker:
             np.save(self.calib_file, np.ascontiguousarray(images, np.float32))
             self.calib_source = source
 
-    def build(self, saved_model: Path, variant: str, int8_io: str) -> VariantBuild | VariantFailure:
+    def build(
+        self, saved_model: Path, variant: str, int8_io: str, app: dict | None = None, metadata: dict | None = None
+    ) -> VariantBuild | VariantFailure:
+        """``app``: ``AppIO.to_dict()`` (the app's input end); ``metadata``: ``ModelMetadata.to_dict()``,
+        written into the file once it is built (None: none)."""
         from seg2tflite.converters.stages import STAGES
 
         out = self.workdir / f"{variant}.tflite"
         calib = str(self.calib_file) if STAGES[variant].calibrated and self.calib_file else None
         job = {"saved_model": str(saved_model), "variant": variant, "int8_io": int8_io, "calib": calib, "out": str(out)}
-        job["name"] = STAGES[variant].file
+        job.update(name=STAGES[variant].file, app=app, metadata=metadata)
         return self._run(variant, {**job, "source": self.calib_source, "progress": self.progress})
 
-    def check(self, path: Path, variant: str) -> VariantBuild | VariantFailure:
+    def check(self, path: Path, variant: str, app: dict | None = None) -> VariantBuild | VariantFailure:
         """Load, allocate and run once a .tflite already on disk (one kept from an earlier run)."""
-        return self._run(variant, {"variant": variant, "path": str(path)})
+        return self._run(variant, {"variant": variant, "path": str(path), "app": app})
 
     def _start(self) -> None:
         context = multiprocessing.get_context("spawn")
@@ -225,6 +229,8 @@ def _serve(conn, workdir: str, loud: bool) -> None:
 
 
 def _job(job: dict, conn, terminal) -> tuple:
+    from seg2tflite.converters.app_io import AppIO
+    from seg2tflite.converters.metadata import ModelMetadata, add_metadata
     from seg2tflite.converters.ops import OpsError, check_builtins_only, op_report
     from seg2tflite.converters.runtimes import TFLiteRunner
 
@@ -237,8 +243,13 @@ def _job(job: dict, conn, terminal) -> tuple:
             from seg2tflite.converters.tflite_variants import build_tflite
 
             calib = _calibration(job, terminal)
-            content = build_tflite(job["saved_model"], job["variant"], calib, job["int8_io"], job["progress"])
+            app = AppIO(**job["app"]) if job.get("app") else None
+            content = build_tflite(job["saved_model"], job["variant"], calib, job["int8_io"], job["progress"], app=app)
             check_builtins_only(op_report(content), job["name"])  # a Flex op is refused, not a load failure
+            if job.get("metadata"):
+                content = add_metadata(
+                    content, ModelMetadata(**job["metadata"]), raw_pixel_input=app is not None and app.input == "uint8"
+                )
             path = job["out"]
             Path(path).write_bytes(content)
     except OpsError as e:
@@ -250,7 +261,8 @@ def _job(job: dict, conn, terminal) -> tuple:
     try:
         step = "loading"
         conn.send(("step", step))
-        runner = TFLiteRunner(path)
+        app = job.get("app")
+        runner = TFLiteRunner(path, pixels=(app["mean"], app["std"]) if app else None)
         step = "running once"
         conn.send(("step", step))
         shape = tuple(int(d) for d in runner.input["shape"])

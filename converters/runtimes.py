@@ -124,11 +124,13 @@ class SavedModelRunner:
 class TFLiteRunner:
     """LiteRT with its default XNNPACK delegate; when XNNPACK refuses the graph, the same
     interpreter without default delegates, noted in ``delegate``. ``xnnpack=False`` asks for
-    LiteRT's builtin kernels alone (they and XNNPACK disagree on the full-int8 SegFormer)."""
+    LiteRT's builtin kernels alone (they and XNNPACK disagree on the full-int8 SegFormer).
+    ``pixels=(mean, std)``: a file with a uint8 pixel input (``--input uint8``) is fed the pixels
+    the normalised batch was made from."""
 
     name = "tflite"
 
-    def __init__(self, model: str | Path | bytes, threads: int | None = None, xnnpack: bool = True):
+    def __init__(self, model: str | Path | bytes, threads: int | None = None, xnnpack: bool = True, pixels: tuple | None = None):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
         _warn_about_litert_once()
@@ -158,6 +160,10 @@ class TFLiteRunner:
         if len(shape) != 4 or 3 not in (shape[1], shape[3]):
             raise ValueError(f"expected a (1, H, W, 3) or (1, 3, H, W) image input, the model has {shape}")
         self.nhwc = shape[3] == 3  # onnx2tf writes NHWC; (1, 3, H, W) only when the last axis is not 3
+        self.pixel_input = np.dtype(self.input["dtype"]) == np.uint8 and not self.input["quantization"][0]
+        if self.pixel_input and pixels is None:
+            raise ValueError("this model takes uint8 pixels: give TFLiteRunner the normalisation, pixels=(mean, std)")
+        self.pixels = pixels
 
     @property
     def delegation(self) -> dict:
@@ -211,6 +217,10 @@ class TFLiteRunner:
         outs = []
         for x in np.asarray(batch, np.float32):
             x = x.transpose(1, 2, 0) if self.nhwc else x
+            if self.pixel_input:
+                from seg2tflite.converters.app_io import to_pixels
+
+                x = to_pixels(x, *self.pixels, channel_axis=-1 if self.nhwc else 0)
             self.interpreter.set_tensor(self.input["index"], _quantize(x[None], self.input))
             self.interpreter.invoke()
             y = _dequantize(self.interpreter.get_tensor(self.output["index"]), self.output)
@@ -220,8 +230,8 @@ class TFLiteRunner:
 
 def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
     dtype = np.dtype(detail["dtype"])
-    if dtype == np.float32:
-        return x.astype(np.float32)
+    if dtype == np.float32 or x.dtype == dtype:  # float, or pixels already
+        return x.astype(dtype)
     scale, zero_point = detail["quantization"]
     info = np.iinfo(dtype)
     return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
