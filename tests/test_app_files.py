@@ -113,6 +113,17 @@ def app_result(tmp_path_factory):
     return convert_model(small_model(), out, config, BlobDataset("train"), BlobDataset("val"), log=None, progress=False)
 
 
+def _ops_from_input(runner, n: int) -> list[str]:
+    """The first ``n`` ops on the path from the graph input (each the first consumer of the last's output)."""
+    ops = runner.interpreter._get_ops_details()
+    tensor, names = runner.input["index"], []
+    for _ in range(n):
+        op = next(op for op in ops if tensor in [int(t) for t in op["inputs"]])
+        names.append(op["op_name"])
+        tensor = int(op["outputs"][0])
+    return names
+
+
 @pytest.mark.chain
 def test_uint8_input_files(app_result):
     """Every variant takes uint8 pixels and normalises them in its first ops; parity holds against
@@ -121,7 +132,13 @@ def test_uint8_input_files(app_result):
     assert app_result.parity.stages["float32"].vs_pytorch["argmax_agreement"] >= 0.9999
     for variant in APP_VARIANTS:
         assert app_result.ops[variant].input_type == "UINT8", variant
-        assert {"CAST", "MUL", "ADD"} <= set(app_result.ops[variant].counts), variant
+        runner = TFLiteRunner(app_result.out_dir / f"model_{variant}.tflite", xnnpack=False, pixels=((0,) * 3, (1,) * 3))
+        path = _ops_from_input(runner, 3)
+        # one per-channel depthwise conv, not MUL + ADD (two requantizations of the image in full int8)
+        assert path == (
+            ["CAST", "QUANTIZE", "DEPTHWISE_CONV_2D"] if variant == "full_int8" else ["CAST", "DEPTHWISE_CONV_2D", path[2]]
+        )
+        assert path[-1] != "ADD", (variant, path)
         assert app_result.manifest["quantization"][variant]["input"] == {"dtype": "uint8", "scale": 0.0, "zero_point": 0}
     assert app_result.manifest["layouts"]["tflite"]["input"].endswith("uint8 RGB pixels 0..255")
     meta = read_metadata((app_result.out_dir / "model_float32.tflite").read_bytes())
