@@ -12,7 +12,11 @@
   ImageSegmenter takes only uint8 or float32 inputs and only one mean/std for all channels, so
   this is the form a per-channel (ImageNet) normalised model loads in it.
 - ``output="logits"`` (default): float logits (1, H, W, K) at the input size.
-- ``output="classes"``: the class map (1, H, W) int32, ARG_MAX in the graph.
+- ``output="classes"``: the class map (1, H, W) int32, ARG_MAX in the graph (XNNPACK has no
+  ARG_MAX: it runs on LiteRT's builtin kernels, the manifest's ``litert_delegation`` says so).
+- ``output="lowres"``: the logits at the model's native output stride, the graph's trailing
+  bilinear RESIZE cut off (``lowres.cut_final_resize``), for apps that upsample on the GPU; a
+  model without a trailing resize (stride 1) keeps its full-size output.
 
 ``wrap_saved_model`` writes a SavedModel whose ``serving_default`` is onnx2tf's, with these ends
 added; ``tflite_variants`` converts that one. ``to_pixels`` turns the project's normalised images
@@ -28,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 INPUTS = ("float", "uint8")
-OUTPUTS = ("logits", "classes")
+OUTPUTS = ("logits", "classes", "lowres")
 
 
 @dataclass(frozen=True)
@@ -37,13 +41,37 @@ class AppIO:
     output: str = "logits"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # 0..1 units, as Preprocess has them
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    num_classes: int = 0  # what a class map's one-hot logits are rebuilt with (runtimes.TFLiteRunner)
 
     @property
     def default(self) -> bool:
         return self.input == "float" and self.output == "logits"
 
+    @property
+    def wrapped(self) -> bool:
+        """Whether the SavedModel gets ends added before conversion (``wrap_saved_model``)."""
+        return self.input != "float" or self.output == "classes"
+
     def to_dict(self) -> dict:
-        return {"input": self.input, "output": self.output, "mean": list(self.mean), "std": list(self.std)}
+        return {
+            "input": self.input, "output": self.output, "mean": list(self.mean), "std": list(self.std),
+            "num_classes": self.num_classes,
+        }  # fmt: skip
+
+
+def app_beside(path: str | Path) -> AppIO | None:
+    """The ``app`` entry of the manifest.json next to a .tflite file (None when there is none), so
+    every reader of a conversion folder (evaluate, bench, the chain) feeds a file what it takes."""
+    import json
+
+    manifest = Path(path).parent / "manifest.json"
+    if not manifest.is_file():
+        return None
+    try:
+        app = json.loads(manifest.read_text()).get("app")
+    except (OSError, ValueError):
+        return None
+    return None if not app else AppIO(**{**app, "mean": tuple(app["mean"]), "std": tuple(app["std"])})
 
 
 def to_pixels(images: np.ndarray, mean, std, channel_axis: int = 1) -> np.ndarray:

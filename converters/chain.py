@@ -17,7 +17,8 @@ import numpy as np
 
 from seg2tflite.atomic import atomic_write_bytes, atomic_write_text, private_tempdir
 from seg2tflite.calibration.representative import CalibrationSet
-from seg2tflite.converters.app_io import AppIO
+from seg2tflite.converters.app_client import CLIENT_NOTES, client_figures, client_gate_failures
+from seg2tflite.converters.app_io import AppIO, to_pixels
 from seg2tflite.converters.checks import check_class_count
 from seg2tflite.converters.config import ConvertConfig
 from seg2tflite.converters.divergence import explain_float_failure
@@ -87,13 +88,10 @@ class Chain:
 
     @property
     def app(self) -> AppIO:
-        """The app's ends of every .tflite (``--input``), with this conversion's normalisation."""
-        return AppIO(self.config.image_input, "logits", tuple(self.preprocess.mean), tuple(self.preprocess.std))
-
-    @property
-    def pixels(self) -> tuple | None:
-        """What a TFLiteRunner needs to feed a uint8-input file (None for a float input)."""
-        return (self.app.mean, self.app.std) if self.app.input == "uint8" else None
+        """The app's ends of every .tflite (``--input``, ``--output``), with this conversion's
+        normalisation and class count."""
+        mean, std = tuple(self.preprocess.mean), tuple(self.preprocess.std)
+        return AppIO(self.config.image_input, self.config.image_output, mean, std, self.prepared.num_classes)
 
     def run(self, calib_data, parity_data, model_info: dict, command) -> ConvertResult:
         onnx_source = None if self.torch_model is not None else self.model_source
@@ -229,9 +227,9 @@ class Chain:
         self.ops[variant] = report
         self.quantization[variant] = outcome.quantization
         # the worker has loaded it safely; read back what XNNPACK took of it here
-        delegation = self.delegation[variant] = TFLiteRunner(content, pixels=self.pixels).delegation
+        delegation = self.delegation[variant] = TFLiteRunner(content, app=self.app).delegation
         gpu = self.gpu[variant] = gpu_compatibility(content)
-        if gpu["checked"] and not gpu["compatible"]:  # an unchecked verdict is in the manifest only
+        if (gpu["checked"] and not gpu["compatible"]) or gpu.get("outside_gpu_rules"):
             self.log(gpu_line(path.name, gpu))
         if outcome.delegate != "xnnpack":
             self.log(f"{path.name}: LiteRT delegate {outcome.delegate}")
@@ -262,9 +260,9 @@ class Chain:
         runners["saved_model"] = SavedModelRunner(self.artifacts["saved_model"])
         builtin = {}  # a file XNNPACK took nothing of already ran on the builtin kernels alone
         for variant in self.built:
-            runners[variant] = TFLiteRunner(self.artifacts[variant], config.num_threads, pixels=self.pixels)
+            runners[variant] = TFLiteRunner(self.artifacts[variant], config.num_threads, app=self.app)
             if self.delegation[variant]["delegated"]:
-                builtin[variant] = TFLiteRunner(self.artifacts[variant], config.num_threads, xnnpack=False, pixels=self.pixels)
+                builtin[variant] = TFLiteRunner(self.artifacts[variant], config.num_threads, xnnpack=False, app=self.app)
         report = measure_parity(
             runners, parity.images, parity.masks, self.prepared.num_classes, image_names=parity.names,
             progress=self.progress, builtin=builtin, config=config,
@@ -279,10 +277,52 @@ class Chain:
             )
             if report.divergence is not None:
                 self.seconds["divergence"] = time.perf_counter() - t
+        t = time.perf_counter()
+        report.client = self.client_rows(parity, runners[report.reference])
+        for variant, row in report.client.items():  # after the divergence search: a client's fault is not the converter's
+            lines = client_gate_failures(variant, row, report.pytorch_miou, config)
+            if lines:
+                report.stages[variant].failures += lines
+                report.stages[variant].gate = "fail"
+        self.seconds["mediapipe"] = time.perf_counter() - t
         write_json(self.folder.parity_path, report.to_dict())
         self.cache.record("parity", key, [PARITY_FILE])
         self.log(format_table(report, self.config))
         return report
+
+    def client_rows(self, parity: ParityImages, reference) -> dict:
+        """MediaPipe's ImageSegmenter on every built file and the parity images' pixels (one child
+        process: a native crash loses the rows, not the conversion)."""
+        app, k = self.app, self.prepared.num_classes
+        pixels = to_pixels(parity.images, app.mean, app.std).transpose(0, 2, 3, 1)
+        ref = np.concatenate([reference(x[None]).argmax(1) for x in parity.images])
+        rows = {}
+        with private_tempdir("client") as work, VariantWorker(work, False) as worker:
+            for variant in self.built:
+                litert_runner = TFLiteRunner(self.artifacts[variant], self.config.num_threads, app=app)
+                litert = np.concatenate([litert_runner(x[None]).argmax(1) for x in parity.images])
+                out = worker.client(self.artifacts[variant], variant, pixels)
+                if isinstance(out, VariantFailure):
+                    rows[variant] = {"client": "mediapipe ImageSegmenter (CPU)", "refused": out.line()}
+                    continue
+                masks, labels = out
+                rows[variant] = {**client_figures(masks, ref, litert, parity.masks, k), "labels": labels}
+                if app.output != "logits":
+                    rows[variant]["note"] = CLIENT_NOTES[app.output]
+        return rows
+
+    def tflite_output_layout(self) -> str:
+        """What every .tflite returns (``--output``), read from a built file for the low-res stride."""
+        (h, w), k = self.config.input_size, self.prepared.num_classes
+        if self.app.output == "classes":
+            return f"(1, {h}, {w}) int32 class ids (ARG_MAX in the graph)"
+        if self.app.output == "lowres" and self.built:
+            shape = TFLiteRunner(self.artifacts[self.built[0]], app=self.app).output["shape"]
+            stride = h // int(shape[1])
+            return f"NHWC (1, {shape[1]}, {shape[2]}, {k}) logits at output stride {stride}" + (
+                " (upsample bilinear, half-pixel centers)" if stride > 1 else " (no trailing resize to cut)"
+            )
+        return f"NHWC (1, {h}, {w}, {k})"
 
     def write_manifest(self, report: ParityReport, calib, parity: ParityImages, model_info: dict, command) -> dict:
         config, (h, w), k = self.config, self.config.input_size, self.prepared.num_classes
@@ -296,9 +336,10 @@ class Chain:
                 "onnx": {"input": f"{self.prepared.input_name}: NCHW (1, 3, {h}, {w})",
                          "output": f"{self.prepared.output_name}: NCHW (1, {k}, {h}, {w})"},
                 "saved_model": {"input": f"NHWC (1, {h}, {w}, 3)", "output": f"NHWC (1, {h}, {w}, {k})", "signature": "serving_default"},
-                "tflite": {"input": f"NHWC (1, {h}, {w}, 3)" + (" uint8 RGB pixels 0..255" if self.pixels else ""),
-                           "output": f"NHWC (1, {h}, {w}, {k})"},
+                "tflite": {"input": f"NHWC (1, {h}, {w}, 3)" + (" uint8 RGB pixels 0..255" if self.app.input == "uint8" else ""),
+                           "output": self.tflite_output_layout()},
             },
+            app=None if self.app.default else self.app.to_dict(),
             tflite_metadata=None if self.metadata is None else self.metadata.to_dict(),
             preprocessing={"size": list(self.preprocess.size), "mean": list(self.preprocess.mean), "std": list(self.preprocess.std)},
             quantization=self.quantization,

@@ -232,7 +232,9 @@ def explain_float_failure(
             "first": None,
         }
     drift = report.stages[broken].vs_pytorch
-    near_tie = drift["argmax_agreement"] == 1.0 and drift["max_abs"] > LOCALIZED_DRIFT_RATIO * drift["mean_abs"]
+    near_tie = (  # a class-map file (--output classes) has no logit drift to read
+        "max_abs" in drift and drift["argmax_agreement"] == 1.0 and drift["max_abs"] > LOCALIZED_DRIFT_RATIO * drift["mean_abs"]
+    )
     if near_tie and not report.stages[broken].nonfinite:
         floor_text = ""
         if deploy_model is not None and parity_images is not None:

@@ -14,6 +14,13 @@ calls the same Analyzer). So ``analyzer_checks_gpu`` first runs it on a probe gr
 delegate refuses (one LOCAL_RESPONSE_NORMALIZATION: not an op the GPU delegate has); when the
 probe passes, every file's report says ``checked: false`` with that reason instead of a
 "compatible" that means nothing.
+
+What is said then is ``outside_gpu_rules``: the ops of the file that ``CheckGpuDelegateCompatibility``
+has no case for (its switch, tensorflow/lite/tools/versioning/gpu_compatibility.cc at
+tensorflow commit 03a5e4e, read by name into ``GPU_RULE_OPS``), plus the one per-op condition
+this project's files meet: a CAST from uint8 (``--input uint8``), which it refuses. The op
+conditions of the other cases (strides, broadcast shapes, activations) are not applied: an
+op listed there is refused for sure, one not listed may still be.
 """
 
 from __future__ import annotations
@@ -81,17 +88,52 @@ UNCHECKED = (
 )
 
 
+GPU_RULE_OPS = frozenset(
+    """ADD ADD_N AVERAGE_POOL_2D BATCH_MATMUL CAST CONCATENATION CONV_2D CUMSUM DENSIFY DEPTHWISE_CONV_2D
+    DEPTH_TO_SPACE DEQUANTIZE EMBEDDING_LOOKUP DYNAMIC_UPDATE_SLICE FULLY_CONNECTED GATHER HARD_SWISH LSTM
+    MAX_POOL_2D MEAN MUL PACK ONE_HOT QUANTIZE RELU_N1_TO_1 PRELU RESHAPE SELECT SELECT_V2 SLICE SOFTMAX
+    SPACE_TO_DEPTH SPLIT SPLIT_V STRIDED_SLICE TILE TRANSPOSE TRANSPOSE_CONV RESIZE_BILINEAR
+    RESIZE_NEAREST_NEIGHBOR RELU RELU6 LEAKY_RELU REDUCE_MAX REDUCE_MIN REDUCE_PROD SUM PAD PADV2 MIRROR_PAD
+    ABS CEIL COS ELU EXP FLOOR GELU LOG LOGISTIC NEG RSQRT SIGN SIN SQRT SQUARE TANH ATAN2 DIV EQUAL
+    FLOOR_DIV FLOOR_MOD GREATER GREATER_EQUAL LOGICAL_AND LESS LESS_EQUAL MAXIMUM MINIMUM NOT_EQUAL POW
+    SQUARED_DIFFERENCE SUB STABLEHLO_CLAMP CUSTOM""".split()
+)  # the cases of CheckGpuDelegateCompatibility's switch (see the module docstring)
+_GPU_CAST_INPUTS = ("float32", "float16", "int32", "bool", "bool_")  # the CAST case's input types
+
+
+def outside_gpu_rules(model: bytes) -> dict[str, int]:
+    """``{op: count}``: the ops of ``model`` the GPU delegate's rules refuse by name (CAST: by its input type)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(
+        model_content=bytes(model), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
+    dtypes = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
+    refused: dict[str, int] = {}
+    for op in interpreter._get_ops_details():
+        name = op["op_name"]
+        bad_cast = name == "CAST" and dtypes[int(op["inputs"][0])].__name__ not in _GPU_CAST_INPUTS
+        if name not in GPU_RULE_OPS or bad_cast:
+            refused[name] = refused.get(name, 0) + 1
+    return dict(sorted(refused.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def gpu_compatibility(model: bytes) -> dict:
-    """The Analyzer's GPU verdict on ``model``, with ``checked`` saying whether it means anything."""
+    """The Analyzer's GPU verdict on ``model``, with ``checked`` saying whether it means anything;
+    unchecked, ``outside_gpu_rules`` says which ops the rules' switch refuses by name."""
     report = parse_gpu_compatibility(analyzer_text(model))
-    checked = analyzer_checks_gpu()
-    return {"checked": checked, **report, **({} if checked else {"compatible": None, "note": UNCHECKED})}
+    if analyzer_checks_gpu():
+        return {"checked": True, **report}
+    return {"checked": False, **report, "compatible": None, "note": UNCHECKED, "outside_gpu_rules": outside_gpu_rules(model)}
 
 
 def gpu_line(name: str, report: dict) -> str:
     """One line for the conversion log."""
     if not report.get("checked", True):
-        return f"{name}: GPU delegate compatibility {report['note']}"
+        outside = ", ".join(f"{n} {op}" for op, n in report.get("outside_gpu_rules", {}).items())
+        return (
+            f"{name}: the GPU delegate's rules refuse {outside or 'no op by name'} (by op name; the Analyzer: {report['note']})"
+        )
     if report["compatible"]:
         return f"{name}: the GPU delegate's checks pass all {report['ops']} ops"
     refused = ", ".join(f"{n} {op} ({report['reasons'][op]})" for op, n in report["refused"].items())

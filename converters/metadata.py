@@ -75,11 +75,12 @@ def _writers():
     return metadata, image_segmenter, metadata_info, writer_utils
 
 
-def add_metadata(model: bytes, info: ModelMetadata, raw_pixel_input: bool = False) -> bytes:
+def add_metadata(model: bytes, info: ModelMetadata, app=None) -> bytes:
     """``model`` (a converter output, without metadata) with TFLite metadata for an image segmenter.
 
-    ``raw_pixel_input``: the graph takes 0..255 pixels and normalises inside (``--input uint8``);
-    the metadata then says mean 0, std 1, so a task library feeds pixels unchanged. Per-channel
+    ``app`` (``app_io.AppIO``, None: float input, logits): with a uint8 input the graph takes
+    0..255 pixels and normalises inside; the metadata then says mean 0, std 1, so a task library
+    feeds pixels unchanged. With a class-map output the mask is the class ids themselves. Per-channel
     mean/std (ImageNet's) are valid TFLite metadata, but MediaPipe's ImageSegmenter refuses them
     ("Per-channel image normalization is not available"): ``--input uint8`` is the form it loads."""
     metadata, image_segmenter, metadata_info, writer_utils = _writers()
@@ -87,7 +88,9 @@ def add_metadata(model: bytes, info: ModelMetadata, raw_pixel_input: bool = Fals
     from mediapipe.tasks.metadata import metadata_schema_py_generated as fb
 
     model = bytearray(model)
-    if len(info.labels) != _output_channels(model, writer_utils):
+    raw_pixel_input = app is not None and app.input == "uint8"
+    classes = app is not None and app.output == "classes"
+    if not classes and len(info.labels) != _output_channels(model, writer_utils):
         raise ValueError(f"{len(info.labels)} labels for a model with {_output_channels(model, writer_utils)} output classes")
     mean, std = ([0.0], [1.0]) if raw_pixel_input else (_one_if_equal(info.mean_255), _one_if_equal(info.std_255))
     general = metadata_info.GeneralMd(
@@ -105,7 +108,7 @@ def add_metadata(model: bytes, info: ModelMetadata, raw_pixel_input: bool = Fals
     label_file = metadata_info.LabelFileMd(file_path=LABEL_FILE)
     mask = metadata_info.SegmentationMaskMd(
         name="segmentation_masks",
-        description="Per-pixel class logits (NHWC); the category mask is their argmax.",
+        description="Per-pixel class ids." if classes else "Per-pixel class logits (NHWC); the category mask is their argmax.",
         label_files=[label_file],
     ).create_metadata()
     subgraph = fb.SubGraphMetadataT()

@@ -9,8 +9,9 @@
 - int16x8: int16 activations, int8 weights, calibrated; float input/output.
 
 ``SELECT_TF_OPS`` is never enabled: a graph that needs a Flex op fails to convert here.
-``app`` (``--input uint8``) converts onnx2tf's SavedModel with the app's input end added first
-(``app_io.wrap_saved_model``); the calibration images are then fed as the uint8 pixels they were.
+``app`` (``--input uint8``, ``--output classes``) converts onnx2tf's SavedModel with the app's
+ends added first (``app_io.wrap_saved_model``); the calibration images are then fed as the uint8
+pixels they were. ``--output lowres`` cuts the converted file's final resize (``lowres``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from seg2tflite.atomic import private_tempdir
 from seg2tflite.calibration.representative import CalibrationSet
 from seg2tflite.converters.app_io import AppIO, to_pixels, wrap_saved_model
+from seg2tflite.converters.lowres import cut_final_resize
 from seg2tflite.converters.onnx_to_tf import ConversionError
 from seg2tflite.converters.stages import CALIBRATED_VARIANTS, VARIANTS
 from seg2tflite.quiet import muted_stderr
@@ -38,8 +40,14 @@ def build_tflite(
     weight scale per tensor, for the calibration study; ``app``: the app's input/output ends)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
-    if app is None or app.default:
-        return _convert(saved_model, variant, calibration, int8_io, progress, per_channel)
+    if app is None or not app.wrapped:
+        content = _convert(saved_model, variant, calibration, int8_io, progress, per_channel)
+    else:
+        content = _convert_wrapped(saved_model, variant, calibration, int8_io, progress, per_channel, app)
+    return cut_final_resize(content)[0] if app is not None and app.output == "lowres" else content
+
+
+def _convert_wrapped(saved_model, variant, calibration, int8_io, progress, per_channel, app: AppIO) -> bytes:
     with private_tempdir("app") as work:
         wrapped = wrap_saved_model(saved_model, work / "saved_model", app)
         representative = None

@@ -1,8 +1,9 @@
 """A real app client: MediaPipe's ImageSegmenter (the Tasks API of Android, iOS and Python), CPU.
 
-``category_masks`` loads a .tflite exactly as it is (no options beyond the model path and the
-CPU delegate: the normalisation and the labels come from the file's metadata) and segments
-uint8 RGB images one at a time. ``client_agreement`` compares its masks with PyTorch's argmax and
+``converters.app_client.category_masks`` loads a .tflite exactly as it is (no options beyond the
+model path and the CPU delegate: the normalisation and the labels come from the file's metadata)
+and segments uint8 RGB images one at a time (the conversion's parity table has a row of it on
+the parity images). ``client_agreement`` compares its masks with PyTorch's argmax and
 with LiteRT's argmax of the same file on the same images; run from the command line it measures
 a conversion folder:
 
@@ -22,33 +23,15 @@ from pathlib import Path
 import numpy as np
 
 
-def category_masks(path: str | Path, pixels: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """MediaPipe's category masks (N, H, W) of ``pixels`` (N, H, W, 3) uint8, and the labels it read."""
-    import mediapipe as mp
-    from mediapipe.tasks.python import BaseOptions, vision
-
-    options = vision.ImageSegmenterOptions(
-        base_options=BaseOptions(model_asset_path=str(path), delegate=BaseOptions.Delegate.CPU),
-        output_category_mask=True,
-        output_confidence_masks=False,
-    )
-    with vision.ImageSegmenter.create_from_options(options) as segmenter:
-        labels = list(segmenter.labels)
-        masks = []
-        for p in pixels:
-            image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(p, np.uint8))
-            mask = segmenter.segment(image).category_mask.numpy_view()
-            masks.append(mask.reshape(mask.shape[:2]).copy())
-    return np.stack(masks), labels
-
-
-def client_agreement(path: str | Path, pixels: np.ndarray, torch_classes: np.ndarray, mean, std) -> dict:
-    """Share of pixels where MediaPipe's mask equals PyTorch's argmax and LiteRT's argmax of ``path``."""
+def client_agreement(path: str | Path, pixels: np.ndarray, torch_classes: np.ndarray, mean, std, app=None) -> dict:
+    """Share of pixels where MediaPipe's mask equals PyTorch's argmax and LiteRT's argmax of ``path``
+    (``app``: its ends, default the manifest's next to it)."""
+    from seg2tflite.converters.app_client import category_masks
     from seg2tflite.converters.app_io import from_pixels
     from seg2tflite.converters.runtimes import TFLiteRunner
 
     masks, labels = category_masks(path, pixels)
-    runner = TFLiteRunner(path, pixels=(tuple(mean), tuple(std)))
+    runner = TFLiteRunner(path, app=app)
     normalised = from_pixels(pixels, mean, std, channel_axis=-1).transpose(0, 3, 1, 2)
     litert = np.concatenate([runner(x[None]).argmax(1) for x in normalised])
     return {

@@ -187,6 +187,11 @@ def add_convert(sub) -> None:
         "the form MediaPipe's ImageSegmenter loads)",
     )  # fmt: skip
     p.add_argument(
+        "--output", dest="image_output", default=d.image_output, choices=["logits", "classes", "lowres"],
+        help="what every .tflite returns: float logits at the input size, the int32 class map (argmax in the graph), "
+        "or the logits at the model's output stride (the final resize left to the app)",
+    )  # fmt: skip
+    p.add_argument(
         "--metadata", action=argparse.BooleanOptionalAction, default=d.metadata,
         help="write TFLite metadata (name, version, normalisation, labels) into every .tflite",
     )  # fmt: skip

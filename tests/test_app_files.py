@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from seg2tflite.converters import ConvertConfig, convert_model
-from seg2tflite.converters.app_io import from_pixels, to_pixels
+from seg2tflite.converters.app_io import AppIO, from_pixels, to_pixels
 from seg2tflite.converters.metadata import LABEL_FILE, ModelMetadata, add_metadata, read_metadata
+from seg2tflite.converters.parity import format_table
 from seg2tflite.converters.runtimes import TFLiteRunner, TorchRunner
 from seg2tflite.data.preprocess import Preprocess
 from seg2tflite.eval.mediapipe_client import client_agreement
@@ -133,7 +134,7 @@ def test_uint8_input_files(app_result):
     assert app_result.parity.stages["float32"].vs_pytorch["argmax_agreement"] >= 0.9999
     for variant in APP_VARIANTS:
         assert app_result.ops[variant].input_type == "UINT8", variant
-        runner = TFLiteRunner(app_result.out_dir / f"model_{variant}.tflite", xnnpack=False, pixels=((0,) * 3, (1,) * 3))
+        runner = TFLiteRunner(app_result.out_dir / f"model_{variant}.tflite", xnnpack=False, app=AppIO("uint8"))
         path = _ops_from_input(runner, 3)
         # one per-channel depthwise conv, not MUL + ADD (two requantizations of the image in full int8)
         assert path == (
@@ -166,6 +167,42 @@ def test_mediapipe_image_segmenter_agrees_with_pytorch(app_result):
         assert figures[variant]["vs_pytorch"] >= 0.999, (variant, figures[variant])
     for variant in APP_VARIANTS:
         assert figures[variant]["vs_litert"] >= 0.999, (variant, figures[variant])
+    # the same client on the parity images is a row of the conversion's own parity table
+    for variant in APP_VARIANTS:
+        row = app_result.parity.client[variant]
+        assert row["labels"] == list(LABELS) and row["images"] == 4, (variant, row)
+        assert row["vs_litert"] >= 0.999, (variant, row)
+    assert min(app_result.parity.client[v]["vs_reference"] for v in ("float32", "float16")) >= 0.999
+    assert sum(line.split()[0] == "mediapipe" for line in format_table(app_result.parity).splitlines()) == len(APP_VARIANTS)
+
+
+@pytest.mark.chain
+def test_mediapipe_refusal_is_reported(offline_result):
+    """Today's float input of an ImageNet-normalised model: MediaPipe refuses every file, the row
+    says why (a full-int8 file's int8 input is a type it does not take at all)."""
+    for variant, row in offline_result[0].parity.client.items():
+        why = "got INT8" if variant == "full_int8" else "Per-channel image normalization is not available"
+        assert why in row["refused"], (variant, row)
+
+
+@pytest.mark.chain
+def test_readme_three_lines_run(app_result, monkeypatch):
+    """The README's app snippet, run as written on a file of this conversion."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Using the files in an app", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert len([line for line in code.splitlines() if line and not line.startswith("import")]) == 3
+    monkeypatch.chdir(app_result.out_dir)
+    rgb_uint8 = BlobDataset("test")[0][0]
+    scope = {"rgb_uint8": rgb_uint8}
+    exec(code, scope)  # noqa: S102 - the README's own lines
+    from seg2tflite.converters.app_client import category_masks
+
+    expected, _ = category_masks(app_result.out_dir / "model_full_int8.tflite", rgb_uint8[None])
+    np.testing.assert_array_equal(scope["classes"].reshape(expected.shape[1:]), expected[0])
 
 
 @pytest.mark.chain
@@ -181,3 +218,5 @@ def test_gpu_report_in_manifest(app_result):
         assert report["checked"] is analyzer_checks_gpu()
         if not report["checked"]:
             assert report["compatible"] is None and "applies no GPU rules" in report["note"]
+            # by the rules' switch: the uint8 -> float32 CAST of --input uint8 is the one op refused
+            assert report["outside_gpu_rules"] == {"CAST": 1}, variant
