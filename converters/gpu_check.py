@@ -132,7 +132,7 @@ def gpu_line(name: str, report: dict) -> str:
     if not report.get("checked", True):
         outside = ", ".join(f"{n} {op}" for op, n in report.get("outside_gpu_rules", {}).items())
         return (
-            f"{name}: the GPU delegate's rules refuse {outside or 'no op by name'} (by op name; the Analyzer: {report['note']})"
+            f"{name}: the GPU delegate's rules refuse {outside or 'no op by name'} (read by op name: this Analyzer applies none)"
         )
     if report["compatible"]:
         return f"{name}: the GPU delegate's checks pass all {report['ops']} ops"
