@@ -21,7 +21,7 @@ from seg2tflite.converters.app_client import CLIENT_NOTES, client_figures, clien
 from seg2tflite.converters.app_io import AppIO, to_pixels
 from seg2tflite.converters.checks import check_class_count
 from seg2tflite.converters.config import ConvertConfig
-from seg2tflite.converters.divergence import explain_float_failure
+from seg2tflite.converters.divergence import explain_float16_failure, explain_float_failure
 from seg2tflite.converters.gpu_check import gpu_compatibility, gpu_line
 from seg2tflite.converters.images import ParityImages, calibration_set, parity_images
 from seg2tflite.converters.isolated import VariantError, VariantFailure, VariantWorker, failure_message
@@ -272,9 +272,19 @@ class Chain:
         self.seconds["parity"] = time.perf_counter() - t
         if config.locate_divergence:
             t = time.perf_counter()
-            report.divergence = explain_float_failure(
+            found = explain_float_failure(
                 report, self.prepared.model, sample[:1], self.deploy_model, config, self.log, parity.images
             )
+            if "float16" in runners and runners["float16"].output_form != "classes":  # a class map has no drift
+                half = explain_float16_failure(report, self.prepared.model, runners["float16"], parity.images, config)
+                if found and half:
+                    found = {
+                        **found,
+                        "summary": f"{found['summary']}. And {half['summary']}",
+                        "float16_weights": half["float16_weights"],
+                    }
+                found = found or half
+            report.divergence = found
             if report.divergence is not None:
                 self.seconds["divergence"] = time.perf_counter() - t
         t = time.perf_counter()
