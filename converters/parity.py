@@ -207,16 +207,16 @@ _CLASS_FIGURES = ("argmax_agreement", "miou_vs_reference", "decisive_share", "de
 
 def _class_figures(figures: dict) -> dict:
     """A class map's figures: the argmax ones (its one-hot "logits" have no drift to measure)."""
-    return {k: figures.get(k, math.nan) for k in _CLASS_FIGURES}
+    return {"class_map": True, **{k: figures.get(k, math.nan) for k in _CLASS_FIGURES}}
 
 
 def float_gate_failures(name: str, figures: dict, config: ConvertConfig, against: str) -> list[str]:
     """The broken float gates of one comparison (``LogitComparison.result``): the onnx/saved_model/
     float32 rule, or float16's looser one, which leaves near-tied pixels out of the agreement. A
-    class-map file (``_class_figures``: no ``outlier_share``) is gated on its agreement alone."""
+    class-map file (``_class_figures``: no drift figures) is gated on its agreement alone."""
     fp16 = STAGES.get(name.split("@")[0]) is not None and STAGES[name.split("@")[0]].gate == "float16"
     drift = config.float16_outlier_drift if fp16 else config.float_outlier_drift
-    share = figures["outlier_share"][f"{drift:g}"] if "outlier_share" in figures else 0.0
+    share = 0.0 if figures.get("class_map") else figures["outlier_share"][f"{drift:g}"]
     failures = []
     if fp16:
         agree, minimum, what = figures["decisive_agreement"], config.float16_min_agreement, "decisive-pixel argmax agreement"
