@@ -17,12 +17,16 @@ import numpy as np
 
 from seg2tflite.atomic import atomic_write_bytes, atomic_write_text, private_tempdir
 from seg2tflite.calibration.representative import CalibrationSet
+from seg2tflite.converters.app_client import CLIENT_NOTES, client_figures, client_gate_failures
+from seg2tflite.converters.app_io import AppIO, to_pixels
 from seg2tflite.converters.checks import check_class_count
 from seg2tflite.converters.config import ConvertConfig
 from seg2tflite.converters.divergence import explain_float16_failure, explain_float_failure
+from seg2tflite.converters.gpu_check import gpu_compatibility, gpu_line
 from seg2tflite.converters.images import ParityImages, calibration_set, parity_images
 from seg2tflite.converters.isolated import VariantError, VariantFailure, VariantWorker, failure_message
 from seg2tflite.converters.manifest import artifact_hashes, build_manifest, package_versions, write_json
+from seg2tflite.converters.metadata import ModelMetadata, class_labels, model_metadata
 from seg2tflite.converters.onnx_export import PreparedOnnx, save_onnx
 from seg2tflite.converters.onnx_to_tf import onnx_to_saved_model
 from seg2tflite.converters.ops import OpReport, check_builtins_only, op_report
@@ -75,15 +79,27 @@ class Chain:
     ops: dict[str, OpReport] = field(default_factory=dict)
     quantization: dict[str, dict] = field(default_factory=dict)
     delegation: dict[str, dict] = field(default_factory=dict)  # variant -> what XNNPACK took
+    gpu: dict[str, dict] = field(default_factory=dict)  # variant -> what the GPU delegate's checks refuse
     failures: dict[str, VariantFailure] = field(default_factory=dict)  # variants that crashed or cannot load
     worker: VariantWorker | None = None  # builds and first loads each variant in a child process
     before_writing: Callable[[], dict] | None = None  # runs after the last refusal, before the first write
     model_source: str = ""  # the ONNX file converted, for messages
+    metadata: ModelMetadata | None = None  # written into every .tflite (config.metadata)
+
+    @property
+    def app(self) -> AppIO:
+        """The app's ends of every .tflite (``--input``, ``--output``), with this conversion's
+        normalisation and class count."""
+        mean, std = tuple(self.preprocess.mean), tuple(self.preprocess.std)
+        return AppIO(self.config.image_input, self.config.image_output, mean, std, self.prepared.num_classes)
 
     def run(self, calib_data, parity_data, model_info: dict, command) -> ConvertResult:
         onnx_source = None if self.torch_model is not None else self.model_source
         check_class_count(self.prepared.num_classes, (calib_data, parity_data), onnx_source)
         calib, parity = self.read_data(calib_data, parity_data)
+        if self.config.metadata:
+            labels = class_labels(self.prepared.num_classes, calib_data, parity_data)
+            self.metadata = model_metadata(model_info, labels, self.preprocess.mean, self.preprocess.std)
         self.folder.path.mkdir(parents=True, exist_ok=True)
         if self.before_writing is not None:
             model_info = {**model_info, **self.before_writing()}
@@ -182,12 +198,16 @@ class Chain:
         path = self.folder.artifact(variant)
         calibrated = STAGES[variant].calibrated
         calib_key = stage_key(calib.images.tobytes()) if calibrated else None
-        key = self.keys[variant] = stage_key(self.keys["saved_model"], variant, calib_key, self.config.int8_io)
+        app, metadata = self.app, None if self.metadata is None else self.metadata.to_dict()
+        key = self.keys[variant] = stage_key(
+            self.keys["saved_model"], variant, calib_key, self.config.int8_io, app.to_dict(), metadata
+        )
         kept = self.cache.fresh(variant, key)
+        app_job = None if app.default else app.to_dict()
         if kept:
-            outcome = self.worker.check(path, variant)  # a LiteRT upgrade may not take it any more
+            outcome = self.worker.check(path, variant, app_job)  # a LiteRT upgrade may not take it any more
         else:
-            outcome = self.worker.build(self.artifacts["saved_model"], variant, self.config.int8_io)
+            outcome = self.worker.build(self.artifacts["saved_model"], variant, self.config.int8_io, app_job, metadata)
         if isinstance(outcome, VariantFailure):
             self.fail_variant(variant, outcome)
             return
@@ -207,7 +227,10 @@ class Chain:
         self.ops[variant] = report
         self.quantization[variant] = outcome.quantization
         # the worker has loaded it safely; read back what XNNPACK took of it here
-        delegation = self.delegation[variant] = TFLiteRunner(content).delegation
+        delegation = self.delegation[variant] = TFLiteRunner(content, app=self.app).delegation
+        gpu = self.gpu[variant] = gpu_compatibility(content)
+        if (gpu["checked"] and not gpu["compatible"]) or gpu.get("outside_gpu_rules"):
+            self.log(gpu_line(path.name, gpu))
         if outcome.delegate != "xnnpack":
             self.log(f"{path.name}: LiteRT delegate {outcome.delegate}")
         elif delegation["delegated"] < delegation["ops"]:
@@ -237,9 +260,9 @@ class Chain:
         runners["saved_model"] = SavedModelRunner(self.artifacts["saved_model"])
         builtin = {}  # a file XNNPACK took nothing of already ran on the builtin kernels alone
         for variant in self.built:
-            runners[variant] = TFLiteRunner(self.artifacts[variant], config.num_threads)
+            runners[variant] = TFLiteRunner(self.artifacts[variant], config.num_threads, app=self.app)
             if self.delegation[variant]["delegated"]:
-                builtin[variant] = TFLiteRunner(self.artifacts[variant], config.num_threads, xnnpack=False)
+                builtin[variant] = TFLiteRunner(self.artifacts[variant], config.num_threads, xnnpack=False, app=self.app)
         report = measure_parity(
             runners, parity.images, parity.masks, self.prepared.num_classes, image_names=parity.names,
             progress=self.progress, builtin=builtin, config=config,
@@ -252,7 +275,7 @@ class Chain:
             found = explain_float_failure(
                 report, self.prepared.model, sample[:1], self.deploy_model, config, self.log, parity.images
             )
-            if "float16" in runners:
+            if "float16" in runners and runners["float16"].output_form != "classes":  # a class map has no drift
                 half = explain_float16_failure(report, self.prepared.model, runners["float16"], parity.images, config)
                 if found and half:
                     found = {
@@ -264,10 +287,52 @@ class Chain:
             report.divergence = found
             if report.divergence is not None:
                 self.seconds["divergence"] = time.perf_counter() - t
+        t = time.perf_counter()
+        report.client = self.client_rows(parity, runners[report.reference])
+        for variant, row in report.client.items():  # after the divergence search: a client's fault is not the converter's
+            lines = client_gate_failures(variant, row, report.pytorch_miou, config)
+            if lines:
+                report.stages[variant].failures += lines
+                report.stages[variant].gate = "fail"
+        self.seconds["mediapipe"] = time.perf_counter() - t
         write_json(self.folder.parity_path, report.to_dict())
         self.cache.record("parity", key, [PARITY_FILE])
         self.log(format_table(report, self.config))
         return report
+
+    def client_rows(self, parity: ParityImages, reference) -> dict:
+        """MediaPipe's ImageSegmenter on every built file and the parity images' pixels (one child
+        process: a native crash loses the rows, not the conversion)."""
+        app, k = self.app, self.prepared.num_classes
+        pixels = to_pixels(parity.images, app.mean, app.std).transpose(0, 2, 3, 1)
+        ref = np.concatenate([reference(x[None]).argmax(1) for x in parity.images])
+        rows = {}
+        with private_tempdir("client") as work, VariantWorker(work, False) as worker:
+            for variant in self.built:
+                litert_runner = TFLiteRunner(self.artifacts[variant], self.config.num_threads, app=app)
+                litert = np.concatenate([litert_runner(x[None]).argmax(1) for x in parity.images])
+                out = worker.client(self.artifacts[variant], variant, pixels)
+                if isinstance(out, VariantFailure):
+                    rows[variant] = {"client": "mediapipe ImageSegmenter (CPU)", "refused": out.line()}
+                    continue
+                masks, labels = out
+                rows[variant] = {**client_figures(masks, ref, litert, parity.masks, k), "labels": labels}
+                if app.output != "logits":
+                    rows[variant]["note"] = CLIENT_NOTES[app.output]
+        return rows
+
+    def tflite_output_layout(self) -> str:
+        """What every .tflite returns (``--output``), read from a built file for the low-res stride."""
+        (h, w), k = self.config.input_size, self.prepared.num_classes
+        if self.app.output == "classes":
+            return f"(1, {h}, {w}) int32 class ids (ARG_MAX in the graph)"
+        if self.app.output == "lowres" and self.built:
+            shape = TFLiteRunner(self.artifacts[self.built[0]], app=self.app).output["shape"]
+            stride = h // int(shape[1])
+            return f"NHWC (1, {shape[1]}, {shape[2]}, {k}) logits at output stride {stride}" + (
+                " (upsample bilinear, half-pixel centers)" if stride > 1 else " (no trailing resize to cut)"
+            )
+        return f"NHWC (1, {h}, {w}, {k})"
 
     def write_manifest(self, report: ParityReport, calib, parity: ParityImages, model_info: dict, command) -> dict:
         config, (h, w), k = self.config, self.config.input_size, self.prepared.num_classes
@@ -281,11 +346,15 @@ class Chain:
                 "onnx": {"input": f"{self.prepared.input_name}: NCHW (1, 3, {h}, {w})",
                          "output": f"{self.prepared.output_name}: NCHW (1, {k}, {h}, {w})"},
                 "saved_model": {"input": f"NHWC (1, {h}, {w}, 3)", "output": f"NHWC (1, {h}, {w}, {k})", "signature": "serving_default"},
-                "tflite": {"input": f"NHWC (1, {h}, {w}, 3)", "output": f"NHWC (1, {h}, {w}, {k})"},
+                "tflite": {"input": f"NHWC (1, {h}, {w}, 3)" + (" uint8 RGB pixels 0..255" if self.app.input == "uint8" else ""),
+                           "output": self.tflite_output_layout()},
             },
+            app=None if self.app.default else self.app.to_dict(),
+            tflite_metadata=None if self.metadata is None else self.metadata.to_dict(),
             preprocessing={"size": list(self.preprocess.size), "mean": list(self.preprocess.mean), "std": list(self.preprocess.std)},
             quantization=self.quantization,
             litert_delegation=self.delegation,
+            gpu_delegate=self.gpu,
             ops={v: r.to_dict() for v, r in self.ops.items()},
             onnx_rewrites=self.prepared.rewrites,
             calibration=None if calib is None else {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from seg2tflite.converters.app_io import INPUTS, OUTPUTS
 from seg2tflite.converters.stages import CALIBRATED_VARIANTS, VARIANTS
 from seg2tflite.errors import UserError
 
@@ -19,6 +20,9 @@ class ConvertConfig:
     calib_min: int = 8  # refuse calibration data with fewer images than this
     calib_split: str = "train"  # split the calibration images are drawn from
     int8_io: str = "int8"  # full_int8 input/output type: "int8" or "float"
+    image_input: str = "float"  # "float": normalised float32 in; "uint8": RGB pixels in, normalised in the graph
+    image_output: str = "logits"  # "logits" at input size; "classes": int32 class map; "lowres": logits at output stride
+    metadata: bool = True  # write TFLite metadata (name, normalisation, labels) into every .tflite
     parity_images: int = 16  # real images every artifact is compared on
     trained: bool = False  # gate quantized mIoU only for a trained model
     max_miou_drop: float = 1.0  # mIoU points a quantized variant may lose against PyTorch
@@ -29,6 +33,7 @@ class ConvertConfig:
     float_min_agreement: float = 0.9999  # argmax pixel agreement for onnx/saved_model/float32
     float_outlier_drift: float = 1e-3  # onnx/saved_model/float32: drift beyond this x range is an outlier
     float16_min_agreement: float = 0.999  # on decisive pixels only (see float16_tie_margin)
+    client_min_agreement: float = 0.999  # MediaPipe's category mask vs the reference's argmax, float files
     float16_outlier_drift: float = 1e-2  # float16: drift beyond this x range is an outlier
     float16_tie_margin: float = 0.01  # pixels whose top-two PyTorch logits are within this x range: reported, not gated
     max_outlier_share: float = 1e-4  # share of logit values allowed to be outliers
@@ -50,6 +55,10 @@ class ConvertConfig:
         object.__setattr__(self, "variants", tuple(v for v in VARIANTS if v in variants))
         if self.int8_io not in ("int8", "float"):
             raise UserError(f"--int8-io: {self.int8_io!r} is not valid; use int8 or float")
+        if self.image_input not in INPUTS:
+            raise UserError(f"--input: {self.image_input!r} is not valid; use {' or '.join(INPUTS)}")
+        if self.image_output not in OUTPUTS:
+            raise UserError(f"--output: {self.image_output!r} is not valid; use {', '.join(OUTPUTS)}")
         if self.calib_min < 1 or self.calib_size < self.calib_min:
             raise UserError(
                 f"--calib-size: {self.calib_size} is below the minimum of {self.calib_min} images; "

@@ -206,7 +206,10 @@ def float64_noise_floor(model, images: np.ndarray) -> dict:
 
 def _is_near_tie(drift: dict) -> bool:
     """Every decisive pixel's argmax equal (flips only where PyTorch's top two logits are near-tied)
-    and the drift in a few values: a flipped near-tie, not a wrong function."""
+    and the drift in a few values: a flipped near-tie, not a wrong function. A class-map file
+    (``--output classes``) has no drift figures: never."""
+    if drift.get("class_map"):
+        return False
     decisive = drift.get("decisive_agreement", drift["argmax_agreement"])
     agree = drift["argmax_agreement"] == 1.0 or decisive == 1.0
     return agree and drift["max_abs"] > LOCALIZED_DRIFT_RATIO * drift["mean_abs"]
@@ -234,16 +237,16 @@ def explain_float_failure(
     broken = next((s for s in FLOAT_STAGES if s in report.stages and report.stages[s].gate == "fail"), None)
     if broken is None:
         return None
-    if not float_gate_failures(broken, report.stages[broken].vs_pytorch, config, report.reference):
-        return {"stage": broken, "summary": _kernel_disagreement(broken, report.stages[broken]), "first": None}
     reference = report.stages.get(report.reference)
-    if reference is not None and reference.nonfinite:
+    if reference is not None and reference.nonfinite:  # first: a NaN reference explains every broken gate
         return {
             "stage": broken,
             "summary": f"{report.reference}'s own logits hold {reference.nonfinite} NaN/Inf values: the model (its weights "
             "or its forward) computes NaN before any conversion, so no stage can match it; check the checkpoint",
             "first": None,
         }
+    if not float_gate_failures(broken, report.stages[broken].vs_pytorch, config, report.reference):
+        return {"stage": broken, "summary": _kernel_disagreement(broken, report.stages[broken]), "first": None}
     if broken == "onnx":
         found = {
             "summary": "ONNX Runtime already differs from PyTorch: the deploy form or torch.onnx.export is at fault "

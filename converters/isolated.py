@@ -29,7 +29,7 @@ from seg2tflite.errors import UserError
 from seg2tflite.quiet import VERBOSE_VARIABLE, verbose
 
 NATIVE_LOG = "native.log"
-STEPS = ("starting", "converting", "loading", "running once")
+STEPS = ("starting", "converting", "loading", "running once", "mediapipe")
 
 
 class VariantError(ParityError):
@@ -47,7 +47,10 @@ class VariantFailure:
 
     def line(self) -> str:
         where = {"converting": "the TFLite converter", "loading": "LiteRT, loading and allocating it"}.get(
-            self.step, "LiteRT, running it once" if self.step == "running once" else "the worker starting"
+            self.step,
+            {"running once": "LiteRT, running it once", "mediapipe": "MediaPipe's ImageSegmenter"}.get(
+                self.step, "the worker starting"
+            ),
         )
         detail = f" (last native output: {self.detail})" if self.detail else ""
         return f"{self.variant}: {where} failed: {self.reason}{detail}"
@@ -109,18 +112,29 @@ class VariantWorker:
             np.save(self.calib_file, np.ascontiguousarray(images, np.float32))
             self.calib_source = source
 
-    def build(self, saved_model: Path, variant: str, int8_io: str) -> VariantBuild | VariantFailure:
+    def build(
+        self, saved_model: Path, variant: str, int8_io: str, app: dict | None = None, metadata: dict | None = None
+    ) -> VariantBuild | VariantFailure:
+        """``app``: ``AppIO.to_dict()`` (the app's input end); ``metadata``: ``ModelMetadata.to_dict()``,
+        written into the file once it is built (None: none)."""
         from seg2tflite.converters.stages import STAGES
 
         out = self.workdir / f"{variant}.tflite"
         calib = str(self.calib_file) if STAGES[variant].calibrated and self.calib_file else None
         job = {"saved_model": str(saved_model), "variant": variant, "int8_io": int8_io, "calib": calib, "out": str(out)}
-        job["name"] = STAGES[variant].file
+        job.update(name=STAGES[variant].file, app=app, metadata=metadata)
         return self._run(variant, {**job, "source": self.calib_source, "progress": self.progress})
 
-    def check(self, path: Path, variant: str) -> VariantBuild | VariantFailure:
+    def check(self, path: Path, variant: str, app: dict | None = None) -> VariantBuild | VariantFailure:
         """Load, allocate and run once a .tflite already on disk (one kept from an earlier run)."""
-        return self._run(variant, {"variant": variant, "path": str(path)})
+        return self._run(variant, {"variant": variant, "path": str(path), "app": app})
+
+    def client(self, path: Path, variant: str, pixels: np.ndarray) -> tuple[np.ndarray, list[str]] | VariantFailure:
+        """MediaPipe's category masks of ``pixels`` (N, H, W, 3) uint8 on the file at ``path`` and
+        the labels it read (``app_client.category_masks``), run in the worker."""
+        pixels_file = self.workdir / "client_pixels.npy"
+        np.save(pixels_file, np.ascontiguousarray(pixels, np.uint8))
+        return self._run(variant, {"variant": variant, "client": str(path), "pixels": str(pixels_file)})
 
     def _start(self) -> None:
         context = multiprocessing.get_context("spawn")
@@ -158,6 +172,9 @@ class VariantWorker:
             elif kind == "built":
                 _, path, quantization, delegate = message
                 return VariantBuild(Path(path).read_bytes(), quantization, delegate)
+            elif kind == "masks":
+                _, masks_file, labels = message
+                return np.load(masks_file), labels
             elif kind == "refused":  # LiteRT raised while loading, allocating or running it
                 return VariantFailure(variant, message[1], message[2])
             else:  # "error": the converter's own exception, raised here as before
@@ -225,9 +242,13 @@ def _serve(conn, workdir: str, loud: bool) -> None:
 
 
 def _job(job: dict, conn, terminal) -> tuple:
+    from seg2tflite.converters.app_io import AppIO
+    from seg2tflite.converters.metadata import ModelMetadata, add_metadata
     from seg2tflite.converters.ops import OpsError, check_builtins_only, op_report
     from seg2tflite.converters.runtimes import TFLiteRunner
 
+    if "client" in job:
+        return _client_job(job, conn)
     step = "converting"
     try:
         if "path" in job:
@@ -237,8 +258,11 @@ def _job(job: dict, conn, terminal) -> tuple:
             from seg2tflite.converters.tflite_variants import build_tflite
 
             calib = _calibration(job, terminal)
-            content = build_tflite(job["saved_model"], job["variant"], calib, job["int8_io"], job["progress"])
+            app = AppIO(**job["app"]) if job.get("app") else None
+            content = build_tflite(job["saved_model"], job["variant"], calib, job["int8_io"], job["progress"], app=app)
             check_builtins_only(op_report(content), job["name"])  # a Flex op is refused, not a load failure
+            if job.get("metadata"):
+                content = add_metadata(content, ModelMetadata(**job["metadata"]), app)
             path = job["out"]
             Path(path).write_bytes(content)
     except OpsError as e:
@@ -250,7 +274,8 @@ def _job(job: dict, conn, terminal) -> tuple:
     try:
         step = "loading"
         conn.send(("step", step))
-        runner = TFLiteRunner(path)
+        app = job.get("app")
+        runner = TFLiteRunner(path, app=AppIO(**app) if app else None)
         step = "running once"
         conn.send(("step", step))
         shape = tuple(int(d) for d in runner.input["shape"])
@@ -281,3 +306,17 @@ def _calibration(job: dict, terminal):
 
     images = np.load(job["calib"])
     return _Calibration(images, tuple(f"{i}" for i in range(len(images))), tuple(range(len(images))), job["source"])
+
+
+def _client_job(job: dict, conn) -> tuple:
+    from seg2tflite.converters.app_client import category_masks
+
+    conn.send(("step", "mediapipe"))
+    try:
+        masks, labels = category_masks(job["client"], np.load(job["pixels"]))
+    except Exception as e:  # noqa: BLE001 - MediaPipe's refusal (its RuntimeError/ValueError) is the finding
+        text = str(e).strip()
+        return ("refused", "mediapipe", " ".join(line.strip() for line in text.splitlines())[:400] or type(e).__name__)
+    out = str(Path(job["pixels"]).with_name("client_masks.npy"))
+    np.save(out, masks)
+    return ("masks", out, labels)

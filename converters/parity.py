@@ -44,6 +44,7 @@ class StageResult:
     gate: str = "report"  # "pass", "fail" or "report" (measured, not gated)
     failures: list[str] = field(default_factory=list)  # one line per broken gate
     notes: list[str] = field(default_factory=list)  # why a stage is not gated
+    output: str = "logits"  # "classes": the file returns a class map (--output classes): argmax figures only
 
 
 @dataclass
@@ -56,6 +57,7 @@ class ParityReport:
     reference: str = "pytorch"  # what "vs_pytorch" compares with: pytorch, or onnx for an ONNX input
     divergence: dict | None = None  # first diverging layer, when a float gate broke
     delegation: dict = field(default_factory=dict)  # .tflite stage -> what XNNPACK took (TFLiteRunner.delegation)
+    client: dict = field(default_factory=dict)  # .tflite stage -> MediaPipe's row (app_client.client_figures)
 
     @property
     def failures(self) -> list[str]:
@@ -82,6 +84,7 @@ class ParityReport:
                 "failures": self.failures,
                 "divergence": self.divergence,
                 "delegation": self.delegation,
+                "client": self.client,
             }
         )
 
@@ -116,6 +119,7 @@ class ParityReport:
             reference=data["reference"],
             divergence=data.get("divergence"),
             delegation=data.get("delegation") or {},
+            client={k: restore(v) for k, v in (data.get("client") or {}).items()},
         )
 
 
@@ -180,27 +184,39 @@ def measure_parity(
     stages = {}
     for s in names:
         miou = labels[s].compute().miou if masks is not None else math.nan
+        form = getattr(runners[s], "output_form", "logits")
+        figures = _class_figures if form == "classes" else dict
         stages[s] = StageResult(
             stage=s,
             previous=previous_stage(s, names) if s != reference else None,
-            vs_pytorch=pairs_ref[s].result() if s in pairs_ref else {},
-            vs_previous=pairs_prev[s].result() if s in pairs_prev else {},
+            vs_pytorch=figures(pairs_ref[s].result()) if s in pairs_ref else {},
+            vs_previous=figures(pairs_prev[s].result()) if s in pairs_prev else {},
             miou=miou,
             miou_drop_points=100.0 * (base_miou - miou),
             nonfinite=nonfinite[s],
+            output="classes" if form == "classes" else "logits",
         )
         if s in builtin:
             builtin_miou = labels[f"{s}@builtin"].compute().miou if masks is not None else math.nan
-            stages[s].builtin = {"miou": builtin_miou, "vs_xnnpack": pairs_builtin[s].result()}
+            stages[s].builtin = {"miou": builtin_miou, "vs_xnnpack": figures(pairs_builtin[s].result())}
     return ParityReport(stages, len(images), list(image_names or []), logit_range, base_miou, reference)
+
+
+_CLASS_FIGURES = ("argmax_agreement", "miou_vs_reference", "decisive_share", "decisive_agreement")
+
+
+def _class_figures(figures: dict) -> dict:
+    """A class map's figures: the argmax ones (its one-hot "logits" have no drift to measure)."""
+    return {"class_map": True, **{k: figures.get(k, math.nan) for k in _CLASS_FIGURES}}
 
 
 def float_gate_failures(name: str, figures: dict, config: ConvertConfig, against: str) -> list[str]:
     """The broken float gates of one comparison (``LogitComparison.result``): the onnx/saved_model/
-    float32 rule, or float16's looser one, which leaves near-tied pixels out of the agreement."""
+    float32 rule, or float16's looser one, which leaves near-tied pixels out of the agreement. A
+    class-map file (``_class_figures``: no drift figures) is gated on its agreement alone."""
     fp16 = STAGES.get(name.split("@")[0]) is not None and STAGES[name.split("@")[0]].gate == "float16"
     drift = config.float16_outlier_drift if fp16 else config.float_outlier_drift
-    share = figures["outlier_share"][f"{drift:g}"]
+    share = 0.0 if figures.get("class_map") else figures["outlier_share"][f"{drift:g}"]
     failures = []
     if fp16:
         agree, minimum, what = figures["decisive_agreement"], config.float16_min_agreement, "decisive-pixel argmax agreement"
@@ -298,6 +314,9 @@ def format_table(report: ParityReport, config: ConvertConfig | None = None) -> s
         rows = [(ref, r.vs_pytorch, r.miou)] + ([(r.previous, r.vs_previous, None)] if r.previous not in (None, ref) else [])
         if r.builtin:
             rows.append(("builtin", r.builtin["vs_xnnpack"], r.builtin["miou"]))
+        client = report.client.get(name)
+        if client:  # MediaPipe's category mask: argmax agreement with the reference, mIoU
+            rows.append(("mediapipe", {"argmax_agreement": client.get("vs_reference")}, client.get("miou")))
         if name == ref or not r.vs_pytorch:
             rows = [("-", {}, r.miou)]
         drift = (
@@ -315,6 +334,9 @@ def format_table(report: ParityReport, config: ConvertConfig | None = None) -> s
                 f"{_fmt(r.miou_drop_points if first and name != ref else None, '+.2f'):>7}"
                 f"  {r.gate if first else ''}"
             )
+    for name, client in report.client.items():
+        if "refused" in client:
+            lines.append(f"mediapipe: {client['refused']}")
     for line in report.failures:
         lines.append(f"FAIL {line}")
     return "\n".join(lines)

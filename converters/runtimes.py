@@ -125,12 +125,20 @@ class SavedModelRunner:
 class TFLiteRunner:
     """LiteRT with its default XNNPACK delegate; when XNNPACK refuses the graph, the same
     interpreter without default delegates, noted in ``delegate``. ``xnnpack=False`` asks for
-    LiteRT's builtin kernels alone (they and XNNPACK disagree on the full-int8 SegFormer)."""
+    LiteRT's builtin kernels alone (they and XNNPACK disagree on the full-int8 SegFormer).
+    ``app`` (``app_io.AppIO``; default: the manifest.json next to the file, if any) says what the
+    file's ends are: a uint8 pixel input (``--input uint8``) is fed the pixels the normalised
+    batch was made from; a class-map output (``--output classes``) comes back as one-hot logits
+    (argmax and mIoU figures hold, logit drift does not exist); low-resolution logits
+    (``--output lowres``) come back upsampled as an app does it, bilinear with half-pixel centers
+    (PyTorch's ``align_corners=False``). ``output_form`` names which."""
 
     name = "tflite"
 
-    def __init__(self, model: str | Path | bytes, threads: int | None = None, xnnpack: bool = True):
+    def __init__(self, model: str | Path | bytes, threads: int | None = None, xnnpack: bool = True, app=None):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        from seg2tflite.converters.app_io import app_beside
 
         _warn_about_litert_once()
         kwargs = {"num_threads": threads} if threads else {}
@@ -159,6 +167,13 @@ class TFLiteRunner:
         if len(shape) != 4 or 3 not in (shape[1], shape[3]):
             raise ValueError(f"expected a (1, H, W, 3) or (1, 3, H, W) image input, the model has {shape}")
         self.nhwc = shape[3] == 3  # onnx2tf writes NHWC; (1, 3, H, W) only when the last axis is not 3
+        self.app = app if app is not None or isinstance(model, (bytes, bytearray)) else app_beside(model)
+        self.pixel_input = np.dtype(self.input["dtype"]) == np.uint8 and not self.input["quantization"][0]
+        if self.pixel_input and (self.app is None or self.app.input != "uint8"):
+            raise ValueError("this model takes uint8 pixels: give TFLiteRunner the normalisation, app=AppIO('uint8', ...)")
+        self.output_form = "logits" if self.app is None else self.app.output
+        if len(self.output["shape"]) == 3 and (self.output_form != "classes" or not self.app.num_classes):
+            raise ValueError("this model returns a class map: give TFLiteRunner app=AppIO(output='classes', num_classes=K)")
 
     @property
     def delegation(self) -> dict:
@@ -212,17 +227,38 @@ class TFLiteRunner:
         outs = []
         for x in np.asarray(batch, np.float32):
             x = x.transpose(1, 2, 0) if self.nhwc else x
+            if self.pixel_input:
+                from seg2tflite.converters.app_io import to_pixels
+
+                x = to_pixels(x, self.app.mean, self.app.std, channel_axis=-1 if self.nhwc else 0)
             self.interpreter.set_tensor(self.input["index"], _quantize(x[None], self.input))
             self.interpreter.invoke()
-            y = _dequantize(self.interpreter.get_tensor(self.output["index"]), self.output)
-            outs.append(y.transpose(0, 3, 1, 2) if self.nhwc else y)
+            y = self.interpreter.get_tensor(self.output["index"])
+            if y.ndim == 3:  # a class map (1, H, W)
+                outs.append(np.eye(self.app.num_classes, dtype=np.float32)[y].transpose(0, 3, 1, 2))
+                continue
+            y = _dequantize(y, self.output)
+            y = y.transpose(0, 3, 1, 2) if self.nhwc else y
+            size = x.shape[:2] if self.nhwc else x.shape[1:]
+            if self.output_form == "lowres" and y.shape[2:] != size:
+                y = _upsample(y, size)
+            outs.append(y)
         return np.concatenate(outs)
+
+
+def _upsample(logits: np.ndarray, size) -> np.ndarray:
+    """(1, K, h, w) -> (1, K, H, W), bilinear with half-pixel centers: what the cut resize did."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        return F.interpolate(torch.from_numpy(logits), size=tuple(size), mode="bilinear", align_corners=False).numpy()
 
 
 def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
     dtype = np.dtype(detail["dtype"])
-    if dtype == np.float32:
-        return x.astype(np.float32)
+    if dtype == np.float32 or x.dtype == dtype:  # float, or pixels already
+        return x.astype(dtype)
     scale, zero_point = detail["quantization"]
     info = np.iinfo(dtype)
     return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)

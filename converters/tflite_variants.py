@@ -9,13 +9,19 @@
 - int16x8: int16 activations, int8 weights, calibrated; float input/output.
 
 ``SELECT_TF_OPS`` is never enabled: a graph that needs a Flex op fails to convert here.
+``app`` (``--input uint8``, ``--output classes``) converts onnx2tf's SavedModel with the app's
+ends added first (``app_io.wrap_saved_model``); the calibration images are then fed as the uint8
+pixels they were. ``--output lowres`` cuts the converted file's final resize (``lowres``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from seg2tflite.atomic import private_tempdir
 from seg2tflite.calibration.representative import CalibrationSet
+from seg2tflite.converters.app_io import AppIO, to_pixels, wrap_saved_model
+from seg2tflite.converters.lowres import cut_final_resize
 from seg2tflite.converters.onnx_to_tf import ConversionError
 from seg2tflite.converters.stages import CALIBRATED_VARIANTS, VARIANTS
 from seg2tflite.quiet import muted_stderr
@@ -28,13 +34,36 @@ def build_tflite(
     int8_io: str = "int8",
     progress: bool = False,
     per_channel: bool = True,
+    app: AppIO | None = None,
 ) -> bytes:
     """The .tflite flatbuffer of ``variant`` built from ``saved_model`` (``per_channel=False``: one
-    weight scale per tensor, for the calibration study)."""
-    import tensorflow as tf
-
+    weight scale per tensor, for the calibration study; ``app``: the app's input/output ends)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
+    if app is None or not app.wrapped:
+        content = _convert(saved_model, variant, calibration, int8_io, progress, per_channel)
+    else:
+        content = _convert_wrapped(saved_model, variant, calibration, int8_io, progress, per_channel, app)
+    return cut_final_resize(content)[0] if app is not None and app.output == "lowres" else content
+
+
+def _convert_wrapped(saved_model, variant, calibration, int8_io, progress, per_channel, app: AppIO) -> bytes:
+    with private_tempdir("app") as work:
+        wrapped = wrap_saved_model(saved_model, work / "saved_model", app)
+        representative = None
+        if calibration is not None and variant in CALIBRATED_VARIANTS:
+            floats = calibration.representative_dataset(progress)
+
+            def representative():  # the pixels the normalised images were made from
+                for (x,) in floats():
+                    yield [to_pixels(x, app.mean, app.std, channel_axis=-1)] if app.input == "uint8" else [x]
+
+        return _convert(wrapped, variant, calibration, int8_io, progress, per_channel, representative)
+
+
+def _convert(saved_model, variant, calibration, int8_io, progress, per_channel, representative=None) -> bytes:
+    import tensorflow as tf
+
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     converter._experimental_disable_per_channel = not per_channel
@@ -45,7 +74,7 @@ def build_tflite(
     if variant in CALIBRATED_VARIANTS:
         if calibration is None:
             raise ValueError(f"{variant} needs calibration images")
-        converter.representative_dataset = calibration.representative_dataset(progress)
+        converter.representative_dataset = representative or calibration.representative_dataset(progress)
     if variant == "full_int8":
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
         io_type = tf.int8 if int8_io == "int8" else tf.float32

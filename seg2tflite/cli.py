@@ -66,6 +66,14 @@ def _add_demo(sub) -> None:
     p.add_argument(
         "--max-miou-drop", type=non_negative_float, default=d.max_miou_drop, help="mIoU points a quantized variant may lose"
     )
+    p.add_argument(
+        "--input", dest="image_input", default=d.image_input, choices=["float", "uint8"],
+        help="what every .tflite takes (see convert --input; uint8: the files MediaPipe's ImageSegmenter loads)",
+    )  # fmt: skip
+    p.add_argument(
+        "--output", dest="image_output", default=d.image_output, choices=["logits", "classes", "lowres"],
+        help="what every .tflite returns (see convert --output)",
+    )  # fmt: skip
     p.add_argument("--seed", type=non_negative_int, default=d.seed, help="random seed (data, init, training)")
     p.add_argument("--strict", action="store_true", help="exit non-zero when any conversion gate fails")
     p.set_defaults(handler=_run_demo)

@@ -181,6 +181,20 @@ def add_convert(sub) -> None:
     )
     p.add_argument("--variants", nargs="+", default=list(d.variants), choices=VARIANTS, help="TFLite variants to build")
     p.add_argument("--int8-io", default=d.int8_io, choices=["int8", "float"], help="input/output type of the full-int8 model")
+    p.add_argument(
+        "--input", dest="image_input", default=d.image_input, choices=["float", "uint8"],
+        help="what every .tflite takes: a normalised float image, or RGB uint8 pixels (normalisation in the graph; "
+        "the form MediaPipe's ImageSegmenter loads)",
+    )  # fmt: skip
+    p.add_argument(
+        "--output", dest="image_output", default=d.image_output, choices=["logits", "classes", "lowres"],
+        help="what every .tflite returns: float logits at the input size, the int32 class map (argmax in the graph), "
+        "or the logits at the model's output stride (the final resize left to the app)",
+    )  # fmt: skip
+    p.add_argument(
+        "--metadata", action=argparse.BooleanOptionalAction, default=d.metadata,
+        help="write TFLite metadata (name, version, normalisation, labels) into every .tflite",
+    )  # fmt: skip
     p.add_argument("--opset", type=positive_int, default=d.opset, help="ONNX opset")
     p.add_argument(
         "--max-miou-drop",

@@ -81,6 +81,8 @@ def _convert(name: str, checkpoint: Path, data: str, config: DemoConfig, model_d
         parity_images=config.parity_images,
         trained=True,
         max_miou_drop=config.max_miou_drop,
+        image_input=config.image_input,
+        image_output=config.image_output,
     )
     calib = load_dataset(data, "train")
     try:
@@ -112,8 +114,9 @@ def check_demo_settings(config: DemoConfig) -> None:
         train = TrainConfig(model=name, data=config.data, batch_size=config.batch_size, lr=config.lr, input_size=size)
         check_train_settings(train, size, classes, classes)
         convert = ConvertConfig(
-            input_size=size, calib_size=config.calib_size, parity_images=config.parity_images, max_miou_drop=config.max_miou_drop
-        )
+            input_size=size, calib_size=config.calib_size, parity_images=config.parity_images, max_miou_drop=config.max_miou_drop,
+            image_input=config.image_input, image_output=config.image_output,
+        )  # fmt: skip
         need = conversion_memory(
             lambda h, w, name=name: activation_bytes(name, (h, w), classes), True, convert.calib_size, convert.parity_images
         )

@@ -64,6 +64,8 @@ class DemoConfig:
     # mIoU and agreement are against PyTorch on the same images). None: the whole split.
     int16x8_eval_images: int | None = 10
     max_miou_drop: float = 1.0  # the quantized-stage mIoU budget, in points
+    image_input: str = "float"  # every .tflite's input: "float" or "uint8" (convert --input)
+    image_output: str = "logits"  # every .tflite's output: "logits", "classes" or "lowres" (convert --output)
     seed: int = 0
     strict: bool = False  # exit non-zero when any conversion gate fails
     progress: bool = True

@@ -202,8 +202,8 @@ def test_a_stage_on_fewer_images_is_compared_on_those_images(measured, tmp_path)
     assert "| TFLite int16x8 (first 2 images) |" in summary
     # The trade-off plot puts it at PyTorch's test mIoU plus its Δ, not at its mIoU on 2 images.
     from seg2tflite.eval.plots import plotted_miou
-    from seg2tflite.eval.report import table_rows
     from seg2tflite.eval.record import load_record
+    from seg2tflite.eval.report import table_rows
 
     table = {r["stage"]: r for r in table_rows(load_record(tmp_path))}
     expected = round(100 * pt.miou, 2) + round(100 * (q.miou - on_two), 2)

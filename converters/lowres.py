@@ -1,0 +1,63 @@
+"""``--output lowres``: a .tflite whose output is the logits before the graph's final upsampling.
+
+The registry's models end in ``F.interpolate(logits, size=input, mode="bilinear",
+align_corners=False)``, which onnx2tf writes as one RESIZE_BILINEAR (half-pixel centers) at the
+end of the graph, after every variant's conversion; in a full-int8 file with float output a
+DEQUANTIZE follows it. ``cut_final_resize`` removes that op with TensorFlow's own flatbuffer tools
+(``tensorflow.lite.tools.flatbuffer_utils``): the graph output becomes the resize's input (a
+DEQUANTIZE after it is fed that input instead and takes its shape). An app upsamples the
+(1, h, w, K) logits itself, on the GPU; ``runtimes.TFLiteRunner`` does the same bilinear
+upsampling for parity, so the gates compare exactly what the app gets.
+
+A graph that does not end in a resize (SegNet's unpooling decoder, the MediaTek UNet) has its
+output at stride 1 already: it is returned unchanged, and ``stride`` says 1.
+"""
+
+from __future__ import annotations
+
+from seg2tflite.converters.onnx_to_tf import ConversionError
+
+
+def _op_name(model, op) -> str:
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    code = model.operatorCodes[op.opcodeIndex]
+    number = max(code.builtinCode, code.deprecatedBuiltinCode)
+    return next(k for k, v in vars(schema.BuiltinOperator).items() if v == number and not k.startswith("_"))
+
+
+def cut_final_resize(content: bytes) -> tuple[bytes, int]:
+    """``content`` without its trailing bilinear resize, and the output stride that leaves."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    graph = model.subgraphs[0]
+    if len(model.subgraphs) != 1 or len(graph.outputs) != 1:
+        raise ConversionError("--output lowres: the graph has more than one subgraph or output; use --output logits")
+    producer = {int(t): op for op in graph.operators for t in op.outputs}
+    last = producer.get(int(graph.outputs[0]))
+    dequantize = last if last is not None and _op_name(model, last) == "DEQUANTIZE" else None
+    resize = producer.get(int(dequantize.inputs[0])) if dequantize is not None else last
+    if resize is None or not _op_name(model, resize).startswith("RESIZE_"):
+        return content, 1
+    name = _op_name(model, resize)
+    options = resize.builtinOptions
+    if name != "RESIZE_BILINEAR" or options.alignCorners or not options.halfPixelCenters:
+        raise ConversionError(
+            f"--output lowres: the graph ends in {name} (align_corners={bool(options.alignCorners)}); only a "
+            "half-pixel bilinear resize (align_corners=False) can be left to the app; use --output logits"
+        )
+    consumers = [op for op in graph.operators if int(resize.outputs[0]) in [int(t) for t in op.inputs]]
+    if consumers != ([dequantize] if dequantize is not None else []):
+        raise ConversionError("--output lowres: the final resize's output feeds other ops; use --output logits")
+    low = int(resize.inputs[0])
+    stride = int(graph.tensors[int(resize.outputs[0])].shape[1]) // int(graph.tensors[low].shape[1])
+    graph.operators.remove(resize)
+    if dequantize is None:
+        graph.outputs[0] = low
+    else:
+        dequantize.inputs[0] = low
+        out = graph.tensors[int(dequantize.outputs[0])]
+        out.shape = graph.tensors[low].shape.copy()
+        out.shapeSignature = None if graph.tensors[low].shapeSignature is None else graph.tensors[low].shapeSignature.copy()
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), stride
