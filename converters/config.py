@@ -35,6 +35,8 @@ class ConvertConfig:
     locate_divergence: bool = True  # on a broken float gate, find the first diverging layer
     onnx_rewrites: bool = True  # apply onnx_surgery's workarounds (off only to show what they fix)
     num_threads: int | None = None  # LiteRT / ONNX Runtime threads (None: library default)
+    output_key: str | None = None  # dict key / attribute holding the logits (default: 'out', 'logits', the only tensor)
+    upsample_logits: bool = False  # resize lower-resolution logits bilinearly to the input size (both reference and export)
 
     def __post_init__(self) -> None:
         size = tuple(int(s) for s in self.input_size) if _is_pair(self.input_size) else None

@@ -20,6 +20,7 @@ from seg2tflite.converters.checks import check_class_count, check_finite_weights
 from seg2tflite.converters.config import ConvertConfig
 from seg2tflite.converters.offline import no_network
 from seg2tflite.converters.onnx_export import export_onnx, load_onnx, prepare_onnx
+from seg2tflite.converters.outputs import adapt_outputs
 from seg2tflite.converters.stages import ConversionDir
 from seg2tflite.data.base import SegmentationDataset
 from seg2tflite.data.preprocess import Preprocess
@@ -32,6 +33,10 @@ def _log_default(message: str) -> None:
 
 def _quiet(message: str) -> None:
     pass
+
+
+def _class_name(module) -> str:
+    return f"{type(module).__module__}.{type(module).__name__}"
 
 
 def convert_model(
@@ -49,7 +54,9 @@ def convert_model(
     progress: bool = True,
     before_writing: Callable[[], dict] | None = None,
 ) -> ConvertResult:
-    """Convert any PyTorch segmentation module (``forward(x) -> (B, K, H, W)`` logits).
+    """Convert any PyTorch segmentation module: ``forward(x)`` returns (B, K, H, W) logits, or a
+    tuple/dict/object holding them (``outputs.find_logits``; ``config.output_key`` names the key),
+    at input resolution or, with ``config.upsample_logits``, lower.
 
     The ONNX graph is exported from ``model.to_deploy()`` when the model has one; PyTorch parity
     is measured against ``model`` itself. ``mean``/``std`` default to the model's registry config,
@@ -67,13 +74,15 @@ def convert_model(
     check_finite_weights(model)
     t = time.perf_counter()
     deploy = deploy_form(model).eval()
+    classes = {"class": _class_name(model), "deploy_class": _class_name(deploy)}
+    model, deploy, output = adapt_outputs(model, deploy, config.input_size, config.output_key, config.upsample_logits)
     exported = export_onnx(deploy, config.input_size, config.opset)
-    prepared = prepare_onnx(exported, config.input_size, f"{type(model).__name__} (exported)", config.onnx_rewrites)
+    prepared = prepare_onnx(exported, config.input_size, f"{classes['class'].rsplit('.', 1)[1]} (exported)", config.onnx_rewrites)
     seconds["onnx_export"] = time.perf_counter() - t
     info = {
-        "class": f"{type(model).__module__}.{type(model).__name__}",
-        "deploy_class": f"{type(deploy).__module__}.{type(deploy).__name__}",
+        **classes,
         "parameters": int(sum(p.numel() for p in model.parameters())),
+        "output": output.to_dict(),
         "num_classes": prepared.num_classes,
         **({"name": cfg.name, "family": cfg.family} if cfg is not None else {}),
         **(model_info or {}),
