@@ -18,6 +18,7 @@ from torch import nn
 
 from seg2tflite.atomic import atomic_write_bytes
 from seg2tflite.converters.onnx_surgery import apply_workarounds
+from seg2tflite.converters.onnx_to_tf import resize_nodes_read_as_opset17
 from seg2tflite.errors import UserError
 
 INPUT_NAME = "input"
@@ -121,6 +122,10 @@ def prepare_onnx(model: onnx.ModelProto, input_size: tuple[int, int] | None, sou
     if rewrites:
         model, applied = apply_workarounds(model)
         onnx.checker.check_model(model, full_check=True)
+        applied += [
+            f"{name}: Resize with align_corners/asymmetric coordinates converted by onnx2tf as at opset 17, where it honours them"
+            for name in resize_nodes_read_as_opset17(model)
+        ]
     outputs = list(model.graph.output)
     if len(outputs) != 1:
         raise UserError(f"{source}: the model has {len(outputs)} outputs; expected one (1, K, H, W) logits tensor")

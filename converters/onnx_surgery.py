@@ -10,6 +10,14 @@ Measured with onnx2tf 1.29.24 (tests/test_convert_surgery.py fails if a rewrite 
   Conv, so onnx2tf has no transpose and no broadcast constant to guess about (a (1,C,1,1)
   Mul/Add constant is itself mis-broadcast when C equals H).
 
+- ``MaxPool`` with padding that is not TensorFlow's SAME padding (ResNet's ``MaxPool2d(3, 2, 1)``
+  on an even-sized map) is padded by onnx2tf with float32's lowest value (-3.4e38) before an
+  unpadded pool. Full-int8 calibration then sees -3.4e38: the stem's scale becomes ~1.3e36, every
+  activation quantizes to 0 and LiteRT aborts the process on load; in int16x8 the pad value stays
+  float32 (``PADV2 failed to prepare``). The padding is made an explicit ``Pad`` with a finite
+  value that gives the same maximum: 0 after a Relu (the input is >= 0), else the edge value
+  (every window that covers a padded cell also covers the edge cell it copies, since pad < kernel).
+
 LayerNormalization over tokens (B, N, C) also crashes onnx2tf, but only on an unsimplified graph
 (shapes computed by Shape/Gather/Concat stay unknown); ``onnx_export.simplify`` folds them first.
 """
@@ -28,6 +36,7 @@ def apply_workarounds(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str
     """Return the rewritten model and one line per rewrite applied (for the manifest)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     applied = fold_channel_layernorm(model)
+    applied += explicit_maxpool_padding(model)
     if applied:
         _drop_unused_initializers(model.graph)
         model = onnx.shape_inference.infer_shapes(model)
@@ -158,3 +167,85 @@ def fold_channel_layernorm(model: onnx.ModelProto) -> list[str]:
         _replace(graph, [pre, ln, post], nodes)
         graph.initializer.extend(inits)
         applied.append(f"{ln.name}: permute->LayerNorm->permute rewritten as a channel norm over axis 1")
+
+
+NON_NEGATIVE_OPS = ("Relu",)  # producers whose output is >= 0 (Clip is checked on its min)
+
+
+def _non_negative(graph: onnx.GraphProto, tensor: str) -> bool:
+    producer = next((node for node in graph.node if tensor in node.output), None)
+    if producer is None:
+        return False
+    if producer.op_type in NON_NEGATIVE_OPS:
+        return True
+    if producer.op_type == "Clip" and len(producer.input) > 1 and producer.input[1]:
+        low = _constant(graph, producer.input[1])
+        return low is not None and float(np.asarray(low).min()) >= 0.0
+    return False
+
+
+def _same_pads(size: list[int], kernel: list[int], strides: list[int]) -> list[int]:
+    """The ONNX-ordered pads TensorFlow's SAME padding gives (what onnx2tf maps to SAME)."""
+    begin, end = [], []
+    for i, k, s in zip(size, kernel, strides):
+        total = max((-(-i // s) - 1) * s + k - i, 0)
+        begin.append(total // 2)
+        end.append(total - total // 2)
+    return begin + end
+
+
+def _ceil_extra(size: list[int], kernel: list[int], strides: list[int], pads: list[int]) -> list[int]:
+    """Extra end padding ``ceil_mode`` needs: the last window may start inside the input or the
+    begin padding, never wholly in the end padding (PyTorch's and ONNX Runtime's rule)."""
+    n, extra = len(size), []
+    for a, (i, k, s) in enumerate(zip(size, kernel, strides)):
+        span = i + pads[a] + pads[a + n]
+        out = -(-(span - k) // s) + 1
+        if (out - 1) * s >= i + pads[a]:
+            out -= 1
+        extra.append(max((out - 1) * s + k - span, 0))
+    return extra
+
+
+def explicit_maxpool_padding(model: onnx.ModelProto) -> list[str]:
+    """MaxPool with non-SAME pads  =>  Pad (0 after a Relu, else edge) then an unpadded MaxPool."""
+    graph, applied = model.graph, []
+    shapes = {}
+    inferred = onnx.shape_inference.infer_shapes(model)
+    for value in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[value.name] = [d.dim_value for d in dims]
+    for pool in list(graph.node):
+        if pool.op_type != "MaxPool" or len(pool.output) != 1 or _attr(pool, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            continue
+        shape = shapes.get(pool.input[0])
+        kernel = list(_attr(pool, "kernel_shape", []))
+        if shape is None or len(shape) != 4 or len(kernel) != 2 or any(d != 1 for d in _attr(pool, "dilations", [1, 1])):
+            continue
+        strides = list(_attr(pool, "strides", [1, 1]))
+        pads = list(_attr(pool, "pads", [0, 0, 0, 0]))
+        ceil = bool(_attr(pool, "ceil_mode", 0))
+        extra = _ceil_extra(shape[2:], kernel, strides, pads) if ceil else [0, 0]
+        pads = pads[:2] + [p + e for p, e in zip(pads[2:], extra)]
+        if not any(pads) or (not ceil and pads == _same_pads(shape[2:], kernel, strides)):
+            continue  # unpadded, or onnx2tf's SAME pooling, which ignores the padding as a max-pool must
+        zero = _non_negative(graph, pool.input[0])
+        prefix = f"{pool.name or pool.output[0]}/ExplicitPad"
+        pads_name = f"{prefix}/pads"
+        graph.initializer.append(
+            numpy_helper.from_array(np.asarray([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]], np.int64), pads_name)
+        )
+        padded = f"{prefix}/output"
+        pad = helper.make_node("Pad", [pool.input[0], pads_name], [padded], name=prefix, mode="constant" if zero else "edge")
+        for a in list(pool.attribute):
+            if a.name in ("pads", "ceil_mode", "auto_pad"):
+                pool.attribute.remove(a)
+        pool.input[0] = padded
+        index = list(graph.node).index(pool)
+        graph.node.insert(index, pad)
+        fill = "0 (its input follows a Relu)" if zero else "the edge value"
+        applied.append(
+            f"{pool.name}: MaxPool padding {pads} made an explicit Pad with {fill}, so no -3.4e38 reaches int8 calibration"
+        )
+    return applied
