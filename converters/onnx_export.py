@@ -3,12 +3,17 @@
 Every ONNX file the converter hands to onnx2tf goes through ``prepare_onnx``, whether exported
 here or given by the user: one static (1, 3, H, W) input, (1, K, H, W) logits out, checked by
 ``onnx.checker`` and simplified by onnxsim (which also folds the Shape/Gather/Concat chains that
-make onnx2tf crash on token LayerNorms), then ``onnx_surgery.apply_workarounds``.
+make onnx2tf crash on token LayerNorms), then ``onnx_surgery.apply_workarounds``. While tracing,
+an adaptive average pool whose bins do not divide its input is computed over the same fixed
+windows (``exact_adaptive_pools``), which the exporter otherwise refuses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +53,7 @@ def export_onnx(model: nn.Module, input_size: tuple[int, int], opset: int = 20) 
     x = torch.zeros(1, 3, *input_size)
     buf = io.BytesIO()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), exact_adaptive_pools():
             torch.onnx.export(
                 model,
                 (x,),
@@ -63,6 +68,49 @@ def export_onnx(model: nn.Module, input_size: tuple[int, int], opset: int = 20) 
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"--model: torch.onnx.export failed at opset {opset}: {first[:300]}") from None
     return onnx.load_from_string(buf.getvalue())
+
+
+def _adaptive_bins(size: int, bins: int) -> list[tuple[int, int]]:
+    """PyTorch's adaptive pooling windows: bin i covers [floor(i*size/bins), ceil((i+1)*size/bins))."""
+    return [((i * size) // bins, -(-((i + 1) * size) // bins)) for i in range(bins)]
+
+
+def _fixed_adaptive_avg_pool2d(x: torch.Tensor, output_size) -> torch.Tensor:
+    """adaptive_avg_pool2d for the traced (fixed) size as row means then column means over
+    PyTorch's own windows: Slice/ReduceMean/Concat, which export for any size (the exporter
+    refuses output sizes that do not divide the input's; a mean over a rectangle is the mean of
+    its row means, so the result is the same)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+    oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
+    oh, ow = oh or h, ow or w
+    rows = torch.cat([x[..., a:b, :].mean(dim=-2, keepdim=True) for a, b in _adaptive_bins(h, oh)], dim=-2)
+    return torch.cat([rows[..., a:b].mean(dim=-1, keepdim=True) for a, b in _adaptive_bins(w, ow)], dim=-1)
+
+
+@contextlib.contextmanager
+def exact_adaptive_pools() -> Iterator[None]:
+    """While exporting: ``F.adaptive_avg_pool2d`` whose bins do not divide the input (PSPNet and
+    UPerNet pyramids at small inputs) computed by ``_fixed_adaptive_avg_pool2d``; the others as before."""
+    import torch.nn.functional as F
+
+    original = F.adaptive_avg_pool2d
+
+    def pool(x, output_size):
+        with warnings.catch_warnings():  # the sizes are fixed on purpose: the graph is for one input size
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            h, w = int(x.shape[-2]), int(x.shape[-1])
+        oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
+        if (oh is None or h % oh == 0) and (ow is None or w % ow == 0):
+            return original(x, output_size)
+        return _fixed_adaptive_avg_pool2d(x, output_size)
+
+    F.adaptive_avg_pool2d = pool
+    try:
+        yield
+    finally:
+        F.adaptive_avg_pool2d = original
 
 
 def onnx_input_size(path: str | Path) -> tuple[int, int] | None:

@@ -8,7 +8,11 @@
    int8 and int16x8 do not load (the worker contains the abort); with it all five load and pass.
 4. A bilinear Resize with align_corners at opset 20: onnx2tf resizes with half-pixel centres
    unless ``run_onnx2tf`` hands it opset 17 for that node.
+5. AdaptiveAvgPool2d with bins that do not divide the map does not export; ``exact_adaptive_pools``
+   computes the same windows while tracing.
 """
+
+import contextlib
 
 import numpy as np
 import pytest
@@ -300,3 +304,35 @@ def test_align_corners_resize_needs_opset17_reading(tmp_path):
     assert np.abs(SavedModelRunner(tmp_path / "raw")(x) - ref).max() > 0.01 * scale  # half-pixel centres: wrong
     run_onnx2tf(prepared.model, tmp_path / "ok", sample)
     assert np.abs(SavedModelRunner(tmp_path / "ok")(x) - ref).max() < 1e-4 * scale
+
+
+class PyramidPool(nn.Module):
+    """UPerNet/PSPNet's pyramid pooling on a map the bins do not divide (3x5 into 2x2 and 6x6 bins)."""
+
+    def __init__(self, num_classes=4):
+        super().__init__()
+        self.down = nn.Conv2d(3, 8, 4, stride=4)
+        self.pools = nn.ModuleList([nn.AdaptiveAvgPool2d(1), nn.AdaptiveAvgPool2d(2), nn.AdaptiveAvgPool2d((6, 4))])
+        self.head = nn.Conv2d(32, num_classes, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.down(x))
+        size = y.shape[-2:]
+        pyramid = [y] + [F.interpolate(pool(y), size=size, mode="bilinear", align_corners=False) for pool in self.pools]
+        return F.interpolate(self.head(torch.cat(pyramid, 1)), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def test_adaptive_pool_with_bins_that_do_not_divide_exports_exactly(tmp_path):
+    from seg2tflite.converters import onnx_export
+    from seg2tflite.errors import UserError
+
+    model = _perturbed(PyramidPool())
+    size = (12, 20)  # a 3x5 map
+    real = onnx_export.exact_adaptive_pools
+    onnx_export.exact_adaptive_pools = contextlib.nullcontext
+    try:
+        with pytest.raises(UserError, match="torch.onnx.export failed"):
+            export_onnx(model, size)
+    finally:
+        onnx_export.exact_adaptive_pools = real
+    _onnx_matches_torch(model, size, tmp_path)  # the same windows: ONNX Runtime matches PyTorch's adaptive pools
