@@ -18,6 +18,10 @@ Measured with onnx2tf 1.29.24 (tests/test_convert_surgery.py fails if a rewrite 
   value that gives the same maximum: 0 after a Relu (the input is >= 0), else the edge value
   (every window that covers a padded cell also covers the edge cell it copies, since pad < kernel).
 
+- ``torch.stack(xs).sum(0)`` (smp FPN's merge) exports as Unsqueeze(0) on each input, a Concat
+  along the new axis 0 and a ReduceSum over it: a 5-D tensor whose layout onnx2tf gets wrong.
+  It is rewritten as the plain sum of the inputs (a chain of Adds).
+
 LayerNormalization over tokens (B, N, C) also crashes onnx2tf, but only on an unsimplified graph
 (shapes computed by Shape/Gather/Concat stay unknown); ``onnx_export.simplify`` folds them first.
 """
@@ -37,6 +41,7 @@ def apply_workarounds(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str
     model = onnx.ModelProto.FromString(model.SerializeToString())
     applied = fold_channel_layernorm(model)
     applied += explicit_maxpool_padding(model)
+    applied += stacked_sum_as_adds(model)
     if applied:
         _drop_unused_initializers(model.graph)
         model = onnx.shape_inference.infer_shapes(model)
@@ -249,3 +254,64 @@ def explicit_maxpool_padding(model: onnx.ModelProto) -> list[str]:
             f"{pool.name}: MaxPool padding {pads} made an explicit Pad with {fill}, so no -3.4e38 reaches int8 calibration"
         )
     return applied
+
+
+def _axes(graph: onnx.GraphProto, node: onnx.NodeProto) -> list[int] | None:
+    """The axes of an Unsqueeze/Reduce node: its attribute (older opsets) or its constant second input."""
+    axes = _attr(node, "axes", None)
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        value = _constant(graph, node.input[1])
+        axes = None if value is None else np.asarray(value).reshape(-1).tolist()
+    return None if axes is None else [int(a) for a in axes]
+
+
+def stacked_sum_as_adds(model: onnx.ModelProto) -> list[str]:
+    """Unsqueeze(0) each -> Concat(axis 0) -> ReduceSum(axis 0, keepdims 0)  =>  x0 + x1 + ... ."""
+    graph, applied = model.graph, []
+    while True:
+        users: dict[str, int] = {}
+        for node in graph.node:
+            for name in node.input:
+                users[name] = users.get(name, 0) + 1
+        for out in graph.output:
+            users[out.name] = users.get(out.name, 0) + 1
+        producer = {o: node for node in graph.node for o in node.output}
+        match = None
+        for reduce in graph.node:
+            if reduce.op_type != "ReduceSum" or _axes(graph, reduce) != [0] or _attr(reduce, "keepdims", 1) != 0:
+                continue
+            concat = producer.get(reduce.input[0])
+            if (
+                concat is None
+                or concat.op_type != "Concat"
+                or _attr(concat, "axis", None) != 0
+                or users.get(concat.output[0]) != 1
+            ):
+                continue
+            unsqueezes = [producer.get(name) for name in concat.input]
+            if len(unsqueezes) < 2 or any(
+                u is None or u.op_type != "Unsqueeze" or _axes(graph, u) != [0] or users.get(u.output[0]) != 1 for u in unsqueezes
+            ):
+                continue
+            match = reduce, concat, unsqueezes
+            break
+        if match is None:
+            return applied
+        reduce, concat, unsqueezes = match
+        terms = [u.input[0] for u in unsqueezes]
+        adds, total = [], terms[0]
+        for i, term in enumerate(terms[1:], 1):
+            out = reduce.output[0] if i == len(terms) - 1 else f"{reduce.name}/Add_{i}/output"
+            adds.append(helper.make_node("Add", [total, term], [out], name=f"{reduce.name}/Add_{i}"))
+            total = out
+        gone = {tuple(n.output) for n in (concat, *unsqueezes)}
+        reduce_out = tuple(reduce.output)
+        kept = []
+        for node in graph.node:
+            if tuple(node.output) == reduce_out:
+                kept.extend(adds)  # every term exists by now: the Unsqueezes that read them came earlier
+            elif tuple(node.output) not in gone:
+                kept.append(node)
+        del graph.node[:]
+        graph.node.extend(kept)
+        applied.append(f"{reduce.name}: stack({len(terms)} tensors).sum(0) (a 5-D Concat) rewritten as {len(terms) - 1} Adds")

@@ -170,7 +170,10 @@ def _failure_message(error: BaseException, log: str) -> str:
     lines = [_strip_colors(line).strip() for line in log.splitlines() if "ERROR" in line]
     op = next((line.split("onnx_op_name:", 1)[1].strip() for line in lines if "onnx_op_name:" in line), None)
     text = _strip_colors(str(error)).strip()
-    detail = next((line.strip() for line in text.splitlines() if line.strip() and not line.startswith(("Traceback", "  "))), "")
+    said_lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith(("Traceback", "  "))]
+    if len(said_lines) > 1 and said_lines[0].startswith("Exception encountered when calling layer"):
+        said_lines = said_lines[1:]  # Keras's wrapper line: the next line says what went wrong
+    detail = said_lines[0] if said_lines else ""
     detail = detail[:300] or type(error).__name__
     where = f" at ONNX node {op.replace('wa/', '/', 1)}" if op else ""
     last = _last_meaningful_line(log)
@@ -178,7 +181,11 @@ def _failure_message(error: BaseException, log: str) -> str:
     return f"onnx2tf failed{where}: {detail}{said}"
 
 
-BOILERPLATE = ("Conversion failed", "Re-run with", "The trace log is below", "Traceback", "File ", "raise ", "^")
+BOILERPLATE = (  # onnx2tf's banners and the generic hints it prints after every failure
+    "Conversion failed", "Re-run with", "The trace log is below", "Traceback", "File ", "raise ", "^", "input_onnx_file_path",
+    "onnx_op_name", "Read this and deal with it", "Alternatively, if the input OP", "If the input OP of ONNX",
+    "Also, for models that include",
+)  # fmt: skip
 
 
 def _last_meaningful_line(log: str) -> str:

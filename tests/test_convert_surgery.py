@@ -8,7 +8,8 @@
    int8 and int16x8 do not load (the worker contains the abort); with it all five load and pass.
 4. A bilinear Resize with align_corners at opset 20: onnx2tf resizes with half-pixel centres
    unless ``run_onnx2tf`` hands it opset 17 for that node.
-5. AdaptiveAvgPool2d with bins that do not divide the map does not export; ``exact_adaptive_pools``
+5. ``torch.stack(xs).sum(0)``: onnx2tf fails on the 5-D Concat; ``stacked_sum_as_adds`` adds instead.
+6. AdaptiveAvgPool2d with bins that do not divide the map does not export; ``exact_adaptive_pools``
    computes the same windows while tracing.
 """
 
@@ -336,3 +337,65 @@ def test_adaptive_pool_with_bins_that_do_not_divide_exports_exactly(tmp_path):
     finally:
         onnx_export.exact_adaptive_pools = real
     _onnx_matches_torch(model, size, tmp_path)  # the same windows: ONNX Runtime matches PyTorch's adaptive pools
+
+
+class StackSum(nn.Module):
+    """smp FPN's merge: four maps, three of them upsampled from a coarser one, summed through
+    torch.stack(...).sum(0) (onnx2tf then lays the one that was not resized out as NCHW in the 5-D Concat)."""
+
+    def __init__(self, num_classes=4):
+        super().__init__()
+        self.down = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.branches = nn.ModuleList(
+            [nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.GroupNorm(4, 8), nn.ReLU()) for _ in range(4)]
+        )
+        self.head = nn.Conv2d(8, num_classes, 1)
+
+    def forward(self, x):
+        y = self.down(x)
+        maps = [branch(y) for branch in self.branches]
+        maps = [F.interpolate(F.avg_pool2d(m, 2), scale_factor=2, mode="nearest") for m in maps[:3]] + maps[3:]
+        return F.interpolate(self.head(torch.stack(maps).sum(dim=0)), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def test_stacked_sum_rewritten_as_adds(tmp_path):
+    model = _perturbed(StackSum())
+    prepared = _onnx_matches_torch(model, SIZE, tmp_path)
+    assert [line for line in prepared.rewrites if "stack" in line] == [
+        "/ReduceSum: stack(4 tensors).sum(0) (a 5-D Concat) rewritten as 3 Adds"
+    ]
+    assert not any(n.op_type in ("Concat", "Unsqueeze", "ReduceSum") for n in prepared.model.graph.node)
+    raw = prepare_onnx(export_onnx(model, SIZE), SIZE, "test", rewrites=False)
+    assert {"Concat", "Unsqueeze", "ReduceSum"} <= {n.op_type for n in raw.model.graph.node}
+
+
+@pytest.mark.chain
+def test_stacked_sum_needs_the_rewrite_in_onnx2tf(tmp_path):
+    model = _perturbed(StackSum())
+    sample = np.random.default_rng(0).standard_normal((2, *SIZE, 3)).astype(np.float32)
+    x = sample[:1].transpose(0, 3, 1, 2)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    raw = prepare_onnx(export_onnx(model, SIZE), SIZE, "test", rewrites=False)
+    with pytest.raises(ConversionError, match=r"at ONNX node /Concat: Dimension 0 in both shapes must be equal"):
+        run_onnx2tf(raw.model, tmp_path / "raw", sample)
+    run_onnx2tf(prepare_onnx(export_onnx(model, SIZE), SIZE, "test").model, tmp_path / "ok", sample)
+    assert np.abs(SavedModelRunner(tmp_path / "ok")(x) - ref).max() < 1e-4 * (ref.max() - ref.min())
+
+
+@pytest.mark.chain
+def test_onnx2tf_failure_keeps_its_log_and_names_its_last_word(tmp_path):
+    model = _perturbed(StackSum())
+    with pytest.raises(ConversionError) as failed:
+        convert_model(
+            model,
+            tmp_path / "out",
+            _config(onnx_rewrites=False),
+            *(NoiseDataset("train"), NoiseDataset("val")),
+            log=None,
+            progress=False,
+        )
+    message = str(failed.value)
+    assert "onnx2tf failed at ONNX node /Concat: Dimension 0 in both shapes must be equal" in message
+    assert f"onnx2tf's whole log: {tmp_path / 'out' / 'onnx2tf.log'}" in message and "log above" not in message
+    assert "ConcatV2" in (tmp_path / "out" / "onnx2tf.log").read_text()
