@@ -22,6 +22,13 @@ Measured with onnx2tf 1.29.24 (tests/test_convert_surgery.py fails if a rewrite 
   along the new axis 0 and a ReduceSum over it: a 5-D tensor whose layout onnx2tf gets wrong.
   It is rewritten as the plain sum of the inputs (a chain of Adds).
 
+- ``LayerNormalization`` over the last axis (token norms, (B, N, C)) becomes, through onnx2tf and
+  the TFLite converter, ops int16x8 cannot take: LiteRT has no int16 SQUARED_DIFFERENCE, and a
+  zero bias gets quantization scale 0, which aborts the process on load. It is rewritten the way
+  this project's SegFormer computes its norms: mean and variance as a MatMul with a (C, 1) column
+  of 1/C, ``centred * centred``, ``Reciprocal(Sqrt(var + eps))``, and the affine as a Mul and an Add
+  (each left out when it is the identity: weight all ones, bias all zeros).
+
 LayerNormalization over tokens (B, N, C) also crashes onnx2tf, but only on an unsimplified graph
 (shapes computed by Shape/Gather/Concat stay unknown); ``onnx_export.simplify`` folds them first.
 """
@@ -42,6 +49,7 @@ def apply_workarounds(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str
     applied = fold_channel_layernorm(model)
     applied += explicit_maxpool_padding(model)
     applied += stacked_sum_as_adds(model)
+    applied += token_layernorm_as_matmuls(model)
     if applied:
         _drop_unused_initializers(model.graph)
         model = onnx.shape_inference.infer_shapes(model)
@@ -315,3 +323,47 @@ def stacked_sum_as_adds(model: onnx.ModelProto) -> list[str]:
         del graph.node[:]
         graph.node.extend(kept)
         applied.append(f"{reduce.name}: stack({len(terms)} tensors).sum(0) (a 5-D Concat) rewritten as {len(terms) - 1} Adds")
+
+
+def token_layernorm_as_matmuls(model: onnx.ModelProto) -> list[str]:
+    """LayerNormalization(axis=-1) with constant affine  =>  MatMul means, Mul, Reciprocal(Sqrt), Mul, Add."""
+    graph, applied = model.graph, []
+    for ln in list(graph.node):
+        if ln.op_type != "LayerNormalization" or _attr(ln, "axis", -1) != -1 or len(ln.output) != 1:
+            continue
+        scale = _constant(graph, ln.input[1])
+        has_bias = len(ln.input) > 2 and bool(ln.input[2])
+        bias = _constant(graph, ln.input[2]) if has_bias else None
+        if scale is None or scale.ndim != 1 or (has_bias and bias is None):
+            continue
+        c = scale.size
+        n = lambda tag: f"{ln.name}/{tag}"  # noqa: E731 - names keep the module path for the divergence report
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(np.full((c, 1), 1.0 / c, np.float32), n("average")),
+                numpy_helper.from_array(np.asarray(float(_attr(ln, "epsilon", 1e-5)), np.float32), n("eps")),
+            ]
+        )
+        x, y = ln.input[0], ln.output[0]
+        nodes = [
+            helper.make_node("MatMul", [x, n("average")], [n("mean")], name=n("Mean")),
+            helper.make_node("Sub", [x, n("mean")], [n("centred")], name=n("Sub")),
+            helper.make_node("Mul", [n("centred"), n("centred")], [n("square")], name=n("Square")),
+            helper.make_node("MatMul", [n("square"), n("average")], [n("var")], name=n("Variance")),
+            helper.make_node("Add", [n("var"), n("eps")], [n("var_eps")], name=n("AddEps")),
+            helper.make_node("Sqrt", [n("var_eps")], [n("std")], name=n("Sqrt")),
+            helper.make_node("Reciprocal", [n("std")], [n("inv_std")], name=n("Reciprocal")),
+        ]
+        affine = [("Mul", scale, "weight", 1.0)] + ([("Add", bias, "bias", 0.0)] if bias is not None else [])
+        affine = [(op, value, tag) for op, value, tag, identity in affine if not np.all(value == identity)]
+        current = n("normed")
+        outputs = [n(f"{tag}_out") for _, _, tag in affine[:-1]] + [y] if affine else []
+        nodes.append(helper.make_node("Mul", [n("centred"), n("inv_std")], [current if affine else y], name=n("Normalize")))
+        for (op, value, tag), out in zip(affine, outputs):
+            graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), n(tag)))
+            nodes.append(helper.make_node(op, [current, n(tag)], [out], name=n(f"Affine{op}")))
+            current = out
+        _replace(graph, [ln], nodes)
+        kept = ", ".join(tag for _, _, tag in affine) or "no affine"
+        applied.append(f"{ln.name}: token LayerNorm rewritten with MatMul means and {kept}, so int16x8 can run it")
+    return applied

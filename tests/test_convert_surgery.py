@@ -11,6 +11,8 @@
 5. ``torch.stack(xs).sum(0)``: onnx2tf fails on the 5-D Concat; ``stacked_sum_as_adds`` adds instead.
 6. AdaptiveAvgPool2d with bins that do not divide the map does not export; ``exact_adaptive_pools``
    computes the same windows while tracing.
+7. A token LayerNorm in int16x8: LiteRT aborts on load (zero bias) or has no int16 SQUARED_DIFFERENCE;
+   ``token_layernorm_as_matmuls`` computes it with ops int16x8 runs.
 """
 
 import contextlib
@@ -399,3 +401,24 @@ def test_onnx2tf_failure_keeps_its_log_and_names_its_last_word(tmp_path):
     assert "onnx2tf failed at ONNX node /Concat: Dimension 0 in both shapes must be equal" in message
     assert f"onnx2tf's whole log: {tmp_path / 'out' / 'onnx2tf.log'}" in message and "log above" not in message
     assert "ConcatV2" in (tmp_path / "out" / "onnx2tf.log").read_text()
+
+
+@pytest.mark.chain
+@pytest.mark.parametrize("trained_affine", [False, True], ids=["zero-bias", "random-affine"])
+def test_token_layernorm_int16x8_loads_only_with_the_rewrite(tmp_path, trained_affine):
+    from seg2tflite.converters.isolated import VariantError
+
+    torch.manual_seed(0)
+    model = _perturbed(TokenNet()) if trained_affine else TokenNet().eval()  # a fresh LayerNorm: weight 1, bias 0
+    data = NoiseDataset("train"), NoiseDataset("val")
+    config = ConvertConfig(input_size=SIZE, variants=("float32", "int16x8"), calib_size=8, parity_images=2)
+    result = convert_model(model, tmp_path / "fixed", config, *data, log=None, progress=False)
+    assert result.variant_failures == {} and result.parity.failures == []
+    assert any("token LayerNorm rewritten" in line for line in result.manifest["onnx_rewrites"])
+    assert result.parity.stages["int16x8"].vs_pytorch["argmax_agreement"] >= 0.99
+    raw = ConvertConfig(input_size=SIZE, variants=("int16x8",), calib_size=8, parity_images=2, onnx_rewrites=False)
+    with pytest.raises(VariantError) as failed:
+        convert_model(model, tmp_path / "raw", raw, *data, log=None, progress=False)
+    reason = failed.value.result.variant_failures["int16x8"]["reason"]
+    # zero bias: quantization scale 0, LiteRT aborts on load; otherwise: no int16 SQUARED_DIFFERENCE kernel
+    assert ("SQUARED_DIFFERENCE" in reason) if trained_affine else (reason == "killed by SIGABRT"), reason
