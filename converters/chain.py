@@ -20,7 +20,7 @@ from seg2tflite.calibration.representative import CalibrationSet
 from seg2tflite.converters.checks import check_class_count
 from seg2tflite.converters.config import ConvertConfig
 from seg2tflite.converters.divergence import explain_float_failure
-from seg2tflite.converters.images import ParityImages, calibration_set, parity_images
+from seg2tflite.converters.images import ParityImages, calibration_set, parity_images, resolve_data
 from seg2tflite.converters.isolated import VariantError, VariantFailure, VariantWorker, failure_message
 from seg2tflite.converters.manifest import artifact_hashes, build_manifest, package_versions, write_json
 from seg2tflite.converters.onnx_export import PreparedOnnx, save_onnx
@@ -82,6 +82,7 @@ class Chain:
 
     def run(self, calib_data, parity_data, model_info: dict, command) -> ConvertResult:
         onnx_source = None if self.torch_model is not None else self.model_source
+        calib_data, parity_data = resolve_data(calib_data, parity_data, self.config)
         check_class_count(self.prepared.num_classes, (calib_data, parity_data), onnx_source)
         calib, parity = self.read_data(calib_data, parity_data)
         self.folder.path.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from seg2tflite.calibration.representative import CalibrationSet
 from seg2tflite.converters.chain import Chain, ConvertResult
 from seg2tflite.converters.checks import check_class_count, check_finite_weights
@@ -43,8 +45,8 @@ def convert_model(
     model,
     out_dir: str | Path,
     config: ConvertConfig,
-    calib_data: SegmentationDataset | CalibrationSet,
-    parity_data: SegmentationDataset | None = None,
+    calib_data: SegmentationDataset | CalibrationSet | str | np.ndarray,
+    parity_data: SegmentationDataset | str | None = None,
     *,
     mean: tuple[float, float, float] | None = None,
     std: tuple[float, float, float] | None = None,
@@ -56,7 +58,10 @@ def convert_model(
 ) -> ConvertResult:
     """Convert any PyTorch segmentation module: ``forward(x)`` returns (B, K, H, W) logits, or a
     tuple/dict/object holding them (``outputs.find_logits``; ``config.output_key`` names the key),
-    at input resolution or, with ``config.upsample_logits``, lower.
+    at input resolution or, with ``config.upsample_logits``, lower. ``calib_data`` is a dataset
+    split, a data spec string (``"folder:PATH"``, calibrated from ``config.calib_split``), a
+    ``CalibrationSet`` or a (N, 3, H, W) float32 array of preprocessed images; ``parity_data`` a
+    split or a spec string (its ``val`` split), else parity images come from the calibration data.
 
     The ONNX graph is exported from ``model.to_deploy()`` when the model has one; PyTorch parity
     is measured against ``model`` itself. ``mean``/``std`` default to the model's registry config,

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg2tflite.calibration import calibration_from_array
 from seg2tflite.converters import ConvertConfig, convert_model
 from seg2tflite.converters.outputs import LogitsAdapter, adapt_outputs, choose_output, find_logits
 from seg2tflite.errors import UserError
@@ -96,9 +95,9 @@ def test_torchvision_dict_output_converts(tmp_path):
     model = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=8)
     images = _images()
     batchnorm_from_images(model, images)
-    result = convert_model(
-        model, tmp_path, _float32(images), calibration_from_array(images, "noise", 1), log=None, progress=False
-    )
+    spec = "synthetic:size=64,train=8,val=8"  # data given as a spec string, as on the command line
+    result = convert_model(model, tmp_path, _float32(images), spec, spec, log=None, progress=False)
+    assert result.manifest["parity"]["source"] == "synthetic:val"
     assert result.manifest["model"]["output"]["selected"] == "dict['out']"
     assert result.manifest["model"]["class"].endswith("LRASPP")
     assert result.parity.failures == []
@@ -123,7 +122,7 @@ def test_hugging_face_segformer_low_resolution_logits_upsampled(tmp_path):
     model = small_hf_segformer()
     images = _images()
     config = ConvertConfig(input_size=SIZE, variants=("float32",), parity_images=8, calib_min=1, upsample_logits=True)
-    result = convert_model(model, tmp_path, config, calibration_from_array(images, "noise", 1), log=None, progress=False)
+    result = convert_model(model, tmp_path, config, images, log=None, progress=False)  # a plain array of images
     assert result.manifest["model"]["output"] == {
         "selected": "dict['logits']",
         "logits_size": [16, 16],
