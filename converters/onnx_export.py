@@ -24,7 +24,7 @@ from torch import nn
 from seg2tflite.atomic import atomic_write_bytes
 from seg2tflite.converters.onnx_surgery import apply_workarounds
 from seg2tflite.converters.onnx_to_tf import resize_nodes_read_as_opset17
-from seg2tflite.errors import UserError
+from seg2tflite.errors import UserError, setting
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -66,7 +66,7 @@ def export_onnx(model: nn.Module, input_size: tuple[int, int], opset: int = 20) 
             )
     except Exception as e:  # the exporter's own message says which op failed
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"--model: torch.onnx.export failed at opset {opset}: {first[:300]}") from None
+        raise UserError(f"{setting('--model', 'model')}: torch.onnx.export failed at opset {opset}: {first[:300]}") from None
     return onnx.load_from_string(buf.getvalue())
 
 
@@ -151,13 +151,17 @@ def prepare_onnx(model: onnx.ModelProto, input_size: tuple[int, int] | None, sou
     static_hw = (dims[2], dims[3]) if all(isinstance(d, int) and d > 0 for d in dims[2:]) else None
     if input_size is None:
         if static_hw is None:
-            raise UserError(f"{source}: input {input_name!r} has dynamic dimensions {dims}; pass --input-size H W to fix them")
+            raise UserError(
+                f"{source}: input {input_name!r} has dynamic dimensions {dims}; "
+                f"pass {setting('--input-size H W', 'input_size=(H, W)')} to fix them"
+            )
         input_size = static_hw
     input_size = tuple(int(s) for s in input_size)
     if static_hw is not None and static_hw != input_size:
         raise UserError(
-            f"{source}: input {input_name!r} is fixed to {static_hw[0]}x{static_hw[1]} but --input-size is "
-            f"{input_size[0]}x{input_size[1]}; pass --input-size {static_hw[0]} {static_hw[1]}"
+            f"{source}: input {input_name!r} is fixed to {static_hw[0]}x{static_hw[1]} but {setting('--input-size', 'input_size')} is "
+            f"{input_size[0]}x{input_size[1]}; "
+            f"pass {setting(f'--input-size {static_hw[0]} {static_hw[1]}', f'input_size={static_hw}')}"
         )
     check_ops_carried(model, source)
     model = _fix_input_shape(_simplifiable_ir(model, source), input_name, [1, 3, *input_size])

@@ -24,10 +24,18 @@ Measured with onnx2tf 1.29.24 (tests/test_convert_surgery.py fails if a rewrite 
 
 - ``LayerNormalization`` over the last axis (token norms, (B, N, C)) becomes, through onnx2tf and
   the TFLite converter, ops int16x8 cannot take: LiteRT has no int16 SQUARED_DIFFERENCE, and a
-  zero bias gets quantization scale 0, which aborts the process on load. It is rewritten the way
-  this project's SegFormer computes its norms: mean and variance as a MatMul with a (C, 1) column
-  of 1/C, ``centred * centred``, ``Reciprocal(Sqrt(var + eps))``, and the affine as a Mul and an Add
-  (each left out when it is the identity: weight all ones, bias all zeros).
+  zero bias gets quantization scale 0, which aborts the process on load. It is rewritten as
+  ReduceMean, ``centred * centred``, ReduceMean, ``Reciprocal(Sqrt(var + eps))``, and the affine as
+  a Mul and an Add (each left out when it is the identity: weight all ones, bias all zeros).
+  Means as a MatMul with a (C, 1) column of 1/C (this project's SegFormer computes them as 1x1
+  convolutions) do not work here: the TFLite converter folds ``+ eps`` into the MatMul's bias
+  and merges every norm's equal constants into one tensor with one scale, so int16x8 refuses to
+  load (kernel_util.cc ``scale_diff / output_scale <= 0.02``) and full int8 crashes XNNPACK on
+  load (``double free``, smp and HF SegFormer).
+
+- ``GroupNorm`` (smp FPN's decoder) exports as Reshape to (N, G, L), ``InstanceNormalization``,
+  Reshape back; onnx2tf computes that with SQUARED_DIFFERENCE, which int16x8 cannot run. It is
+  rewritten with the same ReduceMeans as the token LayerNorm.
 
 LayerNormalization over tokens (B, N, C) also crashes onnx2tf, but only on an unsimplified graph
 (shapes computed by Shape/Gather/Concat stay unknown); ``onnx_export.simplify`` folds them first.
@@ -49,7 +57,8 @@ def apply_workarounds(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str
     applied = fold_channel_layernorm(model)
     applied += explicit_maxpool_padding(model)
     applied += stacked_sum_as_adds(model)
-    applied += token_layernorm_as_matmuls(model)
+    applied += token_layernorm_as_means(model)
+    applied += group_norm_as_means(model)
     if applied:
         _drop_unused_initializers(model.graph)
         model = onnx.shape_inference.infer_shapes(model)
@@ -325,8 +334,50 @@ def stacked_sum_as_adds(model: onnx.ModelProto) -> list[str]:
         applied.append(f"{reduce.name}: stack({len(terms)} tensors).sum(0) (a 5-D Concat) rewritten as {len(terms) - 1} Adds")
 
 
-def token_layernorm_as_matmuls(model: onnx.ModelProto) -> list[str]:
-    """LayerNormalization(axis=-1) with constant affine  =>  MatMul means, Mul, Reciprocal(Sqrt), Mul, Add."""
+def _reduce_mean_last(opset: int, x: str, y: str, name: str) -> onnx.NodeProto:
+    if opset >= 18:
+        return helper.make_node("ReduceMean", [x, f"{name}/axes"], [y], name=name, keepdims=1)
+    return helper.make_node("ReduceMean", [x], [y], name=name, axes=[-1], keepdims=1)
+
+
+def _last_axis_norm(model: onnx.ModelProto, node: onnx.NodeProto, affine: list) -> list[onnx.NodeProto]:
+    """Nodes computing ``node``'s normalisation over the last axis: ReduceMean, ``centred * centred``,
+    ReduceMean, ``Reciprocal(Sqrt(var + eps))``, then the ``affine`` ops ``(op, value, tag)`` that
+    are not the identity; names keep ``node``'s module path."""
+    graph, opset = model.graph, _opset(model)
+    n = lambda tag: f"{node.name}/{tag}"  # noqa: E731 - names keep the module path for the divergence report
+    graph.initializer.append(numpy_helper.from_array(np.asarray(float(_attr(node, "epsilon", 1e-5)), np.float32), n("eps")))
+    if opset >= 18:
+        graph.initializer.extend(
+            numpy_helper.from_array(np.asarray([-1], np.int64), n(f"{tag}/axes")) for tag in ("Mean", "Variance")
+        )
+    x, y = node.input[0], node.output[0]
+    nodes = [
+        _reduce_mean_last(opset, x, n("mean"), n("Mean")),
+        helper.make_node("Sub", [x, n("mean")], [n("centred")], name=n("Sub")),
+        helper.make_node("Mul", [n("centred"), n("centred")], [n("square")], name=n("Square")),
+        _reduce_mean_last(opset, n("square"), n("var"), n("Variance")),
+        helper.make_node("Add", [n("var"), n("eps")], [n("var_eps")], name=n("AddEps")),
+        helper.make_node("Sqrt", [n("var_eps")], [n("std")], name=n("Sqrt")),
+        helper.make_node("Reciprocal", [n("std")], [n("inv_std")], name=n("Reciprocal")),
+    ]
+    current = n("normed")
+    outputs = [n(f"{tag}_out") for _, _, tag in affine[:-1]] + [y] if affine else []
+    nodes.append(helper.make_node("Mul", [n("centred"), n("inv_std")], [current if affine else y], name=n("Normalize")))
+    for (op, value, tag), out in zip(affine, outputs):
+        graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), n(tag)))
+        nodes.append(helper.make_node(op, [current, n(tag)], [out], name=n(f"Affine{op}")))
+        current = out
+    return nodes
+
+
+def _non_identity(scale: np.ndarray, bias: np.ndarray | None) -> list:
+    affine = [("Mul", scale, "weight", 1.0)] + ([("Add", bias, "bias", 0.0)] if bias is not None else [])
+    return [(op, value, tag) for op, value, tag, identity in affine if not np.all(value == identity)]
+
+
+def token_layernorm_as_means(model: onnx.ModelProto) -> list[str]:
+    """LayerNormalization(axis=-1) with constant affine  =>  ReduceMeans, Mul, Reciprocal(Sqrt), Mul, Add."""
     graph, applied = model.graph, []
     for ln in list(graph.node):
         if ln.op_type != "LayerNormalization" or _attr(ln, "axis", -1) != -1 or len(ln.output) != 1:
@@ -336,34 +387,37 @@ def token_layernorm_as_matmuls(model: onnx.ModelProto) -> list[str]:
         bias = _constant(graph, ln.input[2]) if has_bias else None
         if scale is None or scale.ndim != 1 or (has_bias and bias is None):
             continue
-        c = scale.size
-        n = lambda tag: f"{ln.name}/{tag}"  # noqa: E731 - names keep the module path for the divergence report
-        graph.initializer.extend(
-            [
-                numpy_helper.from_array(np.full((c, 1), 1.0 / c, np.float32), n("average")),
-                numpy_helper.from_array(np.asarray(float(_attr(ln, "epsilon", 1e-5)), np.float32), n("eps")),
-            ]
-        )
-        x, y = ln.input[0], ln.output[0]
-        nodes = [
-            helper.make_node("MatMul", [x, n("average")], [n("mean")], name=n("Mean")),
-            helper.make_node("Sub", [x, n("mean")], [n("centred")], name=n("Sub")),
-            helper.make_node("Mul", [n("centred"), n("centred")], [n("square")], name=n("Square")),
-            helper.make_node("MatMul", [n("square"), n("average")], [n("var")], name=n("Variance")),
-            helper.make_node("Add", [n("var"), n("eps")], [n("var_eps")], name=n("AddEps")),
-            helper.make_node("Sqrt", [n("var_eps")], [n("std")], name=n("Sqrt")),
-            helper.make_node("Reciprocal", [n("std")], [n("inv_std")], name=n("Reciprocal")),
-        ]
-        affine = [("Mul", scale, "weight", 1.0)] + ([("Add", bias, "bias", 0.0)] if bias is not None else [])
-        affine = [(op, value, tag) for op, value, tag, identity in affine if not np.all(value == identity)]
-        current = n("normed")
-        outputs = [n(f"{tag}_out") for _, _, tag in affine[:-1]] + [y] if affine else []
-        nodes.append(helper.make_node("Mul", [n("centred"), n("inv_std")], [current if affine else y], name=n("Normalize")))
-        for (op, value, tag), out in zip(affine, outputs):
-            graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), n(tag)))
-            nodes.append(helper.make_node(op, [current, n(tag)], [out], name=n(f"Affine{op}")))
-            current = out
-        _replace(graph, [ln], nodes)
+        affine = _non_identity(scale, bias)
+        _replace(graph, [ln], _last_axis_norm(model, ln, affine))
         kept = ", ".join(tag for _, _, tag in affine) or "no affine"
-        applied.append(f"{ln.name}: token LayerNorm rewritten with MatMul means and {kept}, so int16x8 can run it")
+        applied.append(f"{ln.name}: token LayerNorm rewritten with ReduceMeans and {kept}, so int16x8 can run it")
     return applied
+
+
+def group_norm_as_means(model: onnx.ModelProto) -> list[str]:
+    """InstanceNormalization of a (N, G, L) tensor (how PyTorch exports GroupNorm: Reshape, this,
+    Reshape back, then the affine)  =>  the same ReduceMean norm over L, per-group affine as (G, 1)."""
+    graph, applied = model.graph, []
+    shapes = _static_shapes(model)
+    for norm in list(graph.node):
+        if norm.op_type != "InstanceNormalization":
+            continue
+        shape = shapes.get(norm.input[0])
+        scale, bias = _constant(graph, norm.input[1]), _constant(graph, norm.input[2])
+        if shape is None or len(shape) != 3 or scale is None or bias is None or shape[-1] < 2:
+            continue
+        affine = [(op, value.reshape(-1, 1), tag) for op, value, tag in _non_identity(scale, bias)]
+        _replace(graph, [norm], _last_axis_norm(model, norm, affine))
+        applied.append(f"{norm.name}: GroupNorm's InstanceNormalization rewritten with ReduceMeans, so int16x8 can run it")
+    return applied
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """Every value's shape where shape inference knows all of it."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {}
+    for value in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        if dims and all(d for d in dims):
+            shapes[value.name] = dims
+    return shapes

@@ -26,7 +26,7 @@ from seg2tflite.converters.outputs import adapt_outputs
 from seg2tflite.converters.stages import ConversionDir
 from seg2tflite.data.base import SegmentationDataset
 from seg2tflite.data.preprocess import Preprocess
-from seg2tflite.errors import UserError
+from seg2tflite.errors import UserError, setting
 
 
 def _log_default(message: str) -> None:
@@ -151,7 +151,7 @@ def convert_registered(
     try:
         get_model_config(name)
     except KeyError as e:
-        raise UserError(f"--model: {e.args[0]}") from None
+        raise UserError(f"{setting('--model', 'name')}: {e.args[0]}") from None
     check_input_size(name, config.input_size)
     if checkpoint is not None and num_classes is None:
         from seg2tflite.models.checkpoint import read_checkpoint_config

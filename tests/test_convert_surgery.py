@@ -12,7 +12,9 @@
 6. AdaptiveAvgPool2d with bins that do not divide the map does not export; ``exact_adaptive_pools``
    computes the same windows while tracing.
 7. A token LayerNorm in int16x8: LiteRT aborts on load (zero bias) or has no int16 SQUARED_DIFFERENCE;
-   ``token_layernorm_as_matmuls`` computes it with ops int16x8 runs.
+   ``token_layernorm_as_means`` computes it with ops int16x8 runs.
+8. GroupNorm (InstanceNormalization on (N, G, L)) in int16x8: no int16 SQUARED_DIFFERENCE;
+   ``group_norm_as_means`` computes it with ops int16x8 runs.
 """
 
 import contextlib
@@ -403,22 +405,43 @@ def test_onnx2tf_failure_keeps_its_log_and_names_its_last_word(tmp_path):
     assert "ConcatV2" in (tmp_path / "out" / "onnx2tf.log").read_text()
 
 
+class GroupNormNet(nn.Module):
+    """Conv -> GroupNorm (exported as Reshape, InstanceNormalization, Reshape) -> head, as in smp FPN."""
+
+    def __init__(self, num_classes=4):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.norm = nn.GroupNorm(4, 16)
+        self.head = nn.Conv2d(16, num_classes, 1)
+
+    def forward(self, x):
+        y = self.head(torch.relu(self.norm(self.stem(x))))
+        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+NORMS_IN_INT16X8 = {  # model, the manifest's rewrite line, why int16x8 fails without the rewrite
+    "token-zero-bias": (TokenNet, False, "token LayerNorm rewritten", "killed by SIGABRT"),  # bias 0: scale 0, abort on load
+    "token-random-affine": (TokenNet, True, "token LayerNorm rewritten", "SQUARED_DIFFERENCE"),  # no int16 kernel
+    "groupnorm": (GroupNormNet, True, "GroupNorm's InstanceNormalization rewritten", "SQUARED_DIFFERENCE"),
+}
+
+
 @pytest.mark.chain
-@pytest.mark.parametrize("trained_affine", [False, True], ids=["zero-bias", "random-affine"])
-def test_token_layernorm_int16x8_loads_only_with_the_rewrite(tmp_path, trained_affine):
+@pytest.mark.parametrize("case", list(NORMS_IN_INT16X8))
+def test_norms_int16x8_load_only_with_the_rewrite(tmp_path, case):
     from seg2tflite.converters.isolated import VariantError
 
+    build, trained_affine, rewrite, failure = NORMS_IN_INT16X8[case]
     torch.manual_seed(0)
-    model = _perturbed(TokenNet()) if trained_affine else TokenNet().eval()  # a fresh LayerNorm: weight 1, bias 0
+    model = _perturbed(build()) if trained_affine else build().eval()  # a fresh norm: weight 1, bias 0
     data = NoiseDataset("train"), NoiseDataset("val")
     config = ConvertConfig(input_size=SIZE, variants=("float32", "int16x8"), calib_size=8, parity_images=2)
     result = convert_model(model, tmp_path / "fixed", config, *data, log=None, progress=False)
     assert result.variant_failures == {} and result.parity.failures == []
-    assert any("token LayerNorm rewritten" in line for line in result.manifest["onnx_rewrites"])
+    assert any(rewrite in line for line in result.manifest["onnx_rewrites"])
     assert result.parity.stages["int16x8"].vs_pytorch["argmax_agreement"] >= 0.99
     raw = ConvertConfig(input_size=SIZE, variants=("int16x8",), calib_size=8, parity_images=2, onnx_rewrites=False)
     with pytest.raises(VariantError) as failed:
         convert_model(model, tmp_path / "raw", raw, *data, log=None, progress=False)
     reason = failed.value.result.variant_failures["int16x8"]["reason"]
-    # zero bias: quantization scale 0, LiteRT aborts on load; otherwise: no int16 SQUARED_DIFFERENCE kernel
-    assert ("SQUARED_DIFFERENCE" in reason) if trained_affine else (reason == "killed by SIGABRT"), reason
+    assert failure in reason, reason

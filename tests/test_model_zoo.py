@@ -40,6 +40,7 @@ WORKAROUND_LABELS = {  # the zoo table's name for each rewrite, by a phrase of i
     "align_corners Resize": "Resize with align_corners",
     "stack().sum(0) as Adds": ".sum(0) (a 5-D Concat)",
     "token LayerNorm": "token LayerNorm",
+    "GroupNorm": "GroupNorm's InstanceNormalization",
 }
 
 
