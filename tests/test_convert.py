@@ -243,3 +243,29 @@ def test_float64_noise_floor_of_a_smooth_model_is_rounding_only():
     floor = float64_noise_floor(model, images)
     assert 0 < floor["max_abs_over_range"] < 1e-5
     assert next(model.parameters()).dtype == torch.float32  # measured on a copy
+
+
+SCRIPT_WITHOUT_GUARD = """
+import sys
+sys.path.insert(0, {tests!r})
+from small_chain import SIZE, BlobDataset, small_model
+from seg2tflite.converters import ConvertConfig, convert_model
+print("script body runs", flush=True)
+config = ConvertConfig(input_size=SIZE, variants=("float32",), calib_size=8, parity_images=2)
+result = convert_model(small_model(), {out!r}, config, BlobDataset("train"), BlobDataset("val"), log=None, progress=False)
+print("converted", sorted(result.artifacts))
+"""
+
+
+def test_a_script_without_main_guard_converts_once(tmp_path):
+    """The variant worker is a spawned process; it must not run the user's script again."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "convert_mine.py"
+    script.write_text(SCRIPT_WITHOUT_GUARD.format(tests=str(Path(__file__).parent), out=str(tmp_path / "out")))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("script body runs") == 1 and "converted" in done.stdout, done.stdout
+    assert (tmp_path / "out" / "model_float32.tflite").stat().st_size > 0
