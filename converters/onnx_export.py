@@ -43,17 +43,20 @@ class PreparedOnnx:
     rewrites: list[str] = field(default_factory=list)
 
 
-def export_onnx(model: nn.Module, input_size: tuple[int, int], opset: int = 20) -> onnx.ModelProto:
+def export_onnx(
+    model: nn.Module, input_size: tuple[int, int], opset: int = 20, notes: list[str] | None = None
+) -> onnx.ModelProto:
     """Trace ``model`` (already in deploy form) to ONNX with torch.onnx.export(dynamo=False).
 
     The TorchScript exporter names nodes after module paths (``/decoder/fuse/Conv``), which is
-    what lets a divergence be named back to its PyTorch module.
+    what lets a divergence be named back to its PyTorch module. ``notes`` receives one line per
+    export-time rewrite (for the manifest).
     """
     model = model.eval()
     x = torch.zeros(1, 3, *input_size)
     buf = io.BytesIO()
     try:
-        with torch.no_grad(), exact_adaptive_pools():
+        with torch.no_grad(), exact_adaptive_pools(notes):
             torch.onnx.export(
                 model,
                 (x,),
@@ -90,9 +93,10 @@ def _fixed_adaptive_avg_pool2d(x: torch.Tensor, output_size) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def exact_adaptive_pools() -> Iterator[None]:
+def exact_adaptive_pools(notes: list[str] | None = None) -> Iterator[None]:
     """While exporting: ``F.adaptive_avg_pool2d`` whose bins do not divide the input (PSPNet and
-    UPerNet pyramids at small inputs) computed by ``_fixed_adaptive_avg_pool2d``; the others as before."""
+    UPerNet pyramids at small inputs) computed by ``_fixed_adaptive_avg_pool2d``, each noted in
+    ``notes``; the others as before."""
     import torch.nn.functional as F
 
     original = F.adaptive_avg_pool2d
@@ -104,6 +108,8 @@ def exact_adaptive_pools() -> Iterator[None]:
         oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
         if (oh is None or h % oh == 0) and (ow is None or w % ow == 0):
             return original(x, output_size)
+        if notes is not None:
+            notes.append(f"AdaptiveAvgPool2d {h}x{w} -> {oh}x{ow}: bins that do not divide the input exported as fixed windows")
         return _fixed_adaptive_avg_pool2d(x, output_size)
 
     F.adaptive_avg_pool2d = pool

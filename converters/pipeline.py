@@ -81,8 +81,10 @@ def convert_model(
     deploy = deploy_form(model).eval()
     classes = {"class": _class_name(model), "deploy_class": _class_name(deploy)}
     model, deploy, output = adapt_outputs(model, deploy, config.input_size, config.output_key, config.upsample_logits)
-    exported = export_onnx(deploy, config.input_size, config.opset)
+    export_notes: list[str] = []
+    exported = export_onnx(deploy, config.input_size, config.opset, export_notes)
     prepared = prepare_onnx(exported, config.input_size, f"{classes['class'].rsplit('.', 1)[1]} (exported)", config.onnx_rewrites)
+    prepared.rewrites[:0] = export_notes
     seconds["onnx_export"] = time.perf_counter() - t
     info = {
         **classes,

@@ -341,6 +341,9 @@ def test_adaptive_pool_with_bins_that_do_not_divide_exports_exactly(tmp_path):
     finally:
         onnx_export.exact_adaptive_pools = real
     _onnx_matches_torch(model, size, tmp_path)  # the same windows: ONNX Runtime matches PyTorch's adaptive pools
+    notes = []
+    export_onnx(model, size, notes=notes)
+    assert notes and all(note.startswith("AdaptiveAvgPool2d 3x5 -> ") for note in notes), notes  # for the manifest
 
 
 class StackSum(nn.Module):

@@ -41,6 +41,7 @@ WORKAROUND_LABELS = {  # the zoo table's name for each rewrite, by a phrase of i
     "stack().sum(0) as Adds": ".sum(0) (a 5-D Concat)",
     "token LayerNorm": "token LayerNorm",
     "GroupNorm": "GroupNorm's InstanceNormalization",
+    "fixed adaptive pools": "AdaptiveAvgPool2d",
 }
 
 
