@@ -19,7 +19,7 @@ from seg2tflite.atomic import atomic_write_bytes, atomic_write_text, private_tem
 from seg2tflite.calibration.representative import CalibrationSet
 from seg2tflite.converters.checks import check_class_count
 from seg2tflite.converters.config import ConvertConfig
-from seg2tflite.converters.divergence import explain_float_failure
+from seg2tflite.converters.divergence import explain_float16_failure, explain_float_failure
 from seg2tflite.converters.images import ParityImages, calibration_set, parity_images, resolve_data
 from seg2tflite.converters.isolated import VariantError, VariantFailure, VariantWorker, failure_message
 from seg2tflite.converters.manifest import artifact_hashes, build_manifest, package_versions, write_json
@@ -254,9 +254,19 @@ class Chain:
         self.seconds["parity"] = time.perf_counter() - t
         if config.locate_divergence:
             t = time.perf_counter()
-            report.divergence = explain_float_failure(
+            found = explain_float_failure(
                 report, self.prepared.model, sample[:1], self.deploy_model, config, self.log, parity.images
             )
+            if "float16" in runners:
+                half = explain_float16_failure(report, self.prepared.model, runners["float16"], parity.images, config)
+                if found and half:
+                    found = {
+                        **found,
+                        "summary": f"{found['summary']}. And {half['summary']}",
+                        "float16_weights": half["float16_weights"],
+                    }
+                found = found or half
+            report.divergence = found
             if report.divergence is not None:
                 self.seconds["divergence"] = time.perf_counter() - t
         write_json(self.folder.parity_path, report.to_dict())

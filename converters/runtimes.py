@@ -82,7 +82,7 @@ class TorchRunner:
 class OnnxRunner:
     name = "onnx"
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path | bytes, threads: int | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -90,7 +90,8 @@ class OnnxRunner:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        model = path if isinstance(path, bytes) else str(path)  # a path, or a serialized model
+        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.batch = self.session.get_inputs()[0].shape[0]
 

@@ -16,7 +16,13 @@ MAX_CLASSES = 255  # masks hold 8-bit class indices and 255 marks ignored pixels
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Adds "(default: X)" to an option's help, unless its help already says what the default is
+    or there is none to show (a None default means "decided later", and the help says by what)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 class UsageError(UserError):

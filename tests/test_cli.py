@@ -1,6 +1,7 @@
 """The command line: help for every subcommand, and one clear line for bad input."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,9 @@ def test_every_subcommand_has_help_with_defaults(command, capsys):
     assert "usage: seg2tflite" in text
     if "--seed" in text:
         assert "(default:" in text
+    assert "(default: None)" not in text
+    flat = " ".join(text.split())  # argparse wraps help lines
+    assert not re.search(r"default: [^()]*\) \(default:", flat), "an option's help names its default twice"
 
 
 def _error_line(capsys) -> str:

@@ -211,3 +211,89 @@ def test_builtin_kernels_disagreeing_with_xnnpack_fail_the_variant():
     report = measure_parity(f32, _images(), None, K, progress=False, builtin={"float32": _runner(wrong)})
     failures = apply_gates(report, _config())
     assert failures and failures[0].startswith("float32@builtin: argmax agreement with XNNPACK")
+
+
+def test_a_float_file_that_only_the_builtin_kernels_compute_differently_is_named_so():
+    """Seen on the demo's trained SegNet: XNNPACK matches PyTorch to 9e-6, the builtin kernels move a
+    few values across tied unpooling windows. The explanation names the kernels, not the converter."""
+    from seg2tflite.converters.divergence import explain_float_failure
+
+    size = (32, 32)
+    ref = np.random.default_rng(0).standard_normal((2, K, *size)).astype(np.float32) * 4
+    images = np.stack([np.full((3, *size), i, np.float32) for i in range(2)])
+    spiked = ref.copy()
+    spiked[0, spiked[0, :, 1, 1].argmax(), 1, 1] += 5.0
+    runners = {"pytorch": _runner(ref), "onnx": _runner(ref), "saved_model": _runner(ref), "float32": _runner(ref)}
+    report = measure_parity(runners, images, None, K, progress=False, builtin={"float32": _runner(spiked)})
+    assert apply_gates(report, _config())[0].startswith("float32@builtin:")
+    summary = explain_float_failure(report, None, None, None, _config(), print)["summary"]
+    assert "matches PyTorch under XNNPACK" in summary and "builtin kernels" in summary and "discontinuous op" in summary
+    assert "TF -> TFLite converter" not in summary
+    smeared = np.random.default_rng(1).standard_normal(ref.shape).astype(np.float32)
+    report = measure_parity(runners, images, None, K, progress=False, builtin={"float32": _runner(smeared)})
+    apply_gates(report, _config())
+    summary = explain_float_failure(report, None, None, None, _config(), print)["summary"]
+    assert "kernel difference in LiteRT" in summary and "discontinuous" not in summary
+
+
+class _Discontinuous:
+    """A conv whose logits jump where its two channels are near-tied, the jump spread over 5x5
+    pixels by the next conv (SegNet's unpooling and decoder, in two ops)."""
+
+    @staticmethod
+    def onnx_model():
+        import io
+
+        import onnx
+        import torch
+
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                torch.manual_seed(0)
+                self.conv = torch.nn.Conv2d(3, 2, 3, padding=1)
+                self.spread = torch.nn.Conv2d(2, 2, 5, padding=2, groups=2)
+                with torch.no_grad():  # the two channels near-tied everywhere
+                    self.conv.weight[1] = self.conv.weight[0] + 1e-3 * torch.randn_like(self.conv.weight[0])
+                    self.conv.bias[1] = self.conv.bias[0]
+
+            def forward(self, x):
+                y = self.conv(x)
+                jump = (y[:, :1] > y[:, 1:]).float() * 10.0
+                return self.spread(torch.cat([y[:, :1] + jump, y[:, 1:]], 1))
+
+        buffer = io.BytesIO()
+        torch.onnx.export(Net().eval(), torch.zeros(1, 3, 64, 64), buffer, opset_version=17, dynamo=False)
+        return onnx.load_from_string(buffer.getvalue())
+
+
+def test_a_float16_file_that_is_the_model_with_float16_weights_is_named_so():
+    """Seen on the demo's trained SegNet: float16 breaks its outlier gate, and the file equals the
+    model with float16-rounded weights. A file that also shifts a bias is named a conversion error."""
+    import onnx
+    from onnx import numpy_helper
+
+    from seg2tflite.converters.divergence import explain_float16_failure, float16_weights
+    from seg2tflite.converters.runtimes import OnnxRunner
+
+    model = _Discontinuous.onnx_model()
+    images = np.random.default_rng(0).standard_normal((8, 3, 64, 64)).astype(np.float32)
+    exact, as_float16 = OnnxRunner(model.SerializeToString()), OnnxRunner(float16_weights(model))
+    report = measure_parity({"pytorch": exact, "float16": as_float16}, images, None, 2, progress=False)
+    assert any(f.startswith("float16:") for f in apply_gates(report, _config()))  # the jumps move with the rounding
+    found = explain_float16_failure(report, model, as_float16, images, _config())
+    assert found["stage"] == "float16" and "model's own response to float16 weights" in found["summary"]
+    assert found["float16_weights"]["max_abs"] < 1e-5
+
+    shifted = onnx.ModelProto.FromString(float16_weights(model))
+    bias = next(t for t in shifted.graph.initializer if numpy_helper.to_array(t).shape == (2,))
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + np.float32(0.5), bias.name))
+    wrong = OnnxRunner(shifted.SerializeToString())
+    report = measure_parity({"pytorch": exact, "float16": wrong}, images, None, 2, progress=False)
+    apply_gates(report, _config())
+    assert (
+        "changed more than the weights' precision" in explain_float16_failure(report, model, wrong, images, _config())["summary"]
+    )
+    report = measure_parity({"pytorch": exact, "float16": exact}, images, None, 2, progress=False)
+    apply_gates(report, _config())
+    assert explain_float16_failure(report, model, exact, images, _config()) is None

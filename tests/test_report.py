@@ -200,6 +200,15 @@ def test_a_stage_on_fewer_images_is_compared_on_those_images(measured, tmp_path)
     assert f"| {100 * (q.miou - on_two):+.2f} |" in line
     summary = (out / "summary.md").read_text()
     assert "| TFLite int16x8 (first 2 images) |" in summary
+    # The trade-off plot puts it at PyTorch's test mIoU plus its Δ, not at its mIoU on 2 images.
+    from seg2tflite.eval.plots import plotted_miou
+    from seg2tflite.eval.record import load_record
+    from seg2tflite.eval.report import table_rows
+
+    table = {r["stage"]: r for r in table_rows(load_record(tmp_path))}
+    expected = round(100 * pt.miou, 2) + round(100 * (q.miou - on_two), 2)
+    assert plotted_miou(table["int16x8"], table["pytorch"]) == pytest.approx(expected, abs=0.011)
+    assert plotted_miou(table["pytorch"], table["pytorch"]) == table["pytorch"]["miou_pct"]
 
 
 def test_sizes_of_files_and_folders(tmp_path):
