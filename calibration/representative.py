@@ -17,7 +17,7 @@ from tqdm import tqdm
 from seg2tflite.calibration.select import STRATEGIES, select_calibration, select_random
 from seg2tflite.data.base import SegmentationDataset
 from seg2tflite.data.preprocess import Preprocess
-from seg2tflite.errors import UserError
+from seg2tflite.errors import UserError, setting
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def check_disjoint(calib: SegmentationDataset, evaluate: SegmentationDataset) ->
     """Calibrating and evaluating on the same images would flatter the quantized models."""
     if calib is evaluate or dataset_source(calib) == dataset_source(evaluate):
         raise UserError(
-            f"--calib-data: {dataset_source(calib)} is also the evaluation split; "
+            f"{setting('--calib-data', 'calib_data')}: {dataset_source(calib)} is also the evaluation split; "
             "calibrate on another split (e.g. train) than the one you evaluate on"
         )
 
@@ -98,7 +98,7 @@ def build_calibration_set(
             f"minimum {min_size}; give a larger split"
         )
     if strategy not in STRATEGIES:
-        raise UserError(f"--calib-strategy: {strategy!r} is not one of {', '.join(STRATEGIES)}")
+        raise UserError(f"{setting('--calib-strategy', 'strategy')}: {strategy!r} is not one of {', '.join(STRATEGIES)}")
     if strategy == "random":
         indices = select_random(dataset, size, seed=seed, exclude=exclude)
     else:

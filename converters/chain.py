@@ -23,12 +23,12 @@ from seg2tflite.converters.checks import check_class_count
 from seg2tflite.converters.config import ConvertConfig
 from seg2tflite.converters.divergence import explain_float16_failure, explain_float_failure
 from seg2tflite.converters.gpu_check import gpu_compatibility, gpu_line
-from seg2tflite.converters.images import ParityImages, calibration_set, parity_images
+from seg2tflite.converters.images import ParityImages, calibration_set, parity_images, resolve_data
 from seg2tflite.converters.isolated import VariantError, VariantFailure, VariantWorker, failure_message
 from seg2tflite.converters.manifest import artifact_hashes, build_manifest, package_versions, write_json
 from seg2tflite.converters.metadata import ModelMetadata, class_labels, model_metadata
 from seg2tflite.converters.onnx_export import PreparedOnnx, save_onnx
-from seg2tflite.converters.onnx_to_tf import onnx_to_saved_model
+from seg2tflite.converters.onnx_to_tf import ConversionError, onnx_to_saved_model
 from seg2tflite.converters.ops import OpReport, check_builtins_only, op_report
 from seg2tflite.converters.parity import ParityError, ParityReport, apply_gates, format_table, measure_parity, raise_on_failure
 from seg2tflite.converters.resume import StageCache, stage_key
@@ -95,6 +95,7 @@ class Chain:
 
     def run(self, calib_data, parity_data, model_info: dict, command) -> ConvertResult:
         onnx_source = None if self.torch_model is not None else self.model_source
+        calib_data, parity_data = resolve_data(calib_data, parity_data, self.config)
         check_class_count(self.prepared.num_classes, (calib_data, parity_data), onnx_source)
         calib, parity = self.read_data(calib_data, parity_data)
         if self.config.metadata:
@@ -186,7 +187,11 @@ class Chain:
         if self.cache.fresh("saved_model", key):
             self.log(f"saved_model: unchanged since the last run, kept ({path})")
         else:
-            path, onnx2tf_log = onnx_to_saved_model(self.prepared.model, path, samples)
+            try:
+                path, onnx2tf_log = onnx_to_saved_model(self.prepared.model, path, samples, workarounds=self.config.onnx_rewrites)
+            except ConversionError as e:  # its log stays in the folder, named in the one line
+                atomic_write_text(self.folder / ONNX2TF_LOG, e.log)
+                raise ConversionError(f"{e}; onnx2tf's whole log: {self.folder / ONNX2TF_LOG}", e.log) from None
             atomic_write_text(self.folder / ONNX2TF_LOG, onnx2tf_log)
             self.cache.record("saved_model", key, [path.name, ONNX2TF_LOG])
             self.seconds["onnx2tf"] = time.perf_counter() - t

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from seg2tflite.converters.onnx_export import load_onnx
 from seg2tflite.data.base import describe_data
-from seg2tflite.errors import UserError
+from seg2tflite.errors import UserError, on_command_line, setting
 
 
 def check_class_count(num_classes: int, datasets, onnx_source: str | None = None) -> None:
@@ -19,11 +19,18 @@ def check_class_count(num_classes: int, datasets, onnx_source: str | None = None
         if onnx_source is not None:
             raise UserError(
                 f"{onnx_source}: the ONNX model predicts {num_classes} classes but {describe_data(data)} has "
-                f"{dataset_classes}; calibrate on the data it was trained for (--calib-data with {num_classes} classes)"
+                f"{dataset_classes}; calibrate on the data it was trained for "
+                f"({setting('--calib-data', 'calib_data')} with {num_classes} classes)"
+            )
+        if on_command_line():
+            raise UserError(
+                f"--num-classes: the model predicts {num_classes} classes but {describe_data(data)} has "
+                f"{dataset_classes}; pass --num-classes {dataset_classes} (or a checkpoint with that head)"
             )
         raise UserError(
-            f"--num-classes: the model predicts {num_classes} classes but {describe_data(data)} has "
-            f"{dataset_classes}; pass --num-classes {dataset_classes} (or a checkpoint with that head)"
+            f"model: it predicts {num_classes} classes but {describe_data(data)} has {dataset_classes}; give it a "
+            f"{dataset_classes}-class head (num_classes={dataset_classes} for a registry model) or calibrate on data "
+            f"with {num_classes} classes"
         )
 
 
@@ -35,7 +42,7 @@ def check_finite_weights(model) -> None:
     bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
     if bad:
         raise UserError(
-            f"--checkpoint: the model's weights hold NaN or Inf in {len(bad)} tensors ({', '.join(bad[:3])}"
+            f"{setting('--checkpoint', 'model')}: the model's weights hold NaN or Inf in {len(bad)} tensors ({', '.join(bad[:3])}"
             f"{' ...' if len(bad) > 3 else ''}); the checkpoint is broken (e.g. training diverged), so there is nothing to convert"
         )
 
@@ -51,5 +58,8 @@ def resolve_onnx_input_size(onnx_path: str | Path, input_size: tuple[int, int] |
         model = load_onnx(onnx_path)
         graph_input = model.graph.input[0]
         dims = [d.dim_value or d.dim_param or "?" for d in graph_input.type.tensor_type.shape.dim]
-        raise UserError(f"{onnx_path}: input {graph_input.name!r} has dynamic dimensions {dims}; pass --input-size H W")
+        raise UserError(
+            f"{onnx_path}: input {graph_input.name!r} has dynamic dimensions {dims}; "
+            f"pass {setting('--input-size H W', 'input_size=(H, W)')}"
+        )
     return size

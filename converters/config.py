@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 from seg2tflite.converters.app_io import INPUTS, OUTPUTS
 from seg2tflite.converters.stages import CALIBRATED_VARIANTS, VARIANTS
-from seg2tflite.errors import UserError
+from seg2tflite.errors import UserError, setting
 
 
 @dataclass(frozen=True)
@@ -40,32 +40,41 @@ class ConvertConfig:
     locate_divergence: bool = True  # on a broken float gate, find the first diverging layer
     onnx_rewrites: bool = True  # apply onnx_surgery's workarounds (off only to show what they fix)
     num_threads: int | None = None  # LiteRT / ONNX Runtime threads (None: library default)
+    output_key: str | None = None  # dict key / attribute holding the logits (default: 'out', 'logits', the only tensor)
+    upsample_logits: bool = False  # resize lower-resolution logits bilinearly to the input size (both reference and export)
 
     def __post_init__(self) -> None:
         size = tuple(int(s) for s in self.input_size) if _is_pair(self.input_size) else None
         if size is None or min(size) < 8:
-            raise UserError(f"--input-size: {self.input_size!r} is not two sizes >= 8; pass --input-size H W")
+            raise UserError(
+                f"{setting('--input-size', 'input_size')}: {self.input_size!r} is not two sizes >= 8; "
+                f"pass {setting('--input-size H W', 'input_size=(H, W)')}"
+            )
         object.__setattr__(self, "input_size", size)
         if not 7 <= self.opset <= 21:
-            raise UserError(f"--opset: {self.opset} is outside 7..21; use 17 or 20")
+            raise UserError(f"{setting('--opset', 'opset')}: {self.opset} is outside 7..21; use 17 or 20")
         variants = tuple(self.variants)
         unknown = [v for v in variants if v not in VARIANTS]
         if unknown or not variants or len(set(variants)) != len(variants):
-            raise UserError(f"--variants: {', '.join(unknown) or variants!r} not valid; choose from {', '.join(VARIANTS)}")
+            raise UserError(
+                f"{setting('--variants', 'variants')}: {', '.join(unknown) or variants!r} not valid; choose from {', '.join(VARIANTS)}"
+            )
         object.__setattr__(self, "variants", tuple(v for v in VARIANTS if v in variants))
         if self.int8_io not in ("int8", "float"):
-            raise UserError(f"--int8-io: {self.int8_io!r} is not valid; use int8 or float")
+            raise UserError(f"{setting('--int8-io', 'int8_io')}: {self.int8_io!r} is not valid; use int8 or float")
         if self.image_input not in INPUTS:
-            raise UserError(f"--input: {self.image_input!r} is not valid; use {' or '.join(INPUTS)}")
+            raise UserError(f"{setting('--input', 'image_input')}: {self.image_input!r} is not valid; use {' or '.join(INPUTS)}")
         if self.image_output not in OUTPUTS:
-            raise UserError(f"--output: {self.image_output!r} is not valid; use {', '.join(OUTPUTS)}")
+            raise UserError(
+                f"{setting('--output', 'image_output')}: {self.image_output!r} is not valid; use {', '.join(OUTPUTS)}"
+            )
         if self.calib_min < 1 or self.calib_size < self.calib_min:
             raise UserError(
-                f"--calib-size: {self.calib_size} is below the minimum of {self.calib_min} images; "
-                f"raise --calib-size to at least {self.calib_min}"
+                f"{setting('--calib-size', 'calib_size')}: {self.calib_size} is below the minimum of {self.calib_min} images; "
+                f"raise {setting('--calib-size', 'calib_size')} to at least {self.calib_min}"
             )
         if self.parity_images < 1:
-            raise UserError(f"--parity-images: {self.parity_images} must be at least 1")
+            raise UserError(f"{setting('--parity-images', 'parity_images')}: {self.parity_images} must be at least 1")
         for name in ("float_min_agreement", "float16_min_agreement"):
             if not 0.0 <= getattr(self, name) <= 1.0:  # NaN fails this too
                 raise UserError(f"{name}: {getattr(self, name)} must be a fraction in 0..1")
@@ -73,9 +82,11 @@ class ConvertConfig:
             if not 0.0 <= getattr(self, name) <= 1.0:  # NaN fails this too
                 raise UserError(f"{name}: {getattr(self, name)} must be a fraction in 0..1")
         if not (math.isfinite(self.max_miou_drop) and self.max_miou_drop >= 0):
-            raise UserError(f"--max-miou-drop {self.max_miou_drop}: must be a finite number of mIoU points >= 0")
+            raise UserError(
+                f"{setting('--max-miou-drop', 'max_miou_drop')} {self.max_miou_drop}: must be a finite number of mIoU points >= 0"
+            )
         if self.num_threads is not None and self.num_threads < 1:
-            raise UserError(f"--threads: {self.num_threads} must be at least 1")
+            raise UserError(f"{setting('--threads', 'num_threads')}: {self.num_threads} must be at least 1")
 
     @property
     def needs_calibration(self) -> bool:

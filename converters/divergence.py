@@ -94,6 +94,7 @@ def locate_divergence(
     torch_model=None,
     rel_tol: float = 1e-3,
     atol: float = 1e-5,
+    workarounds: bool = True,
 ) -> dict:
     """Compare every intermediate tensor of onnx2tf's TF graph with ONNX Runtime on one image.
 
@@ -116,6 +117,7 @@ def locate_divergence(
                 onnx_model,
                 Path(work) / "saved_model",
                 np.asarray(image_nhwc, np.float32)[:1],
+                workarounds=workarounds,
                 check_onnx_tf_outputs_elementwise_close_full=True,
             )
     except ConversionError as e:
@@ -255,7 +257,9 @@ def explain_float_failure(
         }
     elif broken == "saved_model":
         log("saved_model broke parity; locating the first diverging layer...")
-        found = locate_divergence(onnx_model, image_nhwc, torch_model=deploy_model, rel_tol=config.float_outlier_drift)
+        found = locate_divergence(
+            onnx_model, image_nhwc, torch_model=deploy_model, rel_tol=config.float_outlier_drift, workarounds=config.onnx_rewrites
+        )
     else:
         found = {
             "summary": "the SavedModel passes but model_float32.tflite does not: the TF -> TFLite converter changed "

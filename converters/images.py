@@ -14,7 +14,7 @@ from seg2tflite.calibration.representative import CalibrationSet, build_calibrat
 from seg2tflite.converters.config import ConvertConfig
 from seg2tflite.data.base import SegmentationDataset
 from seg2tflite.data.preprocess import Preprocess
-from seg2tflite.errors import UserError
+from seg2tflite.errors import UserError, setting
 
 
 @dataclass
@@ -23,6 +23,24 @@ class ParityImages:
     masks: np.ndarray | None  # (N, H, W) int64
     names: list[str]
     source: str
+
+
+def resolve_data(calib_data, parity_data, config: ConvertConfig):
+    """The two data arguments of ``convert_model`` as datasets: a data spec string (``"synthetic"``,
+    ``"folder:PATH"``) is loaded (calibration from ``config.calib_split``, parity from ``val``), a
+    (N, 3, H, W) float32 array of preprocessed images becomes the calibration set."""
+    from seg2tflite.calibration.representative import calibration_from_array
+    from seg2tflite.data import load_dataset
+
+    if isinstance(calib_data, str):
+        calib_data = load_dataset(calib_data, config.calib_split, option="calib_data")
+    elif isinstance(calib_data, np.ndarray):
+        calib_data = calibration_from_array(calib_data, "calib_data array", min_size=config.calib_min)
+    if isinstance(parity_data, str):
+        parity_data = load_dataset(parity_data, "val", option="parity_data")
+    elif parity_data is not None and not isinstance(parity_data, SegmentationDataset):
+        raise UserError(f"parity_data: a {type(parity_data).__name__}; pass a dataset split, a data spec string, or None")
+    return calib_data, parity_data
 
 
 def parity_images(
@@ -63,11 +81,14 @@ def calibration_set(calib_data, preprocess: Preprocess, config: ConvertConfig, p
         if calib_data.images.shape[2:] != tuple(config.input_size):
             raise UserError(
                 f"{calib_data.source}: calibration images are {calib_data.images.shape[2:]}, the model input is "
-                f"{tuple(config.input_size)}; preprocess them at --input-size"
+                f"{tuple(config.input_size)}; preprocess them at {setting('--input-size', 'config.input_size')}"
             )
         return calib_data
     if not isinstance(calib_data, SegmentationDataset):
-        raise UserError("--calib-data: expected a dataset split or a calibration array")
+        raise UserError(
+            f"{setting('--calib-data', 'calib_data')}: a {type(calib_data).__name__}; pass a dataset split, a data spec string, "
+            "a CalibrationSet or a (N, 3, H, W) float32 array of preprocessed images"
+        )
     return build_calibration_set(
         calib_data, preprocess, size=config.calib_size, seed=config.calib_seed, min_size=config.calib_min, progress=progress
     )

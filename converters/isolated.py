@@ -14,11 +14,13 @@ A Python error of the converter (an op outside the builtins) is raised in the pa
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -143,7 +145,8 @@ class VariantWorker:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None  # the child inherits the ignore
         try:
             self.process = context.Process(target=_serve, args=(child, str(self.workdir), verbose()), daemon=True)
-            self.process.start()
+            with _main_script_not_rerun():
+                self.process.start()
         finally:
             if main:
                 signal.signal(signal.SIGINT, previous)
@@ -197,6 +200,26 @@ class VariantWorker:
                 self.process.terminate()
                 self.process.join(timeout=10)
             self._forget_process()
+
+
+@contextlib.contextmanager
+def _main_script_not_rerun() -> Iterator[None]:
+    """A spawned child runs the parent's ``__main__`` script again before its target, so a user's
+    script that calls ``convert_model`` without an ``if __name__ == "__main__":`` guard would
+    convert again in every worker. The worker needs nothing from that script: while it starts,
+    ``__main__`` names no file (how ``multiprocessing.spawn`` treats an interactive session)."""
+    main = sys.modules.get("__main__")
+    saved = {key: main.__dict__[key] for key in ("__spec__", "__file__") if main is not None and key in main.__dict__}
+    try:
+        if main is not None:
+            main.__dict__.pop("__file__", None)
+            main.__spec__ = None
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
+            if "__spec__" not in saved:
+                main.__dict__.pop("__spec__", None)
 
 
 def _error_type(name: str) -> type[UserError]:

@@ -3,12 +3,17 @@
 Every ONNX file the converter hands to onnx2tf goes through ``prepare_onnx``, whether exported
 here or given by the user: one static (1, 3, H, W) input, (1, K, H, W) logits out, checked by
 ``onnx.checker`` and simplified by onnxsim (which also folds the Shape/Gather/Concat chains that
-make onnx2tf crash on token LayerNorms), then ``onnx_surgery.apply_workarounds``.
+make onnx2tf crash on token LayerNorms), then ``onnx_surgery.apply_workarounds``. While tracing,
+an adaptive average pool whose bins do not divide its input is computed over the same fixed
+windows (``exact_adaptive_pools``), which the exporter otherwise refuses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +23,8 @@ from torch import nn
 
 from seg2tflite.atomic import atomic_write_bytes
 from seg2tflite.converters.onnx_surgery import apply_workarounds
-from seg2tflite.errors import UserError
+from seg2tflite.converters.onnx_to_tf import resize_nodes_read_as_opset17
+from seg2tflite.errors import UserError, setting
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -37,17 +43,20 @@ class PreparedOnnx:
     rewrites: list[str] = field(default_factory=list)
 
 
-def export_onnx(model: nn.Module, input_size: tuple[int, int], opset: int = 20) -> onnx.ModelProto:
+def export_onnx(
+    model: nn.Module, input_size: tuple[int, int], opset: int = 20, notes: list[str] | None = None
+) -> onnx.ModelProto:
     """Trace ``model`` (already in deploy form) to ONNX with torch.onnx.export(dynamo=False).
 
     The TorchScript exporter names nodes after module paths (``/decoder/fuse/Conv``), which is
-    what lets a divergence be named back to its PyTorch module.
+    what lets a divergence be named back to its PyTorch module. ``notes`` receives one line per
+    export-time rewrite (for the manifest).
     """
     model = model.eval()
     x = torch.zeros(1, 3, *input_size)
     buf = io.BytesIO()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), exact_adaptive_pools(notes):
             torch.onnx.export(
                 model,
                 (x,),
@@ -60,8 +69,54 @@ def export_onnx(model: nn.Module, input_size: tuple[int, int], opset: int = 20) 
             )
     except Exception as e:  # the exporter's own message says which op failed
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"--model: torch.onnx.export failed at opset {opset}: {first[:300]}") from None
+        raise UserError(f"{setting('--model', 'model')}: torch.onnx.export failed at opset {opset}: {first[:300]}") from None
     return onnx.load_from_string(buf.getvalue())
+
+
+def _adaptive_bins(size: int, bins: int) -> list[tuple[int, int]]:
+    """PyTorch's adaptive pooling windows: bin i covers [floor(i*size/bins), ceil((i+1)*size/bins))."""
+    return [((i * size) // bins, -(-((i + 1) * size) // bins)) for i in range(bins)]
+
+
+def _fixed_adaptive_avg_pool2d(x: torch.Tensor, output_size) -> torch.Tensor:
+    """adaptive_avg_pool2d for the traced (fixed) size as row means then column means over
+    PyTorch's own windows: Slice/ReduceMean/Concat, which export for any size (the exporter
+    refuses output sizes that do not divide the input's; a mean over a rectangle is the mean of
+    its row means, so the result is the same)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+    oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
+    oh, ow = oh or h, ow or w
+    rows = torch.cat([x[..., a:b, :].mean(dim=-2, keepdim=True) for a, b in _adaptive_bins(h, oh)], dim=-2)
+    return torch.cat([rows[..., a:b].mean(dim=-1, keepdim=True) for a, b in _adaptive_bins(w, ow)], dim=-1)
+
+
+@contextlib.contextmanager
+def exact_adaptive_pools(notes: list[str] | None = None) -> Iterator[None]:
+    """While exporting: ``F.adaptive_avg_pool2d`` whose bins do not divide the input (PSPNet and
+    UPerNet pyramids at small inputs) computed by ``_fixed_adaptive_avg_pool2d``, each noted in
+    ``notes``; the others as before."""
+    import torch.nn.functional as F
+
+    original = F.adaptive_avg_pool2d
+
+    def pool(x, output_size):
+        with warnings.catch_warnings():  # the sizes are fixed on purpose: the graph is for one input size
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            h, w = int(x.shape[-2]), int(x.shape[-1])
+        oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
+        if (oh is None or h % oh == 0) and (ow is None or w % ow == 0):
+            return original(x, output_size)
+        if notes is not None:
+            notes.append(f"AdaptiveAvgPool2d {h}x{w} -> {oh}x{ow}: bins that do not divide the input exported as fixed windows")
+        return _fixed_adaptive_avg_pool2d(x, output_size)
+
+    F.adaptive_avg_pool2d = pool
+    try:
+        yield
+    finally:
+        F.adaptive_avg_pool2d = original
 
 
 def onnx_input_size(path: str | Path) -> tuple[int, int] | None:
@@ -102,13 +157,17 @@ def prepare_onnx(model: onnx.ModelProto, input_size: tuple[int, int] | None, sou
     static_hw = (dims[2], dims[3]) if all(isinstance(d, int) and d > 0 for d in dims[2:]) else None
     if input_size is None:
         if static_hw is None:
-            raise UserError(f"{source}: input {input_name!r} has dynamic dimensions {dims}; pass --input-size H W to fix them")
+            raise UserError(
+                f"{source}: input {input_name!r} has dynamic dimensions {dims}; "
+                f"pass {setting('--input-size H W', 'input_size=(H, W)')} to fix them"
+            )
         input_size = static_hw
     input_size = tuple(int(s) for s in input_size)
     if static_hw is not None and static_hw != input_size:
         raise UserError(
-            f"{source}: input {input_name!r} is fixed to {static_hw[0]}x{static_hw[1]} but --input-size is "
-            f"{input_size[0]}x{input_size[1]}; pass --input-size {static_hw[0]} {static_hw[1]}"
+            f"{source}: input {input_name!r} is fixed to {static_hw[0]}x{static_hw[1]} but {setting('--input-size', 'input_size')} is "
+            f"{input_size[0]}x{input_size[1]}; "
+            f"pass {setting(f'--input-size {static_hw[0]} {static_hw[1]}', f'input_size={static_hw}')}"
         )
     check_ops_carried(model, source)
     model = _fix_input_shape(_simplifiable_ir(model, source), input_name, [1, 3, *input_size])
@@ -121,6 +180,10 @@ def prepare_onnx(model: onnx.ModelProto, input_size: tuple[int, int] | None, sou
     if rewrites:
         model, applied = apply_workarounds(model)
         onnx.checker.check_model(model, full_check=True)
+        applied += [
+            f"{name}: Resize with align_corners/asymmetric coordinates converted by onnx2tf as at opset 17, where it honours them"
+            for name in resize_nodes_read_as_opset17(model)
+        ]
     outputs = list(model.graph.output)
     if len(outputs) != 1:
         raise UserError(f"{source}: the model has {len(outputs)} outputs; expected one (1, K, H, W) logits tensor")

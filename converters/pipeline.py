@@ -14,16 +14,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from seg2tflite.calibration.representative import CalibrationSet
 from seg2tflite.converters.chain import Chain, ConvertResult
 from seg2tflite.converters.checks import check_class_count, check_finite_weights
 from seg2tflite.converters.config import ConvertConfig
 from seg2tflite.converters.offline import no_network
 from seg2tflite.converters.onnx_export import export_onnx, load_onnx, prepare_onnx
+from seg2tflite.converters.outputs import adapt_outputs
 from seg2tflite.converters.stages import ConversionDir
 from seg2tflite.data.base import SegmentationDataset
 from seg2tflite.data.preprocess import Preprocess
-from seg2tflite.errors import UserError
+from seg2tflite.errors import UserError, setting
 
 
 def _log_default(message: str) -> None:
@@ -34,12 +37,16 @@ def _quiet(message: str) -> None:
     pass
 
 
+def _class_name(module) -> str:
+    return f"{type(module).__module__}.{type(module).__name__}"
+
+
 def convert_model(
     model,
     out_dir: str | Path,
     config: ConvertConfig,
-    calib_data: SegmentationDataset | CalibrationSet,
-    parity_data: SegmentationDataset | None = None,
+    calib_data: SegmentationDataset | CalibrationSet | str | np.ndarray,
+    parity_data: SegmentationDataset | str | None = None,
     *,
     mean: tuple[float, float, float] | None = None,
     std: tuple[float, float, float] | None = None,
@@ -49,7 +56,12 @@ def convert_model(
     progress: bool = True,
     before_writing: Callable[[], dict] | None = None,
 ) -> ConvertResult:
-    """Convert any PyTorch segmentation module (``forward(x) -> (B, K, H, W)`` logits).
+    """Convert any PyTorch segmentation module: ``forward(x)`` returns (B, K, H, W) logits, or a
+    tuple/dict/object holding them (``outputs.find_logits``; ``config.output_key`` names the key),
+    at input resolution or, with ``config.upsample_logits``, lower. ``calib_data`` is a dataset
+    split, a data spec string (``"folder:PATH"``, calibrated from ``config.calib_split``), a
+    ``CalibrationSet`` or a (N, 3, H, W) float32 array of preprocessed images; ``parity_data`` a
+    split or a spec string (its ``val`` split), else parity images come from the calibration data.
 
     The ONNX graph is exported from ``model.to_deploy()`` when the model has one; PyTorch parity
     is measured against ``model`` itself. ``mean``/``std`` default to the model's registry config,
@@ -67,13 +79,17 @@ def convert_model(
     check_finite_weights(model)
     t = time.perf_counter()
     deploy = deploy_form(model).eval()
-    exported = export_onnx(deploy, config.input_size, config.opset)
-    prepared = prepare_onnx(exported, config.input_size, f"{type(model).__name__} (exported)", config.onnx_rewrites)
+    classes = {"class": _class_name(model), "deploy_class": _class_name(deploy)}
+    model, deploy, output = adapt_outputs(model, deploy, config.input_size, config.output_key, config.upsample_logits)
+    export_notes: list[str] = []
+    exported = export_onnx(deploy, config.input_size, config.opset, export_notes)
+    prepared = prepare_onnx(exported, config.input_size, f"{classes['class'].rsplit('.', 1)[1]} (exported)", config.onnx_rewrites)
+    prepared.rewrites[:0] = export_notes
     seconds["onnx_export"] = time.perf_counter() - t
     info = {
-        "class": f"{type(model).__module__}.{type(model).__name__}",
-        "deploy_class": f"{type(deploy).__module__}.{type(deploy).__name__}",
+        **classes,
         "parameters": int(sum(p.numel() for p in model.parameters())),
+        "output": output.to_dict(),
         "num_classes": prepared.num_classes,
         **({"name": cfg.name, "family": cfg.family} if cfg is not None else {}),
         **(model_info or {}),
@@ -137,7 +153,7 @@ def convert_registered(
     try:
         get_model_config(name)
     except KeyError as e:
-        raise UserError(f"--model: {e.args[0]}") from None
+        raise UserError(f"{setting('--model', 'name')}: {e.args[0]}") from None
     check_input_size(name, config.input_size)
     if checkpoint is not None and num_classes is None:
         from seg2tflite.models.checkpoint import read_checkpoint_config

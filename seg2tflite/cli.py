@@ -21,7 +21,7 @@ from seg2tflite.cli_options import (
     positive_float,
     positive_int,
 )
-from seg2tflite.errors import Terminated, UserError
+from seg2tflite.errors import Terminated, UserError, command_line_wording
 from seg2tflite.quiet import VERBOSE_VARIABLE, quiet_libraries
 
 # -- demo ------------------------------------------------------------------------------------
@@ -221,7 +221,12 @@ def _terminate(signum, frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a refusal is one ``seg2tflite: error:`` line on stderr (exit 2, or the
-    error's own ``exit_code``), never a traceback unless ``--debug``."""
+    error's own ``exit_code``), never a traceback unless ``--debug``. Messages name flags."""
+    with command_line_wording():
+        return _run(argv)
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

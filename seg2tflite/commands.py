@@ -156,6 +156,20 @@ def add_convert(sub) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="registered model name (see `seg2tflite models`)")
     source.add_argument("--onnx", help="convert an existing ONNX file instead (NCHW image in, NCHW logits out)")
+    source.add_argument(
+        "--module",
+        metavar="FILE.py:FUNCTION",
+        help="your own model: FUNCTION() in FILE.py (your code, imported and run) returns the torch.nn.Module; needs --input-size",
+    )
+    p.add_argument("--weights", default=None, help="safetensors state dict loaded strictly into the --module model")
+    p.add_argument(
+        "--output-key", default=None, help="dict key or attribute holding the logits (default: 'out', 'logits', the only tensor)"
+    )
+    p.add_argument(
+        "--upsample-logits",
+        action="store_true",
+        help="resize logits below the input size bilinearly to it (Hugging Face's 1/4 resolution); recorded in the manifest",
+    )
     p.add_argument(
         "--checkpoint",
         default=None,
@@ -229,6 +243,16 @@ def run_convert(args) -> None:
     # Everything that can be refused is refused here, before the model is built or TensorFlow loaded.
     if args.onnx is not None and args.checkpoint is not None:
         raise UserError("--checkpoint: applies to --model; an --onnx file carries its own weights, drop --checkpoint")
+    if args.weights is not None and args.module is None:
+        raise UserError("--weights: applies to --module; use --checkpoint with --model")
+    if args.module is not None:
+        from seg2tflite.user_module import parse_module_spec
+
+        parse_module_spec(args.module)
+        if args.checkpoint is not None:
+            raise UserError("--checkpoint: applies to --model; give a --module model its weights with --weights FILE.safetensors")
+        if args.input_size is None:
+            raise UserError(f"--module {args.module}: a model of your own has no registered size; pass --input-size H W")
     if args.input_size is not None:
         ConvertConfig(input_size=tuple(args.input_size))
     calib = load_dataset(args.calib_data, args.calib_split, option="--calib-data")
@@ -248,20 +272,33 @@ def run_convert(args) -> None:
         num_classes = (
             args.num_classes or convert_checks.checkpoint_classes(args.checkpoint, args.calib_data, data_classes) or data_classes
         )
+    elif args.module is not None:
+        from seg2tflite.user_module import build_user_model, load_weights
+
+        size, num_classes = tuple(args.input_size), args.num_classes or data_classes
+        user_model = build_user_model(args.module)
+        if args.weights is not None:
+            load_weights(user_model, args.weights)
     else:
         from seg2tflite.converters import resolve_onnx_input_size
 
         size = resolve_onnx_input_size(args.onnx, args.input_size)
         num_classes = convert_checks.onnx_classes(args.onnx, size, args.calib_data, data_classes)
-    trained = args.trained if args.trained is not None else args.checkpoint is not None
+    trained = args.trained if args.trained is not None else (args.checkpoint or args.weights) is not None
     config = config_from_args(ConvertConfig, args, input_size=size, trained=trained)
     convert_checks.check_convert_memory(args, config, num_classes)
 
-    from seg2tflite.converters import convert_onnx, convert_registered
+    from seg2tflite.converters import convert_model, convert_onnx, convert_registered
     from seg2tflite.models import IMAGENET_MEAN, IMAGENET_STD
 
     command = ["seg2tflite", *sys.argv[1:]]
-    if args.model is not None:
+    if args.module is not None:
+        result = convert_model(
+            user_model, args.out, config, calib, parity, command=command,
+            mean=None if args.mean is None else tuple(args.mean), std=None if args.std is None else tuple(args.std),
+            model_info={"module": args.module, "weights_file": None if args.weights is None else str(args.weights)},
+        )  # fmt: skip
+    elif args.model is not None:
         result = convert_registered(
             args.model,
             args.out,

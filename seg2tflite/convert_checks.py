@@ -52,6 +52,9 @@ def check_convert_memory(args, config, num_classes: int | None) -> None:
 
         activations = lambda h, w: activation_bytes(args.model, (h, w), num_classes)  # noqa: E731
         what, divisor = f"converting {args.model}", get_model_config(args.model).size_divisor
+    elif getattr(args, "module", None) is not None:
+        activations = lambda h, w: None  # noqa: E731 - your own model: nothing to estimate it from before it is built
+        what, divisor = f"converting {args.module}", 1
     else:
         from seg2tflite.converters.onnx_export import load_onnx, onnx_activation_bytes
 

@@ -27,3 +27,25 @@ def randomise_batchnorm(model: torch.nn.Module, size=(64, 64), seed: int = 0) ->
         m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
         m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
     return model.eval()
+
+
+def batchnorm_from_images(model: torch.nn.Module, images, seed: int = 0) -> torch.nn.Module:
+    """Seeded BN scales and shifts, then BN statistics re-estimated on ``images`` ((N, 3, H, W),
+    normalised) in one batch, as after training on them: a randomly initialised foreign model
+    otherwise outputs one class everywhere and no gate says anything. Eval mode."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(seed)
+    batchnorms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in batchnorms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batch
+        if m.affine:
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    model.train()
+    with torch.no_grad():
+        model(torch.from_numpy(np.ascontiguousarray(images, np.float32)))
+    for m in batchnorms:
+        m.momentum = 0.1
+    return model.eval()

@@ -76,8 +76,9 @@ def test_mean_and_std_are_honoured_with_model(tmp_path, blobs):
 
 
 class ResNetStem(torch.nn.Module):
-    """torchvision ResNet-18's stem and first stage (7x7 conv, padded 3x3 max pool, two basic
-    blocks) and a 1x1 head: its full-int8 file aborts LiteRT's builtin kernels when allocated
+    """torchvision ResNet-18's stem and first stage and a 1x1 head, its max pool padded by hand
+    with float32's lowest value (what onnx2tf makes of ``MaxPool2d(3, 2, padding=1)`` when the
+    chain does not rewrite it): its full-int8 file aborts LiteRT's builtin kernels when allocated
     (after XNNPACK refuses it), and its int16x8 file has a PADV2 LiteRT refuses to prepare."""
 
     def __init__(self, num_classes):
@@ -85,7 +86,9 @@ class ResNetStem(torch.nn.Module):
 
         super().__init__()
         r = torchvision.models.resnet18(weights=None)
-        self.body = torch.nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1)
+        lowest_pad = torch.nn.ConstantPad2d(1, float(torch.finfo(torch.float32).min))
+        pool = torch.nn.Sequential(lowest_pad, torch.nn.MaxPool2d(3, 2))
+        self.body = torch.nn.Sequential(r.conv1, r.bn1, r.relu, pool, r.layer1)
         self.head = torch.nn.Conv2d(64, num_classes, 1)
         with torch.no_grad():
             for m in self.modules():

@@ -5,6 +5,7 @@ this process; the other tests read its outputs or stop before onnx2tf.
 """
 
 import json
+import re
 import socket
 
 import numpy as np
@@ -18,7 +19,7 @@ from seg2tflite.converters.manifest import sha256_file
 from seg2tflite.converters.onnx_export import INPUT_NAME, export_onnx, load_onnx, prepare_onnx
 from seg2tflite.converters.ops import op_report
 from seg2tflite.converters.runtimes import OnnxRunner, TFLiteRunner, TorchRunner, make_runner
-from seg2tflite.errors import UserError
+from seg2tflite.errors import UserError, command_line_wording
 
 from small_chain import SIZE, BlobDataset, K, small_model
 
@@ -118,7 +119,7 @@ def test_dynamic_onnx_input_needs_input_size(tmp_path):
         opset_version=17,
         dynamo=False,
     )
-    with pytest.raises(UserError, match=r"dynamic\.onnx: input 'x' has dynamic dimensions .*pass --input-size H W"):
+    with pytest.raises(UserError, match=r"dynamic\.onnx: input 'x' has dynamic dimensions .*pass input_size=\(H, W\)"):
         resolve_onnx_input_size(path, None)
     assert resolve_onnx_input_size(path, (64, 64)) == (64, 64)
     prepared = prepare_onnx(load_onnx(path), (64, 64), str(path))
@@ -129,7 +130,7 @@ def test_dynamic_onnx_input_needs_input_size(tmp_path):
 def test_static_onnx_size_mismatch(tmp_path):
     model = export_onnx(small_model(), SIZE)
     assert model.graph.input[0].name == INPUT_NAME
-    with pytest.raises(UserError, match=f"pass --input-size {SIZE[0]} {SIZE[1]}"):
+    with pytest.raises(UserError, match=re.escape(f"pass input_size={SIZE}")):
         prepare_onnx(model, (64, 64), "m.onnx")
     onnx.save(model, str(tmp_path / "m.onnx"))
     assert resolve_onnx_input_size(tmp_path / "m.onnx", None) == SIZE
@@ -139,7 +140,7 @@ def test_refuses_mismatched_data_before_converting(tmp_path):
     config = ConvertConfig(input_size=SIZE, calib_size=8, parity_images=2)
     with pytest.raises(UserError, match="also the evaluation split"):
         convert_model(small_model(), tmp_path, config, BlobDataset("val"), BlobDataset("val"), log=None, progress=False)
-    with pytest.raises(UserError, match="--num-classes: the model predicts 4 classes but blobs:train has 6"):
+    with pytest.raises(UserError, match="model: it predicts 4 classes but blobs:train has 6; give it a 6-class head"):
         convert_model(small_model(), tmp_path, config, BlobDataset("train", num_classes=6), None, log=None, progress=False)
     with pytest.raises(UserError, match="fewer than the minimum 8"):
         convert_model(small_model(), tmp_path, config, BlobDataset("train", n=5), None, log=None, progress=False)
@@ -147,14 +148,19 @@ def test_refuses_mismatched_data_before_converting(tmp_path):
 
 
 def test_config_validation():
-    with pytest.raises(UserError, match="--input-size"):
+    with pytest.raises(UserError, match=r"input_size: \(64,\) is not two sizes >= 8; pass input_size=\(H, W\)"):
         ConvertConfig(input_size=(64,))
-    with pytest.raises(UserError, match="--variants"):
+    with pytest.raises(UserError, match="variants"):
         ConvertConfig(input_size=(64, 64), variants=("int4",))
-    with pytest.raises(UserError, match="--int8-io"):
+    with pytest.raises(UserError, match="int8_io"):
         ConvertConfig(input_size=(64, 64), int8_io="uint8")
-    with pytest.raises(UserError, match="--calib-size: 4 is below the minimum of 8"):
+    with pytest.raises(UserError, match="calib_size: 4 is below the minimum of 8 images; raise calib_size"):
         ConvertConfig(input_size=(64, 64), calib_size=4)
+    with command_line_wording():  # the same refusals on the command line name its flags
+        with pytest.raises(UserError, match="--input-size: .*pass --input-size H W"):
+            ConvertConfig(input_size=(64,))
+        with pytest.raises(UserError, match="--calib-size: 4 is below the minimum of 8 images; raise --calib-size"):
+            ConvertConfig(input_size=(64, 64), calib_size=4)
     config = ConvertConfig(input_size=[64, 96], variants=("full_int8", "float32"))
     assert config.input_size == (64, 96) and config.variants == ("float32", "full_int8")
     with pytest.raises(Exception):
@@ -237,3 +243,29 @@ def test_float64_noise_floor_of_a_smooth_model_is_rounding_only():
     floor = float64_noise_floor(model, images)
     assert 0 < floor["max_abs_over_range"] < 1e-5
     assert next(model.parameters()).dtype == torch.float32  # measured on a copy
+
+
+SCRIPT_WITHOUT_GUARD = """
+import sys
+sys.path.insert(0, {tests!r})
+from small_chain import SIZE, BlobDataset, small_model
+from seg2tflite.converters import ConvertConfig, convert_model
+print("script body runs", flush=True)
+config = ConvertConfig(input_size=SIZE, variants=("float32",), calib_size=8, parity_images=2)
+result = convert_model(small_model(), {out!r}, config, BlobDataset("train"), BlobDataset("val"), log=None, progress=False)
+print("converted", sorted(result.artifacts))
+"""
+
+
+def test_a_script_without_main_guard_converts_once(tmp_path):
+    """The variant worker is a spawned process; it must not run the user's script again."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "convert_mine.py"
+    script.write_text(SCRIPT_WITHOUT_GUARD.format(tests=str(Path(__file__).parent), out=str(tmp_path / "out")))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("script body runs") == 1 and "converted" in done.stdout, done.stdout
+    assert (tmp_path / "out" / "model_float32.tflite").stat().st_size > 0

@@ -65,7 +65,7 @@ def test_folder_reads_names_and_pairs_by_stem(tmp_path):
 
 def test_folder_without_json_needs_num_classes(tmp_path):
     root = _folder(tmp_path / "ds", meta=False)
-    with pytest.raises(UserError, match="--num-classes"):
+    with pytest.raises(UserError, match="pass num_classes"):
         load_dataset(f"folder:{root}", "train")
     ds = load_dataset(f"folder:{root}", "train", num_classes=3)
     assert ds.info.class_names == ("class_0", "class_1", "class_2")

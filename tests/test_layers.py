@@ -37,7 +37,7 @@ LAYERS = (
     ("app", (
         "seg2tflite.cli", "seg2tflite.cli_options", "seg2tflite.commands", "seg2tflite.convert_checks", "seg2tflite.__main__",
         "seg2tflite.demo", "seg2tflite.demo_config", "seg2tflite.train", "seg2tflite.train_config", "seg2tflite.compress",
-        "seg2tflite.compress_config", "seg2tflite.latency",
+        "seg2tflite.compress_config", "seg2tflite.latency", "seg2tflite.user_module",
     )),
 )  # fmt: skip
 
