@@ -35,9 +35,11 @@ def lowres_result(tmp_path_factory):
 
 
 def test_bad_output_option_is_one_line():
-    from seg2tflite.errors import UserError
+    from seg2tflite.errors import UserError, command_line_wording
 
-    with pytest.raises(UserError, match="--output: 'mask' is not valid; use logits, classes, lowres"):
+    with pytest.raises(UserError, match="^image_output: 'mask' is not valid; use logits, classes, lowres$"):
+        ConvertConfig(input_size=SIZE, image_output="mask")
+    with command_line_wording(), pytest.raises(UserError, match="^--output: 'mask' is not valid; use logits, classes, lowres$"):
         ConvertConfig(input_size=SIZE, image_output="mask")
 
 
