@@ -145,16 +145,22 @@ def _replace(graph: onnx.GraphProto, remove: list[onnx.NodeProto], new: list[onn
     graph.node.extend(out)
 
 
+def _use_counts(graph: onnx.GraphProto) -> dict[str, int]:
+    """How many nodes (and graph outputs) read each tensor: a rewrite may only drop a tensor nothing else reads."""
+    users: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    for out in graph.output:
+        users[out.name] = users.get(out.name, 0) + 1
+    return users
+
+
 def fold_channel_layernorm(model: onnx.ModelProto) -> list[str]:
     """Transpose->LayerNorm(last axis)->Transpose back  =>  a norm over axis 1, no transposes."""
     graph, opset, applied = model.graph, _opset(model), []
     while True:
-        users: dict[str, int] = {}
-        for node in graph.node:
-            for name in node.input:
-                users[name] = users.get(name, 0) + 1
-        for out in graph.output:
-            users[out.name] = users.get(out.name, 0) + 1
+        users = _use_counts(graph)
         producer = {o: node for node in graph.node for o in node.output}
         consumer = {i: node for node in graph.node for i in node.input}
         match = None
@@ -286,12 +292,7 @@ def stacked_sum_as_adds(model: onnx.ModelProto) -> list[str]:
     """Unsqueeze(0) each -> Concat(axis 0) -> ReduceSum(axis 0, keepdims 0)  =>  x0 + x1 + ... ."""
     graph, applied = model.graph, []
     while True:
-        users: dict[str, int] = {}
-        for node in graph.node:
-            for name in node.input:
-                users[name] = users.get(name, 0) + 1
-        for out in graph.output:
-            users[out.name] = users.get(out.name, 0) + 1
+        users = _use_counts(graph)
         producer = {o: node for node in graph.node for o in node.output}
         match = None
         for reduce in graph.node:
