@@ -45,12 +45,16 @@ WORKAROUND_LABELS = {  # the zoo table's name for each rewrite, by a phrase of i
 }
 
 
+FLOAT16_FINDING = "fails the float16 gates with seeded weights (found 2026-12-01, not yet explained; README zoo table)"
+
+
 @dataclass(frozen=True)
 class ZooModel:
     name: str
     build: Callable[[], nn.Module]
     upsample_logits: bool = False
     default_suite: bool = False  # in the default suite (chain); otherwise slow
+    open_finding: str = ""  # the float gates it still fails: reported as xfail, and a pass says to remove it
 
 
 def _smp(arch: str, **kwargs) -> Callable[[], nn.Module]:
@@ -115,6 +119,8 @@ ZOO = [
     ZooModel("hf_segformer_small", _hf_segformer, upsample_logits=True),
     ZooModel("timm_mobilenetv3_small_head", lambda: TimmHead("mobilenetv3_small_100")),
     ZooModel("timm_resnet18_head", lambda: TimmHead("resnet18")),
+    ZooModel("timm_efficientnet_b0_head", lambda: TimmHead("efficientnet_b0"), open_finding=FLOAT16_FINDING),
+    ZooModel("smp_unet_mobilenet_v2", _smp("Unet", encoder_name="mobilenet_v2"), open_finding=FLOAT16_FINDING),
 ]  # fmt: skip
 
 
@@ -188,7 +194,11 @@ def test_float_gates(converted):
     stages = result.parity.stages
     for stage in (*FLOAT_STAGES, "float16"):
         assert stages[stage].nonfinite == 0, (entry.name, stage)
-        assert stages[stage].gate == "pass", (entry.name, stage, stages[stage].failures)
+    broken = [(stage, stages[stage].failures) for stage in (*FLOAT_STAGES, "float16") if stages[stage].gate != "pass"]
+    if entry.open_finding:
+        assert broken, f"{entry.name} now passes every float gate: remove its open_finding"
+        pytest.xfail(f"{entry.open_finding}: {broken}")
+    assert broken == [], (entry.name, broken)
     assert error is None and result.parity.failures == [], str(error)
 
 
