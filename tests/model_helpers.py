@@ -1,5 +1,7 @@
 """Shared test helpers for model tests."""
 
+import time
+
 import torch
 
 from seg2tflite.models import get_model_config, list_models
@@ -49,3 +51,16 @@ def batchnorm_from_images(model: torch.nn.Module, images, seed: int = 0) -> torc
     for m in batchnorms:
         m.momentum = 0.1
     return model.eval()
+
+
+def convert_keeping_failures(convert):
+    """``convert()`` timed; a broken gate (ParityError, VariantError) still gives its result, whose
+    files are written, with the error beside it for the tests to say what broke."""
+    from seg2tflite.converters import ParityError
+
+    start = time.perf_counter()
+    try:
+        result, error = convert(), None
+    except ParityError as e:
+        result, error = e.result, e
+    return result, error, time.perf_counter() - start

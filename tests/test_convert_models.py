@@ -7,7 +7,6 @@ families), seeded random weights as ``seg2tflite convert`` without ``--checkpoin
 
 import json
 import math
-import time
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from seg2tflite.converters.runtimes import OnnxRunner
 from seg2tflite.converters.stages import FLOAT_STAGES, QUANTIZED_VARIANTS, VARIANTS
 from seg2tflite.data import load_dataset
 
-from model_helpers import carried_models
+from model_helpers import carried_models, convert_keeping_failures
 
 pytestmark = pytest.mark.chain
 
@@ -32,9 +31,8 @@ def converted(request, tmp_path_factory):
     name = request.param
     out = tmp_path_factory.mktemp(name)
     config = ConvertConfig(input_size=SIZE, calib_size=8, parity_images=16)
-    start = time.perf_counter()
-    try:
-        result = convert_registered(
+    result, error, seconds = convert_keeping_failures(
+        lambda: convert_registered(
             name,
             out,
             config,
@@ -45,10 +43,7 @@ def converted(request, tmp_path_factory):
             log=None,
             progress=False,
         )
-        error = None
-    except ParityError as e:  # the files are written; the gate test reports the failure
-        result, error = e.result, e
-    seconds = time.perf_counter() - start
+    )
     print(f"\n{name}: converted in {seconds:.1f}s ({', '.join(f'{k} {v:.1f}' for k, v in result.seconds.items())})")
     print(result.table)
     return name, result, error

@@ -11,7 +11,6 @@ prints each model's row of the README's zoo table).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg2tflite.converters import ConvertConfig, ParityError, convert_model
+from seg2tflite.converters import ConvertConfig, convert_model
 from seg2tflite.converters.stages import FLOAT_STAGES, VARIANTS
 from seg2tflite.data import load_dataset
 from seg2tflite.data.preprocess import Preprocess
 from seg2tflite.models.registry import IMAGENET_MEAN, IMAGENET_STD
 
-from model_helpers import batchnorm_from_images
+from model_helpers import batchnorm_from_images, convert_keeping_failures
 
 SIZE = (96, 96)
 K = 8
@@ -166,16 +165,12 @@ def converted(request, tmp_path_factory):
     entry = request.param
     model = zoo_model(entry)
     config = ConvertConfig(input_size=SIZE, calib_size=8, parity_images=8, upsample_logits=entry.upsample_logits)
-    start = time.perf_counter()
-    try:
-        result = convert_model(
+    result, error, seconds = convert_keeping_failures(
+        lambda: convert_model(
             model, tmp_path_factory.mktemp(entry.name), config, load_dataset(SPEC, "train"), load_dataset(SPEC, "val"),
             log=None, progress=False,
-        )  # fmt: skip
-        error = None
-    except ParityError as e:  # VariantError too: the files are written; the tests below say what broke
-        result, error = e.result, e
-    seconds = time.perf_counter() - start
+        )
+    )  # fmt: skip
     print(f"\nZOO {row(entry, result, seconds, error)}")
     print(result.table)
     return entry, result, error
