@@ -26,7 +26,7 @@ import numpy as np
 def client_agreement(path: str | Path, pixels: np.ndarray, torch_classes: np.ndarray, mean, std, app=None) -> dict:
     """Share of pixels where MediaPipe's mask equals PyTorch's argmax and LiteRT's argmax of ``path``
     (``app``: its ends, default the manifest's next to it)."""
-    from seg2tflite.converters.app_client import category_masks
+    from seg2tflite.converters.app_client import category_masks, client_figures
     from seg2tflite.converters.app_io import from_pixels
     from seg2tflite.converters.runtimes import TFLiteRunner
 
@@ -34,12 +34,9 @@ def client_agreement(path: str | Path, pixels: np.ndarray, torch_classes: np.nda
     runner = TFLiteRunner(path, app=app)
     normalised = from_pixels(pixels, mean, std, channel_axis=-1).transpose(0, 3, 1, 2)
     litert = np.concatenate([runner(x[None]).argmax(1) for x in normalised])
-    return {
-        "images": len(pixels),
-        "labels": labels,
-        "vs_pytorch": float((masks == torch_classes).mean()),
-        "vs_litert": float((masks == litert).mean()),
-    }
+    figures = client_figures(masks, torch_classes, litert, None, len(labels))  # vs_reference: PyTorch's argmax
+    del figures["miou"]  # no ground truth here (NaN is not JSON)
+    return {**figures, "labels": labels}
 
 
 def measure_folder(folder: Path, data: str, split: str, limit: int | None, checkpoint: str | None = None) -> dict:
