@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from seg2tflite.converters.parity import ParityError
-from seg2tflite.errors import UserError
+from seg2tflite.errors import UserError, command_line_wording, on_command_line
 from seg2tflite.quiet import VERBOSE_VARIABLE, verbose
 
 NATIVE_LOG = "native.log"
@@ -144,7 +144,9 @@ class VariantWorker:
         main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None  # the child inherits the ignore
         try:
-            self.process = context.Process(target=_serve, args=(child, str(self.workdir), verbose()), daemon=True)
+            self.process = context.Process(
+                target=_serve, args=(child, str(self.workdir), verbose(), on_command_line()), daemon=True
+            )
             with _main_script_not_rerun():
                 self.process.start()
         finally:
@@ -243,8 +245,9 @@ def _last_native_line(log: Path, offset: int) -> str:
 # -- the worker's side -------------------------------------------------------------------------
 
 
-def _serve(conn, workdir: str, loud: bool) -> None:
-    """The worker: jobs from ``conn`` until None or the pipe closes."""
+def _serve(conn, workdir: str, loud: bool, command_line: bool = False) -> None:
+    """The worker: jobs from ``conn`` until None or the pipe closes (its messages worded as the
+    parent's: ``command_line``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops this process
     terminal = sys.stderr
     if not loud:  # native output goes to the log the parent reads when this process dies
@@ -254,14 +257,15 @@ def _serve(conn, workdir: str, loud: bool) -> None:
         os.close(fd)
         terminal = open(saved, "w", buffering=1, closefd=False)  # progress bars still reach the user
     os.environ[VERBOSE_VARIABLE] = "1"  # nothing muted in here: a dying kernel's last words go to the log
-    while True:
-        try:
-            job = conn.recv()
-        except (EOFError, OSError):
-            return
-        if job is None:
-            return
-        conn.send(_job(job, conn, terminal))
+    with command_line_wording() if command_line else contextlib.nullcontext():
+        while True:
+            try:
+                job = conn.recv()
+            except (EOFError, OSError):
+                return
+            if job is None:
+                return
+            conn.send(_job(job, conn, terminal))
 
 
 def _job(job: dict, conn, terminal) -> tuple:

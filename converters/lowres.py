@@ -16,6 +16,12 @@ output at stride 1 already: it is returned unchanged, and ``stride`` says 1.
 from __future__ import annotations
 
 from seg2tflite.converters.onnx_to_tf import ConversionError
+from seg2tflite.errors import on_command_line
+
+
+def _named(output: str) -> str:
+    """``--output lowres`` on the command line, ``image_output='lowres'`` from Python."""
+    return f"--output {output}" if on_command_line() else f"image_output={output!r}"
 
 
 def _op_name(model, op) -> str:
@@ -33,7 +39,7 @@ def cut_final_resize(content: bytes) -> tuple[bytes, int]:
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
     graph = model.subgraphs[0]
     if len(model.subgraphs) != 1 or len(graph.outputs) != 1:
-        raise ConversionError("--output lowres: the graph has more than one subgraph or output; use --output logits")
+        raise ConversionError(f"{_named('lowres')}: the graph has more than one subgraph or output; use {_named('logits')}")
     producer = {int(t): op for op in graph.operators for t in op.outputs}
     last = producer.get(int(graph.outputs[0]))
     dequantize = last if last is not None and _op_name(model, last) == "DEQUANTIZE" else None
@@ -44,12 +50,12 @@ def cut_final_resize(content: bytes) -> tuple[bytes, int]:
     options = resize.builtinOptions
     if name != "RESIZE_BILINEAR" or options.alignCorners or not options.halfPixelCenters:
         raise ConversionError(
-            f"--output lowres: the graph ends in {name} (align_corners={bool(options.alignCorners)}); only a "
-            "half-pixel bilinear resize (align_corners=False) can be left to the app; use --output logits"
+            f"{_named('lowres')}: the graph ends in {name} (align_corners={bool(options.alignCorners)}); only a "
+            f"half-pixel bilinear resize (align_corners=False) can be left to the app; use {_named('logits')}"
         )
     consumers = [op for op in graph.operators if int(resize.outputs[0]) in [int(t) for t in op.inputs]]
     if consumers != ([dequantize] if dequantize is not None else []):
-        raise ConversionError("--output lowres: the final resize's output feeds other ops; use --output logits")
+        raise ConversionError(f"{_named('lowres')}: the final resize's output feeds other ops; use {_named('logits')}")
     low = int(resize.inputs[0])
     stride = int(graph.tensors[int(resize.outputs[0])].shape[1]) // int(graph.tensors[low].shape[1])
     graph.operators.remove(resize)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from seg2tflite.converters.stages import ConversionDir
 from seg2tflite.data import Preprocess
-from seg2tflite.errors import UserError
+from seg2tflite.errors import UserError, setting
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 KINDS = ("pytorch", "onnx", "saved_model", "tflite")
@@ -166,7 +166,8 @@ def describe_artifact(
     size = input_size if input_size is not None else meta["input_size"]
     mean = mean if mean is not None else meta["mean"]
     std = std if std is not None else meta["std"]
-    missing = [opt for opt, v in (("--input-size H W", size), ("--mean R G B", mean), ("--std R G B", std)) if v is None]
+    wanted = (("--input-size H W", "input_size", size), ("--mean R G B", "mean", mean), ("--std R G B", "std", std))
+    missing = [setting(flag, name) for flag, name, v in wanted if v is None]
     if missing:
         raise UserError(
             f"{path}: no manifest.json or checkpoint config beside it gives the preprocessing; pass {', '.join(missing)}"

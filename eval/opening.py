@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from seg2tflite.converters.runtimes import Runner
-from seg2tflite.errors import UserError
+from seg2tflite.errors import UserError, on_command_line
 from seg2tflite.eval.artifacts import ArtifactInfo, artifact_kind
 
 
@@ -53,7 +53,11 @@ def open_artifact(
         h, w = fixed
         raise UserError(
             f"{path}: the model takes {h}x{w} images, not {input_size[0]}x{input_size[1]}; "
-            f"pass --input-size {h} {w} (or drop --input-size)"
+            + (
+                f"pass --input-size {h} {w} (or drop --input-size)"
+                if on_command_line()
+                else f"pass input_size=({h}, {w}) (or None)"
+            )
         )
     return runner
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from seg2tflite.atomic import atomic_write_text
 from seg2tflite.demo_config import DEFAULT_TRAIN_STEPS, FALLBACK_TRAIN_STEPS, DemoConfig
-from seg2tflite.errors import UserError
+from seg2tflite.errors import UserError, setting
 
 
 def _data_spec(config: DemoConfig, out: Path) -> str:
@@ -132,7 +132,7 @@ def run_demo(config: DemoConfig) -> int:
 
     unknown = [m for m in config.models if m not in list_models()]
     if unknown:
-        raise UserError(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(list_models())}")
+        raise UserError(f"{setting('--models', 'models')}: unknown {', '.join(unknown)}; choose from {', '.join(list_models())}")
     check_demo_settings(config)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seg2tflite.atomic import atomic_write_text
-from seg2tflite.errors import UserError
+from seg2tflite.errors import UserError, setting
 from seg2tflite.eval.record import DEPLOY_LATENCY_FILE, run_versions
 
 STAGES_TIMED = ("pytorch", "float32", "full_int8")
@@ -39,7 +39,9 @@ def _models(config: LatencyConfig) -> tuple[str, ...]:
     if config.models:
         unknown = [m for m in config.models if m not in list_models()]
         if unknown:
-            raise UserError(f"--models {' '.join(unknown)}: unknown; choose from {', '.join(list_models())}")
+            raise UserError(
+                f"{setting('--models', 'models')} {' '.join(unknown)}: unknown; choose from {', '.join(list_models())}"
+            )
         return config.models
     demo = Path(config.run) / "demo.json"
     if demo.is_file():

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from seg2tflite.atomic import atomic_path, atomic_write_text
 from seg2tflite.data import IGNORE_INDEX, Preprocess, TorchSegDataset, load_dataset
-from seg2tflite.errors import UserError
+from seg2tflite.errors import UserError, setting
 from seg2tflite.metrics import ConfusionMatrix
 from seg2tflite.models import create_model, get_model_config
 from seg2tflite.models.checkpoint import save_checkpoint
@@ -82,28 +82,30 @@ def check_train_settings(config: TrainConfig, size, num_classes: int, data_class
     check_input_size(config.model, size)
     if num_classes < data_classes:
         raise UserError(
-            f"--num-classes {num_classes}: {config.data} has {data_classes} classes (labels up to {data_classes - 1}), "
-            f"more than a {num_classes}-class head can predict; pass --num-classes {data_classes} or drop it"
+            f"{setting('--num-classes', 'num_classes')} {num_classes}: {config.data} has {data_classes} classes (labels up to {data_classes - 1}), "
+            f"more than a {num_classes}-class head can predict; pass {setting('--num-classes', 'num_classes')} {data_classes} or drop it"
         )
     if not (math.isfinite(config.lr) and config.lr > 0):
-        raise UserError(f"--lr {config.lr}: must be a finite number > 0")
+        raise UserError(f"{setting('--lr', 'lr')} {config.lr}: must be a finite number > 0")
     if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
-        raise UserError(f"--weight-decay {config.weight_decay}: must be a finite number >= 0")
+        raise UserError(f"{setting('--weight-decay', 'weight_decay')} {config.weight_decay}: must be a finite number >= 0")
     if config.workers < 0 or config.warmup_steps < 0:
-        raise UserError(f"--workers {config.workers} / --warmup-steps {config.warmup_steps}: must be 0 or more")
+        raise UserError(
+            f"{setting('--workers', 'workers')} {config.workers} / {setting('--warmup-steps', 'warmup_steps')} {config.warmup_steps}: must be 0 or more"
+        )
     footprint = probe(config.model, size, num_classes)
     if footprint is None:
         return
     if config.batch_size == 1 and footprint.single_value_batchnorms:
         raise UserError(
-            f"--batch-size 1: {config.model}'s BatchNorm layer {footprint.single_value_batchnorms[0]} sees one value per "
-            "channel per image (a 1x1 map), which cannot be normalised over a batch of one image; use --batch-size 2 or more"
+            f"{setting('--batch-size', 'batch_size')} 1: {config.model}'s BatchNorm layer {footprint.single_value_batchnorms[0]} sees one value per "
+            f"channel per image (a 1x1 map), which cannot be normalised over a batch of one image; use {setting('--batch-size', 'batch_size')} 2 or more"
         )
 
     def need(h: int, w: int) -> float:  # the activations autograd keeps for the backward pass, per image
         return config.batch_size * (activation_bytes(config.model, (h, w), num_classes) or 0)
 
-    what = f"training {config.model} with --batch-size {config.batch_size}"
+    what = f"training {config.model} with {setting('--batch-size', 'batch_size')} {config.batch_size}"
     check_fits(need, size, what, divisor=get_model_config(config.model).size_divisor)
 
 
@@ -132,7 +134,7 @@ def train(config: TrainConfig) -> dict:
     val_split = load_dataset(config.data, "val", num_classes=config.num_classes)
     num_classes = config.num_classes or train_split.info.num_classes
     if len(train_split) == 0 or len(val_split) == 0:
-        raise UserError(f"--data {config.data}: the train or val split is empty")
+        raise UserError(f"{setting('--data', 'data')} {config.data}: the train or val split is empty")
     check_train_settings(config, size, num_classes, train_split.info.num_classes)
 
     preprocess = Preprocess.for_model(model_config, size)
@@ -146,8 +148,8 @@ def train(config: TrainConfig) -> dict:
     batches_per_epoch = (len(sampler) if sampler else len(train_set)) // config.batch_size
     if batches_per_epoch == 0:
         raise UserError(
-            f"--data {config.data}: {len(train_set)} training images is fewer than "
-            f"--batch-size {config.batch_size}; lower the batch size"
+            f"{setting('--data', 'data')} {config.data}: {len(train_set)} training images is fewer than "
+            f"{setting('--batch-size', 'batch_size')} {config.batch_size}; lower the batch size"
         )
 
     extra = {"encoder_checkpoint": config.encoder_checkpoint} if config.encoder_checkpoint else {}
@@ -186,11 +188,11 @@ def train(config: TrainConfig) -> dict:
                 if "Expected more than 1 value per channel" not in str(e):
                     raise
                 raise UserError(
-                    f"--batch-size {config.batch_size}: a BatchNorm layer of {config.model} saw one value per channel; "
-                    "use a larger --batch-size"
+                    f"{setting('--batch-size', 'batch_size')} {config.batch_size}: a BatchNorm layer of {config.model} saw one value per channel; "
+                    f"use a larger {setting('--batch-size', 'batch_size')}"
                 ) from None
             if not torch.isfinite(loss):
-                raise UserError(f"training diverged at step {step} (loss {loss.item()}); lower --lr")
+                raise UserError(f"training diverged at step {step} (loss {loss.item()}); lower {setting('--lr', 'lr')}")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

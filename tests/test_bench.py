@@ -113,5 +113,5 @@ def test_bad_settings_are_user_errors(artifacts, tmp_path):
     with pytest.raises(UserError, match="runs >= 1"):
         benchmark_artifact(artifacts / "model.onnx", runs=0)
     (tmp_path / "bare.tflite").write_bytes((artifacts / "model_float32.tflite").read_bytes())
-    with pytest.raises(UserError, match="--input-size"):
+    with pytest.raises(UserError, match="pass input_size"):  # worded for Python: the caller's argument
         benchmark_artifact(tmp_path / "bare.tflite")

@@ -176,7 +176,7 @@ def test_bad_inputs_are_user_errors(folder, tmp_path):
         evaluate_artifact(tmp_path / "notes.txt", DATA, progress=False)
     with pytest.raises(UserError, match="not found"):
         evaluate_artifact(tmp_path / "missing.onnx", DATA, progress=False)
-    with pytest.raises(UserError, match="--workers"):
+    with pytest.raises(UserError, match="^workers 0: use 1 or more"):  # worded for Python
         evaluate_artifact(folder / "model.onnx", DATA, workers=0, progress=False)
     with pytest.raises(UserError, match="input size"):
         describe_artifact(folder / "model.onnx", input_size=(32,))

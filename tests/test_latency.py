@@ -34,5 +34,5 @@ def test_models_are_timed_at_their_deploy_size_and_rendered(tmp_path):
 def test_unknown_model_is_one_line(tmp_path):
     from seg2tflite.errors import UserError
 
-    with pytest.raises(UserError, match="--models no_such_model: unknown"):
+    with pytest.raises(UserError, match="^models no_such_model: unknown"):
         run_latency(LatencyConfig(run=str(tmp_path), models=("no_such_model",)))

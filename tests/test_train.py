@@ -91,5 +91,5 @@ def test_training_learns_on_synthetic_data(tmp_path):
 
 
 def test_batch_larger_than_split_is_a_clear_error(tmp_path):
-    with pytest.raises(UserError, match="--batch-size"):
+    with pytest.raises(UserError, match="fewer than batch_size 64"):  # worded for Python
         train(_config(tmp_path, batch_size=64))
