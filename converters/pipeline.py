@@ -78,7 +78,7 @@ def convert_model(
     model = model.eval()
     check_finite_weights(model)
     t = time.perf_counter()
-    deploy = deploy_form(model).eval()
+    deploy = deploy_form(model, config.opset).eval()
     classes = {"class": _class_name(model), "deploy_class": _class_name(deploy)}
     model, deploy, output = adapt_outputs(model, deploy, config.input_size, config.output_key, config.upsample_logits)
     export_notes: list[str] = []

@@ -9,13 +9,14 @@ that reach TFLite builtins (see ``seg2tflite.models.deploy_form``).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from torch import nn
 
-from seg2tflite.errors import UserError
+from seg2tflite.errors import UserError, setting
 from seg2tflite.models.checkpoint import (
     load_state_dict_strict,
     load_weights_into,
@@ -92,7 +93,8 @@ def check_input_size(name: str, size) -> tuple[int, int]:
         return str(low) if low == high or v - low <= high - v else str(high)
 
     raise UserError(
-        f"--input-size {h} {w}: {name} needs H and W that are multiples of {divisor}; the nearest is {near(h)} {near(w)}"
+        f"{setting('--input-size', 'input_size')} {h} {w}: {name} needs H and W that are multiples of {divisor}; "
+        f"the nearest is {near(h)} {near(w)}"
     )
 
 
@@ -138,10 +140,16 @@ def check_arguments(name: str, arguments: dict) -> None:
         raise UserError(f"{name}: unknown keyword arguments {', '.join(unknown)} (it takes: {known})")
 
 
-def deploy_form(model: nn.Module) -> nn.Module:
-    """The converter-friendly form of ``model``: same weights, same function, builtins only."""
+def deploy_form(model: nn.Module, opset: int = 17) -> nn.Module:
+    """The converter-friendly form of ``model`` for export at ONNX ``opset``: same weights, same
+    function, builtins only. From opset 20 GELU exports as one ``Gelu`` op (TFLite's GELU builtin:
+    one op that XNNPACK runs in float32, where the erf-free form needs 21, and of which an int8
+    file keeps one LUT op instead of the ABS and RELU XNNPACK leaves to the builtin kernels), so
+    a model with ``to_deploy(native_gelu=...)`` keeps it there."""
     if not hasattr(model, "to_deploy"):
         return model
+    if "native_gelu" in inspect.signature(model.to_deploy).parameters:
+        return model.to_deploy(native_gelu=opset >= 20)
     return model.to_deploy()
 
 
