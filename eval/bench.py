@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from seg2tflite.errors import UserError
+from seg2tflite.errors import UserError, setting
 
 
 @dataclass(frozen=True)
@@ -147,13 +147,24 @@ def benchmark_artifact(
     meta = read_metadata(path)
     size = input_size if input_size is not None else meta["input_size"]
     if size is None:
-        raise UserError(f"{path}: no manifest.json or checkpoint config gives the input size; pass --input-size H W")
+        raise UserError(
+            f"{path}: no manifest.json or checkpoint config gives the input size; pass {setting('--input-size H W', 'input_size')}"
+        )
     size = checked_size(size)
     if threads < 1 or warmup < 0 or runs < 1:
         raise UserError(f"bench: need threads >= 1, warmup >= 0 and runs >= 1 (got {threads}, {warmup}, {runs})")
     check_memory(ArtifactInfo(path, meta["kind"], size, (0.0,) * 3, (1.0,) * 3, meta["model"], meta["num_classes"]))
     if not isolate:
         return measure(str(path), size, threads, warmup, runs)
+    job = {"path": str(path.resolve()), "input_size": list(size), "threads": threads, "warmup": warmup, "runs": runs}
+    result = in_fresh_process("seg2tflite.eval.bench", job, path, "the benchmark process")
+    result["artifact"] = str(path)
+    return BenchResult.from_dict(result)
+
+
+def in_fresh_process(module: str, job: dict, path: Path, what: str) -> dict:
+    """Run ``python -m module JOB`` (``JOB``: ``job`` as JSON plus the file to write its result to)
+    and return that result; a child that dies or reports an error is a ``UserError`` naming ``path``."""
     root = str(Path(__file__).resolve().parents[1])  # so the child imports this checkout's packages
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -161,16 +172,12 @@ def benchmark_artifact(
 
     with private_tempdir("bench") as tmp:
         out = Path(tmp) / "result.json"
-        job = {
-            "path": str(path.resolve()),
-            "input_size": list(size),
-            "threads": threads,
-            "warmup": warmup,
-            "runs": runs,
-            "out": str(out),
-        }
         proc = subprocess.run(
-            [sys.executable, "-m", "seg2tflite.eval.bench", json.dumps(job)], env=env, cwd=root, capture_output=True, text=True
+            [sys.executable, "-m", module, json.dumps({**job, "out": str(out)})],
+            env=env,
+            cwd=root,
+            capture_output=True,
+            text=True,
         )
         result = json.loads(out.read_text()) if out.is_file() else None
     if result is None or proc.returncode != 0:
@@ -179,11 +186,10 @@ def benchmark_artifact(
         else:
             how = f"failed (exit {proc.returncode})"
         last = next((line.strip() for line in reversed((proc.stderr or proc.stdout).splitlines()) if line.strip()), "")
-        raise UserError(f"{path}: the benchmark process {how}{f': {last[:300]}' if last else ''}")
+        raise UserError(f"{path}: {what} {how}{f': {last[:300]}' if last else ''}")
     if "error" in result:
         raise UserError(result["error"])
-    result["artifact"] = str(path)
-    return BenchResult.from_dict(result)
+    return result
 
 
 def benchmark_artifacts(paths, progress: bool = True, **kwargs) -> list[BenchResult]:

@@ -390,12 +390,18 @@ def add_bench(sub) -> None:
     p.add_argument("--threads", type=positive_int, default=1, help="runtime threads")
     p.add_argument("--warmup", type=non_negative_int, default=5, help="untimed runs first")
     p.add_argument("--runs", type=positive_int, default=30, help="timed runs")
+    p.add_argument(
+        "--profile", action="store_true", help="also time every op of each .tflite alone: per op type, XNNPACK or builtin"
+    )
     p.set_defaults(handler=run_bench)
 
 
 def run_bench(args) -> None:
     from seg2tflite.eval.bench import benchmark_artifacts, format_bench
 
+    tflite = [path for path in args.artifact if path.endswith(".tflite")]
+    if args.profile and not tflite:
+        raise UserError("--profile: no .tflite among --artifact; only a .tflite has ops to profile")
     results = benchmark_artifacts(
         args.artifact,
         input_size=tuple(args.input_size) if args.input_size else None,
@@ -404,6 +410,12 @@ def run_bench(args) -> None:
         runs=args.runs,
     )
     print(format_bench(results))
+    if args.profile:
+        from seg2tflite.eval.profile import format_profile, profile_artifact
+
+        for path in tflite:
+            print()
+            print(format_profile(profile_artifact(path, threads=args.threads)))
 
 
 def add_report(sub) -> None:
