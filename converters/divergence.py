@@ -324,8 +324,9 @@ def explain_float16_failure(report: ParityReport, onnx_model, float16_run, image
         summary = (
             f"model_float16.tflite computes the model with its weights rounded to float16 (model.onnx so rounded, in "
             f"ONNX Runtime) within the float32 gate (max drift {figures['max_abs']:.3g}, {100 * share:.4f}% outliers): "
-            "the drift from PyTorch is the model's own response to float16 weights, not a conversion error (a "
-            "discontinuous op, such as an unpooling, moves values when its near-tied inputs shift by that rounding)"
+            "the drift from PyTorch is the model's own response to float16 weights, not a conversion error (layers "
+            "that amplify small weight changes, or a discontinuous op such as an unpooling whose near-tied inputs "
+            "that rounding reorders): float16 costs this model that much, whoever converts it"
         )
     else:
         summary = (

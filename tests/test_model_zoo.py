@@ -2,9 +2,9 @@
 
 torchvision, segmentation_models_pytorch (``encoder_weights=None``: no download), Hugging Face
 ``SegformerForSemanticSegmentation`` (from a small config) and a timm backbone with a small head,
-each built at 96x96 with 8 classes, seeded weights and BatchNorm statistics re-estimated on 8
-synthetic images (random BN statistics give one class everywhere, and then no gate says
-anything), converted once per session with ``convert_model``. A few representative ones run in the
+each built at 96x96 with 8 classes, seeded weights and BatchNorm statistics re-estimated on
+``BN_IMAGES`` synthetic images (random BN statistics give one class everywhere, and then no gate
+says anything), converted once per session with ``convert_model``. A few representative ones run in the
 default suite (marked ``chain``); the rest are ``slow`` (``pytest tests/test_model_zoo.py -m slow -s``
 prints each model's row of the README's zoo table).
 """
@@ -30,7 +30,12 @@ from model_helpers import batchnorm_from_images, convert_keeping_failures
 
 SIZE = (96, 96)
 K = 8
-SPEC = "synthetic:size=96,train=16,val=16"
+SPEC = "synthetic:size=96,train=64,val=16"
+# At 96x96 the last stages' maps are 3x3: 8 images gave 72 samples per channel, some channels'
+# variance came out near 0, and new images then blew up through them (EfficientNet-B0's logits
+# spanned 469, and PyTorch itself, its weights rounded to float16, kept 82.8% of the decisive
+# pixels: a chaotic model no float16 gate can pass). 64 images: a span of 9.7 and 100%.
+BN_IMAGES = 64
 
 
 WORKAROUND_LABELS = {  # the zoo table's name for each rewrite, by a phrase of its manifest line
@@ -44,16 +49,15 @@ WORKAROUND_LABELS = {  # the zoo table's name for each rewrite, by a phrase of i
 }
 
 
-FLOAT16_FINDING = "fails the float16 gates with seeded weights (found 2026-12-01, not yet explained; README zoo table)"
-
-
 @dataclass(frozen=True)
 class ZooModel:
     name: str
     build: Callable[[], nn.Module]
     upsample_logits: bool = False
     default_suite: bool = False  # in the default suite (chain); otherwise slow
-    open_finding: str = ""  # the float gates it still fails: reported as xfail, and a pass says to remove it
+    # float16 weights alone move its logits past the float16 gate (measured: its model.onnx with the
+    # weights rounded, in ONNX Runtime): the gate must fail and the converter must say it is the model's
+    float16_sensitive: bool = False
 
 
 def _smp(arch: str, **kwargs) -> Callable[[], nn.Module]:
@@ -118,8 +122,8 @@ ZOO = [
     ZooModel("hf_segformer_small", _hf_segformer, upsample_logits=True),
     ZooModel("timm_mobilenetv3_small_head", lambda: TimmHead("mobilenetv3_small_100")),
     ZooModel("timm_resnet18_head", lambda: TimmHead("resnet18")),
-    ZooModel("timm_efficientnet_b0_head", lambda: TimmHead("efficientnet_b0"), open_finding=FLOAT16_FINDING),
-    ZooModel("smp_unet_mobilenet_v2", _smp("Unet", encoder_name="mobilenet_v2"), open_finding=FLOAT16_FINDING),
+    ZooModel("timm_efficientnet_b0_head", lambda: TimmHead("efficientnet_b0")),
+    ZooModel("smp_unet_mobilenet_v2", _smp("Unet", encoder_name="mobilenet_v2"), float16_sensitive=True),
 ]  # fmt: skip
 
 
@@ -130,12 +134,12 @@ def _params():
 
 
 def zoo_model(entry: ZooModel) -> nn.Module:
-    """The model seeded, its BatchNorm statistics re-estimated on 8 synthetic training images."""
+    """The model seeded, its BatchNorm statistics re-estimated on ``BN_IMAGES`` synthetic training images."""
     torch.manual_seed(0)
     model = entry.build()
     train = load_dataset(SPEC, "train")
     pre = Preprocess(SIZE, IMAGENET_MEAN, IMAGENET_STD)
-    images = np.stack([pre(*train[i])[0] for i in range(8)])
+    images = np.stack([pre(*train[i])[0] for i in range(BN_IMAGES)])
     return batchnorm_from_images(model, images)
 
 
@@ -190,9 +194,10 @@ def test_float_gates(converted):
     for stage in (*FLOAT_STAGES, "float16"):
         assert stages[stage].nonfinite == 0, (entry.name, stage)
     broken = [(stage, stages[stage].failures) for stage in (*FLOAT_STAGES, "float16") if stages[stage].gate != "pass"]
-    if entry.open_finding:
-        assert broken, f"{entry.name} now passes every float gate: remove its open_finding"
-        pytest.xfail(f"{entry.open_finding}: {broken}")
+    if entry.float16_sensitive:
+        assert [stage for stage, _ in broken] == ["float16"], (entry.name, broken)
+        assert "the model's own response to float16 weights" in result.parity.divergence["summary"], result.parity.divergence
+        return
     assert broken == [], (entry.name, broken)
     assert error is None and result.parity.failures == [], str(error)
 
