@@ -151,6 +151,13 @@ def _interpreter(content: bytes, threads: int, xnnpack: bool):
     return interpreter
 
 
+def latency_ms(content: bytes, threads: int = 2, xnnpack: bool = True, warmup: int = 3, runs: int = 20) -> float:
+    """Median milliseconds of one call of the whole ``content`` at batch 1, on random inputs."""
+    interpreter = _interpreter(content, threads, xnnpack)
+    _random_inputs(interpreter, np.random.default_rng(0))
+    return _median_ms(interpreter, warmup, runs)
+
+
 def profile_tflite(
     path: str | Path, threads: int = 2, xnnpack: bool = True, warmup: int = 3, runs: int = 15, progress: bool = True
 ) -> Profile:
@@ -161,10 +168,7 @@ def profile_tflite(
     path = Path(path)
     content = path.read_bytes()
     rng = np.random.default_rng(0)
-    whole = _interpreter(content, threads, xnnpack)
-    _random_inputs(whole, rng)
-    profile = Profile(str(path), threads, xnnpack, _median_ms(whole, warmup, runs))
-    del whole
+    profile = Profile(str(path), threads, xnnpack, latency_ms(content, threads, xnnpack, warmup, runs))
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
     names = _op_names()
     graph = model.subgraphs[0]

@@ -20,9 +20,11 @@ from seg2tflite.compress.mixed_precision import (
     REPORT_FILE,
     MixedPrecisionConfig,
     calibrate,
+    format_mixed_precision,
     quantizable_nodes,
     quantize,
     search_mixed_precision,
+    undelegated_op_types,
     write_mixed_precision,
 )
 from seg2tflite.compress_config import Method
@@ -65,8 +67,8 @@ def test_search_stops_at_full_int8_within_budget(calibrated, tmp_path):
     out, calib, model = calibrated
     images, masks = _arrays("val", 6)
     found = search_mixed_precision(
-        out / "saved_model", out / "model_float32.tflite", calib, images, masks, K, MixedPrecisionConfig(max_miou_drop=100.0),
-        log=lambda _: None, progress=False,
+        out / "saved_model", out / "model_float32.tflite", calib, images, masks, K,
+        MixedPrecisionConfig(max_miou_drop=100.0, prefer_speed=False), log=lambda _: None, progress=False,
     )  # fmt: skip
     assert found.within_budget and found.float_op_types == [] and found.float_nodes == []
     assert len(found.trials) == 1 and found.miou == found.full_int8_miou
@@ -77,6 +79,44 @@ def test_search_stops_at_full_int8_within_budget(calibrated, tmp_path):
     record = json.loads(report_path.read_text())
     assert report_path.name == REPORT_FILE and record["settings"] == {"x": 1} and record["ops"]["ops"]["CONV_2D"] >= 3
     assert record["size_vs_float32"] == pytest.approx(len(found.model) / (out / "model_float32.tflite").stat().st_size)
+
+
+@pytest.fixture(scope="module")
+def softmax_net(tmp_path_factory):
+    """A conv then a channel softmax as a SavedModel and its float32 file: XNNPACK has no int8 SOFTMAX."""
+    import tensorflow as tf
+
+    d = tmp_path_factory.mktemp("softmax_net")
+    w = tf.constant(np.random.default_rng(0).normal(size=(3, 3, 3, K)).astype(np.float32))
+    module = tf.Module()
+    module.segment = tf.function(
+        lambda x: tf.nn.softmax(tf.nn.conv2d(x, w, 1, "SAME")), input_signature=[tf.TensorSpec([1, *SIZE, 3], tf.float32)]
+    )
+    tf.saved_model.save(module, str(d / "saved_model"), signatures=module.segment)
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(d / "saved_model"))
+    (d / "model_float32.tflite").write_bytes(converter.convert())
+    return d
+
+
+def test_speed_step_keeps_the_faster_file_xnnpack_runs_whole(softmax_net, calibrated):
+    """Step 4: the op types XNNPACK leaves to the builtin kernels go to float until it takes every
+    op; the file chosen is the one measured faster (both are within this budget)."""
+    _, calib, small = calibrated
+    images, masks = _arrays("val", 6)
+    run = lambda d: search_mixed_precision(  # noqa: E731
+        d / "saved_model", d / "model_float32.tflite", calib, images, masks, K, MixedPrecisionConfig(max_miou_drop=100.0),
+        log=lambda _: None, progress=False,
+    )  # fmt: skip
+    found = run(softmax_net)
+    candidates = found.speed["candidates"]
+    assert candidates["accuracy"]["undelegated"] == ["SOFTMAX"] and candidates["xnnpack_whole"]["undelegated"] == []
+    assert candidates["xnnpack_whole"]["float_op_types"] == ["SOFTMAX"]
+    faster = min(candidates, key=lambda name: candidates[name]["median_ms"])
+    assert found.speed["chosen"] == faster
+    assert found.float_op_types == candidates[faster]["float_op_types"] and found.within_budget
+    assert "speed: accuracy" in format_mixed_precision(found)
+    assert undelegated_op_types(quantize(small), None) == []  # the small CNN: nothing to win
+    assert run(calibrated[0]).speed == {"chosen": "accuracy", "note": "XNNPACK already takes every op"}
 
 
 def test_search_with_no_budget_tries_op_types_and_keeps_the_best(calibrated):

@@ -22,8 +22,17 @@ the debugger, running without it, cannot see). So:
    points), so the nodes are removed from a set that works rather than added to one that
    does not.
 
+4. speed (``prefer_speed``): XNNPACK has no int8 kernel for some ops (on LiteRT 2.3.0 int8
+   BATCH_MATMUL with a non-zero right-hand zero point, SOFTMAX, GELU, RSQRT, some SUBs); they run
+   on the builtin kernels and cut the graph into partitions. The op types the interpreter leaves
+   undelegated are added to the float set until XNNPACK takes every op; that file replaces the
+   result when it is within budget and measured faster (median at batch 1, the two files timed
+   in turns). SegFormer-B0 at 96x96: int8 everywhere XNNPACK can, float elsewhere, every op
+   delegated.
+
 ``model_mixed_int8.tflite`` is the result; ``mixed_precision.json`` lists what was kept in
-float, every trial's mIoU, and the size against the float32 file.
+float, every trial's mIoU, the speed candidates' latency and delegation, and the size against
+the float32 file.
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ class MixedPrecisionConfig:
     max_miou_drop: float = 1.0  # mIoU points the result may lose against the float32 TFLite model
     max_node_trials: int = 32  # op types with more nodes than this are kept in float whole
     threads: int | None = None  # LiteRT threads while evaluating candidates
+    prefer_speed: bool = True  # step 4: the ops XNNPACK cannot run in int8 kept in float, when that is faster
 
     def __post_init__(self) -> None:
         if not self.max_miou_drop >= 0:
@@ -75,6 +85,7 @@ class MixedPrecisionResult:
     float32_size_bytes: int
     trials: list[dict] = field(default_factory=list)  # {"float": [...], "miou": x} in the order tried
     model: bytes = field(default=b"", repr=False)
+    speed: dict = field(default_factory=dict)  # step 4: each candidate's float ops, mIoU, latency, delegation
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -137,8 +148,16 @@ def search_mixed_precision(
     log: Callable[[str], None] = print,
     progress: bool = True,
 ) -> MixedPrecisionResult:
-    """The smallest set of float ops (by the greedy search above) that keeps the int8 model within budget."""
+    """The smallest set of float ops (by the greedy search above) that keeps the int8 model within
+    budget, then, with ``prefer_speed``, the faster of it and its XNNPACK-whole form."""
     calibrated = calibrate(saved_model, calibration)
+    found = _accuracy_search(calibrated, float32_model, images, masks, num_classes, config, log, progress)
+    if config.prefer_speed:
+        found = _prefer_speed(calibrated, found, images, masks, num_classes, config, log)
+    return found
+
+
+def _accuracy_search(calibrated, float32_model, images, masks, num_classes, config, log, progress) -> MixedPrecisionResult:
     nodes_by_type = quantizable_nodes(calibrated)
     float32_bytes = float32_model if isinstance(float32_model, bytes) else Path(float32_model).read_bytes()
     reference = tflite_miou(float32_bytes, images, masks, num_classes, config.threads)
@@ -198,6 +217,56 @@ def search_mixed_precision(
     return result(miou, model, ops, nodes)
 
 
+def undelegated_op_types(model: bytes, threads: int | None) -> list[str]:
+    """Op types of ``model`` LiteRT's interpreter left to the builtin kernels after XNNPACK took
+    what it could (the float/int8 boundary ops aside: they exist because of the float set)."""
+    from seg2tflite.converters.runtimes import TFLiteRunner
+
+    kept = TFLiteRunner(model, threads).delegation["not_delegated"]
+    return [op for op in kept if op not in ("QUANTIZE", "DEQUANTIZE")]
+
+
+def _prefer_speed(calibrated, found, images, masks, num_classes, config, log) -> MixedPrecisionResult:
+    """Step 4: the op types XNNPACK leaves undelegated added to ``found``'s float set until it takes
+    every op; the faster of the two files within budget is kept."""
+    from seg2tflite.eval.profile import latency_ms
+
+    ops, model = list(found.float_op_types), found.model
+    for _ in range(4):  # a float op's new QUANTIZE/DEQUANTIZE neighbours may shift what XNNPACK takes
+        missing = [op for op in undelegated_op_types(model, config.threads) if op not in ops]
+        if not missing:
+            break
+        ops += missing
+        model = quantize(calibrated, ops, found.float_nodes)
+    if model is found.model:
+        found.speed = {"chosen": "accuracy", "note": "XNNPACK already takes every op"}
+        return found
+    miou = tflite_miou(model, images, masks, num_classes, config.threads)
+    times = {"accuracy": [], "xnnpack_whole": []}
+    for _ in range(3):  # in turns, so a busy moment slows both
+        times["accuracy"].append(latency_ms(found.model, config.threads or 2))
+        times["xnnpack_whole"].append(latency_ms(model, config.threads or 2))
+    median = {k: float(np.median(v)) for k, v in times.items()}
+    faster = miou >= found.float32_miou - config.max_miou_drop and median["xnnpack_whole"] < median["accuracy"]
+    found.speed = {
+        "candidates": {
+            "accuracy": {"float_op_types": found.float_op_types, "miou": found.miou, "median_ms": median["accuracy"],
+                         "undelegated": undelegated_op_types(found.model, config.threads)},
+            "xnnpack_whole": {"float_op_types": ops, "miou": miou, "median_ms": median["xnnpack_whole"],
+                              "undelegated": undelegated_op_types(model, config.threads)},
+        },
+        "chosen": "xnnpack_whole" if faster else "accuracy",
+    }  # fmt: skip
+    log(
+        f"XNNPACK-whole (also in float: {', '.join(o for o in ops if o not in found.float_op_types)}): {miou:.2f}% mIoU, "
+        f"{median['xnnpack_whole']:.2f} ms against {median['accuracy']:.2f} ms -> {found.speed['chosen']}"
+    )
+    if faster:
+        found.model, found.miou, found.float_op_types, found.size_bytes = model, miou, ops, len(model)
+        found.within_budget = True
+    return found
+
+
 def write_mixed_precision(out_dir: str | Path, found: MixedPrecisionResult, extra: dict | None = None) -> tuple[Path, Path]:
     """``model_mixed_int8.tflite`` and ``mixed_precision.json`` (with its op list) in ``out_dir``."""
     out_dir = Path(out_dir)
@@ -220,4 +289,8 @@ def format_mixed_precision(found: MixedPrecisionResult) -> str:
         f"size {found.size_bytes / 1e6:.2f} MB = {found.size_bytes / found.float32_size_bytes:.2f}x float32",
     ]
     lines += [f"  {n}" for n in found.float_nodes]
+    candidates = found.speed.get("candidates")
+    if candidates:
+        timed = ", ".join(f"{name} {c['median_ms']:.2f} ms" for name, c in candidates.items())
+        lines.append(f"speed: {timed} -> {found.speed['chosen']}")
     return "\n".join(lines)

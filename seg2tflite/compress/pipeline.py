@@ -130,7 +130,10 @@ def _mixed(run: _Run, name: str, config: CompressConfig, method: Method = MIXED)
     compressed = method.kind != "mixed"
     convert_dir = run.model_dir(name) / "compress" / method.tag / "convert" if compressed else base_dir
     model = f"{name}+{method.tag}" if compressed else name
-    settings = {"max_miou_drop": config.max_miou_drop, "val_images": config.val_images, "calib_size": run.calib_size}
+    settings = {
+        "max_miou_drop": config.max_miou_drop, "val_images": config.val_images, "calib_size": run.calib_size,
+        "prefer_speed": True,
+    }  # fmt: skip
     report = convert_dir / REPORT_FILE
     if report.is_file() and json.loads(report.read_text()).get("settings") == settings:
         print(f"{model}: mixed precision already searched with these settings")
