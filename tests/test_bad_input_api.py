@@ -170,9 +170,10 @@ def test_ctrl_c_during_evaluate_with_workers_prints_one_line(tmp_path):
     import time
 
     onnx_path = Bench(tmp_path, None).onnx()
-    # Far more images than get evaluated: the first chunk (1/8 of the split) reports progress, and the
-    # SIGINT must still find the workers busy. 20,000 images finished in 6 s on an idle machine.
-    images = 400_000
+    # More images than get evaluated: the first chunk (1/8 of the split, 10,000) reports progress,
+    # and the SIGINT must still find the workers busy with the other 70,000 (20,000 images take 6 s
+    # on an idle machine).
+    images = 80_000
     command = [sys.executable, "-m", "seg2tflite", "evaluate", "--artifact", str(onnx_path), "--workers", "2",
                "--data", f"synthetic:size=32,test={images}", *EIGHT_CLASS_ARGS]  # fmt: skip
     process = subprocess.Popen(command, stderr=subprocess.PIPE, start_new_session=True)
