@@ -43,6 +43,7 @@ class Profile:
     xnnpack: bool
     whole_ms: float  # the whole file, median at batch 1
     ops: list[OpTime] = field(default_factory=list)
+    untimed: list[str] = field(default_factory=list)  # "#index OP" of ops that do not load alone
 
     @property
     def sum_ms(self) -> float:
@@ -60,7 +61,7 @@ class Profile:
     def as_dict(self) -> dict:
         return {
             "path": self.path, "threads": self.threads, "xnnpack": self.xnnpack, "whole_ms": self.whole_ms,
-            "sum_ms": self.sum_ms, "by_type": self.by_type(), "ops": [asdict(t) for t in self.ops],
+            "sum_ms": self.sum_ms, "by_type": self.by_type(), "ops": [asdict(t) for t in self.ops], "untimed": self.untimed,
         }  # fmt: skip
 
 
@@ -178,7 +179,11 @@ def profile_tflite(
         name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
         first = next((int(t) for t in op.inputs if int(t) >= 0), None)
         dtype = _dtype_name(graph.tensors[first].type) if first is not None else "-"
-        interpreter = _interpreter(single_op_model(model, index), threads, xnnpack)
+        try:
+            interpreter = _interpreter(single_op_model(model, index), threads, xnnpack)
+        except (ValueError, RuntimeError):  # an op that needs its graph (a call into another subgraph)
+            profile.untimed.append(f"#{index} {name}")
+            continue
         delegated = any(d["op_name"] == "DELEGATE" for d in interpreter._get_ops_details())
         _random_inputs(interpreter, rng)
         profile.ops.append(OpTime(index, name, dtype, delegated, _median_ms(interpreter, warmup, runs)))
@@ -204,6 +209,8 @@ def format_profile(profile: Profile, top: int = 10) -> str:
         lines.append(
             f"{row['op']:<26}{row['dtype']:<9}{where:<9}{row['count']:>6}{row['ms']:>9.3f}{100 * row['ms'] / total:>7.1f}%"
         )
+    if profile.untimed:
+        lines.append(f"not timed (they do not load alone): {', '.join(profile.untimed)}")
     lines.append(f"slowest {min(top, len(profile.ops))} ops:")
     for t in sorted(profile.ops, key=lambda t: -t.median_ms)[:top]:
         lines.append(f"  #{t.index:<5}{t.op:<24}{t.dtype:<9}{'XNNPACK' if t.delegated else 'builtin':<9}{t.median_ms:>8.3f} ms")
@@ -221,7 +228,7 @@ def profile_artifact(path: str | Path, threads: int = 2, xnnpack: bool = True) -
     job = {"path": str(path.resolve()), "threads": threads, "xnnpack": xnnpack}
     result = in_fresh_process("seg2tflite.eval.profile", job, path, "the profiling process")
     ops = [OpTime(**t) for t in result["ops"]]
-    return Profile(str(path), result["threads"], result["xnnpack"], result["whole_ms"], ops)
+    return Profile(str(path), result["threads"], result["xnnpack"], result["whole_ms"], ops, result["untimed"])
 
 
 def _child_main(argv: list[str]) -> int:

@@ -79,7 +79,7 @@ def test_every_op_is_timed_once(tflite):
     counts = op_report(tflite.read_bytes()).counts
     assert Counter(t.op for t in profile.ops) == Counter(counts)
     assert [t.index for t in profile.ops] == list(range(sum(counts.values())))
-    assert profile.whole_ms > 0 and all(t.median_ms > 0 for t in profile.ops)
+    assert profile.whole_ms > 0 and all(t.median_ms > 0 for t in profile.ops) and profile.untimed == []
     assert sum(row["count"] for row in profile.by_type()) == len(profile.ops)
     if "float32" in tflite.name:  # XNNPACK takes every float op of this graph
         assert all(t.delegated and t.dtype == "float32" for t in profile.ops), profile.ops
