@@ -26,9 +26,9 @@ the debugger, running without it, cannot see). So:
    BATCH_MATMUL with a non-zero right-hand zero point, SOFTMAX, GELU, RSQRT, some SUBs); they run
    on the builtin kernels and cut the graph into partitions. The op types the interpreter leaves
    undelegated are added to the float set until XNNPACK takes every op; that file replaces the
-   result when it is within budget and measured faster (median at batch 1, the two files timed
-   in turns). SegFormer-B0 at 96x96: int8 everywhere XNNPACK can, float elsewhere, every op
-   delegated.
+   result when it is measured faster (median at batch 1, the two files timed in turns) and
+   within budget, or no less accurate than a result that is not. SegFormer-B0 at 96x96: int8
+   everywhere XNNPACK can, float elsewhere, every op delegated.
 
 ``model_mixed_int8.tflite`` is the result; ``mixed_precision.json`` lists what was kept in
 float, every trial's mIoU, the speed candidates' latency and delegation, and the size against
@@ -228,7 +228,7 @@ def undelegated_op_types(model: bytes, threads: int | None) -> list[str]:
 
 def _prefer_speed(calibrated, found, images, masks, num_classes, config, log) -> MixedPrecisionResult:
     """Step 4: the op types XNNPACK leaves undelegated added to ``found``'s float set until it takes
-    every op; the faster of the two files within budget is kept."""
+    every op; kept when faster and within budget, or faster and no less accurate."""
     from seg2tflite.eval.profile import latency_ms
 
     ops, model = list(found.float_op_types), found.model
@@ -247,7 +247,9 @@ def _prefer_speed(calibrated, found, images, masks, num_classes, config, log) ->
         times["accuracy"].append(latency_ms(found.model, config.threads or 2))
         times["xnnpack_whole"].append(latency_ms(model, config.threads or 2))
     median = {k: float(np.median(v)) for k, v in times.items()}
-    faster = miou >= found.float32_miou - config.max_miou_drop and median["xnnpack_whole"] < median["accuracy"]
+    within = miou >= found.float32_miou - config.max_miou_drop
+    # faster, and within budget or at least as accurate as a choice that is not
+    faster = median["xnnpack_whole"] < median["accuracy"] and (within or miou >= found.miou)
     found.speed = {
         "candidates": {
             "accuracy": {"float_op_types": found.float_op_types, "miou": found.miou, "median_ms": median["accuracy"],
@@ -263,7 +265,7 @@ def _prefer_speed(calibrated, found, images, masks, num_classes, config, log) ->
     )
     if faster:
         found.model, found.miou, found.float_op_types, found.size_bytes = model, miou, ops, len(model)
-        found.within_budget = True
+        found.within_budget = within
     return found
 
 
