@@ -109,8 +109,8 @@ def test_speed_step_keeps_the_faster_file_xnnpack_runs_whole(softmax_net, calibr
     )  # fmt: skip
     found = run(softmax_net)
     candidates = found.speed["candidates"]
-    assert candidates["accuracy"]["undelegated"] == ["SOFTMAX"] and candidates["xnnpack_whole"]["undelegated"] == []
-    assert candidates["xnnpack_whole"]["float_op_types"] == ["SOFTMAX"]
+    assert candidates["accuracy"]["undelegated"] == ["SOFTMAX"] and candidates["undelegated_in_float"]["undelegated"] == []
+    assert candidates["undelegated_in_float"]["float_op_types"] == ["SOFTMAX"]
     faster = min(candidates, key=lambda name: candidates[name]["median_ms"])
     assert found.speed["chosen"] == faster
     assert found.float_op_types == candidates[faster]["float_op_types"] and found.within_budget
