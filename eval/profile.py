@@ -102,9 +102,8 @@ def single_op_model(model, index: int) -> bytes:
     sub = schema.SubGraphT()
     sub.tensors = tensors
     sub.operators = [op]
-    sub.inputs = [
-        new_index[int(t)] for t in graph.operators[index].inputs if int(t) >= 0 and not _is_constant(model, graph.tensors[int(t)])
-    ]
+    variable = [int(t) for t in graph.operators[index].inputs if int(t) >= 0 and not _is_constant(model, graph.tensors[int(t)])]
+    sub.inputs = [new_index[t] for t in dict.fromkeys(variable)]  # once each, even for x * x
     sub.outputs = list(op.outputs)
     sub.name = f"op{index}"
     single = schema.ModelT()
