@@ -11,6 +11,7 @@ model's runner includes the input quantization and output dequantization, as a c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from seg2tflite.errors import UserError, setting
+from seg2tflite.errors import UserError, command_line_wording, on_command_line, setting
 
 
 @dataclass(frozen=True)
@@ -172,13 +173,8 @@ def in_fresh_process(module: str, job: dict, path: Path, what: str) -> dict:
 
     with private_tempdir("bench") as tmp:
         out = Path(tmp) / "result.json"
-        proc = subprocess.run(
-            [sys.executable, "-m", module, json.dumps({**job, "out": str(out)})],
-            env=env,
-            cwd=root,
-            capture_output=True,
-            text=True,
-        )
+        job = {**job, "out": str(out), "command_line": on_command_line()}  # the child words its errors as we do
+        proc = subprocess.run([sys.executable, "-m", module, json.dumps(job)], env=env, cwd=root, capture_output=True, text=True)
         result = json.loads(out.read_text()) if out.is_file() else None
     if result is None or proc.returncode != 0:
         if proc.returncode < 0:
@@ -223,7 +219,8 @@ def _child_main(argv: list[str]) -> int:
 
     quiet_libraries()
     try:
-        result = measure(job["path"], tuple(job["input_size"]), job["threads"], job["warmup"], job["runs"]).as_dict()
+        with command_line_wording() if job["command_line"] else contextlib.nullcontext():
+            result = measure(job["path"], tuple(job["input_size"]), job["threads"], job["warmup"], job["runs"]).as_dict()
     except UserError as e:
         result = {"error": str(e)}
     out.write_text(json.dumps(result))

@@ -16,6 +16,7 @@ that file's profile only.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import statistics
@@ -231,11 +232,13 @@ def profile_artifact(path: str | Path, threads: int = 2, xnnpack: bool = True) -
 
 
 def _child_main(argv: list[str]) -> int:
+    from seg2tflite.errors import command_line_wording
     from seg2tflite.quiet import quiet_libraries
 
     job = json.loads(argv[0])
     quiet_libraries()
-    result = profile_tflite(job["path"], job["threads"], job["xnnpack"], progress=False).as_dict()
+    with command_line_wording() if job["command_line"] else contextlib.nullcontext():
+        result = profile_tflite(job["path"], job["threads"], job["xnnpack"], progress=False).as_dict()
     Path(job["out"]).write_text(json.dumps(result))
     return 0
 

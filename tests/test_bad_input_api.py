@@ -176,7 +176,10 @@ def test_ctrl_c_during_evaluate_with_workers_prints_one_line(tmp_path):
     images = 80_000
     command = [sys.executable, "-m", "seg2tflite", "evaluate", "--artifact", str(onnx_path), "--workers", "2",
                "--data", f"synthetic:size=32,test={images}", *EIGHT_CLASS_ARGS]  # fmt: skip
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, start_new_session=True)
+    # A terminal's foreground command has SIGINT at its default; one started from a background job
+    # (`pytest &`, a CI runner's shell) inherits it ignored and would never see the Ctrl-C.
+    reset = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, start_new_session=True, preexec_fn=reset)
     stderr = bytearray()
     reader = threading.Thread(target=lambda: [stderr.extend(chunk) for chunk in iter(lambda: process.stderr.read1(4096), b"")])
     reader.start()

@@ -118,7 +118,7 @@ ZOO = [
     ZooModel("smp_upernet_resnet18", _smp("UPerNet", encoder_name="resnet18")),
     ZooModel("smp_segformer_mit_b0", _smp("Segformer", encoder_name="mit_b0")),
     ZooModel("tv_deeplabv3_mobilenet_v3_large", _torchvision("deeplabv3_mobilenet_v3_large")),
-    ZooModel("tv_fcn_resnet50", _torchvision("fcn_resnet50")),
+    ZooModel("tv_fcn_resnet50", _torchvision("fcn_resnet50"), float16_sensitive=True),
     ZooModel("hf_segformer_small", _hf_segformer, upsample_logits=True),
     ZooModel("timm_mobilenetv3_small_head", lambda: TimmHead("mobilenetv3_small_100")),
     ZooModel("timm_resnet18_head", lambda: TimmHead("resnet18")),
