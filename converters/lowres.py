@@ -25,11 +25,10 @@ def _named(output: str) -> str:
 
 
 def _op_name(model, op) -> str:
-    from tensorflow.lite.python import schema_py_generated as schema
+    from seg2tflite.converters.ops import BUILTIN_NAMES
 
     code = model.operatorCodes[op.opcodeIndex]
-    number = max(code.builtinCode, code.deprecatedBuiltinCode)
-    return next(k for k, v in vars(schema.BuiltinOperator).items() if v == number and not k.startswith("_"))
+    return BUILTIN_NAMES[max(code.builtinCode, code.deprecatedBuiltinCode)]
 
 
 def cut_final_resize(content: bytes) -> tuple[bytes, int]:

@@ -15,8 +15,8 @@ from ai_edge_litert import schema_py_generated as schema
 
 from seg2tflite.errors import UserError
 
-_BUILTIN_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-_TENSOR_TYPES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+BUILTIN_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+TENSOR_TYPES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
 BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")
 
 
@@ -49,7 +49,7 @@ def _op_name(code) -> tuple[str, bool]:
     if builtin == schema.BuiltinOperator.CUSTOM:
         custom = code.CustomCode()
         return (custom.decode() if isinstance(custom, bytes) else str(custom)), False
-    return _BUILTIN_NAMES.get(builtin, f"BUILTIN_{builtin}"), True
+    return BUILTIN_NAMES.get(builtin, f"BUILTIN_{builtin}"), True
 
 
 def op_report(model_content: bytes) -> OpReport:
@@ -64,8 +64,8 @@ def op_report(model_content: bytes) -> OpReport:
         graph = model.Subgraphs(s)
         tensor_type = lambda i: graph.Tensors(i).Type()  # noqa: E731
         if s == 0:
-            input_type = ",".join(_TENSOR_TYPES.get(tensor_type(graph.Inputs(i)), "?") for i in range(graph.InputsLength()))
-            output_type = ",".join(_TENSOR_TYPES.get(tensor_type(graph.Outputs(i)), "?") for i in range(graph.OutputsLength()))
+            input_type = ",".join(TENSOR_TYPES.get(tensor_type(graph.Inputs(i)), "?") for i in range(graph.InputsLength()))
+            output_type = ",".join(TENSOR_TYPES.get(tensor_type(graph.Outputs(i)), "?") for i in range(graph.OutputsLength()))
         for j in range(graph.OperatorsLength()):
             op = graph.Operators(j)
             name, builtin = codes[op.OpcodeIndex()]

@@ -66,12 +66,6 @@ class Profile:
         }  # fmt: skip
 
 
-def _op_names() -> dict[int, str]:
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-
-
 def _is_constant(model, tensor) -> bool:
     buffer = model.buffers[tensor.buffer] if tensor.buffer < len(model.buffers) else None
     return buffer is not None and (buffer.data is not None and len(buffer.data) > 0 or bool(getattr(buffer, "size", 0)))
@@ -166,19 +160,20 @@ def profile_tflite(
     from tensorflow.lite.tools import flatbuffer_utils
     from tqdm.auto import tqdm
 
+    from seg2tflite.converters.ops import BUILTIN_NAMES, TENSOR_TYPES
+
     path = Path(path)
     content = path.read_bytes()
     rng = np.random.default_rng(0)
     profile = Profile(str(path), threads, xnnpack, latency_ms(content, threads, xnnpack, warmup, runs))
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
-    names = _op_names()
     graph = model.subgraphs[0]
     for index in tqdm(range(len(graph.operators)), desc=f"profile {path.name}", disable=not progress, unit="op"):
         op = graph.operators[index]
         code = model.operatorCodes[op.opcodeIndex]
-        name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+        name = BUILTIN_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
         first = next((int(t) for t in op.inputs if int(t) >= 0), None)
-        dtype = _dtype_name(graph.tensors[first].type) if first is not None else "-"
+        dtype = TENSOR_TYPES[graph.tensors[first].type].lower() if first is not None else "-"
         try:
             interpreter = _interpreter(single_op_model(model, index), threads, xnnpack)
         except (ValueError, RuntimeError):  # an op that needs its graph (a call into another subgraph)
@@ -188,12 +183,6 @@ def profile_tflite(
         _random_inputs(interpreter, rng)
         profile.ops.append(OpTime(index, name, dtype, delegated, _median_ms(interpreter, warmup, runs)))
     return profile
-
-
-def _dtype_name(tensor_type: int) -> str:
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    return next(k for k, v in vars(schema.TensorType).items() if v == tensor_type and not k.startswith("_")).lower()
 
 
 def format_profile(profile: Profile, top: int = 10) -> str:

@@ -235,12 +235,14 @@ def _prefer_speed(calibrated, found, images, masks, num_classes, config, log) ->
     from seg2tflite.eval.profile import latency_ms
 
     ops, model = list(found.float_op_types), found.model
+    undelegated = first = undelegated_op_types(model, config.threads)
     for _ in range(4):  # a float op's new QUANTIZE/DEQUANTIZE neighbours may shift what XNNPACK takes
-        missing = [op for op in undelegated_op_types(model, config.threads) if op not in ops]
+        missing = [op for op in undelegated if op not in ops]
         if not missing:
             break
         ops += missing
         model = quantize(calibrated, ops, found.float_nodes)
+        undelegated = undelegated_op_types(model, config.threads)
     if model is found.model:
         found.speed = {"chosen": "accuracy", "note": "XNNPACK already takes every op"}
         return found
@@ -256,9 +258,9 @@ def _prefer_speed(calibrated, found, images, masks, num_classes, config, log) ->
     found.speed = {
         "candidates": {
             "accuracy": {"float_op_types": found.float_op_types, "miou": found.miou, "median_ms": median["accuracy"],
-                         "undelegated": undelegated_op_types(found.model, config.threads)},
+                         "undelegated": first},
             "undelegated_in_float": {"float_op_types": ops, "miou": miou, "median_ms": median["undelegated_in_float"],
-                              "undelegated": undelegated_op_types(model, config.threads)},
+                              "undelegated": undelegated},
         },
         "chosen": "undelegated_in_float" if faster else "accuracy",
     }  # fmt: skip
