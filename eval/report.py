@@ -329,10 +329,12 @@ def render_deploy_latency_md(run_dir: Path) -> str | None:
     for r in rows:
         ms = r["median_ms"]
         ops = {s: d for s, d in (r.get("delegation") or {}).items()}
-        taken = " / ".join(f"{ops[s]['delegated']}/{ops[s]['ops']}" if s in ops else "-" for s in ("float32", "full_int8"))
+        stages = ("float32", "full_int8", "mixed_int8")
+        taken = " / ".join(f"{ops[s]['delegated']}/{ops[s]['ops']}" if s in ops else "-" for s in stages)
+        mixed = f"{ms['mixed_int8']:.1f}" if "mixed_int8" in ms else "-"
         body.append([
             f"`{r['model']}`", f"{r['input_size'][0]}x{r['input_size'][1]}", f"{ms['pytorch']:.1f}", f"{ms['float32']:.1f}",
-            f"{ms['full_int8']:.1f}", f"{r['int8_over_float32']:.2f}", f"{r['float32_over_pytorch']:.2f}", taken,
+            f"{ms['full_int8']:.1f}", mixed, f"{r['int8_over_float32']:.2f}", f"{r['float32_over_pytorch']:.2f}", taken,
         ])  # fmt: skip
     versions = data.get("versions") or {}
     return "\n".join([
@@ -342,12 +344,15 @@ def render_deploy_latency_md(run_dir: Path) -> str | None:
         f"process, all in one run (`seg2tflite latency`); LiteRT {versions.get('ai-edge-litert')} with XNNPACK, PyTorch",
         f"{versions.get('torch')} eager, on {versions.get('cpus')} CPUs ({versions.get('platform')}). On an x86 CPU with AVX2",
         "and no VNNI, XNNPACK's int8 kernels can be at most about 2x faster than float32 in theory; int16x8 is",
-        "never delegated (XNNPACK takes no int16). XNNPACK ops: delegated of all, float32 / full int8.",
+        "never delegated (XNNPACK takes no int16). Mixed int8: the op types and nodes `seg2tflite compress",
+        "--methods mixed` kept in float at the demo size, applied at this size (- where it has not run).",
+        "XNNPACK ops: delegated of all, float32 / full int8 / mixed int8.",
         "",
         _md_table(
-            ["model", "input", "PyTorch", "TFLite float32", "TFLite full int8", "int8 / float32", "float32 / PyTorch", "XNNPACK ops"],
+            ["model", "input", "PyTorch", "TFLite float32", "TFLite full int8", "TFLite mixed int8", "int8 / float32",
+             "float32 / PyTorch", "XNNPACK ops"],
             body,
-            ["---", "---"] + ["--:"] * 6,
+            ["---", "---"] + ["--:"] * 7,
         ),
         "",
     ])  # fmt: skip

@@ -6,6 +6,12 @@ their deploy size (the registry's ``input_size``: SegFormer and DeepLab 512x512,
 demo weights when there are some, else seeded ones: latency does not depend on the values),
 benchmarks PyTorch and both .tflite files in fresh processes in the same run, and writes
 ``DIR/deploy_latency.json``; ``seg2tflite report`` renders it as ``report/deploy_latency.md``.
+
+Where ``seg2tflite compress --methods mixed`` has chosen a mixed-precision file for a model at the
+demo size (``models/M/convert/mixed_precision.json``), the same choice (the op types and nodes it
+kept in float) is applied at the deploy size too, ``deploy/M/model_mixed_int8.tflite``, and timed
+beside the others: the search measures accuracy at the size it can afford, the deploy size is
+where its speed matters.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from seg2tflite.atomic import atomic_write_text
+from seg2tflite.atomic import atomic_write_bytes, atomic_write_text
 from seg2tflite.errors import UserError, setting
 from seg2tflite.eval.record import DEPLOY_LATENCY_FILE, run_versions
 
@@ -49,6 +55,11 @@ def _models(config: LatencyConfig) -> tuple[str, ...]:
     return tuple(n for n in list_models() if not get_model_config(n).variant_of)
 
 
+def deploy_data_spec(size, calib_size: int) -> str:
+    """The synthetic data a deploy-size conversion calibrates on (ranges, not accuracy, are at stake)."""
+    return f"synthetic:size={size[0]}x{size[1]},train={calib_size},val=2,test=1"
+
+
 def _convert_at_deploy_size(name: str, out: Path, config: LatencyConfig) -> tuple[Path, tuple[int, int]]:
     from seg2tflite.converters import ConvertConfig, ParityError, convert_registered
     from seg2tflite.data import load_dataset
@@ -56,7 +67,7 @@ def _convert_at_deploy_size(name: str, out: Path, config: LatencyConfig) -> tupl
 
     size = tuple(get_model_config(name).input_size)
     trained = Path(config.run) / "models" / name / "train" / "best.safetensors"
-    spec = f"synthetic:size={size[0]}x{size[1]},train={config.calib_size},val=2,test=1"
+    spec = deploy_data_spec(size, config.calib_size)
     convert = ConvertConfig(input_size=size, variants=("float32", "full_int8"), calib_size=config.calib_size, parity_images=2)
     calib = load_dataset(spec, "train")
     try:
@@ -69,6 +80,38 @@ def _convert_at_deploy_size(name: str, out: Path, config: LatencyConfig) -> tupl
     return out, size
 
 
+def _mixed_at_deploy_size(demo_conversion: Path, conversion, config: LatencyConfig) -> dict | None:
+    """The demo size's mixed-precision choice applied to the deploy-size SavedModel, calibrated on
+    the images its full-int8 file was; None when the run has no such choice."""
+    from seg2tflite.calibration.representative import build_calibration_set
+    from seg2tflite.compress.mixed_precision import REPORT_FILE, calibrate, quantizable_nodes, quantize
+    from seg2tflite.converters.runtimes import TFLiteRunner
+    from seg2tflite.data import Preprocess, load_dataset
+
+    report = demo_conversion / REPORT_FILE
+    if not report.is_file():
+        return None
+    chosen = json.loads(report.read_text())
+    manifest = json.loads(conversion.manifest_path.read_text())
+    pre = manifest["preprocessing"]
+    dataset = load_dataset(deploy_data_spec(pre["size"], config.calib_size), "train")
+    calib = build_calibration_set(dataset, Preprocess(tuple(pre["size"]), tuple(pre["mean"]), tuple(pre["std"])),
+                                  size=config.calib_size, progress=False)  # fmt: skip
+    calibrated = calibrate(conversion / "saved_model", calib)
+    nodes = {n for names in quantizable_nodes(calibrated).values() for n in names}
+    float_nodes = [n for n in chosen["float_nodes"] if n in nodes]
+    content = quantize(calibrated, chosen["float_op_types"], float_nodes)
+    path = conversion.artifact("mixed_int8")
+    atomic_write_bytes(path, content)
+    delegation = TFLiteRunner(path, threads=config.threads).delegation
+    return {
+        "float_op_types": chosen["float_op_types"],
+        "float_nodes": float_nodes,
+        "float_nodes_missing": len(chosen["float_nodes"]) - len(float_nodes),
+        "delegation": {k: delegation[k] for k in ("delegate", "ops", "delegated", "partitions", "not_delegated")},
+    }
+
+
 def run_latency(config: LatencyConfig) -> Path:
     """Convert and time every model at its deploy size; return the JSON file written."""
     from seg2tflite.converters.stages import ConversionDir
@@ -79,8 +122,9 @@ def run_latency(config: LatencyConfig) -> Path:
     for name in _models(config):
         folder, size = _convert_at_deploy_size(name, run / "deploy" / name, config)
         conversion = ConversionDir(folder)
+        mixed = _mixed_at_deploy_size(run / "models" / name / "convert", conversion, config)
         times = {}
-        for stage in STAGES_TIMED:
+        for stage in STAGES_TIMED + (("mixed_int8",) if mixed else ()):
             path = conversion.checkpoint() if stage == "pytorch" else conversion.artifact(stage)
             result = benchmark_artifact(path, size, config.threads, config.warmup, config.runs, isolate=config.isolate)
             times[stage] = result.median_ms
@@ -94,6 +138,9 @@ def run_latency(config: LatencyConfig) -> Path:
             "int8_over_pytorch": times["full_int8"] / times["pytorch"],
             "delegation": json.loads(conversion.parity_path.read_text()).get("delegation", {}),
         })  # fmt: skip
+        if mixed:
+            rows[-1]["mixed_int8"] = mixed
+            rows[-1]["delegation"]["mixed_int8"] = mixed.pop("delegation")
     path = run / DEPLOY_LATENCY_FILE
     record = {"threads": config.threads, "runs": config.runs, "versions": run_versions(), "rows": rows}
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")

@@ -28,7 +28,26 @@ def test_models_are_timed_at_their_deploy_size_and_rendered(tmp_path):
     assert (tmp_path / "deploy" / NAME / "model_full_int8.tflite").is_file()
     assert set(row["delegation"]) == {"float32", "full_int8"}
     md = render_deploy_latency_md(tmp_path)
-    assert f"| `{NAME}` | 32x48 | {ms['pytorch']:.1f} | {ms['float32']:.1f} | {ms['full_int8']:.1f} |" in md
+    assert f"| `{NAME}` | 32x48 | {ms['pytorch']:.1f} | {ms['float32']:.1f} | {ms['full_int8']:.1f} | - |" in md
+
+
+def test_the_demo_sizes_mixed_choice_is_applied_at_the_deploy_size(tmp_path):
+    """A run whose compress chose float ops for a model: latency builds that mixed file at the
+    deploy size from the deploy-size SavedModel and times it beside the others."""
+    choice = tmp_path / "models" / NAME / "convert" / "mixed_precision.json"
+    choice.parent.mkdir(parents=True)
+    choice.write_text(json.dumps({"float_op_types": ["CONV_2D"], "float_nodes": ["no/such/node"]}))
+    with registered_small(NAME, input_size=DEPLOY_SIZE, num_classes=8):
+        config = LatencyConfig(run=str(tmp_path), models=(NAME,), threads=1, warmup=1, runs=3, isolate=False, progress=False)
+        (row,) = json.loads(run_latency(config).read_text())["rows"]
+    mixed = tmp_path / "deploy" / NAME / "model_mixed_int8.tflite"
+    assert mixed.is_file() and row["median_ms"]["mixed_int8"] > 0
+    assert row["mixed_int8"] == {"float_op_types": ["CONV_2D"], "float_nodes": [], "float_nodes_missing": 1}
+    from seg2tflite.converters.ops import op_report
+
+    assert any(op.startswith("CONV_2D") for op in op_report(mixed.read_bytes()).float_ops)
+    assert set(row["delegation"]) == {"float32", "full_int8", "mixed_int8"}
+    assert f"| {row['median_ms']['mixed_int8']:.1f} |" in render_deploy_latency_md(tmp_path)
 
 
 def test_unknown_model_is_one_line(tmp_path):

@@ -1,0 +1,188 @@
+"""int8 BATCH_MATMUL with a right-hand zero point of 0, the form XNNPACK delegates.
+
+The TF converter quantizes every activation asymmetrically, so both sides of an attention
+matmul (SegFormer's ``q @ k^T`` and ``attn @ v``) get non-zero zero points. XNNPACK's int8
+batch matmul takes the right-hand side only with zero point 0 (LiteRT 2.3.0 leaves the others
+to the builtin kernels, which cuts the graph into partitions; LiteRT 2.0.2-2.1.2 delegated them
+and ignored that zero point, the SegFormer full-int8 collapse). ``symmetric_matmul_rhs`` rewrites
+the file so that every int8 BATCH_MATMUL's right-hand side has zero point 0:
+
+- the right-hand tensor's range [lo, hi] becomes the symmetric [-m, m], m = max(-lo, hi), with
+  zero point 0, on that tensor and on every tensor tied to it through ops that pass int8 values
+  through unchanged (RESHAPE, TRANSPOSE, SQUEEZE, EXPAND_DIMS). That is possible where the chain
+  starts at an op that writes any output scale (a convolution, an add, ...) and every reader of
+  those tensors reads its scale (kernels take their input's scale and zero point from the tensor
+  at prepare time, nothing is baked in), at a cost of at most one bit of that tensor's
+  resolution;
+- where the right-hand side cannot change (SegFormer's ``attn @ v`` is written ``v' @ attn^T``,
+  its right-hand side a SOFTMAX output, whose int8 range is fixed at [0, 1) with zero point
+  -128), the operands are swapped, ``C = A' @ B'`` computed as ``transpose(B'^T @ A'^T)`` (the
+  matmul's adjoint flags carry the inner transposes, one TRANSPOSE op the outer), and the new
+  right-hand side is made symmetric as above.
+
+A matmul neither way allows is left as it was. The file computes the same function up to that
+re-rounding; the conversion's parity gates run on the rewritten file.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+# Ops whose int8 output is their input's bytes rearranged: input and output share scale and zero point.
+PASS_THROUGH = {"RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS"}
+# Ops that requantize into whatever output scale their output tensor carries, or read any input scale.
+WRITES_ANY_SCALE = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "ADD", "SUB", "MUL", "QUANTIZE"}
+READS_ANY_SCALE = WRITES_ANY_SCALE | {"DEQUANTIZE", "SOFTMAX", "LOGISTIC", "TANH", "GELU", "MEAN", "SUM", "RSQRT"}
+
+
+class _Graph:
+    """The first subgraph of a flatbuffer model (TensorFlow's object API) with producer/reader maps."""
+
+    def __init__(self, model):
+        from seg2tflite.converters.ops import BUILTIN_NAMES, TENSOR_TYPES
+
+        self.model, self.graph = model, model.subgraphs[0]
+        self.op_names, self.tensor_types = BUILTIN_NAMES, TENSOR_TYPES
+        self.ends = {int(t) for t in self.graph.inputs} | {int(t) for t in self.graph.outputs}
+        self.reindex()
+
+    def reindex(self) -> None:
+        self.producer = {int(t): op for op in self.graph.operators for t in op.outputs}
+        self.readers: dict[int, list] = {}
+        for op in self.graph.operators:
+            for t in op.inputs:
+                if t >= 0:
+                    self.readers.setdefault(int(t), []).append(op)
+
+    def name(self, op) -> str:
+        code = self.model.operatorCodes[op.opcodeIndex]
+        return self.op_names[max(code.builtinCode, code.deprecatedBuiltinCode)]
+
+    def params(self, t: int) -> tuple | None:
+        q = self.graph.tensors[t].quantization
+        if q is None or q.scale is None or len(q.scale) != 1:
+            return None
+        return float(q.scale[0]), int(q.zeroPoint[0])
+
+    def is_int8(self, t: int) -> bool:
+        return self.tensor_types[self.graph.tensors[t].type] == "INT8"
+
+    def tied(self, start: int) -> set[int] | None:
+        """The tensors that share ``start``'s scale through pass-through ops, or None when one of
+        them cannot take another scale (a constant, a graph input/output, a fixed-range producer,
+        a reader that needs its input's scale)."""
+        params, found, stack = self.params(start), set(), [start]
+        while stack:
+            t = stack.pop()
+            if t in found:
+                continue
+            tensor = self.graph.tensors[t]
+            if self.params(t) != params or t in self.ends or self.model.buffers[tensor.buffer].data is not None:
+                return None
+            found.add(t)
+            producer = self.producer.get(t)
+            if producer is None:
+                return None
+            if self.name(producer) in PASS_THROUGH:
+                stack.append(int(producer.inputs[0]))
+            elif self.name(producer) not in WRITES_ANY_SCALE:
+                return None
+            for reader in self.readers.get(t, []):
+                if self.name(reader) in PASS_THROUGH and int(reader.inputs[0]) == t:
+                    stack.append(int(reader.outputs[0]))
+                elif self.name(reader) not in READS_ANY_SCALE:
+                    return None
+        return found
+
+    def make_symmetric(self, tensors: set[int]) -> None:
+        scale, zero_point = self.params(next(iter(tensors)))
+        symmetric = max(scale * (128 + zero_point), scale * (127 - zero_point)) / 127
+        for t in tensors:
+            q = self.graph.tensors[t].quantization
+            q.scale = np.array([symmetric], np.float32)
+            q.zeroPoint = np.array([0], np.int64)
+
+    def swap_operands(self, op) -> None:
+        """``C = op(A) @ op(B)`` -> ``C^T = BMM(B, A)`` with flipped adjoints, then one TRANSPOSE."""
+        from tensorflow.lite.python import schema_py_generated as fb
+
+        graph, model = self.graph, self.model
+        options = op.builtinOptions
+        options.adjX, options.adjY = not options.adjY, not options.adjX
+        op.inputs = np.array([op.inputs[1], op.inputs[0]], np.int32)
+        out = int(op.outputs[0])
+        transposed = copy.deepcopy(graph.tensors[out])
+        rank = len(transposed.shape)
+        perm = np.arange(rank, dtype=np.int32)
+        perm[-2], perm[-1] = rank - 1, rank - 2
+        transposed.shape = np.asarray(transposed.shape)[perm].astype(np.int32)
+        transposed.shapeSignature = None
+        transposed.name = (graph.tensors[out].name or b"") + b"/transposed"
+        buffer = fb.BufferT()
+        buffer.data = np.frombuffer(perm.tobytes(), np.uint8)
+        model.buffers.append(buffer)
+        perm_tensor = fb.TensorT()
+        perm_tensor.shape, perm_tensor.type = np.array([rank], np.int32), fb.TensorType.INT32
+        perm_tensor.buffer, perm_tensor.name = len(model.buffers) - 1, transposed.name + b"/perm"
+        graph.tensors.extend([transposed, perm_tensor])
+        op.outputs = np.array([len(graph.tensors) - 2], np.int32)
+        transpose = fb.OperatorT()
+        transpose.opcodeIndex = self.opcode(fb.BuiltinOperator.TRANSPOSE)
+        transpose.inputs = np.array([len(graph.tensors) - 2, len(graph.tensors) - 1], np.int32)
+        transpose.outputs = np.array([out], np.int32)
+        transpose.builtinOptionsType, transpose.builtinOptions = fb.BuiltinOptions.TransposeOptions, fb.TransposeOptionsT()
+        graph.operators.insert(graph.operators.index(op) + 1, transpose)
+        self.reindex()
+
+    def opcode(self, builtin: int) -> int:
+        from tensorflow.lite.python import schema_py_generated as fb
+
+        for i, code in enumerate(self.model.operatorCodes):
+            if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
+                return i
+        code = fb.OperatorCodeT()
+        code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), 1
+        self.model.operatorCodes.append(code)
+        return len(self.model.operatorCodes) - 1
+
+
+def symmetric_matmul_rhs(content: bytes) -> tuple[bytes, dict]:
+    """``content`` with every int8 BATCH_MATMUL's right-hand zero point 0 where the graph allows
+    it, and a count: ``{"matmuls", "symmetric", "swapped", "left"}`` (already symmetric ones count
+    as symmetric)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    g = _Graph(model)
+    report = {"matmuls": 0, "symmetric": 0, "swapped": 0, "left": 0}
+    changed = False
+    for op in list(g.graph.operators):
+        if g.name(op) != "BATCH_MATMUL" or len(model.subgraphs) != 1:
+            continue
+        left, right = int(op.inputs[0]), int(op.inputs[1])
+        if not (g.is_int8(left) and g.is_int8(right)) or g.params(right) is None or g.params(left) is None:
+            continue
+        report["matmuls"] += 1
+        if g.params(right)[1] == 0:
+            report["symmetric"] += 1
+            continue
+        tied = g.tied(right)
+        if tied is not None:
+            g.make_symmetric(tied)
+            report["symmetric"] += 1
+            changed = True
+            continue
+        tied = set() if g.params(left)[1] == 0 else g.tied(left)
+        if tied is None:
+            report["left"] += 1
+            continue
+        if tied:
+            g.make_symmetric(tied)
+        g.swap_operands(op)
+        report["swapped"] += 1
+        changed = True
+    if not changed:
+        return content, report
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), report

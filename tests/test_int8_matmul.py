@@ -1,0 +1,93 @@
+"""int8 attention matmuls with a right-hand zero point of 0 (``converters.int8_matmul``).
+
+One token-attention block, written as onnx2tf writes SegFormer's (``q @ k^T``, then ``attn @ v``
+as ``v^T @ attn^T`` with the SOFTMAX output on the right), converted to full int8 by the real TF
+converter: before the rewrite XNNPACK leaves its int8 BATCH_MATMULs to the builtin kernels,
+after it every matmul's right-hand zero point is 0, XNNPACK takes them, and the file computes
+what the converter's file computes to within the re-rounding of the symmetric ranges.
+"""
+
+import numpy as np
+import pytest
+
+from seg2tflite.calibration.representative import calibration_from_array
+from seg2tflite.converters.int8_matmul import symmetric_matmul_rhs
+from seg2tflite.converters.runtimes import TFLiteRunner
+from seg2tflite.converters.tflite_variants import build_tflite
+
+pytestmark = pytest.mark.chain
+
+SIZE, C = (8, 8), 16
+
+
+@pytest.fixture(scope="module")
+def attention(tmp_path_factory):
+    """The SavedModel, its calibration images, and the converter's own full-int8 file."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    stem = tf.constant(rng.normal(size=(1, 1, 3, C)).astype(np.float32))
+    wq, wk, wv = (tf.constant(rng.normal(size=(C, C)).astype(np.float32) / 4) for _ in range(3))
+
+    def block(x):
+        tokens = tf.reshape(tf.nn.conv2d(x, stem, 1, "SAME"), (1, SIZE[0] * SIZE[1], C)) + 0.5
+        q, k, v = (tf.matmul(tokens, w) for w in (wq, wk, wv))
+        attn = tf.nn.softmax(tf.matmul(q, k, transpose_b=True) / 4.0)
+        out = tf.matmul(v, attn, transpose_a=True, transpose_b=True)  # (attn @ v)^T, softmax on the right
+        return tf.reshape(tf.transpose(out, (0, 2, 1)), (1, *SIZE, C))
+
+    folder = tmp_path_factory.mktemp("attention")
+    module = tf.Module()
+    module.f = tf.function(block, input_signature=[tf.TensorSpec([1, *SIZE, 3], tf.float32)])
+    tf.saved_model.save(module, str(folder / "saved_model"), signatures=module.f)
+    calib = calibration_from_array(rng.normal(size=(16, 3, *SIZE)).astype(np.float32), "random")
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(folder / "saved_model"))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = calib.representative_dataset()
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    return folder / "saved_model", calib, converter.convert()
+
+
+def _matmul_rhs_zero_points(content: bytes) -> list[int]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=content)
+    tensors = {d["index"]: d for d in interpreter.get_tensor_details()}
+    ops = [op for op in interpreter._get_ops_details() if op["op_name"] == "BATCH_MATMUL"]
+    return [int(tensors[int(op["inputs"][1])]["quantization_parameters"]["zero_points"][0]) for op in ops]
+
+
+def test_matmuls_get_zero_point_zero_and_xnnpack_takes_them(attention):
+    _, _, converted = attention
+    assert any(zp != 0 for zp in _matmul_rhs_zero_points(converted))
+    before = TFLiteRunner(converted).delegation["not_delegated"]
+    assert before.get("BATCH_MATMUL") == 2, before
+
+    rewritten, report = symmetric_matmul_rhs(converted)
+    assert report == {"matmuls": 2, "symmetric": 1, "swapped": 1, "left": 0}
+    assert _matmul_rhs_zero_points(rewritten) == [0, 0]
+    assert "BATCH_MATMUL" not in TFLiteRunner(rewritten).delegation["not_delegated"]
+    assert symmetric_matmul_rhs(rewritten) == (rewritten, {"matmuls": 2, "symmetric": 2, "swapped": 0, "left": 0})
+
+
+def test_rewritten_file_computes_what_the_converter_file_computes(attention):
+    _, calib, converted = attention
+    rewritten, _ = symmetric_matmul_rhs(converted)
+    original = TFLiteRunner(converted, xnnpack=False)
+    candidates = {"builtin": TFLiteRunner(rewritten, xnnpack=False), "xnnpack": TFLiteRunner(rewritten)}
+    step = original.io_quantization["output"]["scale"]
+    x = calib.images[:4]
+    reference = original(x)
+    spread = np.abs(reference).max()
+    for name, runner in candidates.items():
+        drift = np.abs(runner(x) - reference)
+        # a few output steps from the symmetric ranges' re-rounding, nowhere a wrong value
+        assert drift.max() <= 6 * step and drift.mean() <= step, (name, drift.max() / step, spread / step)
+
+
+def test_full_int8_variant_is_written_rewritten(attention):
+    saved_model, calib, converted = attention
+    built = build_tflite(saved_model, "full_int8", calib)
+    assert _matmul_rhs_zero_points(built) == [0, 0]
+    assert symmetric_matmul_rhs(built)[1]["swapped"] == 0  # nothing left to do: the variant is the rewritten file
