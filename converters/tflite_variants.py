@@ -5,8 +5,9 @@
 - dynamic_int8: int8 weights, activations quantized on the fly; no calibration.
 - full_int8: per-channel int8 weights, int8 activations calibrated on the representative
   dataset; input/output int8 (or float with ``int8_io="float"``). Ops the int8 kernels cannot
-  take stay float (``ops.float_ops`` lists them). Every int8 BATCH_MATMUL gets a right-hand zero
-  point of 0 (``int8_matmul``), the form XNNPACK delegates.
+  take stay float (``ops.float_ops`` lists them). Its int8 BATCH_MATMULs get a right-hand zero
+  point of 0 and its int8 RELUs become ADDs with a fused RELU (``xnnpack_int8``): forms XNNPACK
+  delegates.
 - int16x8: int16 activations, int8 weights, calibrated; float input/output.
 
 ``SELECT_TF_OPS`` is never enabled: a graph that needs a Flex op fails to convert here.
@@ -22,10 +23,10 @@ from pathlib import Path
 from seg2tflite.atomic import private_tempdir
 from seg2tflite.calibration.representative import CalibrationSet
 from seg2tflite.converters.app_io import AppIO, to_pixels, wrap_saved_model
-from seg2tflite.converters.int8_matmul import symmetric_matmul_rhs
 from seg2tflite.converters.lowres import cut_final_resize
 from seg2tflite.converters.onnx_to_tf import ConversionError
 from seg2tflite.converters.stages import CALIBRATED_VARIANTS, VARIANTS
+from seg2tflite.converters.xnnpack_int8 import xnnpack_int8_forms
 from seg2tflite.quiet import muted_stderr
 
 
@@ -47,7 +48,7 @@ def build_tflite(
     else:
         content = _convert_wrapped(saved_model, variant, calibration, int8_io, progress, per_channel, app)
     if variant == "full_int8":
-        content = symmetric_matmul_rhs(content)[0]
+        content = xnnpack_int8_forms(content)[0]
     return cut_final_resize(content)[0] if app is not None and app.output == "lowres" else content
 
 

@@ -36,8 +36,12 @@ Chosen here (the published text gives no layer list):
 
 Deploy form: every op reaches a TFLite builtin as written (MAX_POOL_2D, CONV_2D,
 DEPTHWISE_CONV_2D, RESIZE_NEAREST_NEIGHBOR, LOGISTIC, MUL, CONCATENATION, RESIZE_BILINEAR, and
-STRIDED_SLICE at odd sizes; onnx2tf also puts TRANSPOSE pairs around the concatenations there),
-so ``to_deploy()`` returns the model itself. In the full-int8 file XNNPACK (LiteRT 2.3.0) takes
+STRIDED_SLICE at odd sizes), but onnx2tf computes the decoder's concatenations in NCHW, with
+TRANSPOSE ops around them (and the stride-2 skip kept transposed), which made the float32 file
+slower than litert-torch's. ``to_deploy()`` fuses without concatenating: the 1x1 projection of
+``cat([up(deep), skip])`` is the sum of its two halves, and the deep half runs before the
+upsampling (a 1x1 convolution and a bilinear resize commute), the same function with no
+CONCATENATION or TRANSPOSE and fewer MACs. In the full-int8 file XNNPACK (LiteRT 2.3.0) takes
 every op but RESIZE_NEAREST_NEIGHBOR, so the gating path is split: the condensed map is expanded
 on LiteRT's builtin kernel, LOGISTIC and the MULs run in XNNPACK; both paths agree with PyTorch's
 float output to within two int8 steps (tests/test_attendseg.py).
@@ -149,6 +153,16 @@ class Fuse(nn.Module):
         deep = F.interpolate(deep, size=skip.shape[-2:], mode="bilinear", align_corners=False)
         return self.block(self.project(torch.cat([deep, skip], dim=1)))
 
+    def forward_without_concat(self, deep: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """``forward`` with the projection split by input channels, its deep half before the upsampling."""
+        conv, *rest = self.project
+        k = deep.shape[1]
+        deep = F.interpolate(F.conv2d(deep, conv.weight[:, :k]), size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        y = deep + F.conv2d(skip, conv.weight[:, k:], conv.bias)
+        for module in rest:  # BatchNorm (or Identity once folded), ReLU
+            y = module(y)
+        return self.block(y)
+
 
 class AttendSeg(nn.Module):
     """Attention condensers with depthwise/pointwise convs, output stride 8; logits at input size."""
@@ -184,11 +198,32 @@ class AttendSeg(nn.Module):
         f2 = self.stage2(self.stem(x))
         f4 = self.stage4(f2)
         f8 = self.stage8(f4)
-        y = self.fuse2(self.fuse4(f8, f4), f2)
+        y = self._fuse(self.fuse2, self._fuse(self.fuse4, f8, f4), f2)
         return F.interpolate(self.classifier(y), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
-    def to_deploy(self) -> AttendSeg:
-        # Checked with onnx2tf: every op reaches a builtin as written.
+    def _fuse(self, fuse: Fuse, deep: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return fuse(deep, skip)
+
+    def to_deploy(self) -> AttendSegDeploy:
+        return AttendSegDeploy(self)
+
+
+class AttendSegDeploy(AttendSeg):
+    """AttendSeg fusing without concatenation; shares the modules (and weights) of the model it wraps."""
+
+    def __init__(self, model: AttendSeg):
+        nn.Module.__init__(self)
+        self.num_classes, self.size_divisor = model.num_classes, model.size_divisor
+        for name, module in model.named_children():
+            setattr(self, name, module)
+        if hasattr(model, "model_config"):
+            self.model_config = model.model_config
+        self.train(model.training)
+
+    def _fuse(self, fuse: Fuse, deep: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return fuse.forward_without_concat(deep, skip)
+
+    def to_deploy(self) -> AttendSegDeploy:
         return self
 
 

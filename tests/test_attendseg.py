@@ -103,9 +103,27 @@ def test_embedding_is_grouped_then_pointwise_at_half_the_width():
     assert (pointwise.in_channels, pointwise.out_channels, pointwise.kernel_size) == (16, 32, (1, 1))
 
 
-def test_deploy_form_is_the_model():
+def test_deploy_form_is_the_same_function_without_concatenation(monkeypatch):
+    torch.manual_seed(0)
     model = create_model("attendseg").eval()
-    assert deploy_form(model) is model
+    for m in model.modules():  # non-trivial BatchNorm statistics, so the split is checked through them
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    deployed = deploy_form(model)
+    assert deployed is not model and deployed.fuse4 is model.fuse4 and deploy_form(deployed) is deployed
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        expected, got = model(x), deployed(x)
+    assert torch.allclose(got, expected, atol=1e-5 * expected.abs().max().item(), rtol=0)
+    concatenated = []
+    cat = torch.cat
+    monkeypatch.setattr(torch, "cat", lambda tensors, *a, **k: concatenated.append(len(tensors)) or cat(tensors, *a, **k))
+    with torch.no_grad():
+        model(x)
+        assert concatenated == [2, 2]  # the two fusions of the training form
+        deployed(x)
+    assert concatenated == [2, 2]
 
 
 # ---------------------------------------------------------------- chain

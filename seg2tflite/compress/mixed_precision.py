@@ -24,7 +24,7 @@ the debugger, running without it, cannot see). So:
 
 4. speed (``prefer_speed``): XNNPACK has no int8 kernel for some ops (on LiteRT 2.3.0 SOFTMAX,
    GELU, RSQRT, some SUBs; int8 BATCH_MATMUL it takes since every candidate's matmuls get a
-   right-hand zero point of 0, ``converters.int8_matmul``); they run
+   right-hand zero point of 0, ``converters.xnnpack_int8``); they run
    on the builtin kernels and cut the graph into partitions. The op types the interpreter leaves
    undelegated are added to the float set (again while new ones appear, at most four rounds);
    that file replaces the result when it is measured faster (median at batch 1, the two files
@@ -113,10 +113,10 @@ def calibrate(saved_model: str | Path, calibration: CalibrationSet) -> bytes:
 
 def quantize(calibrated: bytes, float_ops: list[str] = (), float_nodes: list[str] = ()) -> bytes:
     """int8 (per-channel weights, float input/output) except ``float_ops`` types and ``float_nodes``
-    (output tensor names), which stay float; int8 matmuls get right-hand zero point 0 as in full_int8."""
+    (output tensor names), which stay float; int8 ops in XNNPACK's forms as in full_int8 (``xnnpack_int8``)."""
     from tensorflow.lite.python import convert
 
-    from seg2tflite.converters.int8_matmul import symmetric_matmul_rhs
+    from seg2tflite.converters.xnnpack_int8 import xnnpack_int8_forms
 
     quantized = convert.mlir_quantize(
         calibrated,
@@ -125,7 +125,7 @@ def quantize(calibrated: bytes, float_ops: list[str] = (), float_nodes: list[str
         denylisted_ops=list(float_ops) or None,
         denylisted_nodes=list(float_nodes) or None,
     )
-    return symmetric_matmul_rhs(quantized)[0]
+    return xnnpack_int8_forms(quantized)[0]
 
 
 def quantizable_nodes(calibrated: bytes) -> dict[str, list[str]]:

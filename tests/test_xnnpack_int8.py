@@ -1,19 +1,21 @@
-"""int8 attention matmuls with a right-hand zero point of 0 (``converters.int8_matmul``).
+"""int8 ops rewritten into forms XNNPACK delegates (``converters.xnnpack_int8``).
 
 One token-attention block, written as onnx2tf writes SegFormer's (``q @ k^T``, then ``attn @ v``
 as ``v^T @ attn^T`` with the SOFTMAX output on the right), converted to full int8 by the real TF
 converter: before the rewrite XNNPACK leaves its int8 BATCH_MATMULs to the builtin kernels,
 after it every matmul's right-hand zero point is 0, XNNPACK takes them, and the file computes
-what the converter's file computes to within the re-rounding of the symmetric ranges.
+what the converter's file computes to within the re-rounding of the symmetric ranges. And a
+residual block whose ADD output two branches read, so that its RELU stands alone: XNNPACK takes
+no int8 RELU, the rewritten ADD of 0 with a fused RELU it takes, bit-identical on the builtin kernels.
 """
 
 import numpy as np
 import pytest
 
 from seg2tflite.calibration.representative import calibration_from_array
-from seg2tflite.converters.int8_matmul import symmetric_matmul_rhs
 from seg2tflite.converters.runtimes import TFLiteRunner
 from seg2tflite.converters.tflite_variants import build_tflite
+from seg2tflite.converters.xnnpack_int8 import xnnpack_int8_forms
 
 pytestmark = pytest.mark.chain
 
@@ -41,12 +43,19 @@ def attention(tmp_path_factory):
     module.f = tf.function(block, input_signature=[tf.TensorSpec([1, *SIZE, 3], tf.float32)])
     tf.saved_model.save(module, str(folder / "saved_model"), signatures=module.f)
     calib = calibration_from_array(rng.normal(size=(16, 3, *SIZE)).astype(np.float32), "random")
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(folder / "saved_model"))
+    return folder / "saved_model", calib, _int8_full(folder / "saved_model", calib)
+
+
+def _int8_full(saved_model, calib) -> bytes:
+    """The TF converter's own full-int8 file, before any rewrite."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = calib.representative_dataset()
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
     converter.inference_input_type = converter.inference_output_type = tf.int8
-    return folder / "saved_model", calib, converter.convert()
+    return converter.convert()
 
 
 def _matmul_rhs_zero_points(content: bytes) -> list[int]:
@@ -64,16 +73,16 @@ def test_matmuls_get_zero_point_zero_and_xnnpack_takes_them(attention):
     before = TFLiteRunner(converted).delegation["not_delegated"]
     assert before.get("BATCH_MATMUL") == 2, before
 
-    rewritten, report = symmetric_matmul_rhs(converted)
-    assert report == {"matmuls": 2, "symmetric": 1, "swapped": 1, "left": 0}
+    rewritten, report = xnnpack_int8_forms(converted)
+    assert report == {"matmuls": 2, "symmetric": 1, "swapped": 1, "left": 0, "relu_as_add": 0}
     assert _matmul_rhs_zero_points(rewritten) == [0, 0]
     assert "BATCH_MATMUL" not in TFLiteRunner(rewritten).delegation["not_delegated"]
-    assert symmetric_matmul_rhs(rewritten) == (rewritten, {"matmuls": 2, "symmetric": 2, "swapped": 0, "left": 0})
+    assert xnnpack_int8_forms(rewritten) == (rewritten, {"matmuls": 2, "symmetric": 2, "swapped": 0, "left": 0, "relu_as_add": 0})
 
 
 def test_rewritten_file_computes_what_the_converter_file_computes(attention):
     _, calib, converted = attention
-    rewritten, _ = symmetric_matmul_rhs(converted)
+    rewritten, _ = xnnpack_int8_forms(converted)
     original = TFLiteRunner(converted, xnnpack=False)
     candidates = {"builtin": TFLiteRunner(rewritten, xnnpack=False), "xnnpack": TFLiteRunner(rewritten)}
     step = original.io_quantization["output"]["scale"]
@@ -90,4 +99,30 @@ def test_full_int8_variant_is_written_rewritten(attention):
     saved_model, calib, converted = attention
     built = build_tflite(saved_model, "full_int8", calib)
     assert _matmul_rhs_zero_points(built) == [0, 0]
-    assert symmetric_matmul_rhs(built)[1]["swapped"] == 0  # nothing left to do: the variant is the rewritten file
+    assert xnnpack_int8_forms(built)[1]["swapped"] == 0  # nothing left to do: the variant is the rewritten file
+
+
+def test_standalone_relu_becomes_an_add_xnnpack_takes(tmp_path):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(1)
+    w1, w2 = (tf.constant(rng.normal(size=(3, 3, c, C)).astype(np.float32) / 3) for c in (3, C))
+
+    def block(x):
+        y = tf.nn.conv2d(x, w1, 1, "SAME")
+        s = y + tf.nn.conv2d(y, w2, 1, "SAME")  # read by the RELU and by the skip below: no fusion
+        return tf.nn.conv2d(tf.nn.relu(s), w2, 1, "SAME") + s
+
+    module = tf.Module()
+    module.f = tf.function(block, input_signature=[tf.TensorSpec([1, *SIZE, 3], tf.float32)])
+    tf.saved_model.save(module, str(tmp_path / "saved_model"), signatures=module.f)
+    calib = calibration_from_array(rng.normal(size=(16, 3, *SIZE)).astype(np.float32), "random")
+    converted = _int8_full(tmp_path / "saved_model", calib)
+    assert TFLiteRunner(converted).delegation["not_delegated"] == {"RELU": 1}
+
+    rewritten, report = xnnpack_int8_forms(converted)
+    assert report["relu_as_add"] == 1 and TFLiteRunner(rewritten).delegation["not_delegated"] == {}
+    x = calib.images[:4]
+    assert np.array_equal(TFLiteRunner(rewritten, xnnpack=False)(x), TFLiteRunner(converted, xnnpack=False)(x))
+    step = TFLiteRunner(converted).io_quantization["output"]["scale"]
+    assert np.abs(TFLiteRunner(rewritten)(x) - TFLiteRunner(converted, xnnpack=False)(x)).max() <= 2 * step

@@ -1,11 +1,14 @@
-"""int8 BATCH_MATMUL with a right-hand zero point of 0, the form XNNPACK delegates.
+"""int8 ops in the forms XNNPACK delegates, rewritten in the converted file.
 
-The TF converter quantizes every activation asymmetrically, so both sides of an attention
-matmul (SegFormer's ``q @ k^T`` and ``attn @ v``) get non-zero zero points. XNNPACK's int8
-batch matmul takes the right-hand side only with zero point 0 (LiteRT 2.3.0 leaves the others
-to the builtin kernels, which cuts the graph into partitions; LiteRT 2.0.2-2.1.2 delegated them
-and ignored that zero point, the SegFormer full-int8 collapse). ``symmetric_matmul_rhs`` rewrites
-the file so that every int8 BATCH_MATMUL's right-hand side has zero point 0:
+The TF converter writes int8 ops XNNPACK (LiteRT 2.3.0) leaves to the builtin kernels, which cuts
+the graph into partitions. ``xnnpack_int8_forms`` rewrites two of them into equivalent forms it
+takes:
+
+**BATCH_MATMUL with a right-hand zero point of 0.** The converter quantizes every activation
+asymmetrically, so both sides of an attention matmul (SegFormer's ``q @ k^T`` and ``attn @ v``)
+get non-zero zero points; XNNPACK's int8 batch matmul takes the right-hand side only with zero
+point 0 (LiteRT 2.0.2-2.1.2 delegated the others and ignored that zero point: the SegFormer
+full-int8 collapse). So:
 
 - the right-hand tensor's range [lo, hi] becomes the symmetric [-m, m], m = max(-lo, hi), with
   zero point 0, on that tensor and on every tensor tied to it through ops that pass int8 values
@@ -20,8 +23,14 @@ the file so that every int8 BATCH_MATMUL's right-hand side has zero point 0:
   matmul's adjoint flags carry the inner transposes, one TRANSPOSE op the outer), and the new
   right-hand side is made symmetric as above.
 
-A matmul neither way allows is left as it was. The file computes the same function up to that
-re-rounding; the conversion's parity gates run on the rewritten file.
+A matmul neither way allows is left as it was.
+
+**RELU as an ADD of 0 with a fused RELU.** XNNPACK takes no int8 RELU op (Xception-65's 19
+pre-activation RELUs, after residual adds whose output the skip branch also reads, so the
+converter cannot fuse them), but it takes an int8 ADD with a fused RELU: ``relu(x) = relu(x + 0)``
+with the same output tensor, bit-identical on the builtin kernels.
+
+The conversion's parity gates run on the rewritten file.
 """
 
 from __future__ import annotations
@@ -136,30 +145,69 @@ class _Graph:
         graph.operators.insert(graph.operators.index(op) + 1, transpose)
         self.reindex()
 
-    def opcode(self, builtin: int) -> int:
+    def opcode(self, builtin: int, version: int = 1) -> int:
+        """The index of ``builtin``'s operator code, added (at ``version``) when the model has none."""
         from tensorflow.lite.python import schema_py_generated as fb
 
         for i, code in enumerate(self.model.operatorCodes):
-            if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
+            if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin and code.version >= version:
                 return i
         code = fb.OperatorCodeT()
-        code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), 1
+        code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), version
         self.model.operatorCodes.append(code)
         return len(self.model.operatorCodes) - 1
 
 
-def symmetric_matmul_rhs(content: bytes) -> tuple[bytes, dict]:
+def xnnpack_int8_forms(content: bytes) -> tuple[bytes, dict]:
     """``content`` with every int8 BATCH_MATMUL's right-hand zero point 0 where the graph allows
-    it, and a count: ``{"matmuls", "symmetric", "swapped", "left"}`` (already symmetric ones count
-    as symmetric)."""
+    it and every int8 RELU an ADD of 0 with a fused RELU, and a count: ``{"matmuls", "symmetric",
+    "swapped", "left", "relu_as_add"}`` (matmuls already symmetric count as symmetric)."""
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    if len(model.subgraphs) != 1:
+        return content, {"matmuls": 0, "symmetric": 0, "swapped": 0, "left": 0, "relu_as_add": 0}
     g = _Graph(model)
-    report = {"matmuls": 0, "symmetric": 0, "swapped": 0, "left": 0}
-    changed = False
+    report = _symmetric_matmuls(g)
+    report["relu_as_add"] = _relu_as_add(g)
+    if report["symmetric"] + report["swapped"] == report.pop("unchanged") and not report["relu_as_add"]:
+        return content, report
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), report
+
+
+def _relu_as_add(g: _Graph) -> int:
+    from tensorflow.lite.python import schema_py_generated as fb
+
+    relus = [op for op in g.graph.operators if g.name(op) == "RELU" and g.is_int8(int(op.inputs[0]))]
+    if not relus:
+        return 0
+    add = g.opcode(fb.BuiltinOperator.ADD, version=2)  # int8 ADD is version 2
+    zero = fb.BufferT()
+    zero.data = np.zeros(1, np.uint8)
+    g.model.buffers.append(zero)
+    constant = fb.TensorT()
+    constant.shape, constant.type, constant.buffer, constant.name = (
+        np.array([1], np.int32),
+        fb.TensorType.INT8,
+        len(g.model.buffers) - 1,
+        b"relu_as_add/zero",
+    )
+    constant.quantization = fb.QuantizationParametersT()
+    constant.quantization.scale, constant.quantization.zeroPoint = np.array([1.0], np.float32), np.array([0], np.int64)
+    g.graph.tensors.append(constant)
+    for op in relus:
+        op.opcodeIndex = add
+        op.inputs = np.array([int(op.inputs[0]), len(g.graph.tensors) - 1], np.int32)
+        op.builtinOptionsType, op.builtinOptions = fb.BuiltinOptions.AddOptions, fb.AddOptionsT()
+        op.builtinOptions.fusedActivationFunction = fb.ActivationFunctionType.RELU
+    g.reindex()
+    return len(relus)
+
+
+def _symmetric_matmuls(g: _Graph) -> dict:
+    report = {"matmuls": 0, "symmetric": 0, "swapped": 0, "left": 0, "unchanged": 0}
     for op in list(g.graph.operators):
-        if g.name(op) != "BATCH_MATMUL" or len(model.subgraphs) != 1:
+        if g.name(op) != "BATCH_MATMUL":
             continue
         left, right = int(op.inputs[0]), int(op.inputs[1])
         if not (g.is_int8(left) and g.is_int8(right)) or g.params(right) is None or g.params(left) is None:
@@ -167,12 +215,12 @@ def symmetric_matmul_rhs(content: bytes) -> tuple[bytes, dict]:
         report["matmuls"] += 1
         if g.params(right)[1] == 0:
             report["symmetric"] += 1
+            report["unchanged"] += 1
             continue
         tied = g.tied(right)
         if tied is not None:
             g.make_symmetric(tied)
             report["symmetric"] += 1
-            changed = True
             continue
         tied = set() if g.params(left)[1] == 0 else g.tied(left)
         if tied is None:
@@ -182,7 +230,4 @@ def symmetric_matmul_rhs(content: bytes) -> tuple[bytes, dict]:
             g.make_symmetric(tied)
         g.swap_operands(op)
         report["swapped"] += 1
-        changed = True
-    if not changed:
-        return content, report
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), report
+    return report
