@@ -91,7 +91,13 @@ def _mixed_at_deploy_size(demo_conversion: Path, conversion, config: LatencyConf
     report = demo_conversion / REPORT_FILE
     if not report.is_file():
         return None
-    chosen = json.loads(report.read_text())
+    try:
+        chosen = json.loads(report.read_text())
+        chosen = {"float_op_types": list(chosen["float_op_types"]), "float_nodes": list(chosen.get("float_nodes", []))}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(
+            f"{report}: unreadable mixed-precision record ({e}); run `seg2tflite compress --methods mixed` again"
+        ) from None
     manifest = json.loads(conversion.manifest_path.read_text())
     pre = manifest["preprocessing"]
     dataset = load_dataset(deploy_data_spec(pre["size"], config.calib_size), "train")
