@@ -147,10 +147,11 @@ def compare_model(model: str, run: Path, size_name: str, python: Path, args) -> 
     exported = export(python, checkpoint, size, calibration_images(manifest, data_spec), theirs_dir)
 
     files = {f"seg2tflite {v}": ours_dir / f for v, f in OURS.items() if (ours_dir / f).is_file()}
+    delegated = {name: delegation(path) for name, path in files.items()}
     exported.setdefault("errors", {})
     for v, f in exported.get("files", {}).items():
         try:
-            delegation(theirs_dir / f)
+            delegated[f"litert-torch {v}"] = delegation(theirs_dir / f)
             files[f"litert-torch {v}"] = theirs_dir / f
         except (RuntimeError, ValueError) as e:  # a file LiteRT cannot load is litert-torch's finding
             exported["errors"][v] = f"written, but LiteRT cannot load it: {str(e).strip().splitlines()[-1][:200]}"
@@ -158,7 +159,7 @@ def compare_model(model: str, run: Path, size_name: str, python: Path, args) -> 
     row = {"model": model, "size": list(size), "litert_torch_export": exported}
     row["latency"] = timed_in_turns(files, size, args.rounds, runs, args.threads)
     for name, path in files.items():
-        row["latency"][name].update(delegation(path), size_mb=round(path.stat().st_size / 2**20, 2))
+        row["latency"][name].update(delegated[name], size_mb=round(path.stat().st_size / 2**20, 2))
     if size_name == "demo":
         pre = manifest["preprocessing"]
         row["accuracy"] = accuracy(files, checkpoint, data_spec, size, tuple(pre["mean"]), tuple(pre["std"]), args.limit)
