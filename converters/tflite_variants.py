@@ -10,6 +10,9 @@
   delegates.
 - int16x8: int16 activations, int8 weights, calibrated; float input/output.
 
+Every variant loses the layout TRANSPOSEs onnx2tf writes around single-head attention matmuls
+(``matmul_layout``).
+
 ``SELECT_TF_OPS`` is never enabled: a graph that needs a Flex op fails to convert here.
 ``app`` (``--input uint8``, ``--output classes``) converts onnx2tf's SavedModel with the app's
 ends added first (``app_io.wrap_saved_model``); the calibration images are then fed as the uint8
@@ -24,6 +27,7 @@ from seg2tflite.atomic import private_tempdir
 from seg2tflite.calibration.representative import CalibrationSet
 from seg2tflite.converters.app_io import AppIO, to_pixels, wrap_saved_model
 from seg2tflite.converters.lowres import cut_final_resize
+from seg2tflite.converters.matmul_layout import drop_matmul_transposes
 from seg2tflite.converters.onnx_to_tf import ConversionError
 from seg2tflite.converters.stages import CALIBRATED_VARIANTS, VARIANTS
 from seg2tflite.converters.xnnpack_int8 import xnnpack_int8_forms
@@ -47,6 +51,7 @@ def build_tflite(
         content = _convert(saved_model, variant, calibration, int8_io, progress, per_channel)
     else:
         content = _convert_wrapped(saved_model, variant, calibration, int8_io, progress, per_channel, app)
+    content = drop_matmul_transposes(content)[0]
     if variant == "full_int8":
         content = xnnpack_int8_forms(content)[0]
     return cut_final_resize(content)[0] if app is not None and app.output == "lowres" else content

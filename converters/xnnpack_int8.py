@@ -25,6 +25,14 @@ full-int8 collapse). So:
 
 A matmul neither way allows is left as it was.
 
+**ADD and SUB inputs at most 1024 times finer than the output.** XNNPACK takes an int8 ADD/SUB
+only when each input's scale is at least 1/1024 of the output's. A LayerNorm's token mean is
+near zero, so its calibrated range is tiny (SegFormer-B0: scales down to 1e-4 of the centred
+output's), and five of its mean subtractions fell to the builtin kernels. Such an input's scale
+is widened to 1/1000 of the output's (its zero point scaled with it, so the range still covers
+the old one), on the tensors tied to it as above: the values lose resolution only below a
+thousandth of an output step.
+
 **RELU as an ADD of 0 with a fused RELU.** XNNPACK takes no int8 RELU op (Xception-65's 19
 pre-activation RELUs, after residual adds whose output the skip branch also reads, so the
 converter cannot fuse them), but it takes an int8 ADD with a fused RELU: ``relu(x) = relu(x + 0)``
@@ -39,44 +47,20 @@ import copy
 
 import numpy as np
 
+from seg2tflite.converters.tflite_graph import TFLiteGraph
+
 # Ops whose int8 output is their input's bytes rearranged: input and output share scale and zero point.
 PASS_THROUGH = {"RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS"}
 # Ops that requantize into whatever output scale their output tensor carries, or read any input scale.
 WRITES_ANY_SCALE = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "ADD", "SUB", "MUL", "QUANTIZE"}
+# XNNPACK refuses an int8 ADD/SUB whose input scale is below 1/1024 of its output's; such an
+# input is widened to 1/1000, clear of the float32 rounding of that comparison.
+ADDEND_SCALE_LIMIT = 1000.0
 READS_ANY_SCALE = WRITES_ANY_SCALE | {"DEQUANTIZE", "SOFTMAX", "LOGISTIC", "TANH", "GELU", "MEAN", "SUM", "RSQRT"}
 
 
-class _Graph:
-    """The first subgraph of a flatbuffer model (TensorFlow's object API) with producer/reader maps."""
-
-    def __init__(self, model):
-        from seg2tflite.converters.ops import BUILTIN_NAMES, TENSOR_TYPES
-
-        self.model, self.graph = model, model.subgraphs[0]
-        self.op_names, self.tensor_types = BUILTIN_NAMES, TENSOR_TYPES
-        self.ends = {int(t) for t in self.graph.inputs} | {int(t) for t in self.graph.outputs}
-        self.reindex()
-
-    def reindex(self) -> None:
-        self.producer = {int(t): op for op in self.graph.operators for t in op.outputs}
-        self.readers: dict[int, list] = {}
-        for op in self.graph.operators:
-            for t in op.inputs:
-                if t >= 0:
-                    self.readers.setdefault(int(t), []).append(op)
-
-    def name(self, op) -> str:
-        code = self.model.operatorCodes[op.opcodeIndex]
-        return self.op_names[max(code.builtinCode, code.deprecatedBuiltinCode)]
-
-    def params(self, t: int) -> tuple | None:
-        q = self.graph.tensors[t].quantization
-        if q is None or q.scale is None or len(q.scale) != 1:
-            return None
-        return float(q.scale[0]), int(q.zeroPoint[0])
-
-    def is_int8(self, t: int) -> bool:
-        return self.tensor_types[self.graph.tensors[t].type] == "INT8"
+class _Int8Graph(TFLiteGraph):
+    """The graph with the int8 range edits."""
 
     def tied(self, start: int) -> set[int] | None:
         """The tensors that share ``start``'s scale through pass-through ops, or None when one of
@@ -113,11 +97,19 @@ class _Graph:
             q.scale = np.array([symmetric], np.float32)
             q.zeroPoint = np.array([0], np.int64)
 
+    def widen(self, tensors: set[int], scale: float) -> None:
+        old_scale, zero_point = self.params(next(iter(tensors)))
+        widened = int(np.clip(round(zero_point * old_scale / scale), -128, 127))
+        for t in tensors:
+            q = self.graph.tensors[t].quantization
+            q.scale = np.array([scale], np.float32)
+            q.zeroPoint = np.array([widened], np.int64)
+
     def swap_operands(self, op) -> None:
         """``C = op(A) @ op(B)`` -> ``C^T = BMM(B, A)`` with flipped adjoints, then one TRANSPOSE."""
         from tensorflow.lite.python import schema_py_generated as fb
 
-        graph, model = self.graph, self.model
+        graph = self.graph
         options = op.builtinOptions
         options.adjX, options.adjY = not options.adjY, not options.adjX
         op.inputs = np.array([op.inputs[1], op.inputs[0]], np.int32)
@@ -129,53 +121,35 @@ class _Graph:
         transposed.shape = np.asarray(transposed.shape)[perm].astype(np.int32)
         transposed.shapeSignature = None
         transposed.name = (graph.tensors[out].name or b"") + b"/transposed"
-        buffer = fb.BufferT()
-        buffer.data = np.frombuffer(perm.tobytes(), np.uint8)
-        model.buffers.append(buffer)
-        perm_tensor = fb.TensorT()
-        perm_tensor.shape, perm_tensor.type = np.array([rank], np.int32), fb.TensorType.INT32
-        perm_tensor.buffer, perm_tensor.name = len(model.buffers) - 1, transposed.name + b"/perm"
-        graph.tensors.extend([transposed, perm_tensor])
-        op.outputs = np.array([len(graph.tensors) - 2], np.int32)
+        perm_tensor = self.add_int32_constant(perm, transposed.name + b"/perm")
+        graph.tensors.append(transposed)
+        op.outputs = np.array([len(graph.tensors) - 1], np.int32)
         transpose = fb.OperatorT()
         transpose.opcodeIndex = self.opcode(fb.BuiltinOperator.TRANSPOSE)
-        transpose.inputs = np.array([len(graph.tensors) - 2, len(graph.tensors) - 1], np.int32)
+        transpose.inputs = np.array([len(graph.tensors) - 1, perm_tensor], np.int32)
         transpose.outputs = np.array([out], np.int32)
         transpose.builtinOptionsType, transpose.builtinOptions = fb.BuiltinOptions.TransposeOptions, fb.TransposeOptionsT()
         graph.operators.insert(graph.operators.index(op) + 1, transpose)
         self.reindex()
 
-    def opcode(self, builtin: int, version: int = 1) -> int:
-        """The index of ``builtin``'s operator code, added (at ``version``) when the model has none."""
-        from tensorflow.lite.python import schema_py_generated as fb
-
-        for i, code in enumerate(self.model.operatorCodes):
-            if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin and code.version >= version:
-                return i
-        code = fb.OperatorCodeT()
-        code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), version
-        self.model.operatorCodes.append(code)
-        return len(self.model.operatorCodes) - 1
-
 
 def xnnpack_int8_forms(content: bytes) -> tuple[bytes, dict]:
     """``content`` with every int8 BATCH_MATMUL's right-hand zero point 0 where the graph allows
-    it and every int8 RELU an ADD of 0 with a fused RELU, and a count: ``{"matmuls", "symmetric",
-    "swapped", "left", "relu_as_add"}`` (matmuls already symmetric count as symmetric)."""
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
-    if len(model.subgraphs) != 1:
-        return content, {"matmuls": 0, "symmetric": 0, "swapped": 0, "left": 0, "relu_as_add": 0}
-    g = _Graph(model)
+    it, every int8 RELU an ADD of 0 with a fused RELU, every ADD/SUB input XNNPACK finds too fine
+    widened, and a count: ``{"matmuls", "symmetric", "swapped", "left", "relu_as_add",
+    "widened"}`` (matmuls already symmetric count as symmetric)."""
+    g = _Int8Graph.read(content)
+    if g is None:
+        return content, {"matmuls": 0, "symmetric": 0, "swapped": 0, "left": 0, "relu_as_add": 0, "widened": 0}
     report = _symmetric_matmuls(g)
     report["relu_as_add"] = _relu_as_add(g)
-    if report["symmetric"] + report["swapped"] == report.pop("unchanged") and not report["relu_as_add"]:
+    report["widened"] = _widen_fine_addends(g)
+    if report["symmetric"] + report["swapped"] == report.pop("unchanged") and not (report["relu_as_add"] or report["widened"]):
         return content, report
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), report
+    return g.write(), report
 
 
-def _relu_as_add(g: _Graph) -> int:
+def _relu_as_add(g: _Int8Graph) -> int:
     from tensorflow.lite.python import schema_py_generated as fb
 
     relus = [op for op in g.graph.operators if g.name(op) == "RELU" and g.is_int8(int(op.inputs[0]))]
@@ -204,7 +178,23 @@ def _relu_as_add(g: _Graph) -> int:
     return len(relus)
 
 
-def _symmetric_matmuls(g: _Graph) -> dict:
+def _widen_fine_addends(g: _Int8Graph) -> int:
+    widened = 0
+    for op in g.graph.operators:
+        if g.name(op) not in ("ADD", "SUB") or g.params(int(op.outputs[0])) is None:
+            continue
+        output_scale = g.params(int(op.outputs[0]))[0]
+        for t in (int(t) for t in op.inputs):
+            if not g.is_int8(t) or g.params(t) is None or g.params(t)[0] * 1024 >= output_scale:
+                continue
+            tied = g.tied(t)
+            if tied is not None:
+                g.widen(tied, output_scale / ADDEND_SCALE_LIMIT)
+                widened += 1
+    return widened
+
+
+def _symmetric_matmuls(g: _Int8Graph) -> dict:
     report = {"matmuls": 0, "symmetric": 0, "swapped": 0, "left": 0, "unchanged": 0}
     for op in list(g.graph.operators):
         if g.name(op) != "BATCH_MATMUL":

@@ -7,6 +7,8 @@ after it every matmul's right-hand zero point is 0, XNNPACK takes them, and the 
 what the converter's file computes to within the re-rounding of the symmetric ranges. And a
 residual block whose ADD output two branches read, so that its RELU stands alone: XNNPACK takes
 no int8 RELU, the rewritten ADD of 0 with a fused RELU it takes, bit-identical on the builtin kernels.
+And a LayerNorm's mean subtraction whose mean is near zero: XNNPACK refuses the SUB while the
+mean's scale is under 1/1024 of the output's, takes it once the mean's scale is widened.
 """
 
 import numpy as np
@@ -74,10 +76,13 @@ def test_matmuls_get_zero_point_zero_and_xnnpack_takes_them(attention):
     assert before.get("BATCH_MATMUL") == 2, before
 
     rewritten, report = xnnpack_int8_forms(converted)
-    assert report == {"matmuls": 2, "symmetric": 1, "swapped": 1, "left": 0, "relu_as_add": 0}
+    assert report == {"matmuls": 2, "symmetric": 1, "swapped": 1, "left": 0, "relu_as_add": 0, "widened": 0}
     assert _matmul_rhs_zero_points(rewritten) == [0, 0]
     assert "BATCH_MATMUL" not in TFLiteRunner(rewritten).delegation["not_delegated"]
-    assert xnnpack_int8_forms(rewritten) == (rewritten, {"matmuls": 2, "symmetric": 2, "swapped": 0, "left": 0, "relu_as_add": 0})
+    assert xnnpack_int8_forms(rewritten) == (
+        rewritten,
+        {"matmuls": 2, "symmetric": 2, "swapped": 0, "left": 0, "relu_as_add": 0, "widened": 0},
+    )
 
 
 def test_rewritten_file_computes_what_the_converter_file_computes(attention):
@@ -126,3 +131,33 @@ def test_standalone_relu_becomes_an_add_xnnpack_takes(tmp_path):
     assert np.array_equal(TFLiteRunner(rewritten, xnnpack=False)(x), TFLiteRunner(converted, xnnpack=False)(x))
     step = TFLiteRunner(converted).io_quantization["output"]["scale"]
     assert np.abs(TFLiteRunner(rewritten)(x) - TFLiteRunner(converted, xnnpack=False)(x)).max() <= 2 * step
+
+
+def test_near_zero_mean_subtraction_is_widened_so_xnnpack_takes_it(tmp_path):
+    import tensorflow as tf
+
+    rng, channels = np.random.default_rng(2), 64
+    w = rng.normal(size=(3, 3, 3, channels)).astype(np.float32)
+    w -= 0.999 * w.mean(axis=-1, keepdims=True)  # channel means a thousandth of what they were
+    mean_weights = tf.constant(np.full((1, 1, channels, 1), 1 / channels, np.float32))
+
+    def block(x):
+        y = tf.nn.conv2d(x, tf.constant(w), 1, "SAME")
+        return y - tf.nn.conv2d(y, mean_weights, 1, "SAME")  # the centring of a 1x1-conv LayerNorm
+
+    module = tf.Module()
+    module.f = tf.function(block, input_signature=[tf.TensorSpec([1, *SIZE, 3], tf.float32)])
+    tf.saved_model.save(module, str(tmp_path / "saved_model"), signatures=module.f)
+    calib = calibration_from_array(rng.normal(size=(16, 3, *SIZE)).astype(np.float32), "random")
+    converted = _int8_full(tmp_path / "saved_model", calib)
+    assert TFLiteRunner(converted).delegation["not_delegated"] == {"SUB": 1}
+
+    rewritten, report = xnnpack_int8_forms(converted)
+    assert report["widened"] == 1 and TFLiteRunner(rewritten).delegation["not_delegated"] == {}
+    x = calib.images[:4]
+    step = TFLiteRunner(converted).io_quantization["output"]["scale"]
+    reference = TFLiteRunner(converted, xnnpack=False)(x)
+    for runner in (TFLiteRunner(rewritten, xnnpack=False), TFLiteRunner(rewritten)):
+        steps = np.abs(runner(x) - reference).max() / step
+        assert steps <= 1 + 1e-5, steps  # a thousandth of a step lost: at most one rounding flips
+    assert xnnpack_int8_forms(rewritten)[1]["widened"] == 0

@@ -113,9 +113,11 @@ def calibrate(saved_model: str | Path, calibration: CalibrationSet) -> bytes:
 
 def quantize(calibrated: bytes, float_ops: list[str] = (), float_nodes: list[str] = ()) -> bytes:
     """int8 (per-channel weights, float input/output) except ``float_ops`` types and ``float_nodes``
-    (output tensor names), which stay float; int8 ops in XNNPACK's forms as in full_int8 (``xnnpack_int8``)."""
+    (output tensor names), which stay float; layout and int8 ops as in full_int8 (``matmul_layout``,
+    ``xnnpack_int8``)."""
     from tensorflow.lite.python import convert
 
+    from seg2tflite.converters.matmul_layout import drop_matmul_transposes
     from seg2tflite.converters.xnnpack_int8 import xnnpack_int8_forms
 
     quantized = convert.mlir_quantize(
@@ -125,7 +127,7 @@ def quantize(calibrated: bytes, float_ops: list[str] = (), float_nodes: list[str
         denylisted_ops=list(float_ops) or None,
         denylisted_nodes=list(float_nodes) or None,
     )
-    return xnnpack_int8_forms(quantized)[0]
+    return xnnpack_int8_forms(drop_matmul_transposes(quantized)[0])[0]
 
 
 def quantizable_nodes(calibrated: bytes) -> dict[str, list[str]]:
