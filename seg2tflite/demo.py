@@ -9,6 +9,7 @@ with ``strict`` the demo then exits non-zero.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict
@@ -96,6 +97,21 @@ def _convert(name: str, checkpoint: Path, data: str, config: DemoConfig, model_d
     return None
 
 
+def measured_files_key(convert_dir: Path) -> str | None:
+    """What a model's measured rows were measured on: the sha256 of its conversion's stage record
+    (``stages.json`` holds every file's hash), so a re-built file is measured again."""
+    stages = convert_dir / "stages.json"
+    return hashlib.sha256(stages.read_bytes()).hexdigest() if stages.is_file() else None
+
+
+def measured_is_current(model_dir: Path) -> bool:
+    measured = model_dir / "measured.json"
+    try:
+        return json.loads(measured.read_text()).get("files") == measured_files_key(model_dir / "convert")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def check_demo_settings(config: DemoConfig) -> None:
     """Refuse, before any data is written or model trained, what a later step would refuse: every
     model's size, training and conversion settings, and what fits in memory."""
@@ -152,8 +168,7 @@ def run_demo(config: DemoConfig) -> int:
         timings["convert"] = time.perf_counter() - t
         if failure:
             failures[name] = failure
-        measured = model_dir / "measured.json"  # written once this model's rows are in the record
-        if not measured.is_file():
+        if not measured_is_current(model_dir):  # measured.json: this model's rows are in the record, for these files
             t = time.perf_counter()
             rows, sample = measure_conversion(
                 model_dir / "convert", data, config.eval_split, model=name, workers=config.workers, limit=config.eval_limit,
@@ -162,7 +177,9 @@ def run_demo(config: DemoConfig) -> int:
             )  # fmt: skip
             record_results(out, rows, sample)
             timings["measure"] = time.perf_counter() - t
-            atomic_write_text(measured, json.dumps({"stages": [r.stage for r in rows]}) + "\n")
+            files = measured_files_key(model_dir / "convert")
+            measured = {"stages": [r.stage for r in rows], "files": files}
+            atomic_write_text(model_dir / "measured.json", json.dumps(measured) + "\n")
 
     report = build_report(out)
     total = time.perf_counter() - started

@@ -1,5 +1,6 @@
 """The main job end to end on a tiny budget: data, training, conversion, measurement, report."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -43,6 +44,10 @@ def test_demo_writes_the_report_and_resumes_without_redoing_work(tmp_path):
     assert run_demo(config) == 0  # a re-run finds every stage whole and only rebuilds the report
     assert (run / "models" / "deeplabv3plus_mobilenetv2" / "train" / "best.safetensors").stat().st_mtime_ns == trained
     assert "measure" not in json.loads((run / "demo.json").read_text())["seconds"]["deeplabv3plus_mobilenetv2"]
+
+    # files converted anew (other calibration images) are measured anew, not reported with the old figures
+    assert run_demo(dataclasses.replace(config, calib_size=4)) == 0
+    assert "measure" in json.loads((run / "demo.json").read_text())["seconds"]["deeplabv3plus_mobilenetv2"]
 
 
 NETWORK_GUARD = """
