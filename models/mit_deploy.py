@@ -19,8 +19,9 @@ from torch import nn
 # (GELU at opset 17) crashes it, and a channel LayerNorm written with ReduceMean or as
 # permute -> LayerNorm -> permute converts wrongly. So every tensor stays a 4-D NCHW map (which
 # onnx2tf turns into NHWC), linears are 1x1 convs, the LayerNorm mean and variance are 1x1 convs
-# with weights 1/C, attention is reshapes, two batched matmuls and a last-axis softmax, and GELU
-# uses an erf approximation built from exp. The deploy modules hold the training modules'
+# with weights 1/C (a norm's affine folded into the convs that read it, where they read no
+# padding), attention is reshapes, two batched matmuls and a last-axis softmax, and GELU uses an
+# erf approximation built from exp. The deploy modules hold the training modules'
 # Parameters (not copies, not the modules), so they follow the weights and ignore train/eval mode.
 
 
@@ -61,10 +62,28 @@ class ChannelLayerNorm(nn.Module):
         self.weight, self.bias, self.eps = norm.weight, norm.bias, norm.eps
         self.register_buffer("average", torch.full((1, channels, 1, 1), 1.0 / channels), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def normalized(self, x: torch.Tensor) -> torch.Tensor:
+        """The norm without its affine (for a conv that takes the affine into its weights: ``folded``)."""
         centred = x - F.conv2d(x, self.average)
         var = F.conv2d(centred * centred, self.average)
-        return centred * torch.rsqrt(var + self.eps) * self.weight[:, None, None] + self.bias[:, None, None]
+        return centred * torch.rsqrt(var + self.eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.normalized(x) * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+def folded(norm: ChannelLayerNorm, conv: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``conv`` (a 1x1 linear or an unpadded conv) reading ``norm.normalized(x)``
+    to give what it gives reading ``norm(x)``: ``W' = W * gamma`` per input channel, ``b' = b +
+    sum(W * beta)``. Exact where no padding is read; it saves the norm's MUL and ADD, two int8
+    requantizations each, per norm."""
+    weight = conv.weight if conv.weight.dim() == 4 else conv.weight[:, :, None, None]
+    if getattr(conv, "padding", (0, 0)) not in ((0, 0), 0, "valid"):
+        raise ValueError("a norm's affine folds only into a conv without padding")
+    bias = (weight * norm.bias[None, :, None, None]).sum(dim=(1, 2, 3))
+    if conv.bias is not None:
+        bias = bias + conv.bias
+    return weight * norm.weight[None, :, None, None], bias
 
 
 # Abramowitz & Stegun 7.1.26: erfc(z) ~ t * poly(t) * exp(-z^2), t = 1 / (1 + p z), z >= 0,
@@ -93,14 +112,17 @@ class DeployAttention(nn.Module):
         self.sr = SharedConv(attn.sr) if attn.sr_ratio > 1 else None
         self.norm = ChannelLayerNorm(attn.norm) if attn.sr_ratio > 1 else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
+    def forward(self, normalized: torch.Tensor, norm: ChannelLayerNorm) -> torch.Tensor:
+        """Attention on ``norm(x)``, given ``norm.normalized(x)``: the affine is in the convs that read it."""
+        b, c, h, w = normalized.shape
         heads, dim = self.num_heads, self.head_dim
-        q = (self.q(x) * self.scale).reshape(b, heads, dim, h * w).transpose(2, 3)  # (B, heads, N, d)
-        kv = self.norm(self.sr(x)) if self.sr is not None else x
-        m = kv.shape[2] * kv.shape[3]
-        k = self.k(kv).reshape(b, heads, dim, m)  # (B, heads, d, M)
-        v = self.v(kv).reshape(b, heads, dim, m)
+        q = (F.conv2d(normalized, *folded(norm, self.q)) * self.scale).reshape(b, heads, dim, h * w).transpose(2, 3)
+        if self.sr is not None:  # (B, heads, N, d) above; keys and values from the reduced map
+            reduced = F.conv2d(normalized, *folded(norm, self.sr), self.sr.stride)
+            normalized, norm = self.norm.normalized(reduced), self.norm
+        m = normalized.shape[2] * normalized.shape[3]
+        k = F.conv2d(normalized, *folded(norm, self.k)).reshape(b, heads, dim, m)  # (B, heads, d, M)
+        v = F.conv2d(normalized, *folded(norm, self.v)).reshape(b, heads, dim, m)
         attn = torch.matmul(q, k).softmax(dim=-1)  # (B, heads, N, M)
         out = torch.matmul(v, attn.transpose(2, 3))  # (B, heads, d, N): channels stay first
         return self.proj(out.reshape(b, c, h, w))
@@ -115,8 +137,9 @@ class DeployBlock(nn.Module):
         self.fc1, self.dwconv, self.fc2 = LinearAsConv(block.mlp.fc1), SharedConv(block.mlp.dwconv), LinearAsConv(block.mlp.fc2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.fc2(self.gelu(self.dwconv(self.fc1(self.norm2(x)))))
+        x = x + self.attn(self.norm1.normalized(x), self.norm1)
+        hidden = F.conv2d(self.norm2.normalized(x), *folded(self.norm2, self.fc1))
+        return x + self.fc2(self.gelu(self.dwconv(hidden)))
 
 
 class DeployStage(nn.Module):
