@@ -4,7 +4,8 @@
 alone: ``results.md``, ``results.csv``, ``results.json``, ``summary.md``, ``per_class_iou.md``,
 ``per_class_iou.csv``, ``tradeoff.png``, ``overlays.png``, and after ``seg2tflite compress``
 ``compression.md``/``.png`` and ``compression_layers.md`` (the latter reads the compressed
-models' files back). Derived columns (change in mIoU against the same model's PyTorch row) are
+models' files back), after ``seg2tflite latency`` ``deploy_latency.md`` and after ``seg2tflite
+profile`` ``profile.md``. Derived columns (change in mIoU against the same model's PyTorch row) are
 computed here.
 """
 
@@ -20,6 +21,7 @@ from seg2tflite.atomic import atomic_write_text
 from seg2tflite.converters.stages import REFERENCE, STAGES, label
 from seg2tflite.errors import UserError
 from seg2tflite.eval import anchors
+from seg2tflite.eval.profile_run import PROFILE_FILE, SKIPPED
 from seg2tflite.eval.record import DEPLOY_LATENCY_FILE, RECORD_FILE, SCHEMA, RunRecord, load_predictions, load_record
 
 REPORT_DIR = "report"
@@ -358,6 +360,61 @@ def render_deploy_latency_md(run_dir: Path) -> str | None:
     ])  # fmt: skip
 
 
+def _joined(values: list) -> str:
+    return " / ".join(map(str, dict.fromkeys(values))) or "?"
+
+
+def _op_type(row: dict) -> str:
+    where = "" if row["xnnpack"] else " (builtin)"
+    return f"{row['op']} {row['dtype']}{where} x{row['count']}: {row['ms']:.2f}"
+
+
+def render_profile_md(run_dir: Path) -> str | None:
+    """``seg2tflite profile``'s figures (profile.json), or None when it has not run."""
+    path = Path(run_dir) / PROFILE_FILE
+    if not path.is_file():
+        return None
+    sections, threads, litert = [], [], []
+    try:
+        for model, m in json.loads(path.read_text())["models"].items():
+            threads.append(m["threads"])
+            litert.append((m.get("versions") or {}).get("ai-edge-litert"))
+            body = []
+            for stage, v in m["variants"].items():
+                if "skipped" in v or "failed" in v:
+                    why = "not profiled (see above)" if "skipped" in v else "profile failed: " + v["failed"].replace("|", "\\|")
+                    body.append([label(stage), "-", "-", "-", why])
+                    continue
+                top = "; ".join(_op_type(r) for r in v["by_type"][:4])
+                top += f"; {len(v['untimed'])} ops not timed alone" if v["untimed"] else ""
+                cells = [f"{v['whole_ms']:.2f}", f"{v['sum_ms']:.2f}", f"{v['delegated']}/{v['ops']}", top]
+                body.append([label(stage), *cells])
+            table = _md_table(["variant", "whole (ms)", "sum of ops (ms)", "XNNPACK ops", "most time (ms)"], body,
+                              ["---", "--:", "--:", "--:", "---"])  # fmt: skip
+            sections += [f"## `{model}`", "", table if body else f"No .tflite file in `models/{model}/convert/`.", ""]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{path}: unreadable profile record ({e}); run `seg2tflite profile` again") from None
+    return "\n".join([
+        "# Where the time goes, op by op",
+        "",
+        "`seg2tflite profile` cut every op of each `.tflite` out into a graph of its own and timed it",
+        f"alone (median at batch 1 on random inputs; LiteRT {_joined(litert)}, threads: {_joined(threads)}), loaded",
+        "as the file is: XNNPACK takes the op or leaves it to LiteRT's builtin kernels (`(builtin)`).",
+        "Whole: the file's own median. Where the sum of ops is above it, the gap is what running the ops",
+        "together saves (XNNPACK fuses a delegated partition, keeps its layouts, skips the hand-overs",
+        "between ops); where below, what running them together costs. XNNPACK ops: ops XNNPACK took",
+        "alone, of the file's ops. Most time: the 4 op types with the most summed time, `OP dtype x",
+        "count: ms`. Every op type and the 5 slowest ops: `profile.json`.",
+        "",
+        f"int16x8 is not profiled: {SKIPPED['int16x8']}.",
+        "float16: its weights are float16 constants that DEQUANTIZE ops expand at load; an op cut out",
+        "alone reads them as an input, which XNNPACK does not take, so its convolutions show as builtin",
+        "here while the whole file runs them in XNNPACK (the DEQUANTIZEs are not timed alone).",
+        "",
+        *sections,
+    ])  # fmt: skip
+
+
 def _csv_text(rows: list[dict], columns: list[str]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
@@ -398,6 +455,9 @@ def build_report(run_dir: str | Path) -> Path:
     deploy = render_deploy_latency_md(run_dir)
     if deploy:
         atomic_write_text(out / "deploy_latency.md", deploy)
+    profile = render_profile_md(run_dir)
+    if profile:
+        atomic_write_text(out / "profile.md", profile)
     per_layer = render_compression_layers_md(run_dir)
     if per_layer:
         atomic_write_text(out / "compression_layers.md", per_layer)

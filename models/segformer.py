@@ -110,7 +110,15 @@ class SegFormer(nn.Module):
 
 
 class SegFormerHeadDeploy(nn.Module):
-    """The decoder in converter-friendly ops: linears as 1x1 convs, BatchNorm in inference form."""
+    """The decoder in converter-friendly ops, without the concatenation and the 1024-channel fuse.
+
+    ``fuse(concat(up(linear_i(x_i))))`` is ``sum_i up(fuse_i(linear_i(x_i)))``: the fuse conv split
+    by the channels each stage contributes, and a 1x1 conv commutes with bilinear upsampling (its
+    weights sum to one, so the bias too). So each stage's linear, its block of the fuse conv and the
+    inference BatchNorm become one 1x1 conv at that stage's own resolution, and the four maps are
+    upsampled and added: the same logits, without the fuse conv over 4 x 256 channels at 1/4 of the
+    input (SegFormer-B0 at 512x512: 4.3 of its 8 GMACs).
+    """
 
     def __init__(self, head: SegFormerHead):
         super().__init__()
@@ -121,16 +129,27 @@ class SegFormerHeadDeploy(nn.Module):
         self.register_buffer("bn_mean", bn.running_mean, persistent=False)  # the same tensors
         self.register_buffer("bn_var", bn.running_var, persistent=False)
 
+    def stage_convs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per stage, the 1x1 conv (weight, bias) that is its linear, its block of the fuse conv and the BatchNorm."""
+        scale = self.bn_weight * torch.rsqrt(self.bn_var + self.bn_eps)
+        fuse = self.linear_fuse.weight[:, :, 0, 0] * scale[:, None]
+        embed, stages = fuse.shape[0], len(self.linear_c)
+        convs = []
+        for i, linear in enumerate(self.linear_c):
+            block = fuse[:, (stages - 1 - i) * embed : (stages - i) * embed]  # concatenated deepest first
+            convs.append(((block @ linear.weight)[:, :, None, None], block @ linear.bias))
+        weight, bias = convs[0]
+        convs[0] = (weight, bias + self.bn_bias - self.bn_mean * scale)  # the BatchNorm's shift, once
+        return convs
+
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         size = features[0].shape[2:]
-        outs = []
-        for i, (x, linear) in enumerate(zip(features, self.linear_c)):
-            x = linear(x)
-            if i > 0:
-                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            outs.append(x)
-        x = self.linear_fuse(torch.cat(outs[::-1], dim=1))
-        x = F.batch_norm(x, self.bn_mean, self.bn_var, self.bn_weight, self.bn_bias, False, 0.0, self.bn_eps)
+        x = None
+        for i, (feature, (weight, bias)) in enumerate(zip(features, self.stage_convs())):
+            y = F.conv2d(feature, weight, bias)
+            if i > 0:  # stage 1 is already at 1/4
+                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            x = y if x is None else x + y
         return self.classifier(F.relu(x))
 
 
