@@ -60,6 +60,17 @@ def _int8_full(saved_model, calib) -> bytes:
     return converter.convert()
 
 
+def _converted_int8(block, folder, rng):
+    """The converter's full-int8 file of ``block`` (saved in ``folder``) and its calibration images."""
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.f = tf.function(block, input_signature=[tf.TensorSpec([1, *SIZE, 3], tf.float32)])
+    tf.saved_model.save(module, str(folder / "saved_model"), signatures=module.f)
+    calib = calibration_from_array(rng.normal(size=(16, 3, *SIZE)).astype(np.float32), "random")
+    return _int8_full(folder / "saved_model", calib), calib
+
+
 def _matmul_rhs_zero_points(content: bytes) -> list[int]:
     from ai_edge_litert.interpreter import Interpreter
 
@@ -118,11 +129,7 @@ def test_standalone_relu_becomes_an_add_xnnpack_takes(tmp_path):
         s = y + tf.nn.conv2d(y, w2, 1, "SAME")  # read by the RELU and by the skip below: no fusion
         return tf.nn.conv2d(tf.nn.relu(s), w2, 1, "SAME") + s
 
-    module = tf.Module()
-    module.f = tf.function(block, input_signature=[tf.TensorSpec([1, *SIZE, 3], tf.float32)])
-    tf.saved_model.save(module, str(tmp_path / "saved_model"), signatures=module.f)
-    calib = calibration_from_array(rng.normal(size=(16, 3, *SIZE)).astype(np.float32), "random")
-    converted = _int8_full(tmp_path / "saved_model", calib)
+    converted, calib = _converted_int8(block, tmp_path, rng)
     assert TFLiteRunner(converted).delegation["not_delegated"] == {"RELU": 1}
 
     rewritten, report = xnnpack_int8_forms(converted)
@@ -145,11 +152,7 @@ def test_near_zero_mean_subtraction_is_widened_so_xnnpack_takes_it(tmp_path):
         y = tf.nn.conv2d(x, tf.constant(w), 1, "SAME")
         return y - tf.nn.conv2d(y, mean_weights, 1, "SAME")  # the centring of a 1x1-conv LayerNorm
 
-    module = tf.Module()
-    module.f = tf.function(block, input_signature=[tf.TensorSpec([1, *SIZE, 3], tf.float32)])
-    tf.saved_model.save(module, str(tmp_path / "saved_model"), signatures=module.f)
-    calib = calibration_from_array(rng.normal(size=(16, 3, *SIZE)).astype(np.float32), "random")
-    converted = _int8_full(tmp_path / "saved_model", calib)
+    converted, calib = _converted_int8(block, tmp_path, rng)
     assert TFLiteRunner(converted).delegation["not_delegated"] == {"SUB": 1}
 
     rewritten, report = xnnpack_int8_forms(converted)
