@@ -7,8 +7,12 @@ plus this checkout without its dependencies), and converts there (``litert_torch
 measuring happens here, in the project's environment, with its LiteRT (ai-edge-litert 2.3.0):
 
 - latency: every file in a fresh process (``seg2tflite.eval.bench``), batch 1, XNNPACK, the
-  files timed in turns for ``--rounds`` rounds (the order rotated each round) and the median of
-  the rounds' medians kept, so that a busy or drifting CPU weighs on both routes alike;
+  file's ``invoke()`` alone (as LiteRT's benchmark tool times it: the two routes' files take
+  different layouts and types, and the Python caller's conversions are not the file's), the files
+  timed in turns for ``--rounds`` rounds (the order rotated each round) and the median of the
+  rounds' medians kept, so that a busy or drifting CPU weighs on both routes alike;
+  ``--noise-check`` times seg2tflite's float32 file against a byte copy of itself in the same turns,
+  the ratio the method gives for identical files;
 - accuracy, at the demo size: mIoU on the run's test images and argmax agreement with PyTorch.
 
 litert-torch calibrates on exactly the images seg2tflite's conversion did (the names its
@@ -16,7 +20,7 @@ litert-torch calibrates on exactly the images seg2tflite's conversion did (the n
 deploy size ``RUN/deploy/M`` (``seg2tflite latency --run RUN``); run those first.
 
     python benchmarks/vs_litert_torch.py --run runs/demo                 # every model, demo and deploy size
-    python benchmarks/vs_litert_torch.py --run runs/demo --models segformer_b0 --sizes demo
+    python benchmarks/vs_litert_torch.py --run runs/demo --models segformer_b0 --sizes demo --rounds 7 --noise-check
 
 Writes ``RUN/litert_torch/compare.json`` and ``compare.md``; the converted files stay under
 ``RUN/litert_torch/SIZE/MODEL``. A benchmark, not a test: not part of the default test run.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -37,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".venv-litert-torch"
 REQUIREMENTS = Path(__file__).with_name("litert_torch_requirements.txt")
 EXPORT = Path(__file__).with_name("litert_torch_export.py")
+NOISE = "seg2tflite float32, a byte copy"
 OURS = {"float32": "model_float32.tflite", "full_int8": "model_full_int8.tflite", "mixed_int8": "model_mixed_int8.tflite"}
 
 
@@ -92,15 +98,29 @@ def export(python: Path, checkpoint: Path, size, calib: np.ndarray, out: Path) -
 
 
 def timed_in_turns(files: dict[str, Path], size, rounds: int, runs: int, threads: int) -> dict[str, dict]:
-    """Median of per-round medians (and every round's), each file in a fresh process per round."""
+    """Median of per-round medians (and every round's), each file in a fresh process per round.
+
+    ``median_ms`` is the file's own latency, ``interpreter.invoke()`` alone (``BenchResult.
+    invoke_median_ms``): the two routes' files take different layouts and types (seg2tflite's NHWC
+    with int8 ends, litert-torch's NCHW float), so the Python runner's transposes and (de)quantization
+    would time the harness, not the file. ``runner_median_ms`` keeps that figure too."""
     from seg2tflite.eval.bench import benchmark_artifact
 
     names = list(files)
-    medians = {n: [] for n in names}
+    invoke, runner = {n: [] for n in names}, {n: [] for n in names}
     for r in range(rounds):
         for n in names[r % len(names) :] + names[: r % len(names)]:
-            medians[n].append(benchmark_artifact(files[n], size, threads=threads, warmup=3, runs=runs).median_ms)
-    return {n: {"median_ms": float(np.median(m)), "rounds_ms": [round(x, 3) for x in m]} for n, m in medians.items()}
+            result = benchmark_artifact(files[n], size, threads=threads, warmup=3, runs=runs)
+            invoke[n].append(result.invoke_median_ms)
+            runner[n].append(result.median_ms)
+    return {
+        n: {
+            "median_ms": float(np.median(invoke[n])),
+            "rounds_ms": [round(x, 3) for x in invoke[n]],
+            "runner_median_ms": float(np.median(runner[n])),
+        }
+        for n in names
+    }
 
 
 def delegation(path: Path) -> dict:
@@ -157,7 +177,14 @@ def compare_model(model: str, run: Path, size_name: str, python: Path, args) -> 
             exported["errors"][v] = f"written, but LiteRT cannot load it: {str(e).strip().splitlines()[-1][:200]}"
     runs = args.runs if size_name == "demo" else max(3, args.runs // 5)
     row = {"model": model, "size": list(size), "litert_torch_export": exported}
-    row["latency"] = timed_in_turns(files, size, args.rounds, runs, args.threads)
+    timed = dict(files)
+    if args.noise_check and "seg2tflite float32" in files:  # the method's own noise: a file against its copy
+        timed[NOISE] = theirs_dir / "seg2tflite_float32_copy.tflite"
+        shutil.copyfile(files["seg2tflite float32"], timed[NOISE])
+    row["latency"] = timed_in_turns(timed, size, args.rounds, runs, args.threads)
+    if NOISE in row["latency"]:
+        copy = row["latency"].pop(NOISE)
+        row["noise"] = {**copy, "ratio": row["latency"]["seg2tflite float32"]["median_ms"] / copy["median_ms"]}
     for name, path in files.items():
         row["latency"][name].update(delegated[name], size_mb=round(path.stat().st_size / 2**20, 2))
     if size_name == "demo":
@@ -180,6 +207,8 @@ def format_row(row: dict) -> str:
         acc = row.get("accuracy", {}).get(name)
         extra = f"  mIoU {acc['miou']:.2f}  agreement {acc['agreement']:.2f}%" if acc else ""
         lines.append(f"  {name:24s} {t['median_ms']:8.2f} ms  XNNPACK {t['delegated']}/{t['ops']}{extra}")
+    if "noise" in row:
+        lines.append(f"  float32 against its own byte copy: ratio {row['noise']['ratio']:.2f}")
     return "\n".join(lines)
 
 
@@ -216,6 +245,15 @@ def markdown(rows: list[dict]) -> str:
                 f"{ours['median_ms'] / theirs['median_ms']:.2f} | {miou(f'seg2tflite {v}')} | {miou(theirs_name(v))} | "
                 f"{ours['delegated']}/{ours['ops']} / {theirs['delegated']}/{theirs['ops']} |"
             )
+    noise = [row for row in rows if "noise" in row]
+    if noise:
+        lines += ["", "| model | size | seg2tflite float32 ms | the same file, a byte copy, ms | ratio (the method's noise) |",
+                  "|---|---|--:|--:|--:|"]  # fmt: skip
+        for row in noise:
+            ms = row["latency"]["seg2tflite float32"]["median_ms"]
+            lines.append(
+                f"| {row['model']} | {row['size'][0]}x{row['size'][1]} | {ms:.2f} | {row['noise']['median_ms']:.2f} | {row['noise']['ratio']:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -231,6 +269,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds, the files in turns (default: 3)")
     parser.add_argument("--runs", type=int, default=50, help="timed runs per file and round at the demo size (deploy: a fifth)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--noise-check", action="store_true",
+        help="also time seg2tflite's float32 file against a byte copy of itself, in the same turns: the ratio the method gives for identical files",
+    )  # fmt: skip
     parser.add_argument("--limit", type=int, default=50, help="test images for mIoU at the demo size")
     parser.add_argument("--venv", type=Path, default=VENV)
     args = parser.parse_args()

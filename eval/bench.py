@@ -6,7 +6,10 @@ mark (``VmHWM``, see ``_maxrss_mb``) after the timed runs, ``baseline_rss_mb`` t
 mark after the runtime's imports but before the artifact was loaded. Latency is wall time per
 call of the runner (``seg2tflite.converters.runtimes``: LiteRT with XNNPACK, ONNX Runtime intra-op threads,
 PyTorch ``set_num_threads``) on a fixed random input, after ``warmup`` untimed calls; an int8
-model's runner includes the input quantization and output dequantization, as a caller pays them.
+model's runner includes the input quantization and output dequantization, as a Python caller pays
+them. For a .tflite, ``invoke_median_ms`` is the file alone: the interpreter's ``invoke()`` with its
+input already set, as LiteRT's own benchmark tool times it, without the runner's NumPy work (the
+NCHW/NHWC transposes and int8 (de)quantization an app in the file's own layout and types skips).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class BenchResult:
     load_seconds: float  # building the runner (reading the file, creating the session/interpreter)
     baseline_rss_mb: float  # RSS high-water mark of the fresh process after imports, before loading
     peak_rss_mb: float  # RSS high-water mark after loading and all runs
+    invoke_median_ms: float | None = None  # a .tflite: interpreter.invoke() alone, the file's own latency
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -87,12 +91,9 @@ def measure(path: str, input_size: tuple[int, int], threads: int, warmup: int, r
     x = np.random.default_rng(0).standard_normal((1, 3, *input_size), dtype=np.float32)
     for _ in range(warmup):
         runner(x)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        runner(x)
-        times.append((time.perf_counter() - t0) * 1000.0)
-    ms = np.asarray(times)
+    ms = np.asarray([_timed_ms(lambda: runner(x)) for _ in range(runs)])
+    interpreter = getattr(runner, "interpreter", None)  # a .tflite: its input is set by the runs above
+    invoke_ms = [_timed_ms(interpreter.invoke) for _ in range(runs)] if interpreter is not None else None
     return BenchResult(
         artifact=str(path),
         kind=kind,
@@ -108,7 +109,14 @@ def measure(path: str, input_size: tuple[int, int], threads: int, warmup: int, r
         load_seconds=load_seconds,
         baseline_rss_mb=baseline,
         peak_rss_mb=_maxrss_mb(),
+        invoke_median_ms=float(np.median(invoke_ms)) if invoke_ms else None,
     )
+
+
+def _timed_ms(call) -> float:
+    started = time.perf_counter()
+    call()
+    return (time.perf_counter() - started) * 1000.0
 
 
 def _import_runtime(kind: str) -> None:
@@ -200,14 +208,19 @@ def benchmark_artifacts(paths, progress: bool = True, **kwargs) -> list[BenchRes
 
 
 def format_bench(results: list[BenchResult]) -> str:
-    """A table for the terminal, one line per artifact."""
-    header = f"{'artifact':<40} {'runtime':<12} {'size':>9} {'threads':>7} {'median ms':>10} {'p90 ms':>9} {'peak RSS MB':>12}"
+    """A table for the terminal, one line per artifact (``invoke ms``: a .tflite's ``invoke()`` alone)."""
+    header = (
+        f"{'artifact':<40} {'runtime':<12} {'size':>9} {'threads':>7} {'median ms':>10} {'p90 ms':>9} {'invoke ms':>10} "
+        f"{'peak RSS MB':>12}"
+    )
     lines = [header, "-" * len(header)]
     for r in results:
         name = r.artifact if len(r.artifact) <= 40 else "..." + r.artifact[-37:]
         size = f"{r.input_size[0]}x{r.input_size[1]}"
+        invoke = f"{r.invoke_median_ms:.2f}" if r.invoke_median_ms is not None else "-"
         lines.append(
-            f"{name:<40} {r.runtime:<12} {size:>9} {r.threads:>7} {r.median_ms:>10.2f} {r.p90_ms:>9.2f} {r.peak_rss_mb:>12.0f}"
+            f"{name:<40} {r.runtime:<12} {size:>9} {r.threads:>7} {r.median_ms:>10.2f} {r.p90_ms:>9.2f} {invoke:>10} "
+            f"{r.peak_rss_mb:>12.0f}"
         )
     return "\n".join(lines)
 

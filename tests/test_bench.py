@@ -92,6 +92,7 @@ def test_onnx_and_tflite_in_fresh_processes(artifacts):
     _well_formed(onnx, "onnxruntime", 1, 5)
     tflite = benchmark_artifact(artifacts / "model_float32.tflite", SIZE, threads=2, warmup=1, runs=4)
     _well_formed(tflite, "litert", 2, 4)
+    assert onnx.invoke_median_ms is None and tflite.invoke_median_ms > 0  # the file alone, without the runner's NumPy work
     assert tflite.kind == "tflite" and tflite.artifact == str(artifacts / "model_float32.tflite")
 
 

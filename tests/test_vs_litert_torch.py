@@ -61,6 +61,9 @@ def test_table_puts_mixed_beside_litert_torchs_int8():
     assert lines[2] == "| m | 96x96 | float32 | 4.00 | 5.00 | 0.80 | 50.00 (+0.00) | 50.00 (+0.00) | 10/10 / 10/10 |"
     assert lines[3] == "| m | 96x96 | full int8 | 3.00 | 2.00 | 1.50 | 49.00 (-1.00) | 48.00 (-2.00) | 8/10 / 9/10 |"
     assert lines[4] == "| m | 96x96 | mixed int8 | 1.50 | 2.00 | 0.75 | 49.50 (-0.50) | 48.00 (-2.00) | 10/10 / 9/10 |"
+    assert len(lines) == 5  # no noise table without --noise-check
+    row["noise"] = {"median_ms": 4.4, "ratio": 4.0 / 4.4}
+    assert vs_litert_torch.markdown([row]).splitlines()[-1] == "| m | 96x96 | 4.00 | 4.40 | 0.91 |"
 
 
 def test_a_folder_that_is_no_run_is_one_line(tmp_path):
