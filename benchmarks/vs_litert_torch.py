@@ -9,8 +9,9 @@ measuring happens here, in the project's environment, with its LiteRT (ai-edge-l
 - latency: every file in a fresh process (``seg2tflite.eval.bench``), batch 1, XNNPACK, the
   file's ``invoke()`` alone (as LiteRT's benchmark tool times it: the two routes' files take
   different layouts and types, and the Python caller's conversions are not the file's), the files
-  timed in turns for ``--rounds`` rounds (the order rotated each round) and the median of the
-  rounds' medians kept, so that a busy or drifting CPU weighs on both routes alike;
+  timed in turns for ``--rounds`` rounds (the order rotated each round): a file's figure is the
+  median of its rounds' medians, a ratio the median of the rounds' ratios (``paired_ratio``), so
+  that a busy or drifting CPU weighs on both routes alike;
   ``--noise-check`` times seg2tflite's float32 file against a byte copy of itself in the same turns,
   the ratio the method gives for identical files;
 - accuracy, at the demo size: mIoU on the run's test images and argmax agreement with PyTorch.
@@ -123,6 +124,14 @@ def timed_in_turns(files: dict[str, Path], size, rounds: int, runs: int, threads
     }
 
 
+def paired_ratio(ours: dict, theirs: dict) -> float:
+    """The median of the rounds' ratios, ours over theirs. Each round times both files within
+    seconds of each other, so a machine that drifts between faster and slower states (this VM
+    does, by up to 1.8x for minutes) weighs on both sides of every ratio; a ratio of the two
+    medians would set a file timed in the slow state against one timed in the fast state."""
+    return float(np.median(np.asarray(ours["rounds_ms"]) / np.asarray(theirs["rounds_ms"])))
+
+
 def delegation(path: Path) -> dict:
     from seg2tflite.converters.runtimes import TFLiteRunner
 
@@ -184,7 +193,7 @@ def compare_model(model: str, run: Path, size_name: str, python: Path, args) -> 
     row["latency"] = timed_in_turns(timed, size, args.rounds, runs, args.threads)
     if NOISE in row["latency"]:
         copy = row["latency"].pop(NOISE)
-        row["noise"] = {**copy, "ratio": row["latency"]["seg2tflite float32"]["median_ms"] / copy["median_ms"]}
+        row["noise"] = {**copy, "ratio": paired_ratio(row["latency"]["seg2tflite float32"], copy)}
     for name, path in files.items():
         row["latency"][name].update(delegated[name], size_mb=round(path.stat().st_size / 2**20, 2))
     if size_name == "demo":
@@ -193,7 +202,7 @@ def compare_model(model: str, run: Path, size_name: str, python: Path, args) -> 
     for v in OURS:
         ours, theirs = row["latency"].get(f"seg2tflite {v}"), row["latency"].get(theirs_name(v))
         if ours and theirs:
-            row[f"{v}_ratio"] = ours["median_ms"] / theirs["median_ms"]
+            row[f"{v}_ratio"] = paired_ratio(ours, theirs)
     print(format_row(row))
     return row
 
@@ -242,7 +251,7 @@ def markdown(rows: list[dict]) -> str:
                 continue
             lines.append(
                 f"| {row['model']} | {size} | {v.replace('_', ' ')} | {ours['median_ms']:.2f} | {theirs['median_ms']:.2f} | "
-                f"{ours['median_ms'] / theirs['median_ms']:.2f} | {miou(f'seg2tflite {v}')} | {miou(theirs_name(v))} | "
+                f"{paired_ratio(ours, theirs):.2f} | {miou(f'seg2tflite {v}')} | {miou(theirs_name(v))} | "
                 f"{ours['delegated']}/{ours['ops']} / {theirs['delegated']}/{theirs['ops']} |"
             )
     noise = [row for row in rows if "noise" in row]
@@ -266,7 +275,7 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="a `seg2tflite demo` run folder")
     parser.add_argument("--models", nargs="+", help="default: the run's models")
     parser.add_argument("--sizes", nargs="+", choices=("demo", "deploy"), default=["demo", "deploy"])
-    parser.add_argument("--rounds", type=int, default=3, help="timing rounds, the files in turns (default: 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="timing rounds, the files in turns (default: 5)")
     parser.add_argument("--runs", type=int, default=50, help="timed runs per file and round at the demo size (deploy: a fifth)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(

@@ -37,7 +37,7 @@ def test_calibration_images_are_the_conversions_own():
 
 
 def test_table_puts_mixed_beside_litert_torchs_int8():
-    timing = lambda ms, n: {"median_ms": ms, "delegated": n, "ops": 10}  # noqa: E731
+    timing = lambda ms, n: {"median_ms": ms, "rounds_ms": [ms, 2 * ms, ms], "delegated": n, "ops": 10}  # noqa: E731
     row = {
         "model": "m",
         "size": [96, 96],
@@ -72,3 +72,13 @@ def test_a_folder_that_is_no_run_is_one_line(tmp_path):
         capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode != 0 and done.stderr.strip() == f"{tmp_path}: not a `seg2tflite demo` run folder (no demo.json)"
+
+
+def test_ratio_pairs_each_round():
+    # The machine was slow for the first rounds and turned fast during round 3, between the two
+    # files: the medians set ours' slow median against theirs' fast one (1.62); the rounds' own
+    # ratios say ours is the faster file in four rounds of five.
+    ours, theirs = [3.4, 3.4, 3.4, 1.9, 1.9], [3.6, 3.6, 2.1, 2.1, 2.1]
+    assert np.median(ours) / np.median(theirs) > 1.6
+    ratio = vs_litert_torch.paired_ratio({"rounds_ms": ours}, {"rounds_ms": theirs})
+    assert ratio == 3.4 / 3.6
