@@ -9,8 +9,9 @@ two 3x3 convs of 256 and a 1x1 classifier, then upsamples bilinearly to the inpu
 paper, the Xception variant uses depthwise-separable convs in ASPP and decoder.
 
 Everything exports through ONNX to TFLite builtins as written (global average pool as a mean over
-H and W, its 1x1 result broadcast back with a bilinear resize), so ``to_deploy()`` returns the
-model itself.
+H and W, its 1x1 result broadcast back with a bilinear resize). ``to_deploy()`` returns the model
+itself when its decoder is separable (Xception-65); a dense decoder (MobileNetV2) is exported with
+its first conv's taps on the ASPP map mixed before the upsampling (``decode_taps_first``).
 """
 
 from __future__ import annotations
@@ -94,6 +95,31 @@ class Decoder(nn.Module):
         return self.fuse(torch.cat([high, self.low_proj(low)], dim=1))
 
 
+def decode_taps_first(decoder: Decoder, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """``decoder(high, low)`` for a dense decoder, with less work: its first 3x3 conv reads the
+    upsampled ASPP map, and ``conv3x3(up(high)) = sum over taps t of shift_t(up(W_t high))``
+    (the bilinear upsampling is linear and per channel, so each tap's channel mixing ``W_t``
+    commutes with it). The mixing then runs at 1/16 of the input instead of 1/4, 16x fewer MACs
+    (MobileNetV2 at 512x512: 9.7 of its 26.3 GMACs); what stays at 1/4 is nine upsamplings, eight
+    shifts (one-hot depthwise 3x3 convs; the centre tap needs none) and the sum. The conv's
+    BatchNorm is folded in with its running statistics: an eval-mode form, for export."""
+    conv, bn, _ = decoder.fuse[0]
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    weight, bias = conv.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale
+    channels, split, size = weight.shape[0], high.shape[1], low.shape[-2:]
+    out = F.conv2d(decoder.low_proj(low), weight[:, split:], bias, padding=1)
+    for ky in range(3):
+        for kx in range(3):
+            mixed = F.conv2d(high, weight[:, :split, ky, kx, None, None])
+            tap = F.interpolate(mixed, size=size, mode="bilinear", align_corners=False)
+            if (ky, kx) != (1, 1):  # tap (ky, kx) reads pixel (y + ky - 1, x + kx - 1), zero outside
+                shift = torch.zeros(channels, 1, 3, 3, dtype=tap.dtype, device=tap.device)
+                shift[:, :, ky, kx] = 1.0
+                tap = F.conv2d(tap, shift, padding=1, groups=channels)
+            out = out + tap
+    return decoder.fuse[1](F.relu(out))
+
+
 class DeepLabV3Plus(nn.Module):
     """DeepLabv3+ with a timm ``features_only`` encoder; logits at input resolution."""
 
@@ -141,12 +167,15 @@ class DeepLabV3Plus(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_size(x)
         features = self.encoder(x)
-        y = self.decoder(self.aspp(features[-1]), features[self.low_index])
+        y = self._decode(self.aspp(features[-1]), features[self.low_index])
         return F.interpolate(self.classifier(y), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def _decode(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+        return self.decoder(high, low)
 
     def to_deploy(self) -> DeepLabV3Plus:
         # Checked with onnx2tf: mean-pool, 1x1-map resize and dilated convs all reach builtins.
-        return self
+        return self if isinstance(self.decoder.fuse[0], SeparableConvBNReLU) else DeepLabV3PlusDeploy(self)
 
     def load_encoder_checkpoint(self, path: str | Path) -> None:
         """Load timm-format ImageNet weights (the classification model's state dict) into the encoder.
@@ -183,6 +212,26 @@ class DeepLabV3Plus(nn.Module):
                 f"pass the state dict of timm.create_model({self.encoder_name!r})"
             )
         self.encoder.load_state_dict(mapped, strict=False)
+
+
+class DeepLabV3PlusDeploy(DeepLabV3Plus):
+    """DeepLabv3+ with a dense decoder, exported through ``decode_taps_first``; shares the modules
+    (and weights) of the model it wraps."""
+
+    def __init__(self, model: DeepLabV3Plus):
+        nn.Module.__init__(self)
+        for name, value in vars(model).items():
+            if not name.startswith("_") and name != "training":  # encoder_name, size_divisor, model_config, ...
+                setattr(self, name, value)
+        for name, module in model.named_children():
+            setattr(self, name, module)
+        self.train(model.training)
+
+    def _decode(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+        return decode_taps_first(self.decoder, high, low)
+
+    def to_deploy(self) -> DeepLabV3PlusDeploy:
+        return self
 
 
 def _feature_key_map(own_keys: set[str], full_keys: set[str]) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import numpy as np
@@ -13,7 +14,7 @@ from safetensors.torch import save_file
 from seg2tflite.errors import UserError
 from seg2tflite.models import create_model, deploy_form, get_model_config
 from seg2tflite.models.checkpoint import save_checkpoint
-from seg2tflite.models.deeplabv3plus import DeepLabV3Plus
+from seg2tflite.models.deeplabv3plus import DeepLabV3Plus, DeepLabV3PlusDeploy
 
 from model_helpers import randomise_batchnorm
 from small_chain import convert_float32
@@ -123,9 +124,22 @@ def test_any_timm_encoder_with_stride_4_features():
 # ---------------------------------------------------------------- deploy form and export
 
 
-def test_deploy_form_is_the_model(mobilenet):
+def test_deploy_form_of_a_separable_decoder_is_the_model(xception):
     """Nothing needs rewriting (checked with onnx2tf; see the conversion test): same module."""
-    assert deploy_form(mobilenet) is mobilenet
+    assert deploy_form(xception) is xception
+
+
+def test_dense_decoder_mixes_its_taps_before_the_upsampling(mobilenet):
+    """The deploy form is the model's function, in float64 (the function, not float32's summation
+    order), on a non-square input (a tap shifted along the wrong axis shows), with the same weights."""
+    model = copy.deepcopy(mobilenet).double()
+    deploy = deploy_form(model)
+    assert isinstance(deploy, DeepLabV3PlusDeploy) and deploy.decoder is model.decoder
+    assert deploy.size_divisor == model.size_divisor and deploy_form(deploy) is deploy
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    with torch.no_grad():
+        reference, rewritten = model(x), deploy(x)
+    assert (rewritten - reference).abs().max() <= 1e-10 * (reference.max() - reference.min())
 
 
 @pytest.mark.parametrize("fixture", ["mobilenet", pytest.param("xception", marks=pytest.mark.slow)])
