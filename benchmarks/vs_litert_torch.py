@@ -6,14 +6,14 @@ pins), so this benchmark makes its own, ``.venv-litert-torch`` (``litert_torch_r
 plus this checkout without its dependencies), and converts there (``litert_torch_export.py``). All
 measuring happens here, in the project's environment, with its LiteRT (ai-edge-litert 2.3.0):
 
-- latency: every file in a fresh process (``seg2tflite.eval.bench``), batch 1, XNNPACK, the
-  file's ``invoke()`` alone (as LiteRT's benchmark tool times it: the two routes' files take
-  different layouts and types, and the Python caller's conversions are not the file's), the files
-  timed in turns for ``--rounds`` rounds (the order rotated each round): a file's figure is the
-  median of its rounds' medians, a ratio the median of the rounds' ratios (``paired_ratio``), so
-  that a busy or drifting CPU weighs on both routes alike;
-  ``--noise-check`` times seg2tflite's float32 file against a byte copy of itself in the same turns,
-  the ratio the method gives for identical files;
+- latency: batch 1, XNNPACK, the file's ``invoke()`` alone (as LiteRT's benchmark tool times it:
+  the two routes' files take different layouts and types, and the Python caller's conversions are
+  not the file's); a model's files are loaded side by side in one fresh process and timed in
+  ``--rounds`` turns, each file about 0.25 s a turn (``seg2tflite.eval.bench.benchmark_in_turns``),
+  the two files compared one right after the other: a file's figure is the median of its turns' medians,
+  a ratio the median of the turns' ratios (``paired_ratio``), so that a busy or drifting CPU weighs
+  on both routes alike; ``--noise-check`` times seg2tflite's float32 file against a byte copy of
+  itself in the same turns, the ratio the method gives for identical files;
 - accuracy, at the demo size: mIoU on the run's test images and argmax agreement with PyTorch.
 
 litert-torch calibrates on exactly the images seg2tflite's conversion did (the names its
@@ -21,7 +21,7 @@ litert-torch calibrates on exactly the images seg2tflite's conversion did (the n
 deploy size ``RUN/deploy/M`` (``seg2tflite latency --run RUN``); run those first.
 
     python benchmarks/vs_litert_torch.py --run runs/demo                 # every model, demo and deploy size
-    python benchmarks/vs_litert_torch.py --run runs/demo --models segformer_b0 --sizes demo --rounds 7 --noise-check
+    python benchmarks/vs_litert_torch.py --run runs/demo --models segformer_b0 --sizes demo --noise-check
 
 Writes ``RUN/litert_torch/compare.json`` and ``compare.md``; the converted files stay under
 ``RUN/litert_torch/SIZE/MODEL``. A benchmark, not a test: not part of the default test run.
@@ -98,37 +98,33 @@ def export(python: Path, checkpoint: Path, size, calib: np.ndarray, out: Path) -
     return result
 
 
-def timed_in_turns(files: dict[str, Path], size, rounds: int, runs: int, threads: int) -> dict[str, dict]:
-    """Median of per-round medians (and every round's), each file in a fresh process per round.
+def timed_in_turns(files: dict[str, Path], size, rounds: int, threads: int) -> dict[str, dict]:
+    """Every file's ``invoke()`` (``BenchResult.invoke_median_ms``'s figure), all loaded in one
+    fresh process and timed in ``rounds`` turns of about a quarter second each (``benchmark_in_turns``),
+    the files compared next to each other; a file's figure is the median of its turns' medians.
+    The files' own latency, not the runner's: the two routes' files take different layouts and
+    types (seg2tflite's NHWC with int8 ends, litert-torch's NCHW float), and the Python runner's
+    transposes and (de)quantization would time the harness, not the file."""
+    from seg2tflite.eval.bench import benchmark_in_turns
 
-    ``median_ms`` is the file's own latency, ``interpreter.invoke()`` alone (``BenchResult.
-    invoke_median_ms``): the two routes' files take different layouts and types (seg2tflite's NHWC
-    with int8 ends, litert-torch's NCHW float), so the Python runner's transposes and (de)quantization
-    would time the harness, not the file. ``runner_median_ms`` keeps that figure too."""
-    from seg2tflite.eval.bench import benchmark_artifact
+    names = sorted(files, key=_turn_position)
+    turns = benchmark_in_turns([files[n] for n in names], size, threads=threads, turns=rounds)
+    return {n: {"median_ms": float(np.median(ms)), "rounds_ms": [round(x, 3) for x in ms]} for n, ms in zip(names, turns)}
 
-    names = list(files)
-    invoke, runner = {n: [] for n in names}, {n: [] for n in names}
-    for r in range(rounds):
-        for n in names[r % len(names) :] + names[: r % len(names)]:
-            result = benchmark_artifact(files[n], size, threads=threads, warmup=3, runs=runs)
-            invoke[n].append(result.invoke_median_ms)
-            runner[n].append(result.median_ms)
-    return {
-        n: {
-            "median_ms": float(np.median(invoke[n])),
-            "rounds_ms": [round(x, 3) for x in invoke[n]],
-            "runner_median_ms": float(np.median(runner[n])),
-        }
-        for n in names
-    }
+
+def _turn_position(name: str) -> tuple[int, int]:
+    """Each variant's two files side by side, seg2tflite's float32 between its byte copy and
+    litert-torch's float32."""
+    variant = next((v for v in OURS if name.endswith(v)), "float32")
+    route = 0 if name == NOISE else 1 if name.startswith("seg2tflite") else 2
+    return list(OURS).index(variant), route
 
 
 def paired_ratio(ours: dict, theirs: dict) -> float:
-    """The median of the rounds' ratios, ours over theirs. Each round times both files within
-    seconds of each other, so a machine that drifts between faster and slower states (this VM
-    does, by up to 1.8x for minutes) weighs on both sides of every ratio; a ratio of the two
-    medians would set a file timed in the slow state against one timed in the fast state."""
+    """The median of the turns' ratios, ours over theirs. Each turn times both files one right
+    after the other, so a machine that drifts between faster and slower states (this VM does, by
+    up to 1.8x for minutes) weighs on both sides of every ratio; a ratio of the two medians would
+    set a file timed in the slow state against one timed in the fast state."""
     return float(np.median(np.asarray(ours["rounds_ms"]) / np.asarray(theirs["rounds_ms"])))
 
 
@@ -157,6 +153,10 @@ def accuracy(files: dict[str, Path], checkpoint: Path, data_spec: str, size, mea
     return out
 
 
+class Skipped(Exception):
+    """A model the run cannot compare at a size (no conversion or no checkpoint there)."""
+
+
 def compare_model(model: str, run: Path, size_name: str, python: Path, args) -> dict:
     from seg2tflite.latency import deploy_data_spec
 
@@ -164,12 +164,12 @@ def compare_model(model: str, run: Path, size_name: str, python: Path, args) -> 
     manifest_path = ours_dir / "manifest.json"
     if not manifest_path.is_file():
         command = "seg2tflite demo" if size_name == "demo" else f"seg2tflite latency --run {run}"
-        raise SystemExit(f"{ours_dir}: no seg2tflite conversion there; run `{command}` first")
+        raise Skipped(f"{ours_dir}: no seg2tflite conversion there; run `{command}` first")
     manifest = json.loads(manifest_path.read_text())
     size = tuple(manifest["preprocessing"]["size"])
     checkpoint = run / "models" / model / "train" / "best.safetensors"
     if not checkpoint.is_file():
-        raise SystemExit(f"{checkpoint}: no trained checkpoint; the comparison needs the weights both routes convert")
+        raise Skipped(f"{checkpoint}: no trained checkpoint; the comparison needs the weights both routes convert")
     demo = json.loads((run / "demo.json").read_text())["config"]
     data_spec = demo["data"] if size_name == "demo" else deploy_data_spec(size, manifest["calibration"]["count"])
     theirs_dir = run / "litert_torch" / size_name / model
@@ -184,13 +184,12 @@ def compare_model(model: str, run: Path, size_name: str, python: Path, args) -> 
             files[f"litert-torch {v}"] = theirs_dir / f
         except (RuntimeError, ValueError) as e:  # a file LiteRT cannot load is litert-torch's finding
             exported["errors"][v] = f"written, but LiteRT cannot load it: {str(e).strip().splitlines()[-1][:200]}"
-    runs = args.runs if size_name == "demo" else max(3, args.runs // 5)
     row = {"model": model, "size": list(size), "litert_torch_export": exported}
     timed = dict(files)
     if args.noise_check and "seg2tflite float32" in files:  # the method's own noise: a file against its copy
         timed[NOISE] = theirs_dir / "seg2tflite_float32_copy.tflite"
         shutil.copyfile(files["seg2tflite float32"], timed[NOISE])
-    row["latency"] = timed_in_turns(timed, size, args.rounds, runs, args.threads)
+    row["latency"] = timed_in_turns(timed, size, args.rounds, args.threads)
     if NOISE in row["latency"]:
         copy = row["latency"].pop(NOISE)
         row["noise"] = {**copy, "ratio": paired_ratio(row["latency"]["seg2tflite float32"], copy)}
@@ -275,8 +274,7 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="a `seg2tflite demo` run folder")
     parser.add_argument("--models", nargs="+", help="default: the run's models")
     parser.add_argument("--sizes", nargs="+", choices=("demo", "deploy"), default=["demo", "deploy"])
-    parser.add_argument("--rounds", type=int, default=5, help="timing rounds, the files in turns (default: 5)")
-    parser.add_argument("--runs", type=int, default=50, help="timed runs per file and round at the demo size (deploy: a fifth)")
+    parser.add_argument("--rounds", type=int, default=30, help="timing turns, each file about 0.25 s a turn (default: 30)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--noise-check", action="store_true",
@@ -297,13 +295,18 @@ def main() -> None:
     record = json.loads(path.read_text()) if path.is_file() else {"rows": []}
     for size_name in args.sizes:
         for model in models:
-            row = {"sizes": size_name, **compare_model(model, run, size_name, python, args)}
+            try:
+                row = {"sizes": size_name, **compare_model(model, run, size_name, python, args)}
+            except Skipped as e:
+                print(f"{model} skipped at the {size_name} size: {e}")
+                continue
             record["rows"] = [r for r in record["rows"] if (r["model"], r["sizes"]) != (model, size_name)] + [row]
             record.update(versions=run_versions(), threads=args.threads, rounds=args.rounds)
             out.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(record, indent=1) + "\n")
             (out / "compare.md").write_text(markdown(record["rows"]))
-    print(f"written: {path} and {out / 'compare.md'}")
+    if path.is_file():
+        print(f"written: {path} and {out / 'compare.md'}")
 
 
 if __name__ == "__main__":

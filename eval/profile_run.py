@@ -33,7 +33,7 @@ SLOWEST = 5  # single ops kept per file
 
 def run_models(run: Path) -> list[str]:
     """The models of a run: ``demo.json``'s, then any other ``models/M/`` holding a ``convert/``
-    folder (``demo.json`` names only the last demo's ``--models``; earlier ones stay in the run)."""
+    folder (a demo.json written before it listed the run's models named only the last demo's)."""
     demo, models = run / "demo.json", []
     if demo.is_file():
         try:

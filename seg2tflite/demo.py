@@ -139,6 +139,23 @@ def check_demo_settings(config: DemoConfig) -> None:
         check_fits(need, size, f"converting {name}", divisor=get_model_config(name).size_divisor)
 
 
+def run_summary(out: Path, config: DemoConfig, seconds: dict[str, dict[str, float]]) -> dict:
+    """``OUT/demo.json``'s settings and timings. Its ``models`` are the run's: an earlier demo into
+    ``OUT`` on the same data keeps its trained models there (and in the report), so they stay
+    listed before this demo's, which ``latency``, ``compress`` and the benchmarks default to."""
+    models, timings = list(config.models), dict(seconds)
+    try:
+        earlier = json.loads((out / "demo.json").read_text())
+        if earlier["config"]["data"] == config.data:
+            kept = [m for m in earlier["config"]["models"] if m not in models]
+            kept = [m for m in kept if (out / "models" / m / "train" / "best.safetensors").is_file()]
+            models = kept + models
+            timings = {m: earlier.get("seconds", {}).get(m, {}) for m in kept} | timings
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no earlier demo here, or not one we can read
+        pass
+    return {"config": asdict(config) | {"models": models}, "seconds": timings}
+
+
 def run_demo(config: DemoConfig) -> int:
     """Run the whole job; return the process exit code (1 when a gate failed and ``strict``)."""
     from seg2tflite.eval.measure import measure_conversion
@@ -183,7 +200,7 @@ def run_demo(config: DemoConfig) -> int:
 
     report = build_report(out)
     total = time.perf_counter() - started
-    summary = {"config": asdict(config), "seconds": seconds, "total_seconds": total, "gate_failures": failures}
+    summary = run_summary(out, config, seconds) | {"total_seconds": total, "gate_failures": failures}
     atomic_write_text(out / "demo.json", json.dumps(summary, indent=2) + "\n")
     print((report / "results.md").read_text())
     print(f"demo finished in {total / 60:.1f} min; report in {report}")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from seg2tflite.errors import UserError
-from seg2tflite.eval.bench import BenchResult, benchmark_artifact, benchmark_artifacts
+from seg2tflite.eval.bench import BenchResult, benchmark_artifact, benchmark_artifacts, benchmark_in_turns
 from seg2tflite.models.checkpoint import save_checkpoint
 from seg2tflite.models.registry import create_model
 
@@ -116,3 +116,11 @@ def test_bad_settings_are_user_errors(artifacts, tmp_path):
     (tmp_path / "bare.tflite").write_bytes((artifacts / "model_float32.tflite").read_bytes())
     with pytest.raises(UserError, match="pass input_size"):  # worded for Python: the caller's argument
         benchmark_artifact(tmp_path / "bare.tflite")
+
+
+def test_files_timed_in_turns_in_one_fresh_process(artifacts):
+    tflite = artifacts / "model_float32.tflite"
+    turns = benchmark_in_turns([tflite, tflite], SIZE, threads=1, turns=3, block_ms=1.0)
+    assert len(turns) == 2 and all(len(ms) == 3 and min(ms) > 0 for ms in turns)
+    with pytest.raises(UserError, match="not a .tflite"):
+        benchmark_in_turns([tflite, artifacts / "model.onnx"], SIZE, turns=1)

@@ -47,7 +47,7 @@ def _tflite(int8: bool) -> bytes:
 def run(tmp_path_factory):
     """A run folder of two models, NAME's profiled through the command line: two real files, one
     that is no .tflite inside (its profile fails) and an int16x8 one (skipped, never opened).
-    demo.json names OTHER only, as after a later `demo --models OTHER` on the same folder."""
+    demo.json names OTHER only, as one written before demo.json listed the run's models."""
     run = tmp_path_factory.mktemp("run")
     (run / "demo.json").write_text(json.dumps({"config": {"models": [OTHER]}}))
     convert = run / "models" / NAME / "convert"

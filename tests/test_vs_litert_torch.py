@@ -82,3 +82,12 @@ def test_ratio_pairs_each_round():
     assert np.median(ours) / np.median(theirs) > 1.6
     ratio = vs_litert_torch.paired_ratio({"rounds_ms": ours}, {"rounds_ms": theirs})
     assert ratio == 3.4 / 3.6
+
+
+def test_the_files_compared_are_timed_one_right_after_the_other():
+    names = ["seg2tflite float32", "seg2tflite full_int8", "seg2tflite mixed_int8", "litert-torch float32"]
+    names += ["litert-torch full_int8", vs_litert_torch.NOISE]
+    assert sorted(names, key=vs_litert_torch._turn_position) == [
+        vs_litert_torch.NOISE, "seg2tflite float32", "litert-torch float32",
+        "seg2tflite full_int8", "litert-torch full_int8", "seg2tflite mixed_int8",
+    ]  # fmt: skip
