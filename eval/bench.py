@@ -10,8 +10,8 @@ model's runner includes the input quantization and output dequantization, as a P
 them. For a .tflite, ``invoke_median_ms`` is the file alone: the interpreter's ``invoke()`` with its
 input already set, as LiteRT's own benchmark tool times it, without the runner's NumPy work (the
 NCHW/NHWC transposes and int8 (de)quantization an app in the file's own layout and types skips).
-``benchmark_in_turns`` times several .tflite files' ``invoke()`` side by side in one fresh process,
-in alternating turns, for comparisons finer than the machine's drift between processes.
+``benchmark_in_turns`` times several artifacts side by side in one fresh process, in alternating
+turns, for comparisons finer than the machine's drift between processes.
 """
 
 from __future__ import annotations
@@ -118,39 +118,51 @@ def measure(path: str, input_size: tuple[int, int], threads: int, warmup: int, r
 
 
 def measure_in_turns(
-    paths: list[str], input_size: tuple[int, int], threads: int, turns: int, block_ms: float
+    paths: list[str], input_size: tuple[int, int], threads: int, turns: int, block_ms: float, warmup: int = 1, invoke: bool = True
 ) -> list[list[float]]:
-    """Several .tflite files loaded side by side in THIS process and timed in turns (the order
-    reversed every other turn): each turn, each file's ``invoke()`` as many times as fill about
-    ``block_ms`` (at least once). Returns every file's per-turn medians. Files timed next to each
-    other meet the same machine state, which a fresh process per file, seconds apart, does not."""
+    """Several artifacts loaded side by side in THIS process and timed in turns (the order reversed
+    every other turn): each turn, each one as many times as fill about ``block_ms`` (at least once).
+    Returns every artifact's per-turn medians. Artifacts timed next to each other meet the same
+    machine state, which a fresh process per artifact, seconds apart, does not. ``invoke``: a
+    .tflite's ``invoke()`` alone (only .tflite files then); else the runner's call, as ``measure``'s
+    ``median_ms``."""
+    from seg2tflite.eval.artifacts import artifact_kind
     from seg2tflite.eval.opening import open_artifact
 
-    _import_runtime("tflite")
     x = np.random.default_rng(0).standard_normal((1, 3, *input_size), dtype=np.float32)
-    interpreters, runs = [], []
+    calls, runs = [], []
     for path in paths:
+        _import_runtime(artifact_kind(path))
         runner = open_artifact(path, threads=threads, input_size=tuple(input_size))
-        if getattr(runner, "interpreter", None) is None:
-            raise UserError(f"{path}: not a .tflite; only LiteRT files are timed in turns")
-        runner(x)  # sets the input (in the file's layout and type) and warms the file up
-        interpreters.append(runner.interpreter)
-        runs.append(max(1, round(block_ms / _timed_ms(runner.interpreter.invoke))))
+        interpreter = getattr(runner, "interpreter", None)
+        if invoke and interpreter is None:
+            raise UserError(f"{path}: not a .tflite; only LiteRT files are timed by invoke()")
+        for _ in range(max(1, warmup)):
+            runner(x)  # also sets a .tflite's input, in the file's layout and type
+        call = interpreter.invoke if invoke else (lambda runner=runner: runner(x))
+        calls.append(call)
+        runs.append(max(1, round(block_ms / _timed_ms(call))))
     medians: list[list[float]] = [[] for _ in paths]
     for turn in range(turns):
         for i in range(len(paths)) if turn % 2 == 0 else reversed(range(len(paths))):
-            time.sleep(IDLE_SECONDS)  # the previous file's thread pool stops spinning
-            medians[i].append(float(np.median([_timed_ms(interpreters[i].invoke) for _ in range(runs[i])])))
+            time.sleep(IDLE_SECONDS)  # the previous artifact's thread pool stops spinning
+            medians[i].append(float(np.median([_timed_ms(calls[i]) for _ in range(runs[i])])))
     return medians
 
 
 def benchmark_in_turns(
-    paths, input_size: tuple[int, int], threads: int = 1, turns: int = 30, block_ms: float = 250.0
+    paths,
+    input_size: tuple[int, int],
+    threads: int = 1,
+    turns: int = 30,
+    block_ms: float = 250.0,
+    warmup: int = 1,
+    invoke: bool = True,
 ) -> list[list[float]]:
-    """``measure_in_turns`` in a fresh process: a file that crashes LiteRT fails this call only."""
+    """``measure_in_turns`` in a fresh process: an artifact that crashes its runtime fails this call only."""
     paths = [Path(p) for p in paths]
     job = {"paths": [str(p.resolve()) for p in paths], "input_size": list(input_size), "threads": threads}
-    job.update(turns=turns, block_ms=block_ms)
+    job.update(turns=turns, block_ms=block_ms, warmup=warmup, invoke=invoke)
     return in_fresh_process("seg2tflite.eval.bench", job, paths[0].parent, "the timing process")["turns_ms"]
 
 
@@ -275,7 +287,15 @@ def _child_main(argv: list[str]) -> int:
     try:
         with command_line_wording() if job["command_line"] else contextlib.nullcontext():
             if "paths" in job:
-                turns_ms = measure_in_turns(job["paths"], tuple(job["input_size"]), job["threads"], job["turns"], job["block_ms"])
+                turns_ms = measure_in_turns(
+                    job["paths"],
+                    tuple(job["input_size"]),
+                    job["threads"],
+                    job["turns"],
+                    job["block_ms"],
+                    job["warmup"],
+                    job["invoke"],
+                )
                 result = {"turns_ms": turns_ms}
             else:
                 result = measure(job["path"], tuple(job["input_size"]), job["threads"], job["warmup"], job["runs"]).as_dict()

@@ -342,8 +342,13 @@ def render_deploy_latency_md(run_dir: Path) -> str | None:
     return "\n".join([
         "# Latency at the deploy size",
         "",
-        f"Median ms at batch 1, {data.get('threads')} threads, {data.get('runs')} timed runs, every artifact in a fresh",
-        f"process, all in one run (`seg2tflite latency`); LiteRT {versions.get('ai-edge-litert')} with XNNPACK, PyTorch",
+        (
+            f"Median ms at batch 1, {data.get('threads')} threads, over {data.get('runs')} turns: a model's artifacts loaded "
+            "side by side in one fresh process, each about a quarter second a turn"
+            if data.get("timing") == "turns"
+            else f"Median ms at batch 1, {data.get('threads')} threads, {data.get('runs')} timed runs, every artifact in a fresh process"
+        ),
+        f"(`seg2tflite latency`); LiteRT {versions.get('ai-edge-litert')} with XNNPACK, PyTorch",
         f"{versions.get('torch')} eager, on {versions.get('cpus')} CPUs ({versions.get('platform')}). On an x86 CPU with AVX2",
         "and no VNNI, XNNPACK's int8 kernels can be at most about 2x faster than float32 in theory; int16x8 is",
         "never delegated (XNNPACK takes no int16). Mixed int8: the op types and nodes `seg2tflite compress",

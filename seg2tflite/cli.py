@@ -152,15 +152,15 @@ def _add_latency(sub) -> None:
         formatter_class=Formatter,
         description=(
             "Converts each model of a run at its registry input size (SegFormer and DeepLab 512x512, SegNet 352x480; "
-            "the run's trained weights when it has them), benchmarks PyTorch and both .tflite files in fresh processes "
-            "in the same run, writes RUN/deploy_latency.json and adds report/deploy_latency.md."
+            "the run's trained weights when it has them), times PyTorch and both .tflite files side by side in one fresh "
+            "process, in turns, writes RUN/deploy_latency.json and adds report/deploy_latency.md."
         ),
     )
     p.add_argument("--run", required=True, help="run folder (the demo's --out), or any output folder")
     p.add_argument("--models", nargs="+", default=list(d.models), help="models to time (default: the run's)")
     p.add_argument("--threads", type=positive_int, default=d.threads, help="benchmark threads")
-    p.add_argument("--runs", type=positive_int, default=d.runs, help="timed runs per artifact")
-    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed runs first")
+    p.add_argument("--runs", type=positive_int, default=d.runs, help="timing turns, each artifact about 0.25 s a turn")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed runs of each artifact first")
     p.set_defaults(handler=_run_latency)
 
 

@@ -4,8 +4,9 @@ The demo trains and measures at 96x96 so that it fits a 2-core CPU; phones run t
 their deploy size (the registry's ``input_size``: SegFormer and DeepLab 512x512, SegNet 352x480).
 ``run_latency`` converts each model of a run at that size (float32 and full int8; the trained
 demo weights when there are some, else seeded ones: latency does not depend on the values),
-benchmarks PyTorch and both .tflite files in fresh processes in the same run, and writes
-``DIR/deploy_latency.json``; ``seg2tflite report`` renders it as ``report/deploy_latency.md``.
+times PyTorch and both .tflite files loaded side by side in one fresh process, in turns
+(``eval.bench.benchmark_in_turns``: a machine whose speed drifts weighs on all of a row alike), and
+writes ``DIR/deploy_latency.json``; ``seg2tflite report`` renders it as ``report/deploy_latency.md``.
 
 Where ``seg2tflite compress --methods mixed`` has chosen a mixed-precision file for a model at the
 demo size (``models/M/convert/mixed_precision.json``), the same choice (the op types and nodes it
@@ -25,6 +26,7 @@ from seg2tflite.errors import UserError, setting
 from seg2tflite.eval.record import DEPLOY_LATENCY_FILE, run_versions
 
 STAGES_TIMED = ("pytorch", "float32", "full_int8")
+BLOCK_MS = 250.0  # each artifact's share of a timing turn
 
 
 @dataclass(frozen=True)
@@ -33,9 +35,9 @@ class LatencyConfig:
     models: tuple[str, ...] = ()  # default: the run's models, else every carried family
     threads: int = 2  # benchmark threads, for every runtime alike
     warmup: int = 3
-    runs: int = 10
+    runs: int = 10  # timing turns: a model's artifacts take turns, each about BLOCK_MS a turn
     calib_size: int = 8  # calibration images at the deploy size (ranges, not accuracy, are at stake)
-    isolate: bool = True  # each benchmark in a fresh process (False: in this one, for test-only models)
+    isolate: bool = True  # each model's timing in a fresh process (False: in this one, for test-only models)
     progress: bool = True
 
 
@@ -120,8 +122,10 @@ def _mixed_at_deploy_size(demo_conversion: Path, conversion, config: LatencyConf
 
 def run_latency(config: LatencyConfig) -> Path:
     """Convert and time every model at its deploy size; return the JSON file written."""
+    import numpy as np
+
     from seg2tflite.converters.stages import ConversionDir
-    from seg2tflite.eval.bench import benchmark_artifact
+    from seg2tflite.eval.bench import benchmark_in_turns, measure_in_turns
 
     run = Path(config.run)
     rows = []
@@ -129,12 +133,13 @@ def run_latency(config: LatencyConfig) -> Path:
         folder, size = _convert_at_deploy_size(name, run / "deploy" / name, config)
         conversion = ConversionDir(folder)
         mixed = _mixed_at_deploy_size(run / "models" / name / "convert", conversion, config)
-        times = {}
-        for stage in STAGES_TIMED + (("mixed_int8",) if mixed else ()):
-            path = conversion.checkpoint() if stage == "pytorch" else conversion.artifact(stage)
-            result = benchmark_artifact(path, size, config.threads, config.warmup, config.runs, isolate=config.isolate)
-            times[stage] = result.median_ms
-            print(f"{name} {size[0]}x{size[1]} {stage}: median {result.median_ms:.1f} ms")
+        stages = STAGES_TIMED + (("mixed_int8",) if mixed else ())
+        paths = [conversion.checkpoint() if stage == "pytorch" else conversion.artifact(stage) for stage in stages]
+        in_turns = benchmark_in_turns if config.isolate else measure_in_turns
+        turns = in_turns(paths, size, config.threads, config.runs, BLOCK_MS, config.warmup, invoke=False)
+        times = {stage: float(np.median(ms)) for stage, ms in zip(stages, turns)}
+        for stage, ms in times.items():
+            print(f"{name} {size[0]}x{size[1]} {stage}: median {ms:.1f} ms")
         rows.append({
             "model": name,
             "input_size": list(size),
@@ -148,6 +153,6 @@ def run_latency(config: LatencyConfig) -> Path:
             rows[-1]["mixed_int8"] = mixed
             rows[-1]["delegation"]["mixed_int8"] = mixed.pop("delegation")
     path = run / DEPLOY_LATENCY_FILE
-    record = {"threads": config.threads, "runs": config.runs, "versions": run_versions(), "rows": rows}
+    record = {"threads": config.threads, "runs": config.runs, "timing": "turns", "versions": run_versions(), "rows": rows}
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     return path

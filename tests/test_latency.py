@@ -27,7 +27,9 @@ def test_models_are_timed_at_their_deploy_size_and_rendered(tmp_path):
     assert row["float32_over_pytorch"] == pytest.approx(ms["float32"] / ms["pytorch"])
     assert (tmp_path / "deploy" / NAME / "model_full_int8.tflite").is_file()
     assert set(row["delegation"]) == {"float32", "full_int8"}
+    assert json.loads(path.read_text())["timing"] == "turns"  # PyTorch and both files side by side, in turns
     md = render_deploy_latency_md(tmp_path)
+    assert "over 3 turns: a model's artifacts loaded side by side in one fresh process" in md
     assert f"| `{NAME}` | 32x48 | {ms['pytorch']:.1f} | {ms['float32']:.1f} | {ms['full_int8']:.1f} | - |" in md
 
 
