@@ -122,9 +122,9 @@ def _turn_position(name: str) -> tuple[int, int]:
 
 def paired_ratio(ours: dict, theirs: dict) -> float:
     """The median of the turns' ratios, ours over theirs. Each turn times both files one right
-    after the other, so a machine that drifts between faster and slower states (this VM does, by
-    up to 1.8x for minutes) weighs on both sides of every ratio; a ratio of the two medians would
-    set a file timed in the slow state against one timed in the fast state."""
+    after the other, so a machine that switches between faster and slower states (this VM does,
+    by about 1.75x, in spells of seconds) weighs on both sides of every ratio; a ratio of the two
+    medians would set a file timed in the slow state against one timed in the fast state."""
     return float(np.median(np.asarray(ours["rounds_ms"]) / np.asarray(theirs["rounds_ms"])))
 
 

@@ -143,7 +143,21 @@ class RunRecord:
 
 def run_versions() -> dict[str, str | None]:
     """The package versions of the conversion manifest, plus the machine the figures come from."""
-    return {**package_versions(), "platform": platform.platform(), "cpus": str(os.cpu_count())}
+    return {**package_versions(), "platform": platform.platform(), "cpus": str(os.cpu_count()), "cpu_simd": cpu_simd()}
+
+
+# What XNNPACK's kernels choose between: int8 arithmetic runs up to about 4x float32's with a
+# dot-product extension (VNNI, SDOT), about 2x without one.
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "asimddp", "i8mm", "fphp")
+
+
+def cpu_simd(cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
+    """The SIMD extensions among ``SIMD_FLAGS`` that the CPU reports (Linux), e.g. "avx2 fma"."""
+    try:
+        flags = set(Path(cpuinfo).read_text().split())
+    except OSError:
+        return None
+    return " ".join(f for f in SIMD_FLAGS if f in flags) or "none of " + ", ".join(SIMD_FLAGS)
 
 
 def load_record(run_dir: str | Path) -> RunRecord:

@@ -349,10 +349,11 @@ def render_deploy_latency_md(run_dir: Path) -> str | None:
             else f"Median ms at batch 1, {data.get('threads')} threads, {data.get('runs')} timed runs, every artifact in a fresh process"
         ),
         f"(`seg2tflite latency`); LiteRT {versions.get('ai-edge-litert')} with XNNPACK, PyTorch",
-        f"{versions.get('torch')} eager, on {versions.get('cpus')} CPUs ({versions.get('platform')}). On an x86 CPU with AVX2",
-        "and no VNNI, XNNPACK's int8 kernels can be at most about 2x faster than float32 in theory; int16x8 is",
-        "never delegated (XNNPACK takes no int16). Mixed int8: the op types and nodes `seg2tflite compress",
-        "--methods mixed` kept in float at the demo size, applied at this size (- where it has not run).",
+        f"{versions.get('torch')} eager, on {versions.get('cpus')} CPUs ({versions.get('platform')};",
+        f"SIMD: {versions.get('cpu_simd') or 'not recorded'}). XNNPACK's int8 arithmetic can run up to about 4x",
+        "float32's with a dot-product extension (avx512_vnni, avx_vnni, Arm's asimddp), about 2x without one;",
+        "int16x8 is never delegated (XNNPACK takes no int16). Mixed int8: the op types and nodes `seg2tflite",
+        "compress --methods mixed` kept in float at the demo size, applied at this size (- where it has not run).",
         "XNNPACK ops: delegated of all, float32 / full int8 / mixed int8.",
         "",
         _md_table(

@@ -16,7 +16,7 @@ from seg2tflite.converters.stages import STAGES
 from seg2tflite.data import load_dataset
 from seg2tflite.errors import UserError
 from seg2tflite.eval.measure import file_size_mb, measure_conversion, zipped_size_mb
-from seg2tflite.eval.record import RECORD_FILE, load_record, record_results
+from seg2tflite.eval.record import RECORD_FILE, cpu_simd, load_record, record_results
 from seg2tflite.eval.report import build_report
 from seg2tflite.models.checkpoint import save_checkpoint
 from seg2tflite.models.registry import create_model
@@ -229,3 +229,13 @@ def test_missing_or_foreign_record_is_a_user_error(tmp_path):
         build_report(tmp_path)
     with pytest.raises(UserError, match="not a conversion folder"):
         measure_conversion(tmp_path / "nowhere", DATA)
+
+
+def test_the_record_names_the_cpus_simd_extensions(tmp_path):
+    """What decides how much faster int8 can be: a dot-product extension (VNNI) or none."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma avx512f avx512_vnni\nprocessor\t: 1\nflags\t\t: avx2 fma\n")
+    assert cpu_simd(cpuinfo) == "avx2 fma avx512f avx512_vnni"
+    cpuinfo.write_text("flags\t\t: fpu sse2 avx2 fma\n")
+    assert cpu_simd(cpuinfo) == "avx2 fma"
+    assert cpu_simd(tmp_path / "absent") is None
