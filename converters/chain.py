@@ -117,6 +117,9 @@ class Chain:
         full_int8 = self.ops.get("full_int8")
         if full_int8 is not None and full_int8.float_ops:
             self.log(f"full_int8: {len(full_int8.float_ops)} ops still run in float: {', '.join(full_int8.float_ops)}")
+        if full_int8 is not None and full_int8.float_islands:
+            islands = ", ".join(f"{count} {name}" for name, count in full_int8.float_islands.items())
+            self.log(f"full_int8: int8 ops computed in float32 for XNNPACK (int8 in and out): {islands}")
         report = self.check_parity(parity, sample)
         manifest = self.write_manifest(report, calib, parity, model_info, command)
         result = ConvertResult(self.folder.path, self.artifacts, report, self.ops, manifest, self.seconds, self.failure_dicts)

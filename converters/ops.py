@@ -2,7 +2,11 @@
 
 ``op_report`` lists every operator by name with its count, the non-builtin ones (custom and
 Flex/SELECT_TF_OPS ops, which a phone's stock runtime lacks) and the compute operators that
-read or write float32 tensors (QUANTIZE/DEQUANTIZE at the boundaries are counted apart).
+read or write float32 tensors (QUANTIZE/DEQUANTIZE at the boundaries are counted apart). Of
+those, an op whose every float input is a DEQUANTIZE of an int8 activation (or a constant) and
+whose output only QUANTIZEs read is a float island: an int8 op in all but its arithmetic (int8
+in, int8 out, like the int8 kernel it stands for), listed apart from the ops that keep float
+tensors between them.
 ``check_builtins_only`` turns any non-builtin op into an error.
 """
 
@@ -30,6 +34,7 @@ class OpReport:
     non_builtin: list[str] = field(default_factory=list)  # custom / Flex op names
     float_ops: list[str] = field(default_factory=list)  # "NAME -> output tensor" for compute ops on float32
     boundary_ops: int = 0  # QUANTIZE / DEQUANTIZE operators touching float32
+    float_islands: dict[str, int] = field(default_factory=dict)  # op name -> how many int8 ops computed in float
     input_type: str = ""
     output_type: str = ""
 
@@ -39,6 +44,7 @@ class OpReport:
             "non_builtin": self.non_builtin,
             "float_ops": self.float_ops,
             "float_boundary_ops": self.boundary_ops,
+            "float_islands": self.float_islands,
             "input_type": self.input_type,
             "output_type": self.output_type,
         }
@@ -56,6 +62,7 @@ def op_report(model_content: bytes) -> OpReport:
     model = schema.Model.GetRootAs(model_content, 0)
     codes = [_op_name(model.OperatorCodes(i)) for i in range(model.OperatorCodesLength())]
     counts: Counter[str] = Counter()
+    islands: Counter[str] = Counter()
     non_builtin: set[str] = set()
     float_ops: list[str] = []
     boundary = 0
@@ -66,20 +73,49 @@ def op_report(model_content: bytes) -> OpReport:
         if s == 0:
             input_type = ",".join(TENSOR_TYPES.get(tensor_type(graph.Inputs(i)), "?") for i in range(graph.InputsLength()))
             output_type = ",".join(TENSOR_TYPES.get(tensor_type(graph.Outputs(i)), "?") for i in range(graph.OutputsLength()))
-        for j in range(graph.OperatorsLength()):
-            op = graph.Operators(j)
-            name, builtin = codes[op.OpcodeIndex()]
+        ops = [graph.Operators(j) for j in range(graph.OperatorsLength())]
+        inputs = [[op.Inputs(k) for k in range(op.InputsLength())] for op in ops]
+        outputs = [[op.Outputs(k) for k in range(op.OutputsLength())] for op in ops]
+        names = [codes[op.OpcodeIndex()][0] for op in ops]
+        producer = {t: j for j, outs in enumerate(outputs) for t in outs}
+        readers: dict[int, list[str]] = {}
+        for j, ins in enumerate(inputs):
+            for t in ins:
+                readers.setdefault(t, []).append(names[j])
+        constant = lambda t: model.Buffers(graph.Tensors(t).Buffer()).DataLength() > 0  # noqa: E731
+
+        def island(j: int) -> bool:
+            ins = [t for t in inputs[j] if t >= 0 and tensor_type(t) == schema.TensorType.FLOAT32]
+            dequantized = [t for t in ins if not constant(t)]
+            return (
+                len(outputs[j]) == 1
+                and bool(dequantized)
+                and all(t in producer and names[producer[t]] == "DEQUANTIZE" for t in dequantized)
+                and all(tensor_type(inputs[producer[t]][0]) == schema.TensorType.INT8 for t in dequantized)
+                and set(readers.get(outputs[j][0], [])) == {"QUANTIZE"}
+            )
+
+        for j, name in enumerate(names):
             counts[name] += 1
-            if not builtin or name.startswith("Flex"):
+            if not codes[ops[j].OpcodeIndex()][1] or name.startswith("Flex"):
                 non_builtin.add(name)
-            tensors = [op.Inputs(k) for k in range(op.InputsLength())] + [op.Outputs(k) for k in range(op.OutputsLength())]
-            if any(t >= 0 and tensor_type(t) == schema.TensorType.FLOAT32 for t in tensors):
+            if any(t >= 0 and tensor_type(t) == schema.TensorType.FLOAT32 for t in inputs[j] + outputs[j]):
                 if name in BOUNDARY_OPS:
                     boundary += 1
+                elif island(j):
+                    islands[name] += 1
                 else:
-                    out = graph.Tensors(op.Outputs(0)).Name() if op.OutputsLength() else b""
+                    out = graph.Tensors(outputs[j][0]).Name() if outputs[j] else b""
                     float_ops.append(f"{name} -> {out.decode(errors='replace') if isinstance(out, bytes) else out}")
-    return OpReport(dict(counts), sorted(non_builtin), float_ops, boundary, input_type, output_type)
+    return OpReport(
+        dict(counts),
+        sorted(non_builtin),
+        float_ops,
+        boundary,
+        float_islands=dict(sorted(islands.items())),
+        input_type=input_type,
+        output_type=output_type,
+    )
 
 
 def check_builtins_only(report: OpReport, artifact: str) -> None:

@@ -59,6 +59,9 @@ class TFLiteGraph:
     def is_int8(self, t: int) -> bool:
         return self.tensor_types[self.graph.tensors[t].type] == "INT8"
 
+    def is_constant(self, t: int) -> bool:
+        return self.model.buffers[self.graph.tensors[t].buffer].data is not None
+
     def add_int32_constant(self, values, name: bytes) -> int:
         """A new constant int32 tensor holding ``values``; its index."""
         from tensorflow.lite.python import schema_py_generated as fb
@@ -72,6 +75,15 @@ class TFLiteGraph:
         tensor.buffer, tensor.name = len(self.model.buffers) - 1, name
         self.graph.tensors.append(tensor)
         return len(self.graph.tensors) - 1
+
+    def operator(self, opcode_index: int, inputs, outputs):
+        """A new operator (not yet placed in the graph) without options."""
+        from tensorflow.lite.python import schema_py_generated as fb
+
+        op = fb.OperatorT()
+        op.opcodeIndex = opcode_index
+        op.inputs, op.outputs = np.array(inputs, np.int32), np.array(outputs, np.int32)
+        return op
 
     def opcode(self, builtin: int, version: int = 1) -> int:
         """The index of ``builtin``'s operator code, added (at ``version``) when the model has none."""

@@ -6,8 +6,9 @@
 - full_int8: per-channel int8 weights, int8 activations calibrated on the representative
   dataset; input/output int8 (or float with ``int8_io="float"``). Ops the int8 kernels cannot
   take stay float (``ops.float_ops`` lists them). Its int8 BATCH_MATMULs get a right-hand zero
-  point of 0 and its int8 RELUs become ADDs with a fused RELU (``xnnpack_int8``): forms XNNPACK
-  delegates.
+  point of 0, its standalone int8 activations become ADDs with the activation fused, and the int8
+  ops XNNPACK takes only in float are computed in float32 between int8 tensors (``xnnpack_int8``):
+  forms XNNPACK delegates.
 - int16x8: int16 activations, int8 weights, calibrated; float input/output.
 
 Every variant loses the layout TRANSPOSEs onnx2tf writes around single-head attention matmuls

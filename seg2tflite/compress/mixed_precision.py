@@ -22,16 +22,16 @@ the debugger, running without it, cannot see). So:
    points), so the nodes are removed from a set that works rather than added to one that
    does not.
 
-4. speed (``prefer_speed``): XNNPACK has no int8 kernel for some ops (on LiteRT 2.3.0 SOFTMAX,
-   GELU, RSQRT, some SUBs; int8 BATCH_MATMUL it takes since every candidate's matmuls get a
-   right-hand zero point of 0, ``converters.xnnpack_int8``); they run
-   on the builtin kernels and cut the graph into partitions. The op types the interpreter leaves
-   undelegated are added to the float set (again while new ones appear, at most four rounds);
-   that file replaces the result when it is measured faster (median at batch 1, the two files
-   timed in turns) and within budget, or no less accurate than a result that is not.
-   SegFormer-B0 at 96x96: int8 everywhere XNNPACK can, float elsewhere, every op delegated.
-   Op types XNNPACK has no kernel for at all (SegNet's unpooling SELECT_V2 and logic ops) stay
-   undelegated in float too; ``undelegated`` says so and the measurement decides.
+4. speed (``prefer_speed``): the ops XNNPACK still leaves to the builtin kernels after
+   ``converters.xnnpack_int8`` (which every candidate goes through: int8 BATCH_MATMULs with a
+   zero-point-0 right-hand side, standalone activations as ADDs, SOFTMAX, GELU, RSQRT and the
+   other ops it has no int8 kernel for as float islands) cut the graph into partitions. The op
+   types the interpreter leaves undelegated are added to the float set (again while new ones
+   appear, at most four rounds); that file replaces the result when it is measured faster
+   (median at batch 1, the two files timed in turns) and within budget, or no less accurate than
+   a result that is not. Op types XNNPACK has no kernel for at all (SegNet's unpooling SELECT_V2
+   and logic ops) stay undelegated in float too; ``undelegated`` says so and the measurement
+   decides.
 
 ``model_mixed_int8.tflite`` is the result; ``mixed_precision.json`` lists what was kept in
 float, every trial's mIoU, the speed candidates' latency and delegation, and the size against
