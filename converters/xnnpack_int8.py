@@ -47,10 +47,11 @@ through a DEQUANTIZE, computes in float32 and writes its own int8 output tensor 
 QUANTIZE, so every tensor between ops stays int8 with its calibrated range: what the int8 kernel
 computes (they evaluate the float function on the dequantized input too, through a table or
 fixed point), to within the last rounding. ``ops.op_report`` lists these ops as float islands,
-apart from ops that keep float tensors. Measured (LiteRT 2.3.0, XNNPACK, turns, one run):
-SegFormer-B0 full int8 at 512x512 from 0.74x to 0.45x its float32 time (46 islands: 30 RSQRT,
-8 GELU, 8 SOFTMAX; one delegated partition instead of 47), LR-ASPP MobileNetV3 at 128x128 from
-1.2x to 0.45x, the MediaTek UNet (4 AVERAGE_POOL_2D) from 0.35x to 0.31x.
+apart from ops that keep float tensors. Measured (LiteRT 2.3.0, XNNPACK, 2 threads, files timed
+in turns): SegFormer-B0's full int8 at 512x512 from 1.19x to 0.59x its float32 time (46 islands:
+30 RSQRT, 8 GELU, 8 SOFTMAX; one delegated partition instead of 47), torchvision's LR-ASPP
+MobileNetV3 at 128x128 from 2.1x to 0.48x, the MediaTek UNet (4 AVERAGE_POOL_2D) from 0.46x to
+0.40x.
 
 The conversion's parity gates run on the rewritten file.
 """
