@@ -3,10 +3,10 @@
 ``op_report`` lists every operator by name with its count, the non-builtin ones (custom and
 Flex/SELECT_TF_OPS ops, which a phone's stock runtime lacks) and the compute operators that
 read or write float32 tensors (QUANTIZE/DEQUANTIZE at the boundaries are counted apart). Of
-those, an op whose every float input is a DEQUANTIZE of an int8 activation (or a constant) and
-whose output only QUANTIZEs read is a float island: an int8 op in all but its arithmetic (int8
-in, int8 out, like the int8 kernel it stands for), listed apart from the ops that keep float
-tensors between them.
+those, an op whose every float input is a DEQUANTIZE of an int8 tensor and whose output only
+QUANTIZEs read is a float island: an int8 op in all but its arithmetic (int8 in, int8 out, like
+the int8 kernel it stands for), listed apart from the ops that keep float tensors or float
+weights (a mixed-precision file's float convolutions).
 ``check_builtins_only`` turns any non-builtin op into an error.
 """
 
@@ -82,16 +82,14 @@ def op_report(model_content: bytes) -> OpReport:
         for j, ins in enumerate(inputs):
             for t in ins:
                 readers.setdefault(t, []).append(names[j])
-        constant = lambda t: model.Buffers(graph.Tensors(t).Buffer()).DataLength() > 0  # noqa: E731
 
         def island(j: int) -> bool:
-            ins = [t for t in inputs[j] if t >= 0 and tensor_type(t) == schema.TensorType.FLOAT32]
-            dequantized = [t for t in ins if not constant(t)]
+            floats = [t for t in inputs[j] if t >= 0 and tensor_type(t) == schema.TensorType.FLOAT32]
             return (
                 len(outputs[j]) == 1
-                and bool(dequantized)
-                and all(t in producer and names[producer[t]] == "DEQUANTIZE" for t in dequantized)
-                and all(tensor_type(inputs[producer[t]][0]) == schema.TensorType.INT8 for t in dequantized)
+                and bool(floats)
+                and all(t in producer and names[producer[t]] == "DEQUANTIZE" for t in floats)
+                and all(tensor_type(inputs[producer[t]][0]) == schema.TensorType.INT8 for t in floats)
                 and set(readers.get(outputs[j][0], [])) == {"QUANTIZE"}
             )
 
