@@ -139,8 +139,9 @@ ACTIVATIONS = {
 }
 
 
-@pytest.mark.parametrize("name", ACTIVATIONS)
-def test_standalone_activation_becomes_an_add_xnnpack_takes(tmp_path, name):
+def _residual_block(activation: str):
+    """conv, a residual ADD, ``activation``, conv, and the skip: the ADD's output is read by the
+    activation and by the skip, so the converter cannot fuse the activation into it."""
     import tensorflow as tf
 
     rng = np.random.default_rng(1)
@@ -148,9 +149,15 @@ def test_standalone_activation_becomes_an_add_xnnpack_takes(tmp_path, name):
 
     def block(x):
         y = tf.nn.conv2d(x, w1, 1, "SAME")
-        s = y + tf.nn.conv2d(y, w2, 1, "SAME")  # read by the activation and by the skip below: no fusion
-        return tf.nn.conv2d(ACTIVATIONS[name](tf, s), w2, 1, "SAME") + s
+        s = y + tf.nn.conv2d(y, w2, 1, "SAME")
+        return tf.nn.conv2d(ACTIVATIONS[activation](tf, s), w2, 1, "SAME") + s
 
+    return block, rng
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_standalone_activation_becomes_an_add_xnnpack_takes(tmp_path, name):
+    block, rng = _residual_block(name)
     converted, calib = _converted_int8(block, tmp_path, rng)
     assert TFLiteRunner(converted).delegation["not_delegated"] == {name: 1}
 
@@ -164,16 +171,7 @@ def test_standalone_activation_becomes_an_add_xnnpack_takes(tmp_path, name):
 
 def test_relu_0_to_1_reaching_past_1_is_left_alone(tmp_path):
     """Where RELU_0_TO_1's output range ends above 1, saturation would not clamp at 1: no ADD."""
-    import tensorflow as tf
-
-    rng = np.random.default_rng(1)
-    w1, w2 = (tf.constant(rng.normal(size=(3, 3, c, C)).astype(np.float32) / 3) for c in (3, C))
-
-    def block(x):
-        y = tf.nn.conv2d(x, w1, 1, "SAME")
-        s = y + tf.nn.conv2d(y, w2, 1, "SAME")
-        return tf.nn.conv2d(ACTIVATIONS["RELU_0_TO_1"](tf, s), w2, 1, "SAME") + s
-
+    block, rng = _residual_block("RELU_0_TO_1")
     converted, _ = _converted_int8(block, tmp_path, rng)
     g = TFLiteGraph.read(converted)
     (relu,) = [op for op in g.graph.operators if g.name(op) == "RELU_0_TO_1"]
