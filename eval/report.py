@@ -344,7 +344,7 @@ def render_deploy_latency_md(run_dir: Path) -> str | None:
         "",
         (
             f"Median ms at batch 1, {data.get('threads')} threads, over {data.get('runs')} turns: a model's artifacts loaded "
-            "side by side in one fresh process, each about a quarter second a turn"
+            f"side by side in one fresh process, each about {data.get('block_ms', 250) / 1000:g} s a turn"
             if data.get("timing") == "turns"
             else f"Median ms at batch 1, {data.get('threads')} threads, {data.get('runs')} timed runs, every artifact in a fresh process"
         ),

@@ -153,6 +153,7 @@ def run_latency(config: LatencyConfig) -> Path:
             rows[-1]["mixed_int8"] = mixed
             rows[-1]["delegation"]["mixed_int8"] = mixed.pop("delegation")
     path = run / DEPLOY_LATENCY_FILE
-    record = {"threads": config.threads, "runs": config.runs, "timing": "turns", "versions": run_versions(), "rows": rows}
+    record = {"threads": config.threads, "runs": config.runs, "timing": "turns", "block_ms": BLOCK_MS}
+    record.update(versions=run_versions(), rows=rows)
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     return path

@@ -29,7 +29,7 @@ def test_models_are_timed_at_their_deploy_size_and_rendered(tmp_path):
     assert set(row["delegation"]) == {"float32", "full_int8"}
     assert json.loads(path.read_text())["timing"] == "turns"  # PyTorch and both files side by side, in turns
     md = render_deploy_latency_md(tmp_path)
-    assert "over 3 turns: a model's artifacts loaded side by side in one fresh process" in md
+    assert "over 3 turns: a model's artifacts loaded side by side in one fresh process, each about 0.25 s a turn" in md
     assert f"| `{NAME}` | 32x48 | {ms['pytorch']:.1f} | {ms['float32']:.1f} | {ms['full_int8']:.1f} | - |" in md
 
 
