@@ -33,7 +33,7 @@ from seg2tflite.converters.ops import OpReport, check_builtins_only, op_report
 from seg2tflite.converters.parity import ParityError, ParityReport, apply_gates, format_table, measure_parity, raise_on_failure
 from seg2tflite.converters.resume import StageCache, stage_key
 from seg2tflite.converters.runtimes import OnnxRunner, SavedModelRunner, TFLiteRunner, TorchRunner
-from seg2tflite.converters.stages import ONNX2TF_LOG, PARITY_FILE, STAGES, ConversionDir
+from seg2tflite.converters.stages import MANIFEST_FILE, ONNX2TF_LOG, PARITY_FILE, REFERENCE, STAGES, ConversionDir
 from seg2tflite.data.preprocess import Preprocess
 
 MAX_ONNX2TF_SAMPLES = 20  # onnx2tf's own test-data slot holds 20 images
@@ -102,9 +102,10 @@ class Chain:
             labels = class_labels(self.prepared.num_classes, calib_data, parity_data)
             self.metadata = model_metadata(model_info, labels, self.preprocess.mean, self.preprocess.std)
         self.folder.path.mkdir(parents=True, exist_ok=True)
+        self.cache = StageCache(self.folder.path)
+        self.cache.claim(self.names_written())  # a file of the user's in the way is refused, never replaced
         if self.before_writing is not None:
             model_info = {**model_info, **self.before_writing()}
-        self.cache = StageCache(self.folder.path)
         self.forget_other_runs(model_info)
         self.write_onnx()
         sample = np.ascontiguousarray(parity.images.transpose(0, 2, 3, 1))  # NHWC: onnx2tf checks its layouts on these
@@ -131,6 +132,13 @@ class Chain:
             e.result = result  # everything was written; callers may still read the figures
             raise
         return result
+
+    def names_written(self) -> list[str]:
+        """Every name this conversion may write into its folder."""
+        weights = STAGES[REFERENCE].file
+        names = [weights, str(Path(weights).with_suffix(".json"))] if self.before_writing is not None else []
+        names += [self.folder.artifact(s).name for s in ("onnx", "saved_model", *self.config.variants)]
+        return names + [ONNX2TF_LOG, PARITY_FILE, MANIFEST_FILE]
 
     @property
     def built(self) -> tuple[str, ...]:

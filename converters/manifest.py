@@ -36,13 +36,16 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def artifact_hashes(out_dir: Path, names: list[str]) -> dict[str, dict]:
-    """sha256 and size of each artifact; a folder (the SavedModel) lists every file inside it."""
+    """sha256 and size of each artifact; a folder (the SavedModel) lists every file inside it.
+    Only regular files count: a symbolic link (which could lead anywhere) is never followed."""
     hashes: dict[str, dict] = {}
     for name in names:
         path = out_dir / name
+        if path.is_symlink():
+            continue
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for f in files:
-            if f.is_file():
+            if f.is_file() and not f.is_symlink():  # rglob does not enter linked folders
                 hashes[f.relative_to(out_dir).as_posix()] = {"sha256": sha256_file(f), "bytes": f.stat().st_size}
     return hashes
 

@@ -131,8 +131,17 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: ONNX file not found")
+    from onnx.external_data_helper import load_external_data_for_model
+
+    from seg2tflite.records import check_external_data
+
     try:
-        return onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
+        check_external_data(model, path)  # a regular file beside it, never through a link to elsewhere
+        load_external_data_for_model(model, str(path.parent))
+        return model
+    except UserError:
+        raise
     except Exception as e:
         raise UserError(f"{path}: not a readable ONNX file ({type(e).__name__}: {str(e)[:200]})") from None
 

@@ -167,6 +167,10 @@ def convert_registered(
     torch.manual_seed(seed)
     model = create_model(name, num_classes=num_classes, checkpoint=None if checkpoint is None else str(checkpoint))
     info = {"checkpoint": str(checkpoint) if checkpoint else None, "seed": None if checkpoint else seed}
+    if checkpoint is not None and Path(checkpoint).is_file():  # what ConversionDir.checkpoint checks before reading it
+        from seg2tflite.converters.manifest import sha256_file
+
+        info["checkpoint_sha256"] = sha256_file(checkpoint)
 
     def save_weights() -> dict:  # seeded weights go beside the artifacts, once nothing is refused any more
         return {"weights": save_checkpoint(model, ConversionDir(out_dir).artifact("pytorch"), extra={"seed": seed}).name}

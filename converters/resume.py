@@ -7,6 +7,12 @@ folder records, per stage, its key and the sha256 of every file it wrote, and is
 each stage. A stage is skipped only when its key matches and its files are all still there with
 the recorded hashes, so a killed run, a changed checkpoint or a tampered file are all handled the
 same way: what is stale is rebuilt, what is whole is kept.
+
+``stages.json`` is read as what it is, a file anyone can edit: every name in it must stay inside
+the folder (``seg2tflite.records.inside``) or the run is refused before anything is touched, and
+only files it records with their current hash are ever deleted. It also lists the names this
+project has ``claim``ed in the folder: a file in the way of one that is neither claimed nor
+recorded with its current hash is the user's, and is never replaced (``claim`` refuses).
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from pathlib import Path
 
 from seg2tflite.atomic import atomic_write_text
 from seg2tflite.atomic import remove_stale_temporaries as _remove_stale_temporaries
-from seg2tflite.converters.manifest import artifact_hashes
+from seg2tflite.converters.manifest import artifact_hashes, sha256_file
+from seg2tflite.errors import UserError
+from seg2tflite.records import all_inside, inside
 
 STAGES_FILE = "stages.json"
 
@@ -39,11 +47,62 @@ class StageCache:
     def __init__(self, out_dir: Path):
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / STAGES_FILE
-        try:
-            self.stages: dict[str, dict] = json.loads(self.path.read_text())["stages"]
-        except (OSError, ValueError, KeyError, TypeError):
-            self.stages = {}
+        self.stages: dict[str, dict] = {}
+        self.claimed: list[str] = []
+        self._foreign = False  # a stages.json that is not a stage record: the user's, never replaced
+        if self.path.is_file() or self.path.is_symlink():
+            try:
+                data = json.loads(self.path.read_text())
+                stages, claimed = data["stages"], data.get("claimed", [])
+                if not isinstance(stages, dict) or not all(isinstance(e, dict) for e in stages.values()):
+                    raise TypeError("stages is not an object of objects")
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                self._foreign = True
+            else:
+                self._check_contained(stages, claimed)
+                self.stages, self.claimed = stages, list(claimed)
         remove_stale_temporaries(self.out_dir)
+
+    def _check_contained(self, stages: dict, claimed) -> None:
+        """Refuse a record naming anything outside the folder (``..``, an absolute path, a link out)."""
+        all_inside(self.out_dir, claimed, self.path)
+        for entry in stages.values():
+            all_inside(self.out_dir, entry.get("names") or [], self.path)
+            files = entry.get("files") or {}
+            if not isinstance(files, dict):
+                raise UserError(f"{self.path}: a stage's files are {type(files).__name__}, not an object; delete it and rerun")
+            all_inside(self.out_dir, list(files), self.path)
+
+    def ours(self, name: str) -> bool:
+        """Whether ``name`` in the folder is this project's: claimed, or every file of it recorded
+        with the hash it has now (nothing there at all counts as ours: nothing would be lost)."""
+        path = self.out_dir / name
+        if name == STAGES_FILE:
+            return not self._foreign
+        if name in self.claimed or not (path.exists() or path.is_symlink()):
+            return True
+        recorded = {rel: f.get("sha256") for e in self.stages.values() for rel, f in (e.get("files") or {}).items()}
+        if path.is_symlink() or not (path.is_file() or path.is_dir()):
+            return False
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_symlink() or not p.is_dir()]
+        for f in files:
+            rel = f.relative_to(self.out_dir).as_posix()
+            if f.is_symlink() or not f.is_file() or recorded.get(rel) != sha256_file(f):
+                return False
+        return True
+
+    def claim(self, names, option: str = "--out") -> None:
+        """Before the first write: refuse when a file this project did not write (nor recorded with
+        its current hash) is in the way of one of ``names``; else record them as this project's."""
+        for name in [STAGES_FILE, *names]:
+            if not self.ours(name):
+                path = self.out_dir / name
+                raise UserError(
+                    f"{path}: a file seg2tflite did not write (or one changed since it did) is in the way of "
+                    f"what this conversion writes; move it, or choose another {option} (nothing was written)"
+                )
+        self.claimed = list(dict.fromkeys([*self.claimed, *names]))
+        self._save()
 
     def fresh(self, stage: str, key: str) -> bool:
         """True when ``stage`` was built from ``key`` and its files are whole and unchanged."""
@@ -57,7 +116,9 @@ class StageCache:
         self._save()
 
     def _save(self) -> None:
-        atomic_write_text(self.path, json.dumps({"stages": self.stages}, indent=2) + "\n")
+        if self._foreign:
+            raise UserError(f"{self.path}: not a stage record of seg2tflite; move it, or choose another output folder")
+        atomic_write_text(self.path, json.dumps({"stages": self.stages, "claimed": self.claimed}, indent=2) + "\n")
 
     def forget(self, stage: str, keep: tuple[Path, ...] = ()) -> list[str]:
         """Drop ``stage`` from the record and delete the files it recorded that are still as
@@ -66,16 +127,16 @@ class StageCache:
         if entry is None:
             return []
         kept = {Path(p).resolve() for p in keep}
-        current = artifact_hashes(self.out_dir, entry.get("names") or [])
+        names = all_inside(self.out_dir, entry.get("names") or [], self.path)
+        current = artifact_hashes(self.out_dir, [p.relative_to(self.out_dir).as_posix() for p in names])
         deleted = []
         for rel, recorded in (entry.get("files") or {}).items():
-            path = self.out_dir / rel
-            if current.get(rel) == recorded and path.resolve() not in kept:
+            path = inside(self.out_dir, rel, self.path)
+            if current.get(rel) == recorded and path.resolve() not in kept and not path.is_symlink():
                 path.unlink(missing_ok=True)
                 deleted.append(rel)
-        for name in entry.get("names") or []:  # a folder (the SavedModel) emptied of its files goes too
-            folder = self.out_dir / name
-            if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
+        for folder in names:  # a folder (the SavedModel) emptied of its files goes too
+            if folder.is_dir() and not folder.is_symlink() and not any(p.is_file() or p.is_symlink() for p in folder.rglob("*")):
                 shutil.rmtree(folder, ignore_errors=True)
         self._save()
         return deleted

@@ -120,12 +120,16 @@ class ConversionDir:
 
     def checkpoint(self) -> Path | None:
         """The PyTorch reference: the weights in the folder, else the checkpoint the manifest names."""
+        from seg2tflite.records import inside, recorded_outside
+
         own = self.artifact(REFERENCE)
         if own.exists():
-            return own
+            return inside(self.path, own.name, own)  # a link out of the folder is refused
         model = self.manifest().get("model") or {}
-        named = model.get("checkpoint") if isinstance(model, dict) else None
-        return Path(named) if named and Path(named).exists() else None
+        if not isinstance(model, dict) or not model.get("checkpoint"):
+            return None
+        # read only, and only when it is still the file the conversion recorded (its sha256)
+        return recorded_outside(model["checkpoint"], model.get("checkpoint_sha256"), self.manifest_path)
 
     def artifacts(self) -> dict[str, Path]:
         """The artifacts present, by stage, in stage order (PyTorch first when there is one)."""

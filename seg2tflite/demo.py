@@ -31,9 +31,19 @@ def _data_spec(config: DemoConfig, out: Path) -> str:
     synthetic = parse_synthetic_spec(config.data)
     source = synthetic.to_spec()
     written = data_dir / "dataset.json"
-    if not written.is_file() or json.loads(written.read_text()).get("source") != source:
+    try:
+        current = json.loads(written.read_text(encoding="utf-8")).get("source") if written.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        current = None
+    if current != source:
         splits = {split: SyntheticDataset(split, synthetic) for split in ("train", "val", "test")}
-        write_folder_dataset(splits, data_dir, progress=config.progress, source=source)
+        try:
+            write_folder_dataset(splits, data_dir, progress=config.progress, source=source)
+        except UserError as e:  # a dataset of the user's in OUT/data is never replaced
+            raise UserError(
+                f"{e}; the demo writes its synthetic data to {data_dir}: to use that dataset pass "
+                f"{setting('--data', 'data')} folder:{data_dir}, else choose another {setting('--out', 'out')}"
+            ) from None
     return f"folder:{data_dir}"
 
 
@@ -60,7 +70,10 @@ def _train(name: str, data: str, config: DemoConfig, model_dir: Path) -> Path:
     )
     log = train_dir / "train_log.json"
     if log.is_file():  # a finished run: keep it if it had these settings, else start over
-        logged = json.loads(log.read_text())["config"]
+        from seg2tflite.records import field, read_json
+
+        redo = f"delete {train_dir} to train {name} again"
+        logged = field(read_json(log, redo), log, redo, "config", kind=dict)
         if {key: logged.get(key) for key in RESUME_SETTINGS} == resume_settings(train_config):
             return train_dir / "best.safetensors"
         train_config.resume = False
@@ -143,11 +156,13 @@ def run_summary(out: Path, config: DemoConfig, seconds: dict[str, dict[str, floa
     """``OUT/demo.json``'s settings and timings. Its ``models`` are the run's: an earlier demo into
     ``OUT`` on the same data keeps its trained models there (and in the report), so they stay
     listed before this demo's, which ``latency``, ``compress`` and the benchmarks default to."""
+    from seg2tflite.models import list_models
+
     models, timings = list(config.models), dict(seconds)
     try:
         earlier = json.loads((out / "demo.json").read_text())
         if earlier["config"]["data"] == config.data:
-            kept = [m for m in earlier["config"]["models"] if m not in models]
+            kept = [m for m in earlier["config"]["models"] if m not in models and m in list_models()]
             kept = [m for m in kept if (out / "models" / m / "train" / "best.safetensors").is_file()]
             models = kept + models
             timings = {m: earlier.get("seconds", {}).get(m, {}) for m in kept} | timings

@@ -53,7 +53,11 @@ def _models(config: LatencyConfig) -> tuple[str, ...]:
         return config.models
     demo = Path(config.run) / "demo.json"
     if demo.is_file():
-        return tuple(json.loads(demo.read_text())["config"]["models"])
+        from seg2tflite.records import field, read_json, registered_model
+
+        redo = f"run `seg2tflite demo --out {config.run}` again, or name the models with {setting('--models', 'models')}"
+        models = field(read_json(demo, redo), demo, redo, "config", "models", kind=list)
+        return tuple(registered_model(m, demo, setting("--models", "models")) for m in models)
     return tuple(n for n in list_models() if not get_model_config(n).variant_of)
 
 

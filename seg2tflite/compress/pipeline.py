@@ -29,6 +29,7 @@ from seg2tflite.atomic import atomic_write_text
 from seg2tflite.compress_config import STUDY_FILE, CompressConfig, Method
 from seg2tflite.converters.stages import ConversionDir
 from seg2tflite.errors import UserError
+from seg2tflite.records import read_json, registered_model
 
 
 @dataclass
@@ -48,7 +49,7 @@ class _Run:
         try:
             config = json.loads(demo.read_text())["config"]
             data = config["data"]
-            models = [str(m) for m in config["models"]]
+            models = [registered_model(m, demo) for m in config["models"]]  # names become folders
             calib_size, parity_images = int(config["calib_size"]), int(config["parity_images"])
             if not isinstance(data, str):
                 raise TypeError("'data' is not a spec string")
@@ -255,7 +256,7 @@ def run_compress(config: CompressConfig) -> int:
     failures, studies = {}, {}
     study_path = run.out / STUDY_FILE
     if study_path.is_file():
-        studies = json.loads(study_path.read_text())
+        studies = read_json(study_path, f"delete it to run the calibration study again (`seg2tflite compress --run {run.out}`)")
     for name in models:
         for method in methods:
             print(f"== {name}: {method.description}", flush=True)

@@ -19,6 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from seg2tflite.atomic import atomic_path
+from seg2tflite.converters.manifest import sha256_file
 from seg2tflite.data.base import DatasetInfo, SegmentationDataset
 from seg2tflite.data.preprocess import IGNORE_INDEX
 from seg2tflite.data.readers import (
@@ -110,8 +111,9 @@ def write_folder_dataset(
     Images go to ``split/images/NAME.png`` (RGB), masks to ``split/masks/NAME.png`` (mode L class
     indices), ``NAME`` being ``ds.item_name(i)``; ``dataset.json`` records the class names, palette,
     ignore index, split sizes and ``source`` (e.g. the ``--data`` spec the data came from). The
-    folder is built under a temporary name and renamed when complete. An existing ``out_dir`` is
-    replaced only if it is itself a folder dataset (has a ``dataset.json``) or empty.
+    folder is built under a temporary name and renamed when complete; ``dataset.json`` also records
+    every file's sha256. An existing ``out_dir`` is replaced only when empty or when every file in
+    it is one this function wrote there (recorded, same hash): nothing of the user's is lost.
     """
     out_dir = Path(out_dir)
     if not datasets:
@@ -120,9 +122,8 @@ def write_folder_dataset(
     if len(infos) != 1:
         raise UserError(f"{out_dir}: the splits disagree on their classes; write them to separate folders")
     info = infos.pop()
-    if out_dir.exists() and not (out_dir / DATASET_JSON).is_file():
-        if not out_dir.is_dir() or any(out_dir.iterdir()):
-            raise UserError(f"{out_dir}: exists and is not a folder dataset; choose a new path or remove it")
+    if out_dir.exists() or out_dir.is_symlink():
+        _check_replaceable(out_dir)
     meta = {
         "format": FORMAT,
         "name": info.name,
@@ -149,5 +150,34 @@ def write_folder_dataset(
                 mask_png = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8))  # mode L
                 mask_png.save(mask_dir / f"{name}.png", compress_level=1)
                 bar.update()
+        meta["files"] = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / DATASET_JSON).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return out_dir
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """Refuse to replace ``out_dir`` unless it is empty or a dataset this project wrote, every file
+    in it the one ``dataset.json`` records (same hash): the user's images, masks and notes stay."""
+    if out_dir.is_symlink():
+        raise UserError(f"{out_dir}: is a symbolic link (to {out_dir.resolve()}); give the real folder's path or a new one")
+    if not out_dir.is_dir():
+        raise UserError(f"{out_dir}: a file is in the way of the dataset folder; choose a new path or move the file")
+    if not any(out_dir.iterdir()):
+        return
+    refuse = f"{out_dir}: not a folder dataset seg2tflite wrote"
+    advice = "it is never replaced; choose a new path (or move the folder)"
+    try:
+        meta = json.loads((out_dir / DATASET_JSON).read_text(encoding="utf-8"))
+        recorded = meta["files"] if meta.get("format") == FORMAT else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        raise UserError(f"{refuse} (no record of its files in {DATASET_JSON}); {advice}")
+    for path in sorted(out_dir.rglob("*")):
+        if path.is_dir() and not path.is_symlink():
+            continue
+        rel = path.relative_to(out_dir).as_posix()
+        if rel == DATASET_JSON:
+            continue
+        if path.is_symlink() or recorded.get(rel) != sha256_file(path):
+            raise UserError(f"{refuse}: {rel} is not as seg2tflite wrote it; {advice}")

@@ -1,0 +1,140 @@
+"""Reading the records this project writes (stages.json, manifest.json, parity.json, demo.json,
+record.json, the compress and calibration-study files) as what they are: files anyone can edit.
+
+A record is trusted for nothing it could use to reach outside its folder:
+
+- a file or folder name in it is used only when it is relative, has no ``..`` part and resolves
+  (symlinks followed) inside the record's folder (``inside``); anything else is refused in one
+  line, before any file is read, written or deleted;
+- a path it names outside its folder (the checkpoint a conversion was made from) is only ever
+  read, and only when it is a regular file whose sha256 is the one the record holds
+  (``recorded_outside``);
+- a model name in it must be a registered name (``registered_model``): names become folders;
+- a record that is not JSON, or not the object expected, is a one-line error naming the file
+  (``read_json``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from seg2tflite.errors import UserError
+
+
+def _not_ours(record, what: str) -> UserError:
+    return UserError(
+        f"{record}: {what}; a record of seg2tflite only names files inside its own folder, so this one was edited "
+        "or comes from elsewhere: delete it (or the folder) and run the command again"
+    )
+
+
+def inside(folder: str | os.PathLike, name, record: str | os.PathLike) -> Path:
+    """``folder / name`` for a ``name`` read from ``record``, refused unless it stays inside ``folder``."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise _not_ours(record, f"names {name!r}, not a file name")
+    parts = PurePosixPath(name.replace("\\", "/"))
+    if parts.is_absolute() or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive:
+        raise _not_ours(record, f"names the absolute path {name!r}")
+    if ".." in parts.parts:
+        raise _not_ours(record, f"names {name!r}, outside {folder}")
+    folder = Path(folder)
+    path = folder / parts
+    base = folder.resolve()
+    resolved = path.resolve()
+    if resolved != base and base not in resolved.parents:
+        raise _not_ours(record, f"names {name!r}, a link to {resolved}, outside {folder}")
+    return path
+
+
+def all_inside(folder, names, record) -> list[Path]:
+    """``inside`` for every name of a list read from ``record`` (a non-list is refused too)."""
+    if not isinstance(names, (list, tuple)):
+        raise _not_ours(record, f"holds {type(names).__name__} where a list of file names belongs")
+    return [inside(folder, name, record) for name in names]
+
+
+def recorded_outside(path, sha256, record) -> Path | None:
+    """A path ``record`` names outside its folder (to read, never to write): the file, when it is a
+    regular file with the sha256 the record holds; else None (the record's claim is not used)."""
+    from seg2tflite.converters.manifest import sha256_file
+
+    if not isinstance(path, str) or not path or not isinstance(sha256, str):
+        return None
+    candidate = Path(path)
+    try:
+        if candidate.is_symlink() or not candidate.is_file() or sha256_file(candidate) != sha256:
+            return None
+    except OSError:
+        return None
+    return candidate
+
+
+def registered_model(name, record, option: str | None = None) -> str:
+    """A model name read from ``record``: a registered one (names become folders), else refused."""
+    from seg2tflite.models import list_models
+
+    if isinstance(name, str) and name in list_models():
+        return name
+    advice = f"; pass {option} with registered names" if option else ""
+    raise UserError(
+        f"{record}: model {name!r} is not a registered model name (see `seg2tflite models`){advice}; "
+        "the record was edited or comes from elsewhere: delete it and run the command again"
+    )
+
+
+def read_json(path: str | os.PathLike, redo: str, kind: type = dict):
+    """The JSON ``kind`` (an object by default) in ``path``; unreadable, partial or of another shape:
+    one line naming the file and ``redo`` (what to run to write it again)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable or incomplete ({type(e).__name__}: {str(e)[:120]}); {redo}") from None
+    if not isinstance(data, kind):
+        raise UserError(f"{path}: holds a JSON {type(data).__name__}, not the {kind.__name__} expected; {redo}")
+    return data
+
+
+def field(data: dict, path: str | os.PathLike, redo: str, *keys, kind: type | tuple = object):
+    """``data[k1][k2]...`` of a record read from ``path``, of type ``kind``; missing or of another
+    type: one line naming the file, the field and ``redo``."""
+    value = data
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            raise UserError(f"{path}: lacks {'.'.join(keys)}; {redo}")
+        value = value[key]
+    if not isinstance(value, kind):
+        raise UserError(f"{path}: {'.'.join(keys)} is {type(value).__name__}, not what it should be; {redo}")
+    return value
+
+
+def check_external_data(model, onnx_path: str | os.PathLike) -> None:
+    """Refuse an ONNX model whose external data is not a regular file inside the ONNX file's
+    folder: ``..``, an absolute path, a symbolic link (to anywhere) or a link in its path."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    onnx_path = Path(onnx_path)
+    folder = onnx_path.parent
+    for tensor in _get_all_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+        why = None
+        try:
+            path = inside(folder, location, onnx_path)
+        except UserError:
+            why = "outside its folder"
+        else:
+            relative = Path(location.replace("\\", "/"))
+            links = [folder / p for p in [*reversed(relative.parents), relative] if p.parts]
+            if any(p.is_symlink() for p in links):
+                why = "a symbolic link"
+            elif not path.is_file():
+                why = "not a file there"
+        if why is not None:
+            raise UserError(
+                f"{onnx_path}: tensor {tensor.name!r} keeps its data in {location!r}, {why}; external data must be a "
+                f"regular file in the ONNX file's folder ({folder}): copy it there (not a link) and convert again"
+            )
