@@ -36,7 +36,7 @@ def inside(folder: str | os.PathLike, name, record: str | os.PathLike) -> Path:
         raise _not_ours(record, f"names {name!r}, not a file name")
     parts = PurePosixPath(name.replace("\\", "/"))
     if parts.is_absolute() or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive:
-        raise _not_ours(record, f"names the absolute path {name!r}")
+        raise _not_ours(record, f"names the absolute path {name!r}, outside {folder}")
     if ".." in parts.parts:
         raise _not_ours(record, f"names {name!r}, outside {folder}")
     folder = Path(folder)
@@ -121,18 +121,17 @@ def check_external_data(model, onnx_path: str | os.PathLike) -> None:
         if not uses_external_data(tensor):
             continue
         location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+        relative = PurePosixPath(location.replace("\\", "/"))
+        links = [folder / p for p in [*reversed(relative.parents), relative] if p.parts and ".." not in p.parts]
         why = None
         try:
             path = inside(folder, location, onnx_path)
         except UserError:
             why = "outside its folder"
-        else:
-            relative = Path(location.replace("\\", "/"))
-            links = [folder / p for p in [*reversed(relative.parents), relative] if p.parts]
-            if any(p.is_symlink() for p in links):
-                why = "a symbolic link"
-            elif not path.is_file():
-                why = "not a file there"
+        if not relative.is_absolute() and any(p.is_symlink() for p in links):
+            why = "a symbolic link" + (" out of its folder" if why else "")
+        elif why is None and not path.is_file():
+            why = "not a file there"
         if why is not None:
             raise UserError(
                 f"{onnx_path}: tensor {tensor.name!r} keeps its data in {location!r}, {why}; external data must be a "

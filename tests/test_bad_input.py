@@ -6,6 +6,7 @@ as far as onnx2tf, so the whole table runs in seconds.
 """
 
 import errno
+import json
 import pickle
 
 import numpy as np
@@ -454,7 +455,7 @@ def _(b):
     (run / "models" / "segformer_b0" / "train").mkdir(parents=True)
     (run / "models" / "segformer_b0" / "train" / "best.safetensors").write_bytes(b"x")
     config = {"data": SMALL, "models": ["segformer_b0"], "calib_size": 8, "parity_images": 4}
-    (run / "demo.json").write_text(__import__("json").dumps({"config": config}))
+    (run / "demo.json").write_text(json.dumps({"config": config}))
     return ["compress", "--run", str(run), "--methods", "prune:1.5"]
 
 
@@ -483,6 +484,144 @@ def _(b):
 @case("class count names the data path given", "folder:", "has 5", absent=("synthetic:train",))
 def _(b):
     return _convert(b.checkpoint(), b.root / "out", "segformer_b0", "--calib-data", f"folder:{b.folder(num_classes=5)}")
+
+
+# 5. records that reach outside their folder (issue 28): a victim beside --out survives byte for byte
+
+VICTIM = b"the user's own file, not to be touched"
+
+
+def _victim(b):
+    (b.root / "victim.txt").write_bytes(VICTIM)
+    (b.root / "victim_dir").mkdir()
+    (b.root / "victim_dir" / "image.png").write_bytes(VICTIM)
+    return b.root / "victim.txt"
+
+
+def _victim_intact(b):
+    assert (b.root / "victim.txt").read_bytes() == VICTIM
+    assert (b.root / "victim_dir" / "image.png").read_bytes() == VICTIM
+
+
+def _stages_naming(b, planted):
+    """A --out whose stages.json lists ``planted`` (with the victim's public sha256) as its file."""
+    import hashlib
+
+    _victim(b)
+    out = b.root / "out"
+    out.mkdir()
+    name = {"ABSOLUTE": str(b.root / "victim.txt"), "LINK": "model_dynamic_int8.tflite"}.get(planted, planted)
+    if planted == "LINK":
+        (out / name).symlink_to(b.root / "victim.txt")
+    files = {name: {"sha256": hashlib.sha256(VICTIM).hexdigest(), "bytes": len(VICTIM)}}
+    entry = {"key": "k", "names": [name], "files": files}
+    (out / "stages.json").write_text(json.dumps({"stages": {"dynamic_int8": entry}}))
+    return ["convert", "--onnx", str(b.onnx()), "--calib-data", SMALL, "--variants", "float32", "--out", str(out)]
+
+
+for _name, _planted in {
+    "a file beside --out": "../victim.txt",
+    "a folder beside --out": "../victim_dir",
+    "an absolute path": "ABSOLUTE",
+    "a link out of --out": "LINK",
+}.items():
+
+    @case(f"convert: stages.json names {_name}", "stages.json", "outside", "delete it", after=_victim_intact)
+    def _(b, planted=_planted):
+        return _stages_naming(b, planted)
+
+
+def _demo_run(b, models, **config):
+    run = b.root / "run"
+    run.mkdir()
+    config = {"data": SMALL, "models": models, "calib_size": 8, "parity_images": 4, **config}
+    (run / "demo.json").write_text(json.dumps({"config": config}))
+    _victim(b)
+    # what a hostile name would reach: a trained model beside the run
+    (b.root / "victim_dir" / "train").mkdir()
+    (b.root / "victim_dir" / "train" / "best.safetensors").write_bytes(VICTIM)
+    return run
+
+
+def _victim_and_its_model_intact(b):
+    _victim_intact(b)
+    assert sorted(p.name for p in (b.root / "victim_dir").iterdir()) == ["image.png", "train"]
+
+
+for _command, _extra in {"latency": ["--runs", "1"], "compress": ["--methods", "mixed"], "profile": []}.items():
+    for _label, _model in {"../": "../victim_dir", "absolute": "ABSOLUTE"}.items():
+
+        @case(f"{_command}: demo.json names a model {_label}", "demo.json", "not a registered model name",
+              after=_victim_and_its_model_intact)  # fmt: skip
+        def _(b, command=_command, extra=_extra, model=_model):
+            model = str(b.root / "victim_dir") if model == "ABSOLUTE" else model
+            return [command, "--run", str(_demo_run(b, [model])), *extra]
+
+
+# 6. the user's files inside --out: never replaced (issue 28)
+
+
+def _users_file(path, data=VICTIM):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+@case("convert --model: the user's model.safetensors in --out", "model.safetensors", "did not write", "--out",
+      after=lambda b: (b.root / "out" / "model.safetensors").read_bytes() == VICTIM or pytest.fail("replaced"))  # fmt: skip
+def _(b):
+    _users_file(b.root / "out" / "model.safetensors")
+    return ["convert", "--model", "segformer_b0", "--input-size", "32", "32", "--calib-data", SMALL, "--calib-size", "8",
+            "--variants", "float32", "--out", str(b.root / "out")]  # fmt: skip
+
+
+@case("convert --onnx OUT/model.onnx --out OUT: the input is the user's", "model.onnx", "did not write", "--out",
+      after=lambda b: (b.root / "out" / "model.onnx").read_bytes() == b.after_bytes or pytest.fail("replaced"))  # fmt: skip
+def _(b):
+    out = b.root / "out"
+    out.mkdir()
+    onnx_path = b.onnx().rename(out / "model.onnx")
+    b.after_bytes = onnx_path.read_bytes()
+    return ["convert", "--onnx", str(onnx_path), "--calib-data", SMALL, "--variants", "float32", "--out", str(out)]
+
+
+@case("convert: a stages.json of the user's in --out", "stages.json", "--out")
+def _(b):
+    _users_file(b.root / "out" / "stages.json", b"my own notes on the stages")
+    return ["convert", "--onnx", str(b.onnx()), "--calib-data", SMALL, "--variants", "float32", "--out", str(b.root / "out")]
+
+
+def _users_dataset_intact(b):
+    data = b.root / "run" / "data"
+    assert (data / "README.md").read_bytes() == VICTIM
+    assert json_of(data / "dataset.json")["name"] == "mine"
+    assert sorted(p.name for p in (data / "val" / "images").iterdir()) == sorted(b.images)
+
+
+def json_of(path):
+    return json.loads(path.read_text())
+
+
+def _users_dataset(b, folder):
+    import shutil
+
+    shutil.copytree(b.folder(dataset_name="mine"), folder)
+    (folder / "README.md").write_bytes(VICTIM)
+    b.images = [p.name for p in (folder / "val" / "images").iterdir()]
+
+
+@case("demo --out OUT: the user's dataset in OUT/data", "data", "not a folder dataset seg2tflite wrote",
+      "--data folder:", after=_users_dataset_intact)  # fmt: skip
+def _(b):
+    _users_dataset(b, b.root / "run" / "data")
+    return ["demo", "--out", str(b.root / "run"), "--models", "segformer_b0", "--data", SMALL, "--train-steps", "1",
+            "--batch-size", "2", "--input-size", "32", "32"]  # fmt: skip
+
+
+@case("data synthetic --out: the user's dataset", "not a folder dataset seg2tflite wrote", after=_users_dataset_intact)
+def _(b):
+    _users_dataset(b, b.root / "run" / "data")
+    return ["data", "synthetic", "--out", str(b.root / "run" / "data"), "--num-train", "2", "--num-val", "1", "--num-test", "1"]
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -1,0 +1,267 @@
+"""Records handed over by someone else (issue 28, items 1-3): what they name stays inside their folder.
+
+Each case plants a victim file and folder beside the output folder, hands the code a record (or
+an ONNX file) that names them by ``..``, an absolute path or a symbolic link, and checks the
+refusal and that the victims are still there byte for byte. No case imports TensorFlow.
+"""
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from seg2tflite.converters.manifest import artifact_hashes
+from seg2tflite.converters.resume import StageCache
+from seg2tflite.converters.stages import ConversionDir
+from seg2tflite.errors import UserError
+from seg2tflite.records import check_external_data, inside, read_json, registered_model
+
+VICTIM = b"victim bytes: the user's, never to be read into an artifact, changed or deleted"
+SHA = hashlib.sha256(VICTIM).hexdigest()
+
+
+@pytest.fixture
+def victims(tmp_path):
+    """A file and a folder beside ``out``; returns a check that they are intact."""
+    (tmp_path / "victim.txt").write_bytes(VICTIM)
+    (tmp_path / "victim_dir").mkdir()
+    (tmp_path / "victim_dir" / "data.bin").write_bytes(VICTIM)
+    (tmp_path / "out").mkdir()
+
+    def intact():
+        assert (tmp_path / "victim.txt").read_bytes() == VICTIM
+        assert (tmp_path / "victim_dir" / "data.bin").read_bytes() == VICTIM
+
+    return intact
+
+
+HOSTILE_NAMES = {
+    "parent": "../victim.txt",
+    "parent folder": "../victim_dir",
+    "deeper parent": "sub/../../victim.txt",
+    "absolute": "/etc/passwd",
+    "windows drive": "C:\\victim.txt",
+    "windows parent": "..\\victim.txt",
+    "empty": "",
+    "not a string": 5,
+    "NUL byte": "model\x00.onnx",
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_NAMES.values()), ids=list(HOSTILE_NAMES))
+def test_a_name_leaving_its_folder_is_refused(tmp_path, name):
+    with pytest.raises(UserError, match="stages.json"):
+        inside(tmp_path / "out", name, tmp_path / "out" / "stages.json")
+
+
+def test_a_link_leaving_its_folder_is_refused_one_staying_inside_is_not(tmp_path, victims):
+    out = tmp_path / "out"
+    (out / "model.onnx").symlink_to(tmp_path / "victim.txt")
+    (out / "saved_model").symlink_to(tmp_path / "victim_dir")
+    for name in ("model.onnx", "saved_model", "saved_model/data.bin"):
+        with pytest.raises(UserError, match="a link to"):
+            inside(out, name, out / "stages.json")
+    (out / "real.txt").write_text("x")
+    (out / "alias.txt").symlink_to(out / "real.txt")
+    assert inside(out, "alias.txt", out / "stages.json") == out / "alias.txt"
+    victims()
+
+
+@pytest.mark.parametrize("name", ["../victim.txt", "../victim_dir", "ABSOLUTE", "LINK", "LINKED FOLDER"])
+def test_stages_json_cannot_delete_outside_its_folder(tmp_path, victims, name):
+    out = tmp_path / "out"
+    if name == "ABSOLUTE":
+        name = str(tmp_path / "victim.txt")
+    elif name == "LINK":
+        (out / "model_float16.tflite").symlink_to(tmp_path / "victim.txt")
+        name = "model_float16.tflite"
+    elif name == "LINKED FOLDER":
+        (out / "saved_model").symlink_to(tmp_path / "victim_dir")
+        name = "saved_model/data.bin"
+    entry = {"key": "k", "names": [name], "files": {name: {"sha256": SHA, "bytes": len(VICTIM)}}}
+    (out / "stages.json").write_text(json.dumps({"stages": {"float16": entry}}))
+    with pytest.raises(UserError, match="outside"):
+        StageCache(out).forget_others([])
+    victims()
+
+
+def test_a_linked_file_is_never_hashed_nor_deleted(tmp_path, victims):
+    out = tmp_path / "out"
+    (out / "saved_model").mkdir()
+    (out / "saved_model" / "variables.bin").symlink_to(tmp_path / "victim.txt")
+    (out / "model.onnx").symlink_to(tmp_path / "victim.txt")
+    assert artifact_hashes(out, ["saved_model", "model.onnx"]) == {}
+    victims()
+
+
+def test_claim_refuses_a_file_of_the_users_and_takes_its_own(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(VICTIM)
+    with pytest.raises(UserError, match="did not write"):
+        StageCache(out).claim(["model.onnx", "manifest.json"])
+    assert not (out / "stages.json").exists() and (out / "model.onnx").read_bytes() == VICTIM
+    # recorded by this project with the hash it has now: its own, replaceable
+    cache = StageCache(out)
+    cache.stages["onnx"] = {"key": "k", "names": ["model.onnx"], "files": artifact_hashes(out, ["model.onnx"])}
+    cache.claim(["model.onnx", "manifest.json"])
+    assert StageCache(out).claimed == ["model.onnx", "manifest.json"]
+    (out / "model.onnx").write_bytes(VICTIM + b"edited")  # recorded, but changed since: no longer claimable as written
+    cache = StageCache(out)
+    cache.claimed = []
+    with pytest.raises(UserError, match="model.onnx"):
+        cache.claim(["model.onnx"])
+
+
+def test_a_stages_json_of_the_users_is_never_replaced(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stages.json").write_bytes(VICTIM)
+    with pytest.raises(UserError, match="stages.json"):
+        StageCache(out).claim(["model.onnx"])
+    assert (out / "stages.json").read_bytes() == VICTIM
+
+
+def _manifest(folder, **model):
+    folder.mkdir(exist_ok=True)
+    (folder / "manifest.json").write_text(json.dumps({"model": model}))
+    return ConversionDir(folder)
+
+
+def test_a_manifests_checkpoint_outside_is_read_only_when_its_hash_matches(tmp_path, victims):
+    victim = tmp_path / "victim.txt"
+    assert _manifest(tmp_path / "out", checkpoint=str(victim)).checkpoint() is None  # no hash recorded
+    assert _manifest(tmp_path / "out", checkpoint=str(victim), checkpoint_sha256="0" * 64).checkpoint() is None
+    assert _manifest(tmp_path / "out", checkpoint=str(victim), checkpoint_sha256=SHA).checkpoint() == victim
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(victim)
+    assert _manifest(tmp_path / "out", checkpoint=str(link), checkpoint_sha256=SHA).checkpoint() is None
+    victims()
+
+
+def test_the_folders_own_weights_may_not_link_outside(tmp_path, victims):
+    folder = _manifest(tmp_path / "out")
+    (folder.path / "model.safetensors").symlink_to(tmp_path / "victim.txt")
+    with pytest.raises(UserError, match="a link to"):
+        folder.checkpoint()
+    victims()
+
+
+def test_model_names_from_records_are_registered_names(tmp_path):
+    assert registered_model("segformer_b0", tmp_path / "demo.json") == "segformer_b0"
+    for name in ("../..", "/etc", "segformer_b0/../..", "", None, ["segformer_b0"]):
+        with pytest.raises(UserError, match="demo.json"):
+            registered_model(name, tmp_path / "demo.json")
+
+
+@pytest.mark.parametrize("text", ['{"config": {"da', "[1, 2]", "\xff\xfe", ""])
+def test_a_corrupt_record_is_one_line(tmp_path, text):
+    path = tmp_path / "demo.json"
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(UserError, match="demo.json") as e:
+        read_json(path, "run the demo again")
+    assert "\n" not in str(e.value) and "run the demo again" in str(e.value)
+
+
+# -- ONNX external data (item 2) -------------------------------------------------------------
+
+
+def _external_onnx(folder, location="weights.bin"):
+    """A one-Add ONNX model whose constant lives in external data at ``location``."""
+    from onnx import TensorProto, helper
+
+    folder.mkdir(parents=True, exist_ok=True)
+    bias = numpy_helper.from_array(np.arange(8, dtype=np.float32), "bias")
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 8, 8])
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["logits"])], "g", [x], [y], [bias])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save_model(model, str(folder / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="weights.bin", size_threshold=0)  # fmt: skip
+    if location != "weights.bin":
+        loaded = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+        for entry in loaded.graph.initializer[0].external_data:
+            if entry.key == "location":
+                entry.value = location
+        (folder / "model.onnx").write_bytes(loaded.SerializeToString())
+    return folder / "model.onnx"
+
+
+def test_external_data_beside_the_model_loads(tmp_path):
+    from seg2tflite.converters.onnx_export import load_onnx
+
+    model = load_onnx(_external_onnx(tmp_path / "m"))
+    assert np.array_equal(numpy_helper.to_array(model.graph.initializer[0]), np.arange(8, dtype=np.float32))
+
+
+@pytest.mark.parametrize("how", ["link", "linked folder", "parent", "absolute"])
+def test_external_data_outside_the_folder_is_refused(tmp_path, victims, how):
+    from seg2tflite.converters.onnx_export import load_onnx
+
+    folder = tmp_path / "m"
+    secret = tmp_path / "victim.txt"
+    if how == "link":
+        path = _external_onnx(folder)
+        (folder / "weights.bin").unlink()
+        (folder / "weights.bin").symlink_to(secret)
+    elif how == "linked folder":
+        path = _external_onnx(folder, "sub/data.bin")
+        (folder / "sub").symlink_to(tmp_path / "victim_dir")
+    else:
+        path = _external_onnx(folder, "../victim.txt" if how == "parent" else str(secret))
+    with pytest.raises(UserError, match="external data must be a regular file") as e:
+        load_onnx(path)
+    assert "\n" not in str(e.value)
+    with pytest.raises(UserError):
+        check_external_data(onnx.load(str(path), load_external_data=False), path)
+    victims()
+
+
+def test_convert_refuses_linked_external_data_and_writes_nothing(tmp_path, victims, capsys):
+    from hostile import SMALL, fails
+
+    path = _external_onnx(tmp_path / "m")
+    (tmp_path / "m" / "weights.bin").unlink()
+    (tmp_path / "m" / "weights.bin").symlink_to(tmp_path / "victim.txt")
+    out = tmp_path / "out"
+    fails(capsys, ["convert", "--onnx", str(path), "--calib-data", SMALL, "--out", str(out)], "symbolic link", "model.onnx")
+    assert not any(out.iterdir())
+    victims()
+
+
+# -- the MediaPipe client's command line (item 1: its manifest; item 9: one line, exit 2) ------
+
+
+def _client(*argv):
+    done = subprocess.run([sys.executable, "-m", "seg2tflite.eval.mediapipe_client", *map(str, argv)],
+                          capture_output=True, text=True)  # fmt: skip
+    errors = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    return errors[0]
+
+
+def test_mediapipe_client_refuses_in_one_line(tmp_path, victims):
+    assert "not found" in _client(tmp_path / "nowhere", "--data", "synthetic")
+    assert "--limit" in _client(tmp_path / "out", "--data", "synthetic", "--limit", "0")
+    manifest = {
+        "preprocessing": {"mean": [0, 0, 0], "std": [1, 1, 1]},
+        "config": {"input_size": [32, 32], "variants": ["float32"]},
+        "model": {"weights": "../victim.txt"},
+    }
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps(manifest))
+    line = _client(tmp_path / "out", "--data", "synthetic:size=32,train=2,val=2,test=2", "--limit", "1")
+    assert "outside" in line and "manifest.json" in line
+    (tmp_path / "out" / "manifest.json").write_text('{"preprocessing": ')
+    assert "unreadable or incomplete" in _client(tmp_path / "out", "--data", "synthetic")
+    victims()
+
+
+def test_the_records_module_loads_no_framework():
+    # the containment helpers are plain path logic: importing them loads no framework
+    code = "import sys, seg2tflite.records; print('torch' in sys.modules, 'tensorflow' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split() == ["False", "False"]
