@@ -24,6 +24,7 @@ from seg2tflite.converters.config import ConvertConfig
 from seg2tflite.converters.divergence import explain_float16_failure, explain_float_failure
 from seg2tflite.converters.gpu_check import gpu_compatibility, gpu_line
 from seg2tflite.converters.images import ParityImages, calibration_set, parity_images, resolve_data
+from seg2tflite.converters.int8_ranges import RANGES_FILE
 from seg2tflite.converters.isolated import VariantError, VariantFailure, VariantWorker, failure_message
 from seg2tflite.converters.manifest import artifact_hashes, build_manifest, package_versions, write_json
 from seg2tflite.converters.metadata import ModelMetadata, class_labels, model_metadata
@@ -85,6 +86,7 @@ class Chain:
     before_writing: Callable[[], dict] | None = None  # runs after the last refusal, before the first write
     model_source: str = ""  # the ONNX file converted, for messages
     metadata: ModelMetadata | None = None  # written into every .tflite (config.metadata)
+    int8_ranges: dict | None = None  # how full int8's activation ranges were chosen (RANGES_FILE)
 
     @property
     def app(self) -> AppIO:
@@ -138,6 +140,7 @@ class Chain:
         weights = STAGES[REFERENCE].file
         names = [weights, str(Path(weights).with_suffix(".json"))] if self.before_writing is not None else []
         names += [self.folder.artifact(s).name for s in ("onnx", "saved_model", *self.config.variants)]
+        names += [RANGES_FILE] if "full_int8" in self.config.variants else []
         return names + [ONNX2TF_LOG, PARITY_FILE, MANIFEST_FILE]
 
     @property
@@ -215,15 +218,18 @@ class Chain:
         calibrated = STAGES[variant].calibrated
         calib_key = stage_key(calib.images.tobytes()) if calibrated else None
         app, metadata = self.app, None if self.metadata is None else self.metadata.to_dict()
+        ranges = (self.config.int8_ranges,) if variant == "full_int8" else ()
         key = self.keys[variant] = stage_key(
-            self.keys["saved_model"], variant, calib_key, self.config.int8_io, app.to_dict(), metadata
+            self.keys["saved_model"], variant, calib_key, self.config.int8_io, app.to_dict(), metadata, *ranges
         )
         kept = self.cache.fresh(variant, key)
         app_job = None if app.default else app.to_dict()
         if kept:
             outcome = self.worker.check(path, variant, app_job)  # a LiteRT upgrade may not take it any more
         else:
-            outcome = self.worker.build(self.artifacts["saved_model"], variant, self.config.int8_io, app_job, metadata)
+            outcome = self.worker.build(
+                self.artifacts["saved_model"], variant, self.config.int8_io, app_job, metadata, self.config.int8_ranges
+            )
         if isinstance(outcome, VariantFailure):
             self.fail_variant(variant, outcome)
             return
@@ -232,9 +238,13 @@ class Chain:
             self.log(f"{path.name}: unchanged since the last run, kept")
         report = op_report(content)
         check_builtins_only(report, path.name)
+        names = [path.name]
+        if variant == "full_int8":
+            names.append(RANGES_FILE)
+            self.int8_ranges = self.record_ranges(outcome.int8_ranges, kept)
         if not kept:
             atomic_write_bytes(path, content)
-            self.cache.record(variant, key, [path.name])
+            self.cache.record(variant, key, names)
             self.seconds[variant] = time.perf_counter() - t
             self.log(
                 f"{path.name}: {len(content) / 1e6:.2f} MB, {sum(report.counts.values())} ops ({self.seconds[variant]:.1f}s)"
@@ -254,6 +264,24 @@ class Chain:
             self.log(
                 f"{path.name}: XNNPACK takes {delegation['delegated']} of {delegation['ops']} ops; builtin kernels run {kept}"
             )
+
+    def record_ranges(self, built: dict | None, kept: bool) -> dict | None:
+        """How full int8's activation ranges were chosen: written beside the file when it is built,
+        read back when it is kept; logged once."""
+        path = self.folder.path / RANGES_FILE
+        if kept:
+            try:
+                built = json.loads(path.read_text())
+            except (OSError, ValueError):
+                return None
+        else:
+            atomic_write_text(path, json.dumps(built, indent=2) + "\n")
+        if built and built.get("held_out_scores"):
+            scores = ", ".join(f"{m} {s['disagreement']:.2%}" for m, s in built["held_out_scores"].items())
+            self.log(f"full_int8: {built['method']} activation ranges (held-out pixels off the float argmax: {scores})")
+        elif built:
+            self.log(f"full_int8: {built['method']} activation ranges")
+        return built
 
     def check_parity(self, parity: ParityImages, sample: np.ndarray) -> ParityReport:
         """Every artifact against PyTorch (kept from parity.json when nothing changed), gated."""
@@ -369,6 +397,7 @@ class Chain:
             tflite_metadata=None if self.metadata is None else self.metadata.to_dict(),
             preprocessing={"size": list(self.preprocess.size), "mean": list(self.preprocess.mean), "std": list(self.preprocess.std)},
             quantization=self.quantization,
+            int8_ranges=self.int8_ranges,
             litert_delegation=self.delegation,
             gpu_delegate=self.gpu,
             ops={v: r.to_dict() for v, r in self.ops.items()},

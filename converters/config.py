@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from seg2tflite.converters.app_io import INPUTS, OUTPUTS
+from seg2tflite.converters.int8_ranges import RANGE_METHODS
 from seg2tflite.converters.stages import CALIBRATED_VARIANTS, VARIANTS
 from seg2tflite.errors import UserError, setting
 
@@ -20,6 +21,7 @@ class ConvertConfig:
     calib_min: int = 8  # refuse calibration data with fewer images than this
     calib_split: str = "train"  # split the calibration images are drawn from
     int8_io: str = "int8"  # full_int8 input/output type: "int8" or "float"
+    int8_ranges: str = "auto"  # full_int8 activation ranges: "minmax", "percentile", "mse" or "auto" (int8_ranges.py)
     image_input: str = "float"  # "float": normalised float32 in; "uint8": RGB pixels in, normalised in the graph
     image_output: str = "logits"  # "logits" at input size; "classes": int32 class map; "lowres": logits at output stride
     metadata: bool = True  # write TFLite metadata (name, normalisation, labels) into every .tflite
@@ -62,6 +64,10 @@ class ConvertConfig:
         object.__setattr__(self, "variants", tuple(v for v in VARIANTS if v in variants))
         if self.int8_io not in ("int8", "float"):
             raise UserError(f"{setting('--int8-io', 'int8_io')}: {self.int8_io!r} is not valid; use int8 or float")
+        if self.int8_ranges not in RANGE_METHODS:
+            raise UserError(
+                f"{setting('--int8-ranges', 'int8_ranges')}: {self.int8_ranges!r} is not valid; use {', '.join(RANGE_METHODS)}"
+            )
         if self.image_input not in INPUTS:
             raise UserError(f"{setting('--input', 'image_input')}: {self.image_input!r} is not valid; use {' or '.join(INPUTS)}")
         if self.image_output not in OUTPUTS:

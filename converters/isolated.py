@@ -66,6 +66,7 @@ class VariantBuild:
     content: bytes
     quantization: dict  # TFLiteRunner.io_quantization
     delegate: str  # TFLiteRunner.delegate
+    int8_ranges: dict | None = None  # full int8: how its activation ranges were chosen (int8_ranges.Int8Build.record)
 
 
 def failure_message(failures: dict[str, VariantFailure], asked: int, manifest: Path, report=None) -> str:
@@ -115,16 +116,22 @@ class VariantWorker:
             self.calib_source = source
 
     def build(
-        self, saved_model: Path, variant: str, int8_io: str, app: dict | None = None, metadata: dict | None = None
+        self,
+        saved_model: Path,
+        variant: str,
+        int8_io: str,
+        app: dict | None = None,
+        metadata: dict | None = None,
+        int8_ranges: str = "minmax",
     ) -> VariantBuild | VariantFailure:
         """``app``: ``AppIO.to_dict()`` (the app's input end); ``metadata``: ``ModelMetadata.to_dict()``,
-        written into the file once it is built (None: none)."""
+        written into the file once it is built (None: none); ``int8_ranges``: full int8's range method."""
         from seg2tflite.converters.stages import STAGES
 
         out = self.workdir / f"{variant}.tflite"
         calib = str(self.calib_file) if STAGES[variant].calibrated and self.calib_file else None
         job = {"saved_model": str(saved_model), "variant": variant, "int8_io": int8_io, "calib": calib, "out": str(out)}
-        job.update(name=STAGES[variant].file, app=app, metadata=metadata)
+        job.update(name=STAGES[variant].file, app=app, metadata=metadata, int8_ranges=int8_ranges)
         return self._run(variant, {**job, "source": self.calib_source, "progress": self.progress})
 
     def check(self, path: Path, variant: str, app: dict | None = None) -> VariantBuild | VariantFailure:
@@ -175,8 +182,8 @@ class VariantWorker:
                 step = message[1]
                 offset = log.stat().st_size if log.is_file() else 0
             elif kind == "built":
-                _, path, quantization, delegate = message
-                return VariantBuild(Path(path).read_bytes(), quantization, delegate)
+                _, path, quantization, delegate, int8_ranges = message
+                return VariantBuild(Path(path).read_bytes(), quantization, delegate, int8_ranges)
             elif kind == "masks":
                 _, masks_file, labels = message
                 return np.load(masks_file), labels
@@ -277,16 +284,20 @@ def _job(job: dict, conn, terminal) -> tuple:
     if "client" in job:
         return _client_job(job, conn)
     step = "converting"
+    int8_ranges = None
     try:
         if "path" in job:
             path = job["path"]
         else:
             conn.send(("step", step))
-            from seg2tflite.converters.tflite_variants import build_tflite
+            from seg2tflite.converters.tflite_variants import build_variant
 
             calib = _calibration(job, terminal)
             app = AppIO(**job["app"]) if job.get("app") else None
-            content = build_tflite(job["saved_model"], job["variant"], calib, job["int8_io"], job["progress"], app=app)
+            built = build_variant(
+                job["saved_model"], job["variant"], calib, job["int8_io"], job["progress"], app=app, int8_ranges=job["int8_ranges"]
+            )  # fmt: skip
+            content, int8_ranges = built
             check_builtins_only(op_report(content), job["name"])  # a Flex op is refused, not a load failure
             if job.get("metadata"):
                 content = add_metadata(content, ModelMetadata(**job["metadata"]), app)
@@ -311,7 +322,7 @@ def _job(job: dict, conn, terminal) -> tuple:
     except Exception as e:  # noqa: BLE001 - LiteRT's RuntimeError/ValueError: this variant cannot run
         text = str(e).strip()
         return ("refused", step, text.splitlines()[0][:300] if text else type(e).__name__)
-    return ("built", path, runner.io_quantization, runner.delegate)
+    return ("built", path, runner.io_quantization, runner.delegate, int8_ranges)
 
 
 def _calibration(job: dict, terminal):

@@ -4,7 +4,9 @@
 - float16: float16 weights (dequantized at load), float32 compute.
 - dynamic_int8: int8 weights, activations quantized on the fly; no calibration.
 - full_int8: per-channel int8 weights, int8 activations calibrated on the representative
-  dataset; input/output int8 (or float with ``int8_io="float"``). Ops the int8 kernels cannot
+  dataset, each activation's range chosen by ``int8_ranges`` (``converters.int8_ranges``: min/max,
+  percentile, least error, or the best of them on held-out calibration images); input/output
+  int8 (or float with ``int8_io="float"``). Ops the int8 kernels cannot
   take stay float (``ops.float_ops`` lists them). Its int8 BATCH_MATMULs get a right-hand zero
   point of 0, its standalone int8 activations become ADDs with the activation fused, and the int8
   ops XNNPACK takes only in float are computed in float32 between int8 tensors (``xnnpack_int8``):
@@ -22,11 +24,13 @@ pixels they were. ``--output lowres`` cuts the converted file's final resize (``
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from seg2tflite.atomic import private_tempdir
 from seg2tflite.calibration.representative import CalibrationSet
 from seg2tflite.converters.app_io import AppIO, to_pixels, wrap_saved_model
+from seg2tflite.converters.int8_ranges import build_full_int8
 from seg2tflite.converters.lowres import cut_final_resize
 from seg2tflite.converters.matmul_layout import drop_matmul_transposes
 from seg2tflite.converters.onnx_to_tf import ConversionError
@@ -43,36 +47,54 @@ def build_tflite(
     progress: bool = False,
     per_channel: bool = True,
     app: AppIO | None = None,
+    int8_ranges: str = "minmax",
 ) -> bytes:
     """The .tflite flatbuffer of ``variant`` built from ``saved_model`` (``per_channel=False``: one
-    weight scale per tensor, for the calibration study; ``app``: the app's input/output ends)."""
+    weight scale per tensor, for the calibration study; ``app``: the app's input/output ends;
+    ``int8_ranges``: how full int8 chooses its activation ranges)."""
+    return build_variant(saved_model, variant, calibration, int8_io, progress, per_channel, app, int8_ranges)[0]
+
+
+def build_variant(
+    saved_model: str | Path,
+    variant: str,
+    calibration: CalibrationSet | None = None,
+    int8_io: str = "int8",
+    progress: bool = False,
+    per_channel: bool = True,
+    app: AppIO | None = None,
+    int8_ranges: str = "minmax",
+) -> tuple[bytes, dict | None]:
+    """``build_tflite``'s file and, for full int8, the record of how its ranges were chosen."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
-    if app is None or not app.wrapped:
-        content = _convert(saved_model, variant, calibration, int8_io, progress, per_channel)
-    else:
-        content = _convert_wrapped(saved_model, variant, calibration, int8_io, progress, per_channel, app)
-    content = drop_matmul_transposes(content)[0]
-    if variant == "full_int8":
-        content = xnnpack_int8_forms(content)[0]
-    return cut_final_resize(content)[0] if app is not None and app.output == "lowres" else content
-
-
-def _convert_wrapped(saved_model, variant, calibration, int8_io, progress, per_channel, app: AppIO) -> bytes:
     with private_tempdir("app") as work:
-        wrapped = wrap_saved_model(saved_model, work / "saved_model", app)
         representative = None
-        if calibration is not None and variant in CALIBRATED_VARIANTS:
-            floats = calibration.representative_dataset(progress)
+        if app is not None and app.wrapped:
+            saved_model = wrap_saved_model(saved_model, work / "saved_model", app)
+            if calibration is not None and variant in CALIBRATED_VARIANTS:
+                floats = calibration.representative_dataset(progress)
 
-            def representative():  # the pixels the normalised images were made from
-                for (x,) in floats():
-                    yield [to_pixels(x, app.mean, app.std, channel_axis=-1)] if app.input == "uint8" else [x]
+                def representative():  # the pixels the normalised images were made from
+                    for (x,) in floats():
+                        yield [to_pixels(x, app.mean, app.std, channel_axis=-1)] if app.input == "uint8" else [x]
 
-        return _convert(wrapped, variant, calibration, int8_io, progress, per_channel, representative)
+        if variant == "full_int8":
+            if calibration is None:
+                raise ValueError(f"{variant} needs calibration images")
+            with _converter_errors(variant):
+                built = build_full_int8(
+                    saved_model, representative or calibration.representative_dataset(progress), int8_ranges, int8_io,
+                    per_channel, finish=lambda content: xnnpack_int8_forms(drop_matmul_transposes(content)[0])[0],
+                )  # fmt: skip
+            content, record = built.content, built.record()
+        else:
+            content, record = _convert(saved_model, variant, calibration, progress, per_channel, representative), None
+            content = drop_matmul_transposes(content)[0]
+    return (cut_final_resize(content)[0] if app is not None and app.output == "lowres" else content), record
 
 
-def _convert(saved_model, variant, calibration, int8_io, progress, per_channel, representative=None) -> bytes:
+def _convert(saved_model, variant, calibration, progress, per_channel, representative=None) -> bytes:
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
@@ -86,19 +108,22 @@ def _convert(saved_model, variant, calibration, int8_io, progress, per_channel, 
         if calibration is None:
             raise ValueError(f"{variant} needs calibration images")
         converter.representative_dataset = representative or calibration.representative_dataset(progress)
-    if variant == "full_int8":
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-        io_type = tf.int8 if int8_io == "int8" else tf.float32
-        converter.inference_input_type = io_type
-        converter.inference_output_type = io_type
     if variant == "int16x8":
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
             tf.lite.OpsSet.TFLITE_BUILTINS,
         ]
+    with _converter_errors(variant), muted_stderr():  # the converter logs through absl, line by line
+        return converter.convert()
+
+
+@contextlib.contextmanager
+def _converter_errors(variant: str):
+    """The TF converter's exceptions as one ``ConversionError`` line."""
     try:
-        with muted_stderr():  # the converter logs through absl, line by line
-            return converter.convert()
+        yield
+    except ConversionError:
+        raise
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConversionError(

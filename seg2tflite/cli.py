@@ -28,6 +28,7 @@ from seg2tflite.quiet import VERBOSE_VARIABLE, quiet_libraries
 
 
 def _add_demo(sub) -> None:
+    from seg2tflite.converters.int8_ranges import RANGE_METHODS
     from seg2tflite.demo_config import DEFAULT_TRAIN_STEPS, DemoConfig
 
     d = DemoConfig()
@@ -73,6 +74,10 @@ def _add_demo(sub) -> None:
     p.add_argument(
         "--output", dest="image_output", default=d.image_output, choices=["logits", "classes", "lowres"],
         help="what every .tflite returns (see convert --output)",
+    )  # fmt: skip
+    p.add_argument(
+        "--int8-ranges", default=d.int8_ranges, choices=RANGE_METHODS,
+        help="how full int8 chooses each activation's range (see convert --int8-ranges)",
     )  # fmt: skip
     p.add_argument("--seed", type=non_negative_int, default=d.seed, help="random seed (data, init, training)")
     p.add_argument("--strict", action="store_true", help="exit non-zero when any conversion gate fails")

@@ -139,6 +139,7 @@ def run_train(args) -> None:
 
 def add_convert(sub) -> None:
     from seg2tflite.converters.config import VARIANTS, ConvertConfig
+    from seg2tflite.converters.int8_ranges import RANGE_METHODS
 
     d = ConvertConfig(input_size=(64, 64))
     p = sub.add_parser(
@@ -195,6 +196,11 @@ def add_convert(sub) -> None:
     )
     p.add_argument("--variants", nargs="+", default=list(d.variants), choices=VARIANTS, help="TFLite variants to build")
     p.add_argument("--int8-io", default=d.int8_io, choices=["int8", "float"], help="input/output type of the full-int8 model")
+    p.add_argument(
+        "--int8-ranges", default=d.int8_ranges, choices=RANGE_METHODS,
+        help="how full int8 chooses each activation's range: min/max, the 99.99th percentiles, the least int8 error, "
+        "or auto (the best of the three on held-out calibration images)",
+    )  # fmt: skip
     p.add_argument(
         "--input", dest="image_input", default=d.image_input, choices=["float", "uint8"],
         help="what every .tflite takes: a normalised float image, or RGB uint8 pixels (normalisation in the graph; "

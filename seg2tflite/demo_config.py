@@ -66,6 +66,7 @@ class DemoConfig:
     max_miou_drop: float = 1.0  # the quantized-stage mIoU budget, in points
     image_input: str = "float"  # every .tflite's input: "float" or "uint8" (convert --input)
     image_output: str = "logits"  # every .tflite's output: "logits", "classes" or "lowres" (convert --output)
+    int8_ranges: str = "auto"  # full int8's activation ranges (convert --int8-ranges)
     seed: int = 0
     strict: bool = False  # exit non-zero when any conversion gate fails
     progress: bool = True

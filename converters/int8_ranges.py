@@ -1,0 +1,406 @@
+"""Full int8 with chosen activation ranges: calibrate, record each tensor's distribution, choose
+its range, quantize.
+
+The TF converter's full-int8 file takes each activation's range from its min/max over the
+calibration images, so one outlier pixel costs a whole tensor its resolution. Here the converter
+only calibrates (``_experimental_calibrate_only``: a float .tflite whose tensors carry min/max);
+the calibrated file is then run in LiteRT on the same images, every calibrated tensor's values
+are binned into a histogram, a range is chosen per tensor, written back into the calibrated
+file's min/max, and ``mlir_quantize`` (the quantizer ``convert()`` itself calls) builds the int8
+file from them. With ``minmax`` the file is the converter's own.
+
+Methods (``RANGE_METHODS``):
+- ``minmax``: the observed min/max (the converter's choice);
+- ``percentile``: the 0.01st and 99.99th percentiles (AIMET's setting for DeepLabV3+ Xception);
+- ``mse``: the range whose expected int8 error (rounding inside, clipping outside) over the
+  histogram is smallest, as PT2E's HistogramObserver and AIMET's TF-Enhanced search;
+- ``auto``: every method's file built from three quarters of the images and scored on the
+  remaining quarter (argmax disagreement with the float model, then relative logit error); the
+  best method's ranges are then taken from all images.
+
+Tensors the int8 spec ties to one scale (a concatenation's inputs and output, pooling, resize,
+reshape and the other data-movement ops) get one range, chosen on their histograms together;
+the fixed-scale outputs (LOGISTIC, SOFTMAX, TANH, LOG_SOFTMAX) are left to the quantizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from seg2tflite.quiet import muted_stderr
+
+RANGE_METHODS = ("minmax", "percentile", "mse", "auto")
+RANGES_FILE = "int8_ranges.json"  # beside model_full_int8.tflite in a conversion folder: its ``Int8Build.record``
+CANDIDATES = ("minmax", "percentile", "mse")  # what ``auto`` chooses from
+PERCENTILE = 99.99
+BINS = 2048
+HELD_OUT_EVERY = 4  # auto: every 4th calibration image scores the methods, the rest sets their ranges
+SAME_SCALE_OPS = frozenset({
+    "CONCATENATION", "MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR",
+    "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "SLICE", "STRIDED_SLICE", "SPLIT", "SPLIT_V", "PACK", "UNPACK", "PAD",
+    "PADV2", "MIRROR_PAD", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH", "GATHER", "GATHER_ND", "TILE", "BROADCAST_TO",
+    "BATCH_TO_SPACE_ND", "SPACE_TO_BATCH_ND", "MAXIMUM", "MINIMUM", "REVERSE_V2",
+})  # fmt: skip
+FIXED_SCALE_OPS = frozenset({"LOGISTIC", "SOFTMAX", "TANH", "LOG_SOFTMAX"})
+
+Representative = Callable[[], Iterable[list[np.ndarray]]]
+
+
+@dataclass
+class Histogram:
+    """One tensor's values over the calibration images: counts on fixed edges, exact extremes, zeros
+    counted apart (int8 represents zero exactly, so they cost no rounding error)."""
+
+    lo: float
+    hi: float
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(BINS, np.int64))
+    seen_min: float = np.inf
+    seen_max: float = -np.inf
+    zeros: int = 0
+
+    def add(self, values: np.ndarray) -> None:
+        values = values.ravel()
+        if not values.size:
+            return
+        self.seen_min = min(self.seen_min, float(values.min()))
+        self.seen_max = max(self.seen_max, float(values.max()))
+        self.zeros += int(np.count_nonzero(values == 0))
+        width = (self.hi - self.lo) / BINS
+        index = np.zeros(values.size, np.int64) if width <= 0 else ((values - self.lo) / width).astype(np.int64)
+        self.counts += np.bincount(np.clip(index, 0, BINS - 1), minlength=BINS)
+
+    @property
+    def centres(self) -> np.ndarray:
+        return self.lo + (np.arange(BINS) + 0.5) * (self.hi - self.lo) / BINS
+
+
+def merged(histograms: list[Histogram]) -> Histogram:
+    """One histogram of several tensors' values (counts moved to common edges by their bin centres)."""
+    seen = [h for h in histograms if h.seen_min <= h.seen_max]
+    if len(seen) <= 1:
+        return seen[0] if seen else histograms[0]
+    out = Histogram(min(h.lo for h in seen), max(h.hi for h in seen))
+    for h in seen:
+        width = (out.hi - out.lo) / BINS
+        index = np.zeros(BINS, np.int64) if width <= 0 else ((h.centres - out.lo) / width).astype(np.int64)
+        out.counts += np.bincount(np.clip(index, 0, BINS - 1), weights=h.counts, minlength=BINS).astype(np.int64)
+        out.seen_min, out.seen_max = min(out.seen_min, h.seen_min), max(out.seen_max, h.seen_max)
+        out.zeros += h.zeros
+    return out
+
+
+def choose_range(histogram: Histogram, method: str) -> tuple[float, float]:
+    """The (min, max) ``method`` gives this tensor; always holds zero, as the int8 grid does."""
+    lo, hi = histogram.seen_min, histogram.seen_max
+    if not lo <= hi:
+        return 0.0, 0.0
+    if method == "percentile" and histogram.counts.sum():
+        lo, hi = _percentile(histogram, 100 - PERCENTILE), _percentile(histogram, PERCENTILE)
+    elif method == "mse" and histogram.counts.sum():
+        lo, hi = _least_error_range(histogram)
+    elif method != "minmax" and method not in RANGE_METHODS:
+        raise ValueError(f"unknown range method {method!r}; choose from {RANGE_METHODS}")
+    lo, hi = max(lo, histogram.seen_min), min(hi, histogram.seen_max)
+    return min(lo, 0.0), max(hi, 0.0)
+
+
+def _percentile(histogram: Histogram, q: float) -> float:
+    cumulative = np.cumsum(histogram.counts) / histogram.counts.sum()
+    edges = np.linspace(histogram.lo, histogram.hi, BINS + 1)
+    i = int(np.searchsorted(cumulative, q / 100))
+    return float(edges[min(i + 1, BINS)] if q > 50 else edges[i])
+
+
+def _least_error_range(histogram: Histogram, candidates: int = 128) -> tuple[float, float]:
+    """The (min, max) minimising the expected squared int8 error over the histogram: step^2/12 per
+    value inside (exact zeros excepted), the squared distance to the bound per clipped value."""
+    c = histogram.counts.astype(np.float64)
+    x = histogram.centres
+    s0, s1, s2 = (np.concatenate([[0.0], np.cumsum(c * x**p)]) for p in (0, 1, 2))
+    total = s0[-1]
+    lo, hi = min(histogram.seen_min, 0.0), max(histogram.seen_max, 0.0)
+    # Candidate bounds: from the extremes inwards to the 90% quantile of each side, on the bin edges.
+    edges = np.linspace(histogram.lo, histogram.hi, BINS + 1)
+    cumulative = s0[1:] / max(total, 1)
+    upper_from = int(np.searchsorted(cumulative, 0.90))
+    lower_to = int(np.searchsorted(cumulative, 0.10)) + 1
+    uppers = np.unique(np.linspace(upper_from, BINS, candidates).astype(int))  # edge indices
+    lowers = np.unique(np.linspace(0, lower_to, candidates).astype(int))
+    b = np.maximum(edges[uppers], 0.0) if hi > 0 else np.zeros(1)
+    a = np.minimum(edges[lowers], 0.0) if lo < 0 else np.zeros(1)
+    ub = uppers if hi > 0 else np.array([BINS])
+    la = lowers if lo < 0 else np.array([0])
+    # Values in bins at or beyond edge index u are clipped to b; below edge index l, to a.
+    above = (s2[-1] - s2[ub]) - 2 * b * (s1[-1] - s1[ub]) + b**2 * (s0[-1] - s0[ub])
+    below = s2[la] - 2 * a * s1[la] + a**2 * s0[la]
+    inside = total - (s0[-1] - s0[ub])[None, :] - s0[la][:, None] - histogram.zeros
+    step = (b[None, :] - a[:, None]) / 255
+    error = above[None, :] + below[:, None] + np.maximum(inside, 0) * step**2 / 12
+    i, j = np.unravel_index(int(np.argmin(error)), error.shape)
+    return float(a[i]), float(b[j])
+
+
+def calibrate(saved_model, representative: Representative, per_channel: bool = True) -> bytes:
+    """The SavedModel as a float .tflite whose tensors carry the converter's calibration min/max."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter._experimental_disable_per_channel = not per_channel
+    converter._experimental_calibrate_only = True
+    with muted_stderr():  # the converter logs through absl, line by line
+        return converter.convert()
+
+
+def quantize(
+    calibrated: bytes,
+    int8_io: str = "float",
+    per_channel: bool = True,
+    float_ops: Iterable[str] = (),
+    float_nodes: Iterable[str] = (),
+) -> bytes:
+    """The int8 file ``mlir_quantize`` builds from ``calibrated``'s ranges (int8 or float ends;
+    ``float_ops`` types and ``float_nodes`` output tensors stay float), buffers de-duplicated as
+    ``convert()`` does."""
+    import tensorflow as tf
+    from tensorflow.lite.python import convert
+    from tensorflow.lite.python.lite import _deduplicate_readonly_buffers
+
+    io_type = tf.int8 if int8_io == "int8" else tf.float32
+    with muted_stderr():
+        quantized = convert.mlir_quantize(
+            calibrated,
+            disable_per_channel=not per_channel,
+            input_data_type=io_type,
+            output_data_type=io_type,
+            denylisted_ops=list(float_ops) or None,
+            denylisted_nodes=list(float_nodes) or None,
+        )
+    return bytes(_deduplicate_readonly_buffers(quantized))
+
+
+@dataclass
+class RangeStatistics:
+    """Every calibrated tensor's histogram over the images that set ranges (``fit``) and, for
+    ``auto``, over the held-out ones; the float model's outputs on the held-out images."""
+
+    fit: dict[int, Histogram]
+    held_out: dict[int, Histogram]
+    held_out_inputs: list[np.ndarray]
+    held_out_outputs: list[np.ndarray]
+
+    def all_images(self) -> dict[int, Histogram]:
+        return {t: merged([h, self.held_out[t]]) if t in self.held_out else h for t, h in self.fit.items()}
+
+
+def calibrated_ranges(calibrated: bytes) -> dict[int, tuple[float, float]]:
+    """Tensor index -> the (min, max) the calibrator recorded."""
+    from seg2tflite.converters.tflite_graph import TFLiteGraph
+
+    graph = TFLiteGraph.read(calibrated)
+    ranges = {}
+    for i, tensor in enumerate(graph.graph.tensors):
+        q = tensor.quantization
+        if q is not None and q.min is not None and q.max is not None and len(q.min) == 1 and not graph.is_constant(i):
+            ranges[i] = (float(q.min[0]), float(q.max[0]))
+    return ranges
+
+
+def collect_statistics(calibrated: bytes, representative: Representative, hold_out: bool) -> RangeStatistics:
+    """Run the calibrated float file on every representative input (LiteRT's builtin kernels, every
+    tensor kept) and bin each calibrated tensor's values on the calibrator's min/max."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    ranges = calibrated_ranges(calibrated)
+    with muted_stderr():
+        interpreter = Interpreter(
+            model_content=calibrated,
+            experimental_preserve_all_tensors=True,
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
+        interpreter.allocate_tensors()
+    inputs = interpreter.get_input_details()
+    (output,) = interpreter.get_output_details()
+    stats = RangeStatistics({t: Histogram(*r) for t, r in ranges.items()}, {}, [], [])
+    for n, sample in enumerate(representative()):
+        for detail, x in zip(inputs, sample):
+            interpreter.set_tensor(detail["index"], np.asarray(x, detail["dtype"]))
+        interpreter.invoke()
+        held = hold_out and n % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
+        target = stats.held_out if held else stats.fit
+        for t, (lo, hi) in ranges.items():
+            target.setdefault(t, Histogram(lo, hi)).add(interpreter.get_tensor(t))
+        if held:
+            stats.held_out_inputs.append([np.asarray(x) for x in sample])
+            stats.held_out_outputs.append(interpreter.get_tensor(output["index"]).copy())
+    return stats
+
+
+def tied_groups(calibrated: bytes, tensors: Iterable[int]) -> list[list[int]]:
+    """The calibrated tensors the int8 spec gives one scale, as groups (every tensor in one group;
+    fixed-scale outputs in none)."""
+    from seg2tflite.converters.tflite_graph import TFLiteGraph
+
+    graph = TFLiteGraph.read(calibrated)
+    tensors = set(tensors)
+    parent = {t: t for t in tensors}
+
+    def root(t: int) -> int:
+        while parent[t] != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
+
+    fixed = set()
+    for op in graph.graph.operators:
+        name = graph.name(op)
+        if name in FIXED_SCALE_OPS:
+            fixed.update(int(t) for t in op.outputs)
+        if name not in SAME_SCALE_OPS:
+            continue
+        members = [int(t) for t in [*op.inputs, *op.outputs] if int(t) in tensors]
+        for t in members[1:]:
+            parent[root(t)] = root(members[0])
+    groups: dict[int, list[int]] = {}
+    for t in sorted(tensors - fixed):
+        groups.setdefault(root(t), []).append(t)
+    return list(groups.values())
+
+
+def choose_ranges(groups: list[list[int]], histograms: dict[int, Histogram], method: str) -> dict[int, tuple[float, float]]:
+    ranges = {}
+    for group in groups:
+        chosen = choose_range(merged([histograms[t] for t in group]), method)
+        ranges.update((t, chosen) for t in group)
+    return ranges
+
+
+def with_ranges(calibrated: bytes, ranges: dict[int, tuple[float, float]]) -> bytes:
+    """``calibrated`` with the given tensors' calibration min/max replaced."""
+    from seg2tflite.converters.tflite_graph import TFLiteGraph
+
+    graph = TFLiteGraph.read(calibrated)
+    for t, (lo, hi) in ranges.items():
+        q = graph.graph.tensors[t].quantization
+        q.min, q.max = np.array([lo], np.float32), np.array([hi], np.float32)
+    return graph.write()
+
+
+@dataclass
+class Int8Build:
+    """The int8 file and how its ranges were chosen (for the manifest)."""
+
+    content: bytes
+    method: str  # the method whose ranges the file has
+    requested: str
+    scores: dict[str, dict] = field(default_factory=dict)  # auto: each method's held-out error
+    narrowed: int = 0  # tensors whose range is narrower than min/max
+    tensors: int = 0
+
+    def record(self) -> dict:
+        return {
+            "method": self.method,
+            "requested": self.requested,
+            "why": (
+                f"auto: least held-out error of {', '.join(CANDIDATES)} on 1 in {HELD_OUT_EVERY} calibration images"
+                if self.requested == "auto"
+                else "requested"
+            ),
+            "held_out_scores": self.scores,
+            "tensors": self.tensors,
+            "narrower_than_minmax": self.narrowed,
+        }
+
+
+def build_full_int8(
+    saved_model,
+    representative: Representative,
+    method: str = "auto",
+    int8_io: str = "int8",
+    per_channel: bool = True,
+    finish: Callable[[bytes], bytes] = lambda content: content,
+    threads: int | None = None,
+) -> Int8Build:
+    """Full int8 with ``method``'s ranges; ``finish`` is applied to every candidate file (the
+    rewrites the shipped file gets), so ``auto`` scores what would ship."""
+    if method not in RANGE_METHODS:
+        raise ValueError(f"unknown range method {method!r}; choose from {RANGE_METHODS}")
+    calibrated = calibrate(saved_model, representative, per_channel)
+
+    def build(ranges) -> bytes:
+        return finish(quantize(with_ranges(calibrated, ranges), int8_io, per_channel))
+
+    if method == "minmax":
+        tensors = len(calibrated_ranges(calibrated))
+        return Int8Build(finish(quantize(calibrated, int8_io, per_channel)), "minmax", method, tensors=tensors)
+    stats = collect_statistics(
+        calibrated, representative, hold_out=method == "auto" and _count(representative) >= 2 * HELD_OUT_EVERY
+    )
+    groups = tied_groups(calibrated, stats.fit)
+    scores = {}
+    chosen = method
+    if method == "auto" and stats.held_out_inputs:
+        for candidate in CANDIDATES:
+            scores[candidate] = held_out_error(build(choose_ranges(groups, stats.fit, candidate)), stats, threads)
+        chosen = min(CANDIDATES, key=lambda m: (scores[m]["disagreement"], scores[m]["relative_error"]))
+    elif method == "auto":
+        chosen = "mse"
+    histograms = stats.all_images()
+    ranges = choose_ranges(groups, histograms, chosen)
+    plain = choose_ranges(groups, histograms, "minmax")
+    narrowed = sum(1 for t in ranges if ranges[t][1] - ranges[t][0] < plain[t][1] - plain[t][0] - 1e-12)
+    content = build(ranges) if chosen != "minmax" else finish(quantize(calibrated, int8_io, per_channel))
+    return Int8Build(content, chosen, method, scores, narrowed, len(ranges))
+
+
+def _count(representative: Representative) -> int:
+    return sum(1 for _ in representative())
+
+
+def held_out_error(content: bytes, stats: RangeStatistics, threads: int | None = None) -> dict:
+    """The int8 file against the float model on the held-out images: the share of pixels whose
+    argmax differs (for class logits) and the output's squared error over its variance."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    with muted_stderr():
+        interpreter = Interpreter(model_content=content, num_threads=threads)
+        interpreter.allocate_tensors()
+    inputs = interpreter.get_input_details()
+    (output,) = interpreter.get_output_details()
+    differ = pixels = 0
+    squared = energy = 0.0
+    for sample, reference in zip(stats.held_out_inputs, stats.held_out_outputs):
+        for detail, x in zip(inputs, sample):
+            interpreter.set_tensor(detail["index"], _as_input(x, detail))
+        interpreter.invoke()
+        y = _dequantized(interpreter.get_tensor(output["index"]), output)
+        ref = reference.astype(np.float32)
+        if ref.ndim == 4 and ref.shape[-1] > 1:  # NHWC class logits
+            differ += int(np.count_nonzero(y.argmax(-1) != ref.argmax(-1)))
+            pixels += ref.shape[0] * ref.shape[1] * ref.shape[2]
+        elif np.issubdtype(reference.dtype, np.integer) and reference.ndim == 3:  # a class map
+            differ += int(np.count_nonzero(y != ref))
+            pixels += ref.size
+        squared += float(np.sum((y - ref) ** 2))
+        energy += float(np.sum((ref - ref.mean()) ** 2))
+    return {"disagreement": differ / max(pixels, 1), "relative_error": squared / max(energy, 1e-30)}
+
+
+def _as_input(x: np.ndarray, detail: dict) -> np.ndarray:
+    dtype = np.dtype(detail["dtype"])
+    scale, zero_point = detail["quantization"]
+    if dtype == np.int8 and scale:
+        return np.clip(np.round(np.asarray(x, np.float32) / scale + zero_point), -128, 127).astype(np.int8)
+    return np.asarray(x, dtype)
+
+
+def _dequantized(y: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero_point = detail["quantization"]
+    if np.dtype(detail["dtype"]) == np.int8 and scale and y.dtype == np.int8:
+        return (y.astype(np.float32) - zero_point) * scale
+    return y.astype(np.float32)

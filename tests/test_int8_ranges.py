@@ -1,0 +1,224 @@
+"""Full int8's activation ranges (``converters.int8_ranges``): chosen per tensor, written into the file.
+
+The range rules are checked on sampled values (a heavy tail gets a narrower range and a smaller
+int8 error than min/max); the rest on a small block converted by the real TF converter: the
+chosen range is the written file's scale and zero point, tensors the int8 spec ties keep one
+scale and the file runs in LiteRT with XNNPACK and with the builtin kernels, ``minmax`` is the
+converter's own file, ``auto`` scores every method on held-out images, and a conversion with
+every method passes every float gate and builds every variant.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from seg2tflite.converters.int8_ranges import (
+    BINS,
+    CANDIDATES,
+    RANGE_METHODS,
+    RANGES_FILE,
+    Histogram,
+    choose_range,
+    merged,
+)
+
+
+def _histogram(values: np.ndarray) -> Histogram:
+    h = Histogram(float(values.min()), float(values.max()))
+    h.add(values)
+    return h
+
+
+def _int8_mse(values: np.ndarray, lo: float, hi: float) -> float:
+    """What int8 with range (lo, hi) does to ``values``, as TFLite quantizes (zero on the grid)."""
+    scale = (hi - lo) / 255
+    zero_point = np.round(-128 - lo / scale)
+    q = np.clip(np.round(values / scale + zero_point), -128, 127)
+    return float(np.mean(((q - zero_point) * scale - values) ** 2))
+
+
+def test_a_heavy_tail_gets_a_narrower_range_and_less_error():
+    for values in (
+        np.random.default_rng(0).standard_t(2, size=200_000),
+        np.concatenate([np.random.default_rng(0).normal(size=200_000), [40.0, -30.0, 55.0]]),
+    ):
+        h = _histogram(values.astype(np.float32))
+        wide, narrow = choose_range(h, "minmax"), choose_range(h, "mse")
+        assert wide == (float(values.min().astype(np.float32)), float(values.max().astype(np.float32)))
+        assert narrow[1] - narrow[0] < 0.8 * (wide[1] - wide[0])
+        assert _int8_mse(values, *narrow) < 0.8 * _int8_mse(values, *wide)
+
+
+def test_percentile_cuts_the_outermost_hundredth_of_a_percent():
+    values = np.random.default_rng(4).normal(size=1_000_000).astype(np.float32)
+    lo, hi = choose_range(_histogram(values), "percentile")
+    width = (values.max() - values.min()) / BINS
+    assert abs(lo - np.percentile(values, 0.01)) <= 2 * width
+    assert abs(hi - np.percentile(values, 99.99)) <= 2 * width
+
+
+def test_mse_finds_the_least_error_range_of_its_candidates():
+    """The searched range is at least as good as min/max and the percentiles, measured on the values."""
+    rng = np.random.default_rng(1)
+    relu = np.maximum(rng.normal(size=100_000), 0).astype(np.float32)  # half exact zeros, as after a ReLU
+    outliers = np.concatenate([rng.normal(size=100_000), [60.0, -45.0]]).astype(np.float32)
+    for values in (relu, outliers):
+        h = _histogram(values)
+        errors = {m: _int8_mse(values, *choose_range(h, m)) for m in CANDIDATES}
+        assert errors["mse"] <= min(errors.values()) * 1.05, errors
+
+
+def test_ranges_hold_zero_and_stay_inside_what_was_seen():
+    positive = _histogram(np.random.default_rng(2).uniform(2.0, 5.0, 10_000).astype(np.float32))
+    for method in CANDIDATES:
+        lo, hi = choose_range(positive, method)
+        assert lo == 0.0 and hi <= 5.0
+    relu = _histogram(np.maximum(np.random.default_rng(3).normal(size=10_000), 0).astype(np.float32))
+    assert all(choose_range(relu, m)[0] == 0.0 for m in CANDIDATES)
+    constant = _histogram(np.zeros(100, np.float32))
+    assert all(choose_range(constant, m) == (0.0, 0.0) for m in CANDIDATES)
+    with pytest.raises(ValueError, match="unknown range method"):
+        choose_range(positive, "kl")
+
+
+def test_tied_histograms_merge_onto_common_edges():
+    a, b = np.linspace(0, 1, 1000), np.linspace(-4, 2, 3000)
+    m = merged([_histogram(a), _histogram(b)])
+    assert (m.lo, m.hi) == (-4.0, 2.0) and m.counts.sum() == 4000 and len(m.counts) == BINS
+    assert (m.seen_min, m.seen_max) == (-4.0, 2.0)
+
+
+def test_the_setting_is_validated():
+    from seg2tflite.converters import ConvertConfig
+    from seg2tflite.errors import UserError
+
+    assert ConvertConfig(input_size=(32, 32)).int8_ranges == "auto"
+    for method in RANGE_METHODS:
+        ConvertConfig(input_size=(32, 32), int8_ranges=method)
+    with pytest.raises(UserError, match="int8_ranges: 'kl' is not valid"):
+        ConvertConfig(input_size=(32, 32), int8_ranges="kl")
+
+
+# -- on a converted block ---------------------------------------------------------------------
+
+SIZE = (16, 16)
+
+
+@pytest.fixture(scope="module")
+def block(tmp_path_factory):
+    """A SavedModel with a ReLU'd conv, a max pool, a resize and a concatenation (tied scales), and
+    heavy-tailed calibration images."""
+    import tensorflow as tf
+
+    from seg2tflite.calibration.representative import calibration_from_array
+
+    rng = np.random.default_rng(0)
+    w1 = tf.constant(rng.normal(size=(3, 3, 3, 8)).astype(np.float32))
+    w2 = tf.constant(rng.normal(size=(1, 1, 16, 4)).astype(np.float32) / 4)
+
+    def f(x):
+        a = tf.nn.relu(tf.nn.conv2d(x, w1, 1, "SAME"))
+        up = tf.image.resize(tf.nn.max_pool2d(a, 2, 2, "SAME"), SIZE)
+        return tf.nn.conv2d(tf.concat([a, up], -1), w2, 1, "SAME")
+
+    module = tf.Module()
+    module.f = tf.function(f, input_signature=[tf.TensorSpec([1, *SIZE, 3], tf.float32)])
+    folder = tmp_path_factory.mktemp("block")
+    tf.saved_model.save(module, str(folder / "saved_model"), signatures=module.f)
+    calib = calibration_from_array(rng.standard_t(3, size=(24, 3, *SIZE)).astype(np.float32), "heavy tails")
+    return folder / "saved_model", calib
+
+
+def _tensors(content: bytes) -> dict[str, tuple]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    return {t["name"]: t["quantization"] for t in Interpreter(model_content=content).get_tensor_details()}
+
+
+@pytest.mark.chain
+def test_the_chosen_range_is_the_written_scale_and_zero_point(block):
+    from seg2tflite.converters import int8_ranges
+
+    saved_model, calib = block
+    calibrated = int8_ranges.calibrate(saved_model, calib.representative_dataset())
+    stats = int8_ranges.collect_statistics(calibrated, calib.representative_dataset(), hold_out=False)
+    groups = int8_ranges.tied_groups(calibrated, stats.fit)
+    ranges = int8_ranges.choose_ranges(groups, stats.fit, "mse")
+    minmax = int8_ranges.choose_ranges(groups, stats.fit, "minmax")
+    content = int8_ranges.quantize(int8_ranges.with_ranges(calibrated, ranges), "int8")
+    written = _tensors(content)
+    graph_names = {i: t.name.decode() for i, t in enumerate(_graph(calibrated).graph.tensors)}
+    narrowed = 0
+    for t, (lo, hi) in ranges.items():
+        scale, zero_point = written[graph_names[t]]
+        assert scale == pytest.approx((hi - lo) / 255, rel=1e-5)
+        assert zero_point == round(-128 - lo / scale)
+        narrowed += hi - lo < minmax[t][1] - minmax[t][0]
+    assert narrowed >= 2  # the input and the ReLU group at least
+
+
+def _graph(content):
+    from seg2tflite.converters.tflite_graph import TFLiteGraph
+
+    return TFLiteGraph.read(content)
+
+
+@pytest.mark.chain
+@pytest.mark.parametrize("method", CANDIDATES)
+def test_tied_tensors_share_one_scale_and_the_file_runs_everywhere(block, method):
+    from seg2tflite.converters.runtimes import TFLiteRunner
+    from seg2tflite.converters.tflite_variants import build_tflite
+
+    saved_model, calib = block
+    content = build_tflite(saved_model, "full_int8", calib, int8_ranges=method)
+    graph = _graph(content)
+    for op in graph.graph.operators:
+        if graph.name(op) in ("CONCATENATION", "MAX_POOL_2D", "RESIZE_BILINEAR"):
+            tied = {graph.params(int(t)) for t in [*op.inputs, *op.outputs] if graph.is_int8(int(t)) and not graph.is_constant(int(t))}
+            assert len(tied) == 1, (graph.name(op), tied)
+    x = calib.images[:2]
+    with_xnnpack, builtin = TFLiteRunner(content)(x), TFLiteRunner(content, xnnpack=False)(x)
+    assert np.isfinite(with_xnnpack).all() and np.isfinite(builtin).all()
+    assert TFLiteRunner(content).delegation["delegated"] == TFLiteRunner(content).delegation["ops"]
+
+
+@pytest.mark.chain
+def test_minmax_is_the_converters_own_file(block):
+    import tensorflow as tf
+
+    from seg2tflite.converters.tflite_variants import build_tflite
+
+    saved_model, calib = block
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = calib.representative_dataset()
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    assert _tensors(build_tflite(saved_model, "full_int8", calib, int8_ranges="minmax")) == _tensors(converter.convert())
+
+
+@pytest.mark.chain
+def test_auto_scores_every_method_on_held_out_images_and_keeps_the_best(block):
+    from seg2tflite.converters.int8_ranges import build_full_int8
+
+    saved_model, calib = block
+    built = build_full_int8(saved_model, calib.representative_dataset(), "auto")
+    record = built.record()
+    assert set(record["held_out_scores"]) == set(CANDIDATES)
+    best = min(CANDIDATES, key=lambda m: tuple(record["held_out_scores"][m].values()))
+    assert record["method"] == best and record["requested"] == "auto"
+    assert record["tensors"] > 0 and 0 <= record["narrower_than_minmax"] <= record["tensors"]
+    # the chosen method's file: what build_full_int8 asked for by name
+    assert _tensors(built.content) == _tensors(build_full_int8(saved_model, calib.representative_dataset(), best).content)
+
+
+@pytest.mark.chain
+def test_the_conversion_records_its_ranges(offline_result):
+    """The default conversion (auto) writes how its full-int8 ranges were chosen, beside the file and in the manifest."""
+    result = offline_result[0]
+    record = json.loads((result.out_dir / RANGES_FILE).read_text())
+    assert record == result.manifest["int8_ranges"]
+    assert record["requested"] == "auto" and record["method"] in CANDIDATES
+    assert set(record["held_out_scores"]) == set(CANDIDATES)
+    assert result.manifest["config"]["int8_ranges"] == "auto"
