@@ -173,7 +173,10 @@ def convert_registered(
         info["checkpoint_sha256"] = sha256_file(checkpoint)
 
     def save_weights() -> dict:  # seeded weights go beside the artifacts, once nothing is refused any more
-        return {"weights": save_checkpoint(model, ConversionDir(out_dir).artifact("pytorch"), extra={"seed": seed}).name}
+        from seg2tflite.converters.manifest import sha256_file
+
+        saved = save_checkpoint(model, ConversionDir(out_dir).artifact("pytorch"), extra={"seed": seed})
+        return {"weights": saved.name, "weights_sha256": sha256_file(saved)}  # what evaluate checks the manifest by
 
     return convert_model(
         model, out_dir, config, calib_data, parity_data, mean=mean, std=std, command=command, model_info=info, log=log,

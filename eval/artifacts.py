@@ -74,11 +74,44 @@ def _read_json(path: Path) -> dict:
 
 
 def find_manifest(path: str | Path) -> dict:
-    """The conversion manifest that describes ``path`` (the folder's own, else its parent's); {} if none."""
+    """The conversion manifest that describes ``path`` (the folder's own, else its parent's); {} if
+    none. A manifest beside a file that does not record that file (its sha256) describes another
+    conversion's file and is not used: ``ignored_manifest(path)`` then names it."""
     path = Path(path)
     folders = [ConversionDir(path)] if path.is_dir() else []
     folders.append(ConversionDir(path.parent))
-    return next((m for m in (f.manifest() for f in folders) if m), {})
+    return next((m for f in folders if (m := f.manifest()) and _records(m, f.path, path)), {})
+
+
+def ignored_manifest(path: str | Path) -> Path | None:
+    """The manifest.json beside ``path`` that ``find_manifest`` did not use (it records another file)."""
+    path = Path(path)
+    beside = ConversionDir(path.parent)
+    return beside.manifest_path if beside.manifest_path.is_file() and not find_manifest(path) else None
+
+
+def _records(manifest: dict, folder: Path, path: Path) -> bool:
+    """Whether ``manifest`` (in ``folder``) records ``path`` as it is now: the same sha256 for the
+    file, or for every file of a folder (a SavedModel); a conversion folder describes itself."""
+    from seg2tflite.converters.manifest import sha256_file
+
+    if path.resolve() == folder.resolve():
+        return True
+    rel = path.name
+    recorded = manifest.get("artifacts") if isinstance(manifest.get("artifacts"), dict) else {}
+    model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    if path.is_file() and not path.is_symlink():
+        entry = {"sha256": model.get("weights_sha256")} if rel == model.get("weights") else recorded.get(rel)
+        return isinstance(entry, dict) and entry.get("sha256") == sha256_file(path)
+    if path.is_dir() and not path.is_symlink():
+        files = {p.relative_to(folder).as_posix(): p for p in path.rglob("*") if p.is_file()}
+        wanted = {k: v for k, v in recorded.items() if k.startswith(f"{rel}/")}
+        return (
+            bool(files)
+            and set(files) == set(wanted)
+            and all(isinstance(wanted[k], dict) and wanted[k].get("sha256") == sha256_file(p) for k, p in files.items())
+        )
+    return False
 
 
 def _manifest_sources(manifest: dict) -> list[dict]:
@@ -134,8 +167,8 @@ def read_metadata(path: str | Path) -> dict:
         if trained_size:
             sources.append({"input_size": trained_size})
         sources.append(config)
-    else:
-        sibling = path.parent / "model.json"  # the conversion's PyTorch reference config
+    elif manifest:
+        sibling = path.parent / "model.json"  # the conversion's PyTorch reference config (of this conversion's files)
         if sibling.is_file():
             sources.append(_read_json(sibling))
 
@@ -169,6 +202,12 @@ def describe_artifact(
     wanted = (("--input-size H W", "input_size", size), ("--mean R G B", "mean", mean), ("--std R G B", "std", std))
     missing = [setting(flag, name) for flag, name, v in wanted if v is None]
     if missing:
+        ignored = ignored_manifest(path)
+        if ignored is not None:
+            raise UserError(
+                f"{path}: {ignored} does not record this file (not the sha256 it recorded: another conversion's manifest, "
+                f"or the file changed), so its preprocessing is not used; pass {', '.join(missing)}"
+            )
         raise UserError(
             f"{path}: no manifest.json or checkpoint config beside it gives the preprocessing; pass {', '.join(missing)}"
         )

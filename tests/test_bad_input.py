@@ -624,6 +624,32 @@ def _(b):
     return ["data", "synthetic", "--out", str(b.root / "run" / "data"), "--num-train", "2", "--num-val", "1", "--num-test", "1"]
 
 
+# 7. a manifest that is not the file's (issue 28): its preprocessing is not taken for another file
+
+
+def _beside_a_manifest(b, recorded_sha):
+    import shutil
+
+    folder = b.root / "conversion"
+    folder.mkdir()
+    path = shutil.copy(b.onnx(), folder / "model.onnx")
+    pre = {"size": [32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    manifest = {"preprocessing": pre, "model": {"num_classes": 8}, "artifacts": {"model.onnx": {"sha256": recorded_sha}}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+@case("evaluate: a file copied beside another conversion's manifest", "manifest.json", "does not record this file",
+      "--input-size H W", "--mean")  # fmt: skip
+def _(b):
+    return ["evaluate", "--artifact", str(_beside_a_manifest(b, "0" * 64)), "--data", SMALL, "--workers", "1"]
+
+
+@case("bench: a file copied beside another conversion's manifest", "manifest.json", "--input-size")
+def _(b):
+    return ["bench", "--artifact", str(_beside_a_manifest(b, "0" * 64)), "--runs", "1"]
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_hostile_input_is_refused_in_one_line(name, capsys, tmp_path, segformer_checkpoint):
     build, expected, absent, after = CASES[name]

@@ -265,3 +265,26 @@ def test_the_records_module_loads_no_framework():
     # the containment helpers are plain path logic: importing them loads no framework
     code = "import sys, seg2tflite.records; print('torch' in sys.modules, 'tensorflow' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split() == ["False", "False"]
+
+
+# -- a manifest that is not the file's (item 5) ----------------------------------------------
+
+
+def test_a_manifest_is_used_only_for_the_files_it_records(tmp_path):
+    from seg2tflite.eval.artifacts import find_manifest, ignored_manifest, read_metadata
+
+    folder = tmp_path / "conversion"
+    folder.mkdir()
+    (folder / "model_float32.tflite").write_bytes(VICTIM)
+    (folder / "saved_model").mkdir()
+    (folder / "saved_model" / "saved_model.pb").write_bytes(VICTIM)
+    artifacts = artifact_hashes(folder, ["model_float32.tflite", "saved_model"])
+    pre = {"size": [32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    (folder / "manifest.json").write_text(json.dumps({"preprocessing": pre, "artifacts": artifacts}))
+    assert read_metadata(folder / "model_float32.tflite")["mean"] == [0.5, 0.5, 0.5]
+    assert find_manifest(folder / "saved_model")  # every file of the folder recorded
+    (folder / "model_float32.tflite").write_bytes(VICTIM + b"another model's file")
+    (folder / "saved_model" / "variables.index").write_bytes(b"not recorded")
+    for path in (folder / "model_float32.tflite", folder / "saved_model"):
+        assert find_manifest(path) == {} and read_metadata(path)["mean"] is None
+    assert ignored_manifest(folder / "model_float32.tflite") == folder / "manifest.json"
