@@ -25,6 +25,7 @@ from seg2tflite.converters.divergence import explain_float16_failure, explain_fl
 from seg2tflite.converters.gpu_check import gpu_compatibility, gpu_line
 from seg2tflite.converters.images import ParityImages, calibration_set, parity_images, resolve_data
 from seg2tflite.converters.int8_ranges import RANGES_FILE
+from seg2tflite.converters.int8_sensitivity import SENSITIVITY_FILE, model_explorer_node_data, op_sensitivity, sensitivity_lines
 from seg2tflite.converters.isolated import VariantError, VariantFailure, VariantWorker, failure_message
 from seg2tflite.converters.manifest import artifact_hashes, build_manifest, package_versions, write_json
 from seg2tflite.converters.metadata import ModelMetadata, class_labels, model_metadata
@@ -140,7 +141,7 @@ class Chain:
         weights = STAGES[REFERENCE].file
         names = [weights, str(Path(weights).with_suffix(".json"))] if self.before_writing is not None else []
         names += [self.folder.artifact(s).name for s in ("onnx", "saved_model", *self.config.variants)]
-        names += [RANGES_FILE] if "full_int8" in self.config.variants else []
+        names += [RANGES_FILE, SENSITIVITY_FILE] if "full_int8" in self.config.variants else []
         return names + [ONNX2TF_LOG, PARITY_FILE, MANIFEST_FILE]
 
     @property
@@ -313,6 +314,8 @@ class Chain:
         )  # fmt: skip
         report.delegation = dict(self.delegation)
         apply_gates(report, config)
+        if {"float32", "full_int8"} <= set(self.built):
+            report.int8_sensitivity = self.int8_sensitivity(parity)
         self.seconds["parity"] = time.perf_counter() - t
         if config.locate_divergence:
             t = time.perf_counter()
@@ -340,9 +343,21 @@ class Chain:
                 report.stages[variant].gate = "fail"
         self.seconds["mediapipe"] = time.perf_counter() - t
         write_json(self.folder.parity_path, report.to_dict())
-        self.cache.record("parity", key, [PARITY_FILE])
+        self.cache.record("parity", key, [PARITY_FILE, *([SENSITIVITY_FILE] if report.int8_sensitivity else [])])
         self.log(format_table(report, self.config))
         return report
+
+    def int8_sensitivity(self, parity: ParityImages) -> list[dict]:
+        """Full int8's ops by SQNR against float32 on the parity images (worst logged), and the same
+        as Model Explorer node data beside the file."""
+        app = self.app
+        pixels = to_pixels(parity.images, app.mean, app.std).transpose(0, 2, 3, 1) if app.input == "uint8" else None
+        float32, full_int8 = (self.artifacts[v].read_bytes() for v in ("float32", "full_int8"))
+        rows = op_sensitivity(float32, full_int8, parity.images, pixels)
+        if rows:
+            atomic_write_text(self.folder.path / SENSITIVITY_FILE, json.dumps(model_explorer_node_data(rows), indent=1) + "\n")
+            self.log(f"full_int8: lowest SQNR against float32 ({SENSITIVITY_FILE}): {'; '.join(sensitivity_lines(rows, 3))}")
+        return rows
 
     def client_rows(self, parity: ParityImages, reference) -> dict:
         """MediaPipe's ImageSegmenter on every built file and the parity images' pixels (one child

@@ -58,6 +58,7 @@ class ParityReport:
     divergence: dict | None = None  # first diverging layer, when a float gate broke
     delegation: dict = field(default_factory=dict)  # .tflite stage -> what XNNPACK took (TFLiteRunner.delegation)
     client: dict = field(default_factory=dict)  # .tflite stage -> MediaPipe's row (app_client.client_figures)
+    int8_sensitivity: list = field(default_factory=list)  # full int8's ops by SQNR vs float32, worst first (int8_sensitivity)
 
     @property
     def failures(self) -> list[str]:
@@ -85,6 +86,7 @@ class ParityReport:
                 "divergence": self.divergence,
                 "delegation": self.delegation,
                 "client": self.client,
+                "int8_sensitivity": self.int8_sensitivity,
             }
         )
 
@@ -120,6 +122,7 @@ class ParityReport:
             divergence=data.get("divergence"),
             delegation=data.get("delegation") or {},
             client={k: restore(v) for k, v in (data.get("client") or {}).items()},
+            int8_sensitivity=[{k: restore(v) for k, v in row.items()} for row in data.get("int8_sensitivity") or []],
         )
 
 

@@ -175,7 +175,9 @@ def test_tied_tensors_share_one_scale_and_the_file_runs_everywhere(block, method
     graph = _graph(content)
     for op in graph.graph.operators:
         if graph.name(op) in ("CONCATENATION", "MAX_POOL_2D", "RESIZE_BILINEAR"):
-            tied = {graph.params(int(t)) for t in [*op.inputs, *op.outputs] if graph.is_int8(int(t)) and not graph.is_constant(int(t))}
+            tied = {
+                graph.params(int(t)) for t in [*op.inputs, *op.outputs] if graph.is_int8(int(t)) and not graph.is_constant(int(t))
+            }
             assert len(tied) == 1, (graph.name(op), tied)
     x = calib.images[:2]
     with_xnnpack, builtin = TFLiteRunner(content)(x), TFLiteRunner(content, xnnpack=False)(x)
@@ -222,3 +224,36 @@ def test_the_conversion_records_its_ranges(offline_result):
     assert record["requested"] == "auto" and record["method"] in CANDIDATES
     assert set(record["held_out_scores"]) == set(CANDIDATES)
     assert result.manifest["config"]["int8_ranges"] == "auto"
+
+
+@pytest.mark.chain
+def test_the_sensitivity_table_ranks_int8_ops_by_their_error(block):
+    from seg2tflite.converters.int8_sensitivity import model_explorer_node_data, op_sensitivity
+    from seg2tflite.converters.tflite_variants import build_tflite
+
+    saved_model, calib = block
+    float32 = build_tflite(saved_model, "float32")
+    rows = {
+        m: op_sensitivity(float32, build_tflite(saved_model, "full_int8", calib, int8_ranges=m), calib.images[:4])
+        for m in ("minmax", "mse")
+    }
+    for found in rows.values():
+        assert {r["op"] for r in found} >= {"CONV_2D", "CONCATENATION", "MAX_POOL_2D"}
+        assert [r["sqnr_db"] for r in found] == sorted(r["sqnr_db"] for r in found)
+        assert all(np.isfinite(r["sqnr_db"]) and r["sqnr_db"] > 0 for r in found)
+    by_tensor = {m: {r["tensor"]: r["sqnr_db"] for r in found} for m, found in rows.items()}
+    assert by_tensor["mse"]["concat"] > by_tensor["minmax"]["concat"]  # the narrower range is the better one here
+    data = model_explorer_node_data(rows["mse"])
+    assert set(data["results"]) == set(by_tensor["mse"]) and data["gradient"][0]["stop"] == 0
+
+
+@pytest.mark.chain
+def test_the_conversion_writes_the_sensitivity_table(offline_result):
+    from seg2tflite.converters.int8_sensitivity import SENSITIVITY_FILE
+
+    result = offline_result[0]
+    parity = json.loads((result.out_dir / "parity.json").read_text())
+    table = parity["int8_sensitivity"]
+    assert table and table[0]["sqnr_db"] == min(r["sqnr_db"] for r in table)
+    node_data = json.loads((result.out_dir / SENSITIVITY_FILE).read_text())
+    assert set(node_data["results"]) == {r["tensor"] for r in table}

@@ -1,0 +1,156 @@
+"""Full int8 with every activation-range method on a run's trained models: mIoU, size, delegation, speed.
+
+For each model of a run folder (``seg2tflite demo --out RUN``) the conversion's SavedModel is
+quantized to full int8 once per range method (``seg2tflite.converters.int8_ranges``), calibrated
+on exactly the images its conversion was (the names its ``manifest.json`` lists, checked), and
+each file is evaluated on the run's test split in LiteRT with XNNPACK, beside the float32 file and
+PyTorch's mIoU from the run record. ``auto`` is reported as the method it chose (its file is that
+method's file) with the held-out scores it chose by. Latency: the float32 file and every int8
+file loaded side by side in one fresh process, timed in turns (``eval.bench.benchmark_in_turns``,
+``invoke()`` alone), the ratio int8 / float32 the median of the turns' ratios.
+
+    python benchmarks/int8_ranges.py --run runs/demo
+    python benchmarks/int8_ranges.py --run runs/demo --models segformer_b0 --record results/int8_ranges_seed0.json
+
+Writes ``RUN/int8_ranges.json`` (and ``--record FILE``) and prints the table. A benchmark, not a
+test: not part of the default test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+METHODS = ("minmax", "percentile", "mse")
+
+
+def _data_spec(run: Path) -> str:
+    data = json.loads((run / "demo.json").read_text())["config"]["data"]
+    return f"folder:{run / 'data'}" if data.startswith("synthetic") else data
+
+
+def _arrays(dataset, preprocess) -> tuple[np.ndarray, np.ndarray]:
+    pairs = [preprocess(np.asarray(dataset[i][0]), np.asarray(dataset[i][1])) for i in range(len(dataset))]
+    return np.stack([p[0] for p in pairs]).astype(np.float32), np.stack([p[1] for p in pairs])
+
+
+def _pytorch_miou(run: Path, model: str) -> float | None:
+    from seg2tflite.eval.record import load_record
+
+    rows = [r for r in load_record(run).rows if r.model == model and r.stage == "pytorch"]
+    return 100 * rows[0].miou if rows and rows[0].miou is not None else None
+
+
+def measure_model(run: Path, model: str, turns: int, threads: int) -> dict:
+    from seg2tflite.calibration.representative import build_calibration_set
+    from seg2tflite.converters.app_io import AppIO
+    from seg2tflite.converters.int8_ranges import build_full_int8
+    from seg2tflite.converters.runtimes import TFLiteRunner
+    from seg2tflite.converters.stages import ConversionDir
+    from seg2tflite.converters.tflite_variants import build_variant
+    from seg2tflite.data import Preprocess, load_dataset
+    from seg2tflite.eval.bench import benchmark_in_turns
+    from seg2tflite.eval.evaluate import tflite_miou
+
+    folder = ConversionDir(run / "models" / model / "convert")
+    manifest = json.loads(folder.manifest_path.read_text())
+    config, pre = manifest["config"], manifest["preprocessing"]
+    preprocess = Preprocess(tuple(pre["size"]), tuple(pre["mean"]), tuple(pre["std"]))
+    data = _data_spec(run)
+    calib = build_calibration_set(
+        load_dataset(data, config["calib_split"]), preprocess, size=config["calib_size"], seed=config["calib_seed"],
+        min_size=config["calib_min"], progress=False,
+    )  # fmt: skip
+    if list(calib.names) != manifest["calibration"]["images"]:
+        raise SystemExit(f"{model}: the calibration images differ from the conversion's; re-run the demo")
+    images, masks = _arrays(load_dataset(data, "test"), preprocess)
+    k = manifest["model"].get("num_classes") or int(masks.max()) + 1
+    app = AppIO(**manifest["app"]) if manifest.get("app") else None
+    saved_model, float32 = folder.artifact("saved_model"), folder.artifact("float32")
+    out = {"pytorch_miou": _pytorch_miou(run, model), "float32_miou": tflite_miou(float32, images, masks, k, threads)}
+    out["float32_bytes"] = float32.stat().st_size
+    methods: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as work:
+        paths = [float32]
+        for method in METHODS:
+            t = time.perf_counter()
+            content, record = build_variant(saved_model, "full_int8", calib, config["int8_io"], app=app, int8_ranges=method)
+            path = Path(work) / f"{method}.tflite"
+            path.write_bytes(content)
+            paths.append(path)
+            delegation = TFLiteRunner(content, app=app).delegation
+            methods[method] = {
+                "miou": tflite_miou(content, images, masks, k, threads),
+                "bytes": len(content),
+                "delegated_ops": delegation["delegated"],
+                "ops": delegation["ops"],
+                "narrower_than_minmax": record["narrower_than_minmax"],
+                "tensors": record["tensors"],
+                "build_seconds": round(time.perf_counter() - t, 1),
+            }
+        auto = build_full_int8(saved_model, calib.representative_dataset(), "auto", config["int8_io"]).record()
+        if turns:
+            size = tuple(pre["size"])
+            medians = np.array(benchmark_in_turns(paths, size, threads=threads, turns=turns))
+            for i, method in enumerate(METHODS, start=1):
+                methods[method]["int8_over_float32"] = float(np.median(medians[i] / medians[0]))
+                methods[method]["median_ms"] = float(np.median(medians[i]))
+            out["float32_median_ms"] = float(np.median(medians[0]))
+    out["methods"] = methods
+    out["auto"] = {"chose": auto["method"], "held_out_scores": auto["held_out_scores"]}
+    out["demo_file"] = {"int8_ranges": manifest.get("int8_ranges"), "config": config.get("int8_ranges")}
+    return out
+
+
+def render(results: dict) -> str:
+    lines = [
+        "| model | PyTorch | float32 | " + " | ".join(f"{m} (Δ)" for m in METHODS) + " | auto chose | int8/float32 ms | XNNPACK ops |",
+        "| --- | --: | --: | " + " | ".join("--:" for _ in METHODS) + " | --- | --: | --: |",
+    ]
+    for model, r in results["models"].items():
+        ref = r["pytorch_miou"] if r["pytorch_miou"] is not None else r["float32_miou"]
+        cells = [f"{r['methods'][m]['miou']:.2f} ({r['methods'][m]['miou'] - ref:+.2f})" for m in METHODS]
+        chose = r["auto"]["chose"]
+        ratio = r["methods"][chose].get("int8_over_float32")
+        m = r["methods"][chose]
+        lines.append(
+            f"| `{model}` | {ref:.2f} | {r['float32_miou']:.2f} | " + " | ".join(cells)
+            + f" | {chose} | {'-' if ratio is None else f'{ratio:.2f}'} | {m['delegated_ops']}/{m['ops']} |"
+        )  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, type=Path, help="run folder written by `seg2tflite demo`")
+    parser.add_argument("--models", nargs="+", default=None, help="default: the run's models (demo.json)")
+    parser.add_argument("--turns", type=int, default=10, help="latency turns (0: no latency)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--record", type=Path, default=None, help="also write the record here")
+    args = parser.parse_args(argv)
+    from seg2tflite.converters.manifest import package_versions
+
+    models = args.models or json.loads((args.run / "demo.json").read_text())["config"]["models"]
+    results = {"command": ["python", "benchmarks/int8_ranges.py", *(argv or sys.argv[1:])], "versions": package_versions()}
+    results["seed"] = json.loads((args.run / "demo.json").read_text())["config"].get("seed")
+    results["models"] = {}
+    for model in models:
+        t = time.perf_counter()
+        results["models"][model] = measure_model(args.run, model, args.turns, args.threads)
+        print(f"{model}: {time.perf_counter() - t:.0f} s", flush=True)
+    text = json.dumps(results, indent=2) + "\n"
+    for path in [args.run / "int8_ranges.json", *([args.record] if args.record else [])]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    print(render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
