@@ -55,6 +55,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from seg2tflite.converters.onnx_rewrites_realtime import apply_realtime_rewrites
+
 CHANNEL_LAST = [0, 2, 3, 1]
 CHANNEL_FIRST = [0, 3, 1, 2]
 
@@ -68,6 +70,7 @@ def apply_workarounds(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str
     applied += token_layernorm_as_means(model)
     applied += group_norm_as_means(model)
     applied += drop_dead_conv_taps(model)
+    applied += apply_realtime_rewrites(model)  # onnx_rewrites_realtime: issue 30's patterns
     if applied:
         _drop_unused_initializers(model.graph)
         model = onnx.shape_inference.infer_shapes(model)
