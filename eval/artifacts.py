@@ -167,8 +167,8 @@ def read_metadata(path: str | Path) -> dict:
         if trained_size:
             sources.append({"input_size": trained_size})
         sources.append(config)
-    elif manifest:
-        sibling = path.parent / "model.json"  # the conversion's PyTorch reference config (of this conversion's files)
+    elif manifest or not ConversionDir(path.parent).manifest_path.is_file():
+        sibling = path.parent / "model.json"  # the PyTorch reference config; not another conversion's files'
         if sibling.is_file():
             sources.append(_read_json(sibling))
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from seg2tflite.converters.manifest import artifact_hashes
 from seg2tflite.errors import UserError
 from seg2tflite.eval.bench import BenchResult, benchmark_artifact, benchmark_artifacts, benchmark_in_turns
 from seg2tflite.models.checkpoint import save_checkpoint
@@ -62,7 +63,8 @@ def artifacts(tmp_path_factory):
     wide = d / "wide"
     wide.mkdir()
     _export(WideDense(), wide / "model.onnx")
-    (wide / "manifest.json").write_text(json.dumps({"input_size": list(SIZE)}))
+    recorded = artifact_hashes(wide, ["model.onnx"])  # a manifest describes only the files it records
+    (wide / "manifest.json").write_text(json.dumps({"input_size": list(SIZE), "artifacts": recorded}))
 
     import tensorflow as tf
 

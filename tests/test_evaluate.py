@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from seg2tflite.converters.manifest import artifact_hashes
 from seg2tflite.data import Preprocess, load_dataset
 from seg2tflite.errors import UserError, command_line_wording
 from seg2tflite.eval.artifacts import describe_artifact
@@ -147,6 +148,7 @@ def test_preprocessing_comes_from_the_checkpoint_config_or_the_manifest(folder, 
         "model": NAME,
         "config": {"input_size": [32, 32], "num_classes": 8},
         "preprocess": {"mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]},
+        "artifacts": artifact_hashes(tmp_path, ["model.onnx"]),  # a manifest describes only the files it records
     }
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     info = describe_artifact(tmp_path / "model.onnx")
@@ -159,6 +161,10 @@ def test_preprocessing_comes_from_the_checkpoint_config_or_the_manifest(folder, 
     )
     info = describe_artifact(tmp_path / "model.onnx", input_size=(64, 64), mean=MEAN)  # arguments win
     assert (info.input_size, info.mean) == ((64, 64), MEAN)
+    del manifest["artifacts"]  # another file's manifest (issue 28): not taken, and the refusal says why
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="does not record this file"):
+        describe_artifact(tmp_path / "model.onnx")
 
 
 def test_missing_preprocessing_names_the_options_to_pass(folder, tmp_path):
@@ -210,7 +216,9 @@ def tiny_tflite(tmp_path_factory):
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions([segment.get_concrete_function()], segment)
     (d / "model_float32.tflite").write_bytes(converter.convert())
-    (d / "manifest.json").write_text(json.dumps({"model": "tiny_tf", "input_size": list(SIZE), "mean": MEAN, "std": STD}))
+    recorded = artifact_hashes(d, ["model_float32.tflite"])
+    manifest = {"model": "tiny_tf", "input_size": list(SIZE), "mean": MEAN, "std": STD, "artifacts": recorded}
+    (d / "manifest.json").write_text(json.dumps(manifest))
     return d / "model_float32.tflite", segment
 
 
