@@ -154,6 +154,11 @@ def _fmt(v, spec: str = "") -> str:
     return str(v)
 
 
+def _cell(text: str) -> str:
+    """Text from a record (a class name) as one markdown table cell: '|' escaped, line breaks as spaces."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
 def _md_table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> str:
     align = align or ["---"] * len(header)
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
@@ -259,8 +264,8 @@ def _runtimes(rows: list[dict]) -> str:
 
 def render_per_class_md(record: RunRecord) -> str:
     classes, rows = per_class_rows(record)
-    header = ["model", "stage", *classes]
-    body = [[f"`{r['model']}`", label(r["stage"]), *(_fmt(r[c], ".2f") for c in classes)] for r in rows]
+    header = ["model", "stage", *(_cell(c) for c in classes)]
+    body = [[f"`{_cell(r['model'])}`", label(r["stage"]), *(_fmt(r[c], ".2f") for c in classes)] for r in rows]
     return "\n".join([
         "# Per-class IoU (%)",
         "",

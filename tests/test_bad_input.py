@@ -650,6 +650,32 @@ def _(b):
     return ["bench", "--artifact", str(_beside_a_manifest(b, "0" * 64)), "--runs", "1"]
 
 
+# 8. class names that would break the files they are written into (issue 28)
+
+
+def _class_named(b, name):
+    folder = b.folder()
+    meta = json.loads((folder / "dataset.json").read_text())
+    meta["class_names"][3] = name
+    (folder / "dataset.json").write_text(json.dumps(meta))
+    return folder
+
+
+for _label, _bad in {"a line break": "road\nsky", "a carriage return": "road\r", "a tab": "a\tb",
+                     "a Unicode line separator": "a\u2028b", "blank": "  "}.items():  # fmt: skip
+
+    @case(f"data check: a class name with {_label}", "dataset.json", "class_names[3]", "rename the class")
+    def _(b, bad=_bad):
+        return ["data", "check", "--data", f"folder:{_class_named(b, bad)}"]
+
+
+@case("convert: a class name with a line break never reaches labels.txt", "class_names[3]",
+      after=lambda b: nothing_written(b.root / "out"))  # fmt: skip
+def _(b):
+    data = _class_named(b, "a\nb")
+    return ["convert", "--onnx", str(b.onnx()), "--calib-data", f"folder:{data}", "--out", str(b.root / "out")]
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_hostile_input_is_refused_in_one_line(name, capsys, tmp_path, segformer_checkpoint):
     build, expected, absent, after = CASES[name]

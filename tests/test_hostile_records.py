@@ -288,3 +288,29 @@ def test_a_manifest_is_used_only_for_the_files_it_records(tmp_path):
     for path in (folder / "model_float32.tflite", folder / "saved_model"):
         assert find_manifest(path) == {} and read_metadata(path)["mean"] is None
     assert ignored_manifest(folder / "model_float32.tflite") == folder / "manifest.json"
+
+
+# -- class names (item 6) ---------------------------------------------------------------------
+
+
+def test_class_names_stay_one_cell_of_per_class_iou_md():
+    import re
+
+    from seg2tflite.eval.record import RecordRow, RunRecord
+    from seg2tflite.eval.report import render_per_class_md
+
+    iou = {"road|kerb": 0.5, "sky\nline": 0.25, "plain": None}  # as a hand-edited record.json could hold them
+    row = RecordRow("m", "pytorch", "a", "pytorch", (32, 32), "synthetic", "test", 4, 10, 1.0, 0.5, 0.5, 0.9, iou)
+    table = [line for line in render_per_class_md(RunRecord([row])).splitlines() if line.startswith("|")]
+    assert len(table) == 3  # header, alignment, one row: no line broken in two
+    cells = {len(re.findall(r"(?<!\\)\|", line)) for line in table}
+    assert cells == {len(iou) + 3}, table  # every line has the same columns
+    assert "road\\|kerb" in table[0] and "sky line" in table[0]
+
+
+def test_a_dataset_of_the_api_refuses_a_class_name_with_a_line_break():
+    from seg2tflite.data.base import DatasetInfo
+
+    with pytest.raises(UserError, match="rename the class"):
+        DatasetInfo("mine", ("road", "sky\nline"), ((0, 0, 0), (1, 1, 1)))
+    assert DatasetInfo("mine", ("road|kerb",), ((0, 0, 0),)).num_classes == 1  # '|' is escaped where written

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
 
 from seg2tflite.data.preprocess import IGNORE_INDEX
+from seg2tflite.errors import UserError
+
+
+def class_name_problem(name: str) -> str | None:
+    """Why a class name cannot be written one per line (labels.txt) and in a table cell
+    (per_class_iou.md); None when it can."""
+    if not name.strip():
+        return "is blank"
+    bad = sorted({c for c in name if unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp")})
+    if bad:
+        return f"holds {', '.join(repr(c) for c in bad)} (a line break or control character would split labels.txt's lines)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -15,6 +28,12 @@ class DatasetInfo:
     class_names: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...]  # one RGB colour per class
     ignore_index: int = IGNORE_INDEX
+
+    def __post_init__(self):
+        for name in self.class_names:  # they go one per line into labels.txt and into table cells
+            problem = class_name_problem(str(name))
+            if problem:
+                raise UserError(f"dataset {self.name!r}: class name {name!r} {problem}; rename the class")
 
     @property
     def num_classes(self) -> int:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from seg2tflite.atomic import atomic_path
 from seg2tflite.converters.manifest import sha256_file
-from seg2tflite.data.base import DatasetInfo, SegmentationDataset
+from seg2tflite.data.base import DatasetInfo, SegmentationDataset, class_name_problem
 from seg2tflite.data.preprocess import IGNORE_INDEX
 from seg2tflite.data.readers import (
     IMAGE_EXTENSIONS,
@@ -59,6 +59,10 @@ def folder_info(root: str | Path, num_classes: int | None = None) -> DatasetInfo
     names = meta.get("class_names") if isinstance(meta, dict) else None
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise UserError(f"{meta_path}: 'class_names' must be a non-empty list of strings; fix the file")
+    for i, class_name in enumerate(names):
+        problem = class_name_problem(class_name)
+        if problem:
+            raise UserError(f"{meta_path}: class_names[{i}] {class_name!r} {problem}; rename the class")
     if len(names) > 255:
         raise UserError(f"{meta_path}: {len(names)} classes; at most 255 fit an 8-bit mask beside ignore (255)")
     if num_classes is not None and int(num_classes) != len(names):
