@@ -23,7 +23,7 @@ from onnx import numpy_helper
 
 from seg2tflite.atomic import private_tempdir
 from seg2tflite.converters.compare import LogitComparison
-from seg2tflite.converters.onnx_to_tf import ConversionError, run_onnx2tf
+from seg2tflite.converters.onnx_to_tf import ConversionError, onnx_to_saved_model, run_onnx2tf
 from seg2tflite.converters.parity import ParityReport, StageResult, float_gate_failures
 from seg2tflite.converters.runtimes import OnnxRunner
 from seg2tflite.converters.stages import FLOAT_STAGES
@@ -147,7 +147,7 @@ def locate_divergence(
             "shape": list(onnx_value.shape),
             "max_abs_error": err,
             "value_range": value_range,
-            "status": "skipped" if err is None else ("diverged" if err > rel_tol * value_range + atol else "ok"),
+            "status": "skipped" if err is None else ("diverged" if err > tensor_tolerance(onnx_value, rel_tol, atol) else "ok"),
             "note": why,
         }
         layers.append(entry)
@@ -261,11 +261,10 @@ def explain_float_failure(
             onnx_model, image_nhwc, torch_model=deploy_model, rel_tol=config.float_outlier_drift, workarounds=config.onnx_rewrites
         )
     else:
-        found = {
-            "summary": "the SavedModel passes but model_float32.tflite does not: the TF -> TFLite converter changed "
-            "the function (compare the SavedModel and TFLite outputs op by op)",
-            "first": None,
-        }
+        log("model_float32.tflite broke parity where the SavedModel did not; locating the first diverging .tflite op...")
+        found = locate_tflite_divergence_from_onnx(
+            onnx_model, image_nhwc, deploy_model, rel_tol=config.float_outlier_drift, workarounds=config.onnx_rewrites
+        )
     drift = report.stages[broken].vs_pytorch
     if _is_near_tie(drift) and not report.stages[broken].nonfinite:
         floor_text = ""
@@ -336,3 +335,154 @@ def explain_float16_failure(report: ParityReport, onnx_model, float16_run, image
         )
     kept = ("max_abs", "mean_abs", "argmax_agreement", "outlier_share")
     return {"stage": "float16", "summary": summary, "first": None, "float16_weights": {k: figures[k] for k in kept}}
+
+
+# -- the first diverging .tflite op, when the SavedModel is right --------------------------
+
+# A tensor agrees when its max abs error is within rel_tol of its value range, plus this share of
+# its largest magnitude: a tensor whose values all sit near one large value (a LayerNorm's
+# 1/std over tokens) has a tiny range, and one float32 step of each value is no finding.
+FLOAT32_NOISE = 2.0**-13
+
+
+def tensor_tolerance(value: np.ndarray, rel_tol: float, atol: float = 1e-5) -> float:
+    """How far a tensor may be off and still agree: ``rel_tol`` of its value range, plus the
+    float32 noise of its magnitude (``FLOAT32_NOISE`` of its largest absolute value)."""
+    if not value.size:
+        return atol
+    value = value.astype(np.float64)
+    return rel_tol * float(np.ptp(value)) + FLOAT32_NOISE * float(np.abs(value).max()) + atol
+
+
+def onnx_intermediates(onnx_model: onnx.ModelProto, image_nchw: np.ndarray) -> dict[str, np.ndarray]:
+    """Every float tensor a node of ``onnx_model`` computes on ``image_nchw``, by name (ONNX Runtime)."""
+    import onnxruntime as ort
+
+    model = onnx.shape_inference.infer_shapes(onnx.ModelProto.FromString(onnx_model.SerializeToString()))
+    known = {v.name: v for v in model.graph.value_info}
+    outputs = {o.name for o in model.graph.output}
+    for node in model.graph.node:
+        for name in node.output:
+            info = known.get(name)
+            if name and name not in outputs and info is not None and info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+                model.graph.output.append(info)
+                outputs.add(name)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    values = session.run(names, {session.get_inputs()[0].name: image_nchw.astype(np.float32)})
+    return {n: v for n, v in zip(names, values) if isinstance(v, np.ndarray) and v.dtype.kind == "f"}
+
+
+def _agrees(tflite_value: np.ndarray, onnx_value: np.ndarray, rel_tol: float) -> bool:
+    """Equal in some axis order (the TFLite converter folds layout transposes into their neighbours,
+    so a .tflite tensor may hold an ONNX tensor in any order of its axes)."""
+    import itertools
+
+    tolerance = tensor_tolerance(onnx_value, rel_tol)
+    a, b = np.sort(onnx_value, axis=None).astype(np.float64), np.sort(tflite_value, axis=None).astype(np.float64)
+    if a.shape != b.shape or not np.abs(a - b).max(initial=0.0) <= tolerance:  # a necessary condition, cheap
+        return False
+    squeezed = tflite_value.reshape([d for d in tflite_value.shape if d != 1] or [1])
+    dims = [d for d in onnx_value.shape if d != 1] or [1]
+    ref = onnx_value.reshape(dims).astype(np.float64)
+    for perm in itertools.permutations(range(len(dims))) if len(dims) <= 4 else [tuple(range(len(dims)))]:
+        candidate = ref.transpose(perm)
+        if candidate.shape == squeezed.shape and np.abs(candidate - squeezed).max(initial=0.0) <= tolerance:
+            return True
+    return False
+
+
+def locate_tflite_divergence(tflite_content: bytes, onnx_model: onnx.ModelProto, image_nhwc: np.ndarray, torch_model=None,
+                             rel_tol: float = 1e-3) -> dict:  # fmt: skip
+    """Run the .tflite on LiteRT's builtin kernels keeping every tensor and ONNX Runtime on the same
+    image; a .tflite tensor *agrees* when some ONNX tensor equals it (in the ONNX layout or
+    channels-last, within ``tensor_tolerance``), and is *vindicated* when it agrees or feeds an op
+    whose output is vindicated (a layout TRANSPOSE, a PAD before a conv). The first op, in
+    execution order, whose inputs are all vindicated (or constant) and whose output is not, is
+    the first diverging .tflite op: what the TF -> TFLite converter changed."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from seg2tflite.quiet import muted_stderr
+
+    with muted_stderr():
+        interpreter = Interpreter(
+            model_content=bytes(tflite_content),
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+            experimental_preserve_all_tensors=True,
+        )
+        interpreter.allocate_tensors()
+    (inp,) = interpreter.get_input_details()
+    interpreter.set_tensor(inp["index"], np.asarray(image_nhwc, np.float32)[:1])
+    interpreter.invoke()
+    details = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops = [op for op in interpreter._get_ops_details() if op["op_name"] != "DELEGATE"]
+    reference = onnx_intermediates(onnx_model, np.asarray(image_nhwc, np.float32)[:1].transpose(0, 3, 1, 2))
+    by_size: dict[int, list[str]] = {}
+    for name, value in reference.items():
+        by_size.setdefault(value.size, []).append(name)
+    produced = {i for op in ops for i in op["outputs"]}
+    matched: dict[int, str | None] = {}
+
+    def match(index: int) -> str | None:
+        if index not in matched:
+            value = interpreter.get_tensor(index)
+            matched[index] = None
+            if value.dtype.kind == "f":
+                for name in by_size.get(value.size, []):
+                    if _agrees(value, reference[name], rel_tol):
+                        matched[index] = name
+                        break
+        return matched[index]
+
+    vindicated: set[int] = set()
+    for op in reversed(ops):
+        consumers = [o for o in ops if set(o["inputs"]) & set(op["outputs"])]
+        for out in op["outputs"]:
+            if match(out) is not None or any(set(c["outputs"]) & vindicated for c in consumers):
+                vindicated.add(out)
+    modules = dict(torch_model.named_modules()) if torch_model is not None else {}
+    names = set(modules) if torch_model is not None else None
+    producers = {out: node for node in onnx_model.graph.node for out in node.output}
+    for position, op in enumerate(ops):
+        inputs = [i for i in op["inputs"] if i >= 0 and i in produced]
+        if all(i in vindicated for i in inputs) and not all(o in vindicated for o in op["outputs"]):
+            sources = [matched.get(i) for i in inputs]
+            nodes = [producers[s] for s in sources if s in producers]
+            path = module_path(nodes[-1].name, names) if nodes else ""
+            where = f" in module `{path}`" + (f" ({type(modules[path]).__name__})" if path in modules else "") if path else ""
+            read = ", ".join(f"ONNX {s}" for s in sources if s) or "the model's input"
+            first = {
+                "tflite_op": op["op_name"],
+                "tflite_index": position,
+                "tflite_output": details[op["outputs"][0]]["name"],
+                "inputs_match": [s for s in sources if s],
+                "module": path,
+            }
+            summary = (
+                f"the SavedModel passes but model_float32.tflite does not: the first diverging .tflite op is "
+                f"{op['op_name']} (op {position} of {len(ops)}, output {details[op['outputs'][0]]['name'][:80]!r}){where}: its "
+                f"inputs equal {read}, its output equals no ONNX tensor: the TF -> TFLite converter changed it"
+            )
+            return {"summary": summary, "first": first, "tflite": True}
+    return {
+        "summary": "the SavedModel passes but model_float32.tflite does not; every .tflite op's output equals an ONNX "
+        "tensor on this image (the difference comes from other images)",
+        "first": None,
+        "tflite": True,
+    }
+
+
+def locate_tflite_divergence_from_onnx(onnx_model, image_nhwc, torch_model=None, rel_tol=1e-3, workarounds=True) -> dict:
+    """``locate_tflite_divergence`` on the float32 .tflite built again from ``onnx_model`` (onnx2tf,
+    then the TFLite converter, as the chain builds it)."""
+    from seg2tflite.converters.tflite_variants import build_tflite
+
+    try:
+        with private_tempdir("divergence") as work:
+            saved, _ = onnx_to_saved_model(
+                onnx_model, Path(work) / "saved_model", np.asarray(image_nhwc, np.float32)[:1], workarounds=workarounds
+            )
+            content = build_tflite(saved, "float32")
+    except ConversionError as e:
+        return {"summary": f"could not rebuild the float32 .tflite to locate the divergence ({e})", "first": None}
+    return locate_tflite_divergence(content, onnx_model, image_nhwc, torch_model, rel_tol)
