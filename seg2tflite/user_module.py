@@ -8,7 +8,10 @@ file of another model is refused with the keys that do not fit rather than conve
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import inspect
+import io
 import sys
 from pathlib import Path
 
@@ -37,20 +40,61 @@ def build_user_model(spec: str):
         raise UserError(f"--module {spec}: {file} cannot be imported as Python")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module  # dataclasses and pickling look their module up here
-    try:
+    with _as_a_library(spec, f"importing {file}"):
         module_spec.loader.exec_module(module)
-    except Exception as e:  # noqa: BLE001 - the user's code: say where it failed, in one line
-        raise UserError(f"--module {spec}: importing {file} failed: {type(e).__name__}: {_first_line(e)}") from None
     build = getattr(module, function, None)
     if not callable(build):
         raise UserError(f"--module {spec}: {file} defines no function {function!r}")
-    try:
+    with _as_a_library(spec, f"{function}()"):
         model = build()
-    except Exception as e:  # noqa: BLE001
-        raise UserError(f"--module {spec}: {function}() failed: {type(e).__name__}: {_first_line(e)}") from None
     if not isinstance(model, torch.nn.Module):
         raise UserError(f"--module {spec}: {function}() returned a {type(model).__name__}; it must return a torch.nn.Module")
+    _check_one_input(model, spec)
     return model.eval()
+
+
+@contextlib.contextmanager
+def _as_a_library(spec: str, doing: str):
+    """Run the user's code as a library: it sees an argv of its own file alone (never seg2tflite's
+    options), and whatever it raises, ``SystemExit`` included, is one line naming ``--module``.
+    What it prints is held back and shown only when it returns (an argparse error of its own is
+    quoted in the one line instead of looking like seg2tflite's)."""
+    file = spec.rpartition(":")[0]
+    argv, out, err = sys.argv, io.StringIO(), io.StringIO()
+    sys.argv = [file]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield
+    except SystemExit as e:
+        said = [line.strip() for line in (err.getvalue() + out.getvalue()).splitlines() if line.strip()]
+        quoted = f"; it printed: {said[-1][:200]}" if said else ""
+        raise UserError(
+            f"--module {spec}: {doing} exited (SystemExit {e.code!r}){quoted}; the file must define the function "
+            'without running a script at import (put that under `if __name__ == "__main__":`)'
+        ) from None
+    except Exception as e:  # noqa: BLE001 - the user's code: say where it failed, in one line
+        raise UserError(f"--module {spec}: {doing} failed: {type(e).__name__}: {_first_line(e)}") from None
+    finally:
+        sys.argv = argv
+    sys.stdout.write(out.getvalue())
+    sys.stderr.write(err.getvalue())
+
+
+def _check_one_input(model, spec: str) -> None:
+    """The model must take one image tensor: ``forward(x)``."""
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return
+    required = [p.name for p in parameters if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(required) != 1:
+        raise UserError(
+            f"--module {spec}: the model's forward takes {len(required)} inputs ({', '.join(required) or 'none'}); "
+            "seg2tflite converts single-image models, forward(x) with x a (1, 3, H, W) tensor: wrap it in a module that "
+            "takes the image alone"
+        )
 
 
 def load_weights(model, weights: str | Path) -> None:

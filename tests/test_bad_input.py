@@ -676,6 +676,59 @@ def _(b):
     return ["convert", "--onnx", str(b.onnx()), "--calib-data", f"folder:{data}", "--out", str(b.root / "out")]
 
 
+# 9. a user module that runs a script at import, or takes two inputs (issue 28)
+
+_MODEL = """
+import torch
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 1)
+
+    def forward(self, x{extra}):
+        return self.conv(x)
+
+
+def build():
+    return Net()
+"""
+
+
+def _module(b, prelude="", extra=""):
+    path = b.root / "my_model.py"
+    path.write_text(prelude + _MODEL.format(extra=extra))
+    return ["convert", "--module", f"{path}:build", "--input-size", "32", "32", "--calib-data", SMALL,
+            "--out", str(b.root / "out")]  # fmt: skip
+
+
+@case("convert --module: the file calls sys.exit(0) at import", "--module", "SystemExit 0", "__main__",
+      after=lambda b: nothing_written(b.root / "out"))  # fmt: skip
+def _(b):
+    return _module(b, "import sys\nsys.exit(0)\n")
+
+
+@case("convert --module: the file calls sys.exit('a message') at import", "--module", "SystemExit", "a message",
+      after=lambda b: nothing_written(b.root / "out"))  # fmt: skip
+def _(b):
+    return _module(b, "import sys\nsys.exit('a message')\n")
+
+
+@case("convert --module: the file parses sys.argv at import", "--module", "it printed", "--epochs", absent=("usage: seg2tflite",),
+      after=lambda b: nothing_written(b.root / "out"))  # fmt: skip
+def _(b):
+    return _module(
+        b, "import argparse\np = argparse.ArgumentParser()\np.add_argument('--epochs', required=True)\np.parse_args()\n"
+    )
+
+
+@case("convert --module: a model with two inputs", "--module", "takes 2 inputs", "single-image",
+      after=lambda b: nothing_written(b.root / "out"))  # fmt: skip
+def _(b):
+    return _module(b, extra=", mask")
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_hostile_input_is_refused_in_one_line(name, capsys, tmp_path, segformer_checkpoint):
     build, expected, absent, after = CASES[name]

@@ -314,3 +314,22 @@ def test_a_dataset_of_the_api_refuses_a_class_name_with_a_line_break():
     with pytest.raises(UserError, match="rename the class"):
         DatasetInfo("mine", ("road", "sky\nline"), ((0, 0, 0), (1, 1, 1)))
     assert DatasetInfo("mine", ("road|kerb",), ((0, 0, 0),)).num_classes == 1  # '|' is escaped where written
+
+
+# -- the user's module (item 8) -----------------------------------------------------------------
+
+
+def test_a_user_module_sees_its_own_argv_and_prints_after_it_returns(tmp_path, capsys, monkeypatch):
+    from seg2tflite.user_module import build_user_model
+
+    path = tmp_path / "net.py"
+    path.write_text(
+        "import sys\nimport torch\nSEEN = list(sys.argv)\nprint('hello from the module')\n"
+        "def build():\n    return torch.nn.Conv2d(3, 4, 1)\n"
+    )
+    monkeypatch.setattr(sys, "argv", ["seg2tflite", "convert", "--secret-option"])
+    model = build_user_model(f"{path}:build")
+    assert sys.modules["seg2tflite_user_net"].SEEN == [str(path)]
+    assert sys.argv == ["seg2tflite", "convert", "--secret-option"]  # given back
+    assert "hello from the module" in capsys.readouterr().out
+    assert not model.training
