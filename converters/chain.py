@@ -219,7 +219,7 @@ class Chain:
         calibrated = STAGES[variant].calibrated
         calib_key = stage_key(calib.images.tobytes()) if calibrated else None
         app, metadata = self.app, None if self.metadata is None else self.metadata.to_dict()
-        ranges = (self.config.int8_ranges,) if variant == "full_int8" else ()
+        ranges = (self.config.int8_ranges, self.config.int8_bias_correction) if variant == "full_int8" else ()
         key = self.keys[variant] = stage_key(
             self.keys["saved_model"], variant, calib_key, self.config.int8_io, app.to_dict(), metadata, *ranges
         )
@@ -229,8 +229,9 @@ class Chain:
             outcome = self.worker.check(path, variant, app_job)  # a LiteRT upgrade may not take it any more
         else:
             outcome = self.worker.build(
-                self.artifacts["saved_model"], variant, self.config.int8_io, app_job, metadata, self.config.int8_ranges
-            )
+                self.artifacts["saved_model"], variant, self.config.int8_io, app_job, metadata, self.config.int8_ranges,
+                self.config.int8_bias_correction,
+            )  # fmt: skip
         if isinstance(outcome, VariantFailure):
             self.fail_variant(variant, outcome)
             return

@@ -22,6 +22,7 @@ class ConvertConfig:
     calib_split: str = "train"  # split the calibration images are drawn from
     int8_io: str = "int8"  # full_int8 input/output type: "int8" or "float"
     int8_ranges: str = "auto"  # full_int8 activation ranges: "minmax", "percentile", "mse" or "auto" (int8_ranges.py)
+    int8_bias_correction: bool = False  # full_int8: take the int8 weights' mean error out of the biases (int8_bias.py)
     image_input: str = "float"  # "float": normalised float32 in; "uint8": RGB pixels in, normalised in the graph
     image_output: str = "logits"  # "logits" at input size; "classes": int32 class map; "lowres": logits at output stride
     metadata: bool = True  # write TFLite metadata (name, normalisation, labels) into every .tflite

@@ -187,12 +187,14 @@ def quantize(
 @dataclass
 class RangeStatistics:
     """Every calibrated tensor's histogram over the images that set ranges (``fit``) and, for
-    ``auto``, over the held-out ones; the float model's outputs on the held-out images."""
+    ``auto``, over the held-out ones; the float model's outputs on the held-out images; every
+    tensor's per-channel (last axis) mean over all images, by name (for bias correction)."""
 
     fit: dict[int, Histogram]
     held_out: dict[int, Histogram]
     held_out_inputs: list[np.ndarray]
     held_out_outputs: list[np.ndarray]
+    channel_means: dict[bytes, np.ndarray] = field(default_factory=dict)
 
     def all_images(self) -> dict[int, Histogram]:
         return {t: merged([h, self.held_out[t]]) if t in self.held_out else h for t, h in self.fit.items()}
@@ -227,6 +229,9 @@ def collect_statistics(calibrated: bytes, representative: Representative, hold_o
     inputs = interpreter.get_input_details()
     (output,) = interpreter.get_output_details()
     stats = RangeStatistics({t: Histogram(*r) for t, r in ranges.items()}, {}, [], [])
+    names = {t["index"]: t["name"].encode() for t in interpreter.get_tensor_details()}
+    sums: dict[int, np.ndarray] = {}
+    n = -1
     for n, sample in enumerate(representative()):
         for detail, x in zip(inputs, sample):
             interpreter.set_tensor(detail["index"], np.asarray(x, detail["dtype"]))
@@ -234,10 +239,14 @@ def collect_statistics(calibrated: bytes, representative: Representative, hold_o
         held = hold_out and n % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
         target = stats.held_out if held else stats.fit
         for t, (lo, hi) in ranges.items():
-            target.setdefault(t, Histogram(lo, hi)).add(interpreter.get_tensor(t))
+            values = interpreter.get_tensor(t)
+            target.setdefault(t, Histogram(lo, hi)).add(values)
+            if values.ndim:
+                sums[t] = sums.get(t, 0) + values.reshape(-1, values.shape[-1]).mean(axis=0, dtype=np.float64)
         if held:
             stats.held_out_inputs.append([np.asarray(x) for x in sample])
             stats.held_out_outputs.append(interpreter.get_tensor(output["index"]).copy())
+    stats.channel_means = {names[t]: total / (n + 1) for t, total in sums.items()}
     return stats
 
 
@@ -301,6 +310,7 @@ class Int8Build:
     scores: dict[str, dict] = field(default_factory=dict)  # auto: each method's held-out error
     narrowed: int = 0  # tensors whose range is narrower than min/max
     tensors: int = 0
+    bias_corrected: int = 0  # ops whose int32 bias took their weights' mean error back out
 
     def record(self) -> dict:
         return {
@@ -314,6 +324,7 @@ class Int8Build:
             "held_out_scores": self.scores,
             "tensors": self.tensors,
             "narrower_than_minmax": self.narrowed,
+            "bias_corrected_ops": self.bias_corrected,
         }
 
 
@@ -325,37 +336,46 @@ def build_full_int8(
     per_channel: bool = True,
     finish: Callable[[bytes], bytes] = lambda content: content,
     threads: int | None = None,
+    bias_correction: bool = False,
 ) -> Int8Build:
-    """Full int8 with ``method``'s ranges; ``finish`` is applied to every candidate file (the
-    rewrites the shipped file gets), so ``auto`` scores what would ship."""
+    """Full int8 with ``method``'s ranges (``minmax``: the calibrator's own) and, with
+    ``bias_correction``, its weights' mean error taken out of the biases (``int8_bias``);
+    ``finish`` is applied to every candidate file (the rewrites the shipped file gets), so
+    ``auto`` scores what would ship."""
+    from seg2tflite.converters.int8_bias import correct_biases
+
     if method not in RANGE_METHODS:
         raise ValueError(f"unknown range method {method!r}; choose from {RANGE_METHODS}")
     calibrated = calibrate(saved_model, representative, per_channel)
-
-    def build(ranges) -> bytes:
-        return finish(quantize(with_ranges(calibrated, ranges), int8_io, per_channel))
-
-    if method == "minmax":
+    if method == "minmax" and not bias_correction:
         tensors = len(calibrated_ranges(calibrated))
         return Int8Build(finish(quantize(calibrated, int8_io, per_channel)), "minmax", method, tensors=tensors)
-    stats = collect_statistics(
-        calibrated, representative, hold_out=method == "auto" and _count(representative) >= 2 * HELD_OUT_EVERY
-    )
+    hold_out = method == "auto" and _count(representative) >= 2 * HELD_OUT_EVERY
+    stats = collect_statistics(calibrated, representative, hold_out)
     groups = tied_groups(calibrated, stats.fit)
+    corrected = 0
+
+    def build(histograms: dict[int, Histogram], method: str) -> bytes:
+        nonlocal corrected
+        ranges = None if method == "minmax" else choose_ranges(groups, histograms, method)
+        content = quantize(calibrated if ranges is None else with_ranges(calibrated, ranges), int8_io, per_channel)
+        if bias_correction:
+            content, corrected = correct_biases(content, calibrated, stats.channel_means)
+        return finish(content)
+
     scores = {}
-    chosen = method
-    if method == "auto" and stats.held_out_inputs:
+    chosen = "mse" if method == "auto" else method
+    if hold_out:
         for candidate in CANDIDATES:
-            scores[candidate] = held_out_error(build(choose_ranges(groups, stats.fit, candidate)), stats, threads)
+            scores[candidate] = held_out_error(build(stats.fit, candidate), stats, threads)
         chosen = min(CANDIDATES, key=lambda m: (scores[m]["disagreement"], scores[m]["relative_error"]))
-    elif method == "auto":
-        chosen = "mse"
     histograms = stats.all_images()
-    ranges = choose_ranges(groups, histograms, chosen)
-    plain = choose_ranges(groups, histograms, "minmax")
-    narrowed = sum(1 for t in ranges if ranges[t][1] - ranges[t][0] < plain[t][1] - plain[t][0] - 1e-12)
-    content = build(ranges) if chosen != "minmax" else finish(quantize(calibrated, int8_io, per_channel))
-    return Int8Build(content, chosen, method, scores, narrowed, len(ranges))
+    content = build(histograms, chosen)
+    ranges, plain = choose_ranges(groups, histograms, chosen), choose_ranges(groups, histograms, "minmax")
+    narrowed = (
+        0 if chosen == "minmax" else sum(1 for t in ranges if ranges[t][1] - ranges[t][0] < plain[t][1] - plain[t][0] - 1e-12)
+    )
+    return Int8Build(content, chosen, method, scores, narrowed, len(ranges), corrected)
 
 
 def _count(representative: Representative) -> int:

@@ -2,7 +2,8 @@
 
 Both files run on the parity images on LiteRT's builtin kernels with every tensor kept; each op of
 the full-int8 file whose output tensor is int8 and has a same-named, same-shaped float tensor in
-the float32 file (the converter keeps the names; the rewrites' own tensors have none) is scored by
+the float32 file (the converter keeps the names but for the quantized model input and output,
+``TFLiteGraph.float_name``; the rewrites' own tensors have none) is scored by
 its signal-to-quantization-noise ratio, ``SQNR = 10 log10(sum(ref^2) / sum((int8 - ref)^2))`` in dB,
 over all images. The error is what reaches that tensor: its own rounding and everything upstream.
 Lowest SQNR first: the ops a user looks at when the int8 file loses accuracy.
@@ -50,13 +51,16 @@ def op_sensitivity(float32: bytes, full_int8: bytes, images: np.ndarray, pixels:
     """``[{op, tensor, sqnr_db, relative_rmse}]`` for every comparable int8 op, lowest SQNR first.
     ``images``: (N, 3, H, W) float32 as the files' float input takes them (NCHW, normalised);
     ``pixels``: the same as (N, H, W, 3) uint8 for files that take pixels."""
+    from seg2tflite.converters.tflite_graph import TFLiteGraph
+
     reference, quantized = _interpreter(float32), _interpreter(full_int8)
+    graph = TFLiteGraph.read(full_int8)
     float_tensors = {t["name"]: t for t in reference.get_tensor_details() if np.dtype(t["dtype"]) == np.float32}
     ops = []
     for op in quantized._get_ops_details():
         for t in op["outputs"]:
             detail = quantized._get_tensor_details(int(t), 0)
-            ref = float_tensors.get(detail["name"])
+            ref = float_tensors.get(graph.float_name(int(t)).decode() if graph is not None else detail["name"])
             scale, zero_point = detail["quantization"]
             if np.dtype(detail["dtype"]) == np.int8 and scale and ref is not None and list(ref["shape"]) == list(detail["shape"]):
                 ops.append((op["op_name"], detail["name"], int(t), ref["index"], scale, zero_point))

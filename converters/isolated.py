@@ -123,15 +123,18 @@ class VariantWorker:
         app: dict | None = None,
         metadata: dict | None = None,
         int8_ranges: str = "minmax",
+        int8_bias_correction: bool = False,
     ) -> VariantBuild | VariantFailure:
         """``app``: ``AppIO.to_dict()`` (the app's input end); ``metadata``: ``ModelMetadata.to_dict()``,
-        written into the file once it is built (None: none); ``int8_ranges``: full int8's range method."""
+        written into the file once it is built (None: none); ``int8_ranges``, ``int8_bias_correction``:
+        how full int8 is quantized."""
         from seg2tflite.converters.stages import STAGES
 
         out = self.workdir / f"{variant}.tflite"
         calib = str(self.calib_file) if STAGES[variant].calibrated and self.calib_file else None
         job = {"saved_model": str(saved_model), "variant": variant, "int8_io": int8_io, "calib": calib, "out": str(out)}
         job.update(name=STAGES[variant].file, app=app, metadata=metadata, int8_ranges=int8_ranges)
+        job.update(int8_bias_correction=int8_bias_correction)
         return self._run(variant, {**job, "source": self.calib_source, "progress": self.progress})
 
     def check(self, path: Path, variant: str, app: dict | None = None) -> VariantBuild | VariantFailure:
@@ -295,7 +298,8 @@ def _job(job: dict, conn, terminal) -> tuple:
             calib = _calibration(job, terminal)
             app = AppIO(**job["app"]) if job.get("app") else None
             built = build_variant(
-                job["saved_model"], job["variant"], calib, job["int8_io"], job["progress"], app=app, int8_ranges=job["int8_ranges"]
+                job["saved_model"], job["variant"], calib, job["int8_io"], job["progress"], app=app,
+                int8_ranges=job["int8_ranges"], int8_bias_correction=job["int8_bias_correction"],
             )  # fmt: skip
             content, int8_ranges = built
             check_builtins_only(op_report(content), job["name"])  # a Flex op is refused, not a load failure

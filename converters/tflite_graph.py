@@ -42,6 +42,17 @@ class TFLiteGraph:
         code = self.model.operatorCodes[op.opcodeIndex]
         return self.op_names[max(code.builtinCode, code.deprecatedBuiltinCode)]
 
+    def float_name(self, t: int) -> bytes:
+        """The name tensor ``t`` has in the float file the int8 file was quantized from: the
+        quantizer renames a model input it QUANTIZEs and a model output it DEQUANTIZEs."""
+        producer = self.producer.get(t)
+        if producer is not None and self.name(producer) == "QUANTIZE":
+            return self.graph.tensors[int(producer.inputs[0])].name
+        readers = self.readers.get(t, [])
+        if len(readers) == 1 and self.name(readers[0]) == "DEQUANTIZE" and int(readers[0].outputs[0]) in self.ends:
+            return self.graph.tensors[int(readers[0].outputs[0])].name
+        return self.graph.tensors[t].name
+
     def shape(self, t: int) -> list[int]:
         return [int(d) for d in self.graph.tensors[t].shape]
 

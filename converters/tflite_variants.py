@@ -48,11 +48,15 @@ def build_tflite(
     per_channel: bool = True,
     app: AppIO | None = None,
     int8_ranges: str = "minmax",
+    int8_bias_correction: bool = False,
 ) -> bytes:
     """The .tflite flatbuffer of ``variant`` built from ``saved_model`` (``per_channel=False``: one
     weight scale per tensor, for the calibration study; ``app``: the app's input/output ends;
-    ``int8_ranges``: how full int8 chooses its activation ranges)."""
-    return build_variant(saved_model, variant, calibration, int8_io, progress, per_channel, app, int8_ranges)[0]
+    ``int8_ranges``: how full int8 chooses its activation ranges; ``int8_bias_correction``: its
+    weights' mean error taken out of the biases)."""
+    return build_variant(
+        saved_model, variant, calibration, int8_io, progress, per_channel, app, int8_ranges, int8_bias_correction
+    )[0]
 
 
 def build_variant(
@@ -64,6 +68,7 @@ def build_variant(
     per_channel: bool = True,
     app: AppIO | None = None,
     int8_ranges: str = "minmax",
+    int8_bias_correction: bool = False,
 ) -> tuple[bytes, dict | None]:
     """``build_tflite``'s file and, for full int8, the record of how its ranges were chosen."""
     if variant not in VARIANTS:
@@ -86,6 +91,7 @@ def build_variant(
                 built = build_full_int8(
                     saved_model, representative or calibration.representative_dataset(progress), int8_ranges, int8_io,
                     per_channel, finish=lambda content: xnnpack_int8_forms(drop_matmul_transposes(content)[0])[0],
+                    bias_correction=int8_bias_correction,
                 )  # fmt: skip
             content, record = built.content, built.record()
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import signal
@@ -78,6 +79,10 @@ def _add_demo(sub) -> None:
     p.add_argument(
         "--int8-ranges", default=d.int8_ranges, choices=RANGE_METHODS,
         help="how full int8 chooses each activation's range (see convert --int8-ranges)",
+    )  # fmt: skip
+    p.add_argument(
+        "--int8-bias-correction", action=argparse.BooleanOptionalAction, default=d.int8_bias_correction,
+        help="take the full-int8 weights' mean error out of the biases (see convert --int8-bias-correction)",
     )  # fmt: skip
     p.add_argument("--seed", type=non_negative_int, default=d.seed, help="random seed (data, init, training)")
     p.add_argument("--strict", action="store_true", help="exit non-zero when any conversion gate fails")

@@ -202,6 +202,10 @@ def add_convert(sub) -> None:
         "or auto (the best of the three on held-out calibration images)",
     )  # fmt: skip
     p.add_argument(
+        "--int8-bias-correction", action=argparse.BooleanOptionalAction, default=d.int8_bias_correction,
+        help="take the full-int8 weights' mean rounding error on the calibration images out of each layer's bias",
+    )  # fmt: skip
+    p.add_argument(
         "--input", dest="image_input", default=d.image_input, choices=["float", "uint8"],
         help="what every .tflite takes: a normalised float image, or RGB uint8 pixels (normalisation in the graph; "
         "the form MediaPipe's ImageSegmenter loads)",

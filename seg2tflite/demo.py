@@ -98,6 +98,7 @@ def _convert(name: str, checkpoint: Path, data: str, config: DemoConfig, model_d
         image_input=config.image_input,
         image_output=config.image_output,
         int8_ranges=config.int8_ranges,
+        int8_bias_correction=config.int8_bias_correction,
     )
     calib = load_dataset(data, "train")
     try:
@@ -146,6 +147,7 @@ def check_demo_settings(config: DemoConfig) -> None:
         convert = ConvertConfig(
             input_size=size, calib_size=config.calib_size, parity_images=config.parity_images, max_miou_drop=config.max_miou_drop,
             image_input=config.image_input, image_output=config.image_output, int8_ranges=config.int8_ranges,
+            int8_bias_correction=config.int8_bias_correction,
         )  # fmt: skip
         need = conversion_memory(
             lambda h, w, name=name: activation_bytes(name, (h, w), classes), True, convert.calib_size, convert.parity_images

@@ -67,6 +67,7 @@ class DemoConfig:
     image_input: str = "float"  # every .tflite's input: "float" or "uint8" (convert --input)
     image_output: str = "logits"  # every .tflite's output: "logits", "classes" or "lowres" (convert --output)
     int8_ranges: str = "auto"  # full int8's activation ranges (convert --int8-ranges)
+    int8_bias_correction: bool = False  # full int8's bias correction (convert --int8-bias-correction)
     seed: int = 0
     strict: bool = False  # exit non-zero when any conversion gate fails
     progress: bool = True
