@@ -729,6 +729,44 @@ def _(b):
     return _module(b, extra=", mask")
 
 
+# 10. files that claim more than they hold, or are not the text expected (issue 28)
+
+
+def _bomb(path, width=100000, height=100000, mode=2):
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, mode, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+
+
+@case("data check: a decompression-bomb PNG as image", "val_000001.png", "too many to read safely")
+def _(b):
+    folder = b.folder()
+    _bomb(folder / "val" / "images" / "val_000001.png")
+    return ["data", "check", "--data", f"folder:{folder}"]
+
+
+@case("data check: a decompression-bomb PNG as mask", "val_000002.png", "mask claims more than")
+def _(b):
+    folder = b.folder()
+    _bomb(folder / "val" / "masks" / "val_000002.png", mode=0)
+    return ["data", "check", "--data", f"folder:{folder}"]
+
+
+@case("data check: a VOC split list that is not UTF-8", "val.txt", "not UTF-8", "restore")
+def _(b):
+    root = b.root / "VOC2012"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClass").mkdir()
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_bytes(b"2007_\xff\xfe000032\n")
+    return ["data", "check", "--data", f"voc:{root}"]
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_hostile_input_is_refused_in_one_line(name, capsys, tmp_path, segformer_checkpoint):
     build, expected, absent, after = CASES[name]

@@ -8,11 +8,13 @@ never uses, and meeting one raises a ``UserError`` naming the file.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from seg2tflite.data.base import DatasetInfo, SegmentationDataset
 from seg2tflite.data.preprocess import IGNORE_INDEX
@@ -53,11 +55,29 @@ def identity_lut(num_classes: int) -> np.ndarray:
     return lut
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Any image file -> uint8 (H, W, 3) RGB, or a ``UserError`` naming the file."""
+@contextlib.contextmanager
+def _opened(path: Path, what: str):
+    """``Image.open`` refusing, in one line naming the file, one that claims more pixels than can be
+    read safely (a few hundred bytes can claim 100000x100000: a decompression bomb); the image is
+    turned upright by its EXIF Orientation tag (phones store photos rotated, with that tag)."""
     try:
-        with Image.open(path) as img:
-            img.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                yield ImageOps.exif_transpose(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(
+            f"{path}: the {what} claims more than {Image.MAX_IMAGE_PIXELS:,} pixels, too many to read safely "
+            "(a damaged or hostile file); replace or remove it, or scale it down"
+        ) from None
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Any image file -> uint8 (H, W, 3) RGB, upright (EXIF orientation applied), or a
+    ``UserError`` naming the file."""
+    try:
+        with _opened(path, "image") as img:
             if img.mode in _WIDE_GREY_MODES:  # PIL's convert("RGB") would clip these at 255
                 return _grey_to_rgb8(np.asarray(img), path)
             if img.mode == "F":
@@ -82,11 +102,11 @@ def _grey_to_rgb8(raw: np.ndarray, path: Path) -> np.ndarray:
 def read_mask(path: Path) -> np.ndarray:
     """A single-channel class-index image -> its raw values as uint8 (H, W).
 
-    Palette ("P") PNGs give their palette indices, not their colours.
+    Palette ("P") PNGs give their palette indices, not their colours; an EXIF orientation is
+    applied as to the images, so a mask stays aligned with its image.
     """
     try:
-        with Image.open(path) as img:
-            img.load()
+        with _opened(path, "mask") as img:
             mode = img.mode
             if mode not in _MASK_MODES:
                 raise UserError(

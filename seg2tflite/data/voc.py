@@ -39,7 +39,12 @@ class VOCDataset(FileSegmentationDataset):
         list_path = root / "ImageSets" / "Segmentation" / f"{SPLIT_LISTS[split]}.txt"
         if not list_path.is_file():
             raise UserError(f"{list_path}: split list not found; is this the VOC2012 trainval release?")
-        names = [line.strip() for line in list_path.read_text().splitlines() if line.strip()]
+        try:
+            text = list_path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError) as e:
+            reason = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else e.strerror or type(e).__name__
+            raise UserError(f"{list_path}: unreadable split list ({reason}); restore the file from the VOC release") from None
+        names = [line.strip() for line in text.splitlines() if line.strip()]
         if not names:
             raise UserError(f"{list_path}: no image names in it; restore the file from the VOC release")
         image_dir = root / "JPEGImages"
