@@ -767,6 +767,41 @@ def _(b):
     return ["data", "check", "--data", f"voc:{root}"]
 
 
+# 11. corrupt or partial records each command reads (issue 28)
+
+
+@case("latency --run on a truncated demo.json", "demo.json", "unreadable or incomplete", "--models")
+def _(b):
+    (b.root / "run").mkdir()
+    (b.root / "run" / "demo.json").write_text('{"config": {"models": ["segf')
+    return ["latency", "--run", str(b.root / "run"), "--runs", "1"]
+
+
+@case("latency --run on a demo.json without its models", "demo.json", "lacks config.models")
+def _(b):
+    (b.root / "run").mkdir()
+    (b.root / "run" / "demo.json").write_text('{"config": {}}')
+    return ["latency", "--run", str(b.root / "run"), "--runs", "1"]
+
+
+@case("compress --methods calibration on a truncated calibration study", "calibration_study.json", "unreadable or incomplete")
+def _(b):
+    run = _demo_run(b, ["segformer_b0"])
+    (run / "models" / "segformer_b0" / "train").mkdir(parents=True)
+    (run / "models" / "segformer_b0" / "train" / "best.safetensors").write_bytes(b"x")
+    (run / "calibration_study.json").write_text('{"segformer_b0": {"siz')
+    return ["compress", "--run", str(run), "--methods", "calibration"]
+
+
+@case("demo: a train log without its config", "train_log.json", "lacks config", "segformer_b0")
+def _(b):
+    train = b.root / "run" / "models" / "segformer_b0" / "train"
+    train.mkdir(parents=True)
+    (train / "train_log.json").write_text('{"history": []}')
+    return ["demo", "--out", str(b.root / "run"), "--models", "segformer_b0", "--data", SMALL, "--train-steps", "1",
+            "--batch-size", "2", "--input-size", "32", "32"]  # fmt: skip
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_hostile_input_is_refused_in_one_line(name, capsys, tmp_path, segformer_checkpoint):
     build, expected, absent, after = CASES[name]
