@@ -178,8 +178,99 @@ def constant_minus_tensor(model: onnx.ModelProto) -> list[str]:
     return applied
 
 
+def _split_sizes(graph: onnx.GraphProto, split: onnx.NodeProto, total: int) -> list[int] | None:
+    if len(split.input) > 1 and split.input[1]:
+        sizes = _constant(graph, split.input[1])
+        return None if sizes is None else [int(v) for v in sizes.reshape(-1)]
+    for a in split.attribute:
+        if a.name == "split":
+            return list(a.ints)
+    parts = len(split.output)
+    return [total // parts] * parts if total % parts == 0 else None
+
+
+def split_fused_projections(model: onnx.ModelProto) -> list[str]:
+    """``MatMul(x, W) [+ b] -> Split(last axis)`` on 3-D tokens, W (and b) constant  =>  one MatMul
+    (and Add) per output with W's (and b's) column blocks; nothing is split any more."""
+    graph, applied = model.graph, []
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    for split in list(graph.node):
+        if split.op_type != "Split" or ranks.get(split.input[0]) != 3:
+            continue
+        axis = next((a.i for a in split.attribute if a.name == "axis"), 0)
+        if axis not in (-1, 2):
+            continue
+        producers, users = _producers(graph), _users(graph)
+        chain = [producers.get(split.input[0])]
+        bias = None
+        if chain[0] is not None and chain[0].op_type == "Add":
+            add = chain[0]
+            for side in (0, 1):
+                b = _constant(graph, add.input[side])
+                if b is not None and b.ndim == 1:
+                    bias, chain = b, [producers.get(add.input[1 - side]), add]
+                    break
+        matmul = chain[0]
+        if matmul is None or matmul.op_type != "MatMul":
+            continue
+        weight = _constant(graph, matmul.input[1])
+        if weight is None or weight.ndim != 2 or any(len(users.get(node.output[0], [])) != 1 for node in chain):
+            continue
+        sizes = _split_sizes(graph, split, weight.shape[1])
+        if sizes is None or sum(sizes) != weight.shape[1]:
+            continue
+        new, start = [], 0
+        for i, (size, out) in enumerate(zip(sizes, split.output)):
+            n = lambda tag: f"{matmul.name}/part{i}/{tag}"  # noqa: E731
+            _add_constant(graph, weight[:, start : start + size], n("weight"))
+            if bias is None:
+                new.append(helper.make_node("MatMul", [matmul.input[0], n("weight")], [out], name=n("MatMul")))
+            else:
+                _add_constant(graph, bias[start : start + size], n("bias"))
+                new.append(helper.make_node("MatMul", [matmul.input[0], n("weight")], [n("product")], name=n("MatMul")))
+                new.append(helper.make_node("Add", [n("product"), n("bias")], [out], name=n("Add")))
+            start += size
+        nodes = list(graph.node)
+        i = next(j for j, node in enumerate(nodes) if node.output[0] == matmul.output[0])
+        kept = [node for node in nodes if list(node.output) != list(split.output) and all(
+            list(node.output) != list(c.output) for c in chain)]  # fmt: skip
+        before = [node for node in nodes[:i] if node in kept]
+        after = [node for node in nodes[i:] if node in kept]
+        del graph.node[:]
+        graph.node.extend(before + new + after)
+        applied.append(
+            f"{split.name or matmul.name}: MatMul{' + Add' if bias is not None else ''} split on the last axis of 3-D tokens rewritten as "
+            f"{len(sizes)} MatMuls, which onnx2tf cannot split on the wrong axis"
+        )
+    return applied
+
+
+def pad_value_as_zero_pad(model: onnx.ModelProto) -> list[str]:
+    """``Pad(x, constant c != 0)``  =>  ``Pad(x - c, 0) + c`` (a PAD, not a PADV2 with a float constant)."""
+    graph, applied = model.graph, []
+    for pad in list(graph.node):
+        mode = next((a.s.decode() for a in pad.attribute if a.name == "mode"), "constant")
+        if pad.op_type != "Pad" or mode != "constant" or len(pad.input) < 3 or not pad.input[2]:
+            continue
+        value = _constant(graph, pad.input[2])
+        if value is None or value.size != 1 or value.dtype.kind != "f" or float(value.reshape(-1)[0]) == 0.0:
+            continue
+        n = lambda tag: f"{pad.name or pad.output[0]}/zero_pad/{tag}"  # noqa: E731
+        c = float(value.reshape(-1)[0])
+        _add_constant(graph, c, n("value"), value.dtype)
+        _add_constant(graph, 0.0, n("zero"), value.dtype)
+        x, out = pad.input[0], pad.output[0]
+        pad.input[0], pad.input[2], pad.output[0] = n("shifted"), n("zero"), n("padded")  # edited before the inserts copy it
+        _insert_before(graph, n("shifted"), helper.make_node("Sub", [x, n("value")], [n("shifted")], name=n("Sub")))
+        _insert_after(graph, n("padded"), helper.make_node("Add", [n("padded"), n("value")], [out], name=n("Add")))
+        applied.append(f"{pad.name}: Pad with value {c:g} rewritten as Pad(x - {c:g}, 0) + {c:g}, so int16x8 quantizes it")
+    return applied
+
+
 def apply_realtime_rewrites(model: onnx.ModelProto) -> list[str]:
     """Apply every rewrite of this module to ``model`` in place; one line per rewrite applied."""
     applied = float16_safe_epsilons(model)
     applied += constant_minus_tensor(model)
+    applied += split_fused_projections(model)
+    applied += pad_value_as_zero_pad(model)
     return applied

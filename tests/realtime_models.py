@@ -126,11 +126,12 @@ class Attention(nn.Module):
 
 
 class QKVNet(nn.Module):
-    """conv stem -> (B, N, C) tokens -> LayerNorm -> attention (residual) -> map -> head."""
+    """conv stem -> 2x2 patches unfolded into (4B, N, C) tokens (each of the four pixel positions
+    of a patch attends across patches) -> LayerNorm -> attention (residual) -> folded back -> head."""
 
-    def __init__(self, num_classes: int = K, dim: int = 16, stride: int = 4):
+    def __init__(self, num_classes: int = K, dim: int = 16):
         super().__init__()
-        self.stem = nn.Sequential(_cbr(3, dim, 2), _cbr(dim, dim, stride // 2))
+        self.stem = nn.Sequential(_cbr(3, dim, 2), _cbr(dim, dim, 2))
         self.norm = nn.LayerNorm(dim)
         self.attn = Attention(dim)
         self.head = nn.Conv2d(dim, num_classes, 1)
@@ -138,9 +139,10 @@ class QKVNet(nn.Module):
     def forward(self, x):
         y = self.stem(x)
         b, c, h, w = y.shape
-        t = y.flatten(2).transpose(1, 2)
+        t = y.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 3, 5, 2, 4, 1).reshape(b * 4, (h // 2) * (w // 2), c)
         t = t + self.attn(self.norm(t))
-        return _up(self.head(t.transpose(1, 2).reshape(b, c, h, w)), x)
+        y = t.reshape(b, 2, 2, h // 2, w // 2, c).permute(0, 5, 3, 1, 4, 2).reshape(b, c, h, w)
+        return _up(self.head(y), x)
 
 
 class TinyEpsNet(nn.Module):
