@@ -170,7 +170,7 @@ def _add_latency(sub) -> None:
     p.add_argument("--models", nargs="+", default=list(d.models), help="models to time (default: the run's)")
     p.add_argument("--threads", type=positive_int, default=d.threads, help="benchmark threads")
     p.add_argument("--runs", type=positive_int, default=d.runs, help="timing turns, each artifact about 0.25 s a turn")
-    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed runs of each artifact first")
+    p.add_argument("--warmup", type=non_negative_int, default=d.warmup, help="untimed runs of each artifact first")
     p.set_defaults(handler=_run_latency)
 
 
