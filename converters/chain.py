@@ -99,6 +99,10 @@ class Chain:
     def run(self, calib_data, parity_data, model_info: dict, command) -> ConvertResult:
         onnx_source = None if self.torch_model is not None else self.model_source
         calib_data, parity_data = resolve_data(calib_data, parity_data, self.config)
+        if model_info.get("module"):  # a model of the user's own: --num-classes cannot change its head
+            from seg2tflite.user_module import check_module_classes
+
+            check_module_classes(model_info["module"], self.prepared.num_classes, (calib_data, parity_data))
         check_class_count(self.prepared.num_classes, (calib_data, parity_data), onnx_source)
         calib, parity = self.read_data(calib_data, parity_data)
         if self.config.metadata:

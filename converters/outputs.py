@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg2tflite.errors import UserError
+from seg2tflite.errors import UserError, setting
 
 PREFERRED_KEYS = ("out", "logits")  # torchvision, Hugging Face
 
@@ -46,7 +46,8 @@ def find_logits(output, key: str | None = None) -> tuple[str, str | None]:
             return f"dict[{key!r}]", key
         if _is_tensor(getattr(output, key, None)):
             return f".{key}", key
-        raise UserError(f"output_key={key!r}: the model's output ({_describe(output)}) has no tensor under that name")
+        option = setting(f"--output-key {key}", f"output_key={key!r}")
+        raise UserError(f"{option}: the model's output ({_describe(output)}) has no tensor under that name")
     if _is_tensor(output):
         return "tensor", None
     if isinstance(output, Mapping):  # Hugging Face's ModelOutput is one too
@@ -57,7 +58,8 @@ def find_logits(output, key: str | None = None) -> tuple[str, str | None]:
         if len(tensors) == 1:
             return f"dict[{tensors[0]!r}]", tensors[0]
         raise UserError(
-            f"the model returns a dict with tensors {tensors}; name the logits with output_key= (--output-key), e.g. {tensors[:1]}"
+            f"the model returns a dict with tensors {tensors}; name the logits with "
+            f"{setting(f'--output-key {tensors[0]}', f'output_key={tensors[0]!r}')} (or another of them)"
         )
     if isinstance(output, (tuple, list)) and output and _is_tensor(output[0]):
         return "tuple[0]", None
@@ -110,10 +112,16 @@ def choose_output(model: nn.Module, input_size: tuple[int, int], key: str | None
     if logits.dim() != 4 or logits.shape[0] != 1:
         raise UserError(f"the model's logits ({path}) have shape {tuple(logits.shape)}; expected (1, K, H, W)")
     size = tuple(int(s) for s in logits.shape[-2:])
+    if size != tuple(input_size) and tuple(int(s) for s in logits.shape[1:3]) == tuple(input_size):
+        raise UserError(
+            f"the model's logits ({path}) have shape {tuple(logits.shape)}: channels-last (1, H, W, K) for a "
+            f"{input_size[0]}x{input_size[1]} input; the chain takes channels-first logits (1, K, H, W): return "
+            "logits.permute(0, 3, 1, 2) from the model"
+        )
     if size != tuple(input_size) and not upsample:
         raise UserError(
             f"the model returns logits at {size[0]}x{size[1]} for a {input_size[0]}x{input_size[1]} input; pass "
-            "upsample_logits=True (--upsample-logits) to resize them bilinearly to the input size"
+            f"{setting('--upsample-logits', 'upsample_logits=True')} to resize them bilinearly to the input size"
         )
     return OutputChoice(path, key, size, upsampled=size != tuple(input_size))
 

@@ -802,6 +802,42 @@ def _(b):
             "--batch-size", "2", "--input-size", "32", "32"]  # fmt: skip
 
 
+# 12. advice that would not help (issue 28): each names what is actually wrong
+
+
+def _module_returning(b, expression, *extra, data=SMALL):
+    path = b.root / "returns.py"
+    path.write_text(_MODEL.format(extra="").replace("return self.conv(x)", f"y = self.conv(x)\n        return {expression}"))
+    return ["convert", "--module", f"{path}:build", "--input-size", "32", "32", "--calib-data", data,
+            "--out", str(b.root / "out"), *extra]  # fmt: skip
+
+
+@case("convert --module: output channels other than the data's classes", "--module", "its output channels", "has 5",
+      absent=("pass --num-classes",))  # fmt: skip
+def _(b):
+    return _module_returning(b, "y", data=f"folder:{b.folder(num_classes=5)}")
+
+
+@case("convert --module: channels-last logits", "channels-last", "permute(0, 3, 1, 2)", absent=("--upsample-logits",))
+def _(b):
+    return _module_returning(b, "y.permute(0, 2, 3, 1)")
+
+
+@case("convert --module: a dict of two tensors", "--output-key a", absent=("output_key=",))
+def _(b):
+    return _module_returning(b, "{'a': y, 'b': y}")
+
+
+@case("convert --module --output-key of no tensor", "--output-key nope", "no tensor", absent=("output_key=",))
+def _(b):
+    return _module_returning(b, "{'a': y, 'b': y}", "--output-key", "nope")
+
+
+@case("convert --module: low-resolution logits", "16x16 for a 32x32 input", "--upsample-logits", absent=("upsample_logits=",))
+def _(b):
+    return _module_returning(b, "y[:, :, ::2, ::2]")
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_hostile_input_is_refused_in_one_line(name, capsys, tmp_path, segformer_checkpoint):
     build, expected, absent, after = CASES[name]
