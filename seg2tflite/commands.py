@@ -251,6 +251,9 @@ def run_convert(args) -> None:
     from seg2tflite.data import load_dataset
 
     # Everything that can be refused is refused here, before the model is built or TensorFlow loaded.
+    repeated = [v for v in dict.fromkeys(args.variants) if args.variants.count(v) > 1]
+    if repeated:
+        raise UserError(f"--variants: {', '.join(repeated)} repeated; name each variant once")
     if args.onnx is not None and args.checkpoint is not None:
         raise UserError("--checkpoint: applies to --model; an --onnx file carries its own weights, drop --checkpoint")
     if args.weights is not None and args.module is None:

@@ -838,6 +838,30 @@ def _(b):
     return _module_returning(b, "y[:, :, ::2, ::2]")
 
 
+@case("convert --variants with an entry repeated", "--variants", "float32 repeated", absent=("not valid",))
+def _(b):
+    return ["convert", "--onnx", str(b.onnx()), "--calib-data", SMALL, "--variants", "float32", "float16", "float32",
+            "--out", str(b.root / "out")]  # fmt: skip
+
+
+def _linked_out(b, target):
+    link = b.root / "data_link"
+    link.symlink_to(target)
+    return ["data", "synthetic", "--out", str(link), "--num-train", "2", "--num-val", "1", "--num-test", "1"]
+
+
+@case("data synthetic --out through a symbolic link to an empty folder", "data_link", "symbolic link", "real folder",
+      absent=(".seg2tflite-", ".tmp"), after=lambda b: not any((b.root / "real").iterdir()) or pytest.fail("written"))  # fmt: skip
+def _(b):
+    (b.root / "real").mkdir()
+    return _linked_out(b, b.root / "real")
+
+
+@case("data synthetic --out through a dangling symbolic link", "data_link", "symbolic link", absent=(".seg2tflite-", ".tmp"))
+def _(b):
+    return _linked_out(b, b.root / "gone")
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_hostile_input_is_refused_in_one_line(name, capsys, tmp_path, segformer_checkpoint):
     build, expected, absent, after = CASES[name]
