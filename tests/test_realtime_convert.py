@@ -1,0 +1,117 @@
+"""Issue 30's classes, each on a small model of its own (``realtime_models``): the rewrite keeps
+the function, the model converts through all five variants with every gate, and without the
+rewrite it breaks the way the issue saw.
+
+- float16 NaN: LayerNorm eps 1e-12 rounds to float16 zero; a zero token gives 0/0
+  (``float16_safe_epsilons``).
+- ``1 - sigmoid`` between transposes: the TFLite converter swaps the SUB's operands; the locator
+  names that SUB (``constant_minus_tensor``, ``divergence.locate_tflite_divergence``).
+- fused q/k/v MatMul + Split(axis=-1) on 3-D tokens: onnx2tf splits axis 1 (``split_fused_projections``).
+- ``F.pad(value=1.0)``: a PADV2 whose float32 constant int16x8 cannot load (``pad_value_as_zero_pad``).
+"""
+
+import numpy as np
+import pytest
+import torch
+from realtime_models import GateNet, PadValueNet, QKVNet, TinyEpsNet
+
+from seg2tflite.converters import ConvertConfig, convert_model
+from seg2tflite.converters.divergence import float16_weights
+from seg2tflite.converters.onnx_export import export_onnx, prepare_onnx
+from seg2tflite.converters.onnx_surgery import token_layernorm_as_means
+from seg2tflite.converters.runtimes import OnnxRunner
+from seg2tflite.converters.stages import FLOAT_STAGES, VARIANTS
+from seg2tflite.data import load_dataset
+from seg2tflite.data.preprocess import Preprocess
+from seg2tflite.models.registry import IMAGENET_MEAN, IMAGENET_STD
+
+from model_helpers import batchnorm_from_images, convert_keeping_failures
+
+SIZE = (32, 32)
+SPEC = "synthetic:size=32,train=16,val=8"
+
+CASES = {  # model, a phrase of its manifest rewrite line
+    "layernorm_eps_1e-12": (TinyEpsNet, "float16 cannot hold it"),
+    "one_minus_sigmoid": (GateNet, "1 - Sigmoid(x) rewritten as Sigmoid(-x)"),
+    "fused_qkv_split": (QKVNet, "rewritten as 3 MatMuls"),
+    "pad_value": (PadValueNet, "Pad with value 1 rewritten"),
+}
+
+
+def _images(n=16):
+    train = load_dataset(SPEC, "train")
+    pre = Preprocess(SIZE, IMAGENET_MEAN, IMAGENET_STD)
+    return np.stack([pre(*train[i])[0] for i in range(n)])
+
+
+def _model(build):
+    torch.manual_seed(0)
+    return batchnorm_from_images(build(), _images())
+
+
+def _convert(model, out, **kw):
+    config = ConvertConfig(input_size=SIZE, calib_size=8, parity_images=4, **kw)
+    data = load_dataset(SPEC, "train"), load_dataset(SPEC, "val")
+    return convert_keeping_failures(lambda: convert_model(model, out, config, *data, log=None, progress=False))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_rewrite_keeps_the_function(case):
+    build, phrase = CASES[case]
+    model = _model(build)
+    prepared = prepare_onnx(export_onnx(model, SIZE), SIZE, case)
+    assert any(phrase in line for line in prepared.rewrites), prepared.rewrites
+    x = _images(4)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    got = OnnxRunner(prepared.model.SerializeToString())(x)
+    assert np.abs(got - expected).max() <= 1e-5 * max(1.0, float(np.ptp(expected)))
+
+
+def test_float16_rounding_keeps_the_epsilon():
+    """The graph the chain converts, its constants rounded to float16 as the float16 file stores
+    them: finite with the rewrite; every logit NaN with eps left at 1e-12 (float16 zero)."""
+    model = _model(TinyEpsNet)
+    x = _images(2)
+    fixed = prepare_onnx(export_onnx(model, SIZE), SIZE, "eps")
+    assert np.isfinite(OnnxRunner(float16_weights(fixed.model))(x)).all()
+    raw = prepare_onnx(export_onnx(model, SIZE), SIZE, "eps", rewrites=False).model
+    assert token_layernorm_as_means(raw)  # the token norms as the chain computes them, eps as it was
+    assert np.isnan(OnnxRunner(float16_weights(raw))(x)).all()
+
+
+@pytest.mark.chain
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_variant_with_every_gate(case, tmp_path):
+    build, phrase = CASES[case]
+    result, error, _ = _convert(_model(build), tmp_path / case)
+    assert result.variant_failures == {} and error is None, str(error)
+    assert any(phrase in line for line in result.manifest["onnx_rewrites"])
+    stages = result.parity.stages
+    for stage in VARIANTS:
+        assert stages[stage].nonfinite == 0, stage
+    for stage in (*FLOAT_STAGES, "float16"):
+        assert stages[stage].gate == "pass", (stage, stages[stage].failures)
+    print(case, {s: round(100 * stages[s].vs_pytorch["argmax_agreement"], 2) for s in ("onnx", *VARIANTS)})
+
+
+@pytest.mark.chain
+def test_without_the_rewrites_each_class_breaks(tmp_path):
+    from seg2tflite.converters.onnx_to_tf import ConversionError
+
+    # 1 - sigmoid between transposes: the SavedModel is right, the .tflite is not, and the locator says where
+    result, error, _ = _convert(_model(GateNet), tmp_path / "gate", variants=("float32",), onnx_rewrites=False)
+    stages = result.parity.stages
+    assert stages["saved_model"].gate == "pass" and stages["float32"].gate == "fail"
+    first = result.parity.divergence["first"]
+    assert first["tflite_op"] == "SUB" and first["module"] == "bag", result.parity.divergence
+    assert "first diverging .tflite op is SUB" in str(error)
+    # a zero token and eps 1e-12: the float16 file is NaN
+    result, error, _ = _convert(_model(TinyEpsNet), tmp_path / "eps", variants=("float16",), onnx_rewrites=False)
+    assert result.parity.stages["float16"].nonfinite > 0 and "NaN/Inf" in str(error)
+    # F.pad with value 1: int16x8 does not load
+    result, error, _ = _convert(_model(PadValueNet), tmp_path / "pad", variants=("int16x8",), onnx_rewrites=False)
+    assert "PADV2" in result.variant_failures["int16x8"]["reason"]
+    # fused q/k/v on 16 tokens: onnx2tf splits axis 1 and fails
+    with pytest.raises(ConversionError, match="Split"):
+        _convert(_model(QKVNet), tmp_path / "qkv", variants=("float32",), onnx_rewrites=False)
