@@ -78,8 +78,12 @@ def analyzer_checks_gpu() -> bool:
     def probe(x):
         return tf.nn.local_response_normalization(x)
 
+    from seg2tflite.quiet import muted_stderr
+
     converter = tf.lite.TFLiteConverter.from_concrete_functions([probe.get_concrete_function()], probe)
-    return not parse_gpu_compatibility(analyzer_text(converter.convert()))["compatible"]
+    with muted_stderr():  # the converter's absl lines (grappler, "Ignored output_format", ...) are not the user's
+        content = converter.convert()
+    return not parse_gpu_compatibility(analyzer_text(content))["compatible"]
 
 
 UNCHECKED = (

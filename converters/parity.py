@@ -337,9 +337,14 @@ def format_table(report: ParityReport, config: ConvertConfig | None = None) -> s
                 f"{_fmt(r.miou_drop_points if first and name != ref else None, '+.2f'):>7}"
                 f"  {r.gate if first else ''}"
             )
-    for name, client in report.client.items():
-        if "refused" in client:
-            lines.append(f"mediapipe: {client['refused']}")
+    refused = {name: client["refused"] for name, client in report.client.items() if "refused" in client}
+    float_input = [name for name, why in refused.items() if "Per-channel image normalization" in why]
+    if float_input:  # not a failure of the file: MediaPipe loads only --input uint8 files of such a model
+        lines.append(
+            f"mediapipe: {', '.join(float_input)} not run in MediaPipe's ImageSegmenter, which takes no per-channel "
+            "normalisation: convert with --input uint8 for files it loads"
+        )
+    lines += [f"mediapipe: {why}" for name, why in refused.items() if name not in float_input]
     for line in report.failures:
         lines.append(f"FAIL {line}")
     return "\n".join(lines)

@@ -78,6 +78,8 @@ def quiet_libraries() -> None:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # torch.load(weights_only=True) warns about a checkpoint's pickle protocol before refusing it in one line
+    warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
     pending = tuple(name for name in NOISY_IMPORTS if name not in sys.modules)
     if pending and not any(isinstance(f, _QuietFirstImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietFirstImport(pending))
