@@ -56,7 +56,7 @@ def export_onnx(
     x = torch.zeros(1, 3, *input_size)
     buf = io.BytesIO()
     try:
-        with torch.no_grad(), exact_adaptive_pools(notes):
+        with torch.no_grad(), exact_adaptive_pools(notes), unpooling_without_indices(notes):
             torch.onnx.export(
                 model,
                 (x,),
@@ -67,10 +67,34 @@ def export_onnx(
                 do_constant_folding=True,
                 dynamo=False,
             )
-    except Exception as e:  # the exporter's own message says which op failed
+    except Exception as e:  # the exporter's own message (or the unpooling's), and where in the model it was
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{setting('--model', 'model')}: torch.onnx.export failed at opset {opset}: {first[:300]}") from None
+        where = export_failure_site(model, e.__traceback__)
+        raise UserError(
+            f"{setting('--model', 'model')}: torch.onnx.export failed at opset {opset}{where}: {first[:300]}"
+        ) from None
     return onnx.load_from_string(buf.getvalue())
+
+
+def export_failure_site(model: nn.Module, tb) -> str:
+    """`` in module `name` (Type), op `function` `` for the innermost module of ``model`` whose
+    forward was running when tracing failed, and the first torch function it called on the way
+    (``max_unpool2d``); empty when the traceback shows neither."""
+    import traceback
+
+    names = {id(m): name for name, m in model.named_modules()}
+    module, calls = None, []
+    for frame, _ in traceback.walk_tb(tb):
+        owner, file = frame.f_locals.get("self"), frame.f_code.co_filename.replace("\\", "/")
+        if frame.f_code.co_name == "forward" and id(owner) in names:
+            module, calls = owner, []
+        elif module is not None and "/torch/nn/modules/" not in file:
+            calls.append((frame.f_code.co_name, "/torch/" in file or file == __file__))
+    if module is None:
+        return ""
+    op = next((name for name, from_torch in calls if from_torch), calls[0][0] if calls else None)
+    name = names[id(module)] or "(the model itself)"
+    return f" in module `{name}` ({type(module).__name__})" + (f", op `{op}`" if op else "")
 
 
 def _adaptive_bins(size: int, bins: int) -> list[tuple[int, int]]:
@@ -117,6 +141,76 @@ def exact_adaptive_pools(notes: list[str] | None = None) -> Iterator[None]:
         yield
     finally:
         F.adaptive_avg_pool2d = original
+
+
+@contextlib.contextmanager
+def unpooling_without_indices(notes: list[str] | None = None) -> Iterator[None]:
+    """While exporting: ``max_pool2d(..., return_indices=True)`` and ``max_unpool2d`` (which
+    ``torch.onnx.export`` refuses: "cond must be a bool") in the index-free form this project's
+    SegNet deploys (``models.segnet.unpool_first_max``, generalised to k x k windows): the pool
+    returns its indices as usual, and the unpool that receives them puts each value where the
+    pre-pool map equals its window's maximum, at the first such position in row-major order, the
+    one PyTorch records. Exact for non-overlapping windows (kernel == stride, no padding, no
+    dilation, floor mode); any other unpool is refused naming its module's op."""
+    import torch.nn.functional as F
+
+    pool, unpool = F.max_pool2d, F.max_unpool2d
+    kept: dict[int, tuple] = {}  # id(indices) -> (pooled, pre-pool map, kernel)
+
+    def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+        result = pool(x, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode, return_indices=return_indices)
+        if return_indices:
+            k, st = _pair(kernel_size), _pair(stride or kernel_size)
+            simple = k == st and _pair(padding) == (0, 0) and _pair(dilation) == (1, 1) and not ceil_mode and k[0] == k[1]
+            pooled = pool(x, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode)  # no indices in the graph
+            kept[id(result[1])] = (pooled, x, k[0] if simple else None)
+            return pooled, result[1]
+        return result
+
+    def max_unpool2d(values, indices, kernel_size, stride=None, padding=0, output_size=None):
+        entry = kept.get(id(indices))
+        if entry is None or entry[2] is None:
+            raise UserError(
+                "max_unpool2d converts only with the indices of a max_pool2d(return_indices=True) of the same forward "
+                "whose kernel equals its stride (no padding, dilation or ceil_mode); rewrite the unpooling in the model"
+            )
+        pooled, before, k = entry
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            h, w = int(pooled.shape[-2]) * k, int(pooled.shape[-1]) * k
+            full = (int(before.shape[-2]), int(before.shape[-1]))
+        out = _unpool_first_max(values, pooled, before[..., :h, :w], k)
+        if full != (h, w):  # floor pooling left rows/columns out: they receive nothing
+            out = F.pad(out, (0, full[1] - w, 0, full[0] - h))
+        if notes is not None:
+            notes.append(f"MaxUnpool2d {k}x{k}: exported without indices (each value at its window's first maximum)")
+        return out
+
+    F.max_pool2d, F.max_unpool2d = max_pool2d, max_unpool2d
+    try:
+        yield
+    finally:
+        F.max_pool2d, F.max_unpool2d = pool, unpool
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else tuple(int(x) for x in v)
+
+
+def _unpool_first_max(values: torch.Tensor, pooled: torch.Tensor, before: torch.Tensor, k: int) -> torch.Tensor:
+    """``max_unpool2d`` of a k x k / stride-k pool without indices: each value to the first
+    position of its window (row-major) where ``before`` equals the window maximum ``pooled``."""
+    from seg2tflite.models.segnet import depth_to_space
+
+    taken, masks = None, []
+    positions = [(i, j) for i in range(k) for j in range(k)]
+    for i, j in positions[:-1]:
+        hit = before[:, :, i::k, j::k] == pooled
+        masks.append(hit if taken is None else hit & ~taken)
+        taken = hit if taken is None else taken | hit
+    masks.append(~taken)  # the maximum is in the window: the last position holds it if no other did
+    zero = torch.zeros((), dtype=values.dtype, device=values.device)
+    return depth_to_space(torch.cat([torch.where(m, values, zero) for m in masks], dim=1), k)
 
 
 def onnx_input_size(path: str | Path) -> tuple[int, int] | None:

@@ -267,9 +267,44 @@ def pad_value_as_zero_pad(model: onnx.ModelProto) -> list[str]:
     return applied
 
 
+def batchnorm_as_depthwise_conv(model: onnx.ModelProto) -> list[str]:
+    """A BatchNormalization no conv absorbed, on a 4-D tensor  =>  a depthwise 1x1 Conv with the
+    folded scale and shift (``x * scale + shift``): onnx2tf lays out a standalone BatchNormalization
+    by guessing, and after residual adds and a global mean (``(1, C, 1, 1)``) it guesses wrong."""
+    graph, applied = model.graph, []
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    ranks.update({v.name: len(v.type.tensor_type.shape.dim) for v in graph.input})
+    for bn in list(graph.node):
+        if bn.op_type != "BatchNormalization" or len(bn.output) != 1 or ranks.get(bn.input[0]) != 4:
+            continue
+        gamma, beta, mean, var = (_constant(graph, name) for name in bn.input[1:5])
+        if any(v is None for v in (gamma, beta, mean, var)):
+            continue
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        scale = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
+        shift = beta.astype(np.float64) - mean.astype(np.float64) * scale
+        c = scale.size
+        n = lambda tag: f"{bn.name or bn.output[0]}/{tag}"  # noqa: E731
+        _add_constant(graph, scale.reshape(c, 1, 1, 1), n("depthwise_weight"))
+        _add_constant(graph, shift, n("depthwise_bias"))
+        conv = helper.make_node(
+            "Conv", [bn.input[0], n("depthwise_weight"), n("depthwise_bias")], [bn.output[0]], name=n("DepthwiseConv"),
+            group=c, kernel_shape=[1, 1],
+        )  # fmt: skip
+        nodes = list(graph.node)
+        i = next(j for j, node in enumerate(nodes) if list(node.output) == list(bn.output))
+        del graph.node[:]
+        graph.node.extend(nodes[:i] + [conv] + nodes[i + 1 :])
+        applied.append(
+            f"{bn.name}: standalone BatchNormalization rewritten as a depthwise 1x1 Conv, which onnx2tf lays out right"
+        )
+    return applied
+
+
 def apply_realtime_rewrites(model: onnx.ModelProto) -> list[str]:
     """Apply every rewrite of this module to ``model`` in place; one line per rewrite applied."""
-    applied = float16_safe_epsilons(model)
+    applied = batchnorm_as_depthwise_conv(model)
+    applied += float16_safe_epsilons(model)
     applied += constant_minus_tensor(model)
     applied += split_fused_projections(model)
     applied += pad_value_as_zero_pad(model)

@@ -72,9 +72,9 @@ class ContextBlock(nn.Module):
 
 
 class ContextNet(nn.Module):
-    def __init__(self, num_classes: int = K, channels: int = 16):
+    def __init__(self, num_classes: int = K, channels: int = 16, downsamplings: int = 4):
         super().__init__()
-        self.stem = nn.Sequential(_cbr(3, channels, 2), _cbr(channels, channels, 2))
+        self.stem = nn.Sequential(_cbr(3, channels, 2), *(_cbr(channels, channels, 2) for _ in range(downsamplings - 1)))
         self.blocks = nn.Sequential(ResidualBlock(channels), ResidualBlock(channels))
         self.context = ContextBlock(channels)
         self.head = nn.Conv2d(channels, num_classes, 1)
