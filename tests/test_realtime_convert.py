@@ -7,13 +7,17 @@ rewrite it breaks the way the issue saw.
 - ``1 - sigmoid`` between transposes: the TFLite converter swaps the SUB's operands; the locator
   names that SUB (``constant_minus_tensor``, ``divergence.locate_tflite_divergence``).
 - fused q/k/v MatMul + Split(axis=-1) on 3-D tokens: onnx2tf splits axis 1 (``split_fused_projections``).
+- MaxUnpool2d: ``torch.onnx.export`` refuses it; exported in the index-free first-maximum form
+  (``onnx_export.unpooling_without_indices``).
+- a global context block after residual blocks: onnx2tf lays its standalone BatchNorm out wrongly
+  (``batchnorm_as_depthwise_conv``).
 - ``F.pad(value=1.0)``: a PADV2 whose float32 constant int16x8 cannot load (``pad_value_as_zero_pad``).
 """
 
 import numpy as np
 import pytest
 import torch
-from realtime_models import GateNet, PadValueNet, QKVNet, TinyEpsNet
+from realtime_models import ContextNet, GateNet, PadValueNet, QKVNet, TinyEpsNet, UnpoolNet
 
 from seg2tflite.converters import ConvertConfig, convert_model
 from seg2tflite.converters.divergence import float16_weights
@@ -31,6 +35,8 @@ SIZE = (32, 32)
 SPEC = "synthetic:size=32,train=16,val=8"
 
 CASES = {  # model, a phrase of its manifest rewrite line
+    "max_unpool": (UnpoolNet, "MaxUnpool2d 2x2: exported without indices"),
+    "context_block": (ContextNet, "standalone BatchNormalization rewritten as a depthwise 1x1 Conv"),
     "layernorm_eps_1e-12": (TinyEpsNet, "float16 cannot hold it"),
     "one_minus_sigmoid": (GateNet, "1 - Sigmoid(x) rewritten as Sigmoid(-x)"),
     "fused_qkv_split": (QKVNet, "rewritten as 3 MatMuls"),
@@ -59,8 +65,9 @@ def _convert(model, out, **kw):
 def test_rewrite_keeps_the_function(case):
     build, phrase = CASES[case]
     model = _model(build)
-    prepared = prepare_onnx(export_onnx(model, SIZE), SIZE, case)
-    assert any(phrase in line for line in prepared.rewrites), prepared.rewrites
+    notes = []
+    prepared = prepare_onnx(export_onnx(model, SIZE, notes=notes), SIZE, case)
+    assert any(phrase in line for line in notes + prepared.rewrites), notes + prepared.rewrites
     x = _images(4)
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
@@ -112,6 +119,24 @@ def test_without_the_rewrites_each_class_breaks(tmp_path):
     # F.pad with value 1: int16x8 does not load
     result, error, _ = _convert(_model(PadValueNet), tmp_path / "pad", variants=("int16x8",), onnx_rewrites=False)
     assert "PADV2" in result.variant_failures["int16x8"]["reason"]
+    # a global context block after residual blocks: onnx2tf adds (1, C, 2, 2) to (1, C, 1, C)
+    with pytest.raises(ConversionError, match="/context/Add"):
+        _convert(_model(ContextNet), tmp_path / "context", variants=("float32",), onnx_rewrites=False)
     # fused q/k/v on 16 tokens: onnx2tf splits axis 1 and fails
     with pytest.raises(ConversionError, match="Split"):
         _convert(_model(QKVNet), tmp_path / "qkv", variants=("float32",), onnx_rewrites=False)
+
+
+def test_export_failure_names_the_module_and_op():
+    import io
+
+    from torch import nn
+
+    from seg2tflite.errors import UserError
+
+    model = UnpoolNet().eval()
+    with pytest.raises(Exception, match="cond must be a bool"):  # what PyTorch's exporter says on its own
+        torch.onnx.export(model, (torch.zeros(1, 3, *SIZE),), io.BytesIO(), dynamo=False, opset_version=20)
+    model.pool, model.unpool = nn.MaxPool2d(3, 2, padding=1, return_indices=True), nn.MaxUnpool2d(3, 2, padding=1)
+    with pytest.raises(UserError, match=r"in module `unpool` \(MaxUnpool2d\), op `max_unpool2d`"):
+        export_onnx(model, SIZE)
