@@ -165,14 +165,13 @@ def train(config: TrainConfig) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "train_state.pt"
-    step, best = 0, {"miou": -1.0}
+    step, best, history = 0, {"miou": -1.0}, []
     if config.resume and state_path.is_file():
-        step, best = _load_train_state(state_path, config, model, optimizer, scheduler, scaler)
+        step, best, history = _load_train_state(state_path, config, model, optimizer, scheduler, scaler)
     if world_size > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None)
     bare_model = model.module if world_size > 1 else model
 
-    history: list[dict] = []
     bar = tqdm(total=config.steps, initial=step, desc=f"train {config.model}", disable=not (is_main and config.progress))
     epoch = step // batches_per_epoch
     while step < config.steps:
@@ -214,7 +213,7 @@ def train(config: TrainConfig) -> dict:
                         best = {"step": step, **_summary(metrics)}
                         save_checkpoint(bare_model, out / "best.safetensors", extra=train_extra)
                     save_checkpoint(bare_model, out / "last.safetensors", extra=train_extra)
-                    _save_train_state(state_path, config, step, best, optimizer, scheduler, scaler)
+                    _save_train_state(state_path, config, step, best, history, bare_model, optimizer, scheduler, scaler)
             if step >= config.steps:
                 break
         epoch += 1
@@ -269,11 +268,18 @@ def resume_settings(config: TrainConfig) -> dict:
     return json.loads(json.dumps({key: getattr(config, key) for key in RESUME_SETTINGS}))
 
 
-def _save_train_state(path: Path, config: TrainConfig, step: int, best: dict, optimizer, scheduler, scaler) -> None:
+def _save_train_state(
+    path: Path, config: TrainConfig, step: int, best: dict, history: list, model, optimizer, scheduler, scaler
+) -> None:
+    """Everything a resume needs in one file, renamed into place whole: the weights, the optimizer,
+    the step and the history. last.safetensors is a copy for the user; a run killed between the
+    two writes resumes from this file alone, so it replays nothing and ends as an uninterrupted run."""
     state = {
         "settings": json.dumps(resume_settings(config)),
         "step": step,
         "best_json": json.dumps(best),
+        "history_json": json.dumps(history),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
@@ -283,7 +289,7 @@ def _save_train_state(path: Path, config: TrainConfig, step: int, best: dict, op
         torch.save(state, tmp)
 
 
-def _load_train_state(path: Path, config: TrainConfig, model, optimizer, scheduler, scaler) -> tuple[int, dict]:
+def _load_train_state(path: Path, config: TrainConfig, model, optimizer, scheduler, scaler) -> tuple[int, dict, list]:
     from seg2tflite.models.checkpoint import load_weights_into
 
     try:
@@ -297,9 +303,12 @@ def _load_train_state(path: Path, config: TrainConfig, model, optimizer, schedul
             f"{path}: saved by a run with other settings ({', '.join(changed)}); "
             "resume with the same settings, or use another --out (or drop --resume) to start over"
         )
-    load_weights_into(model, path.parent / "last.safetensors")
+    if "model" in state:  # the weights of this very step (last.safetensors may be a later step's)
+        model.load_state_dict(state["model"])
+    else:  # written before the state held the weights
+        load_weights_into(model, path.parent / "last.safetensors")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["torch_rng"])
-    return int(state["step"]), json.loads(state["best_json"])
+    return int(state["step"]), json.loads(state["best_json"]), json.loads(state.get("history_json", "[]"))

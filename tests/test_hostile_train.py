@@ -1,0 +1,54 @@
+"""Training interrupted at the worst moments (issue 28, items 7 and 13): between the checkpoint's
+writes, and the history before the interrupt kept in the resumed log."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import seg2tflite.train as training
+from seg2tflite.train import train
+from seg2tflite.train_config import TrainConfig
+
+from small_chain import registered_small
+
+TINY_DATA = "synthetic:train=8,val=4,test=2,size=32"
+
+
+@pytest.fixture(autouse=True)
+def small():
+    with registered_small("hostile_train_small", input_size=(32, 32)):
+        yield
+
+
+def _config(out, **overrides):
+    settings = dict(model="hostile_train_small", data=TINY_DATA, out=str(out), steps=4, batch_size=2, warmup_steps=1,
+                    input_size=(32, 32), val_every=2, seed=3, progress=False)  # fmt: skip
+    return TrainConfig(**{**settings, **overrides})
+
+
+def test_ctrl_c_between_the_weights_and_the_train_state_resumes_exactly(tmp_path, monkeypatch):
+    train(_config(tmp_path / "reference"))
+    save_state, calls = training._save_train_state, []
+
+    def interrupted_before_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # step 4: last.safetensors already rewritten, train_state.pt not yet
+            raise KeyboardInterrupt
+        save_state(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_save_train_state", interrupted_before_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tmp_path / "resumed"))
+    monkeypatch.setattr(training, "_save_train_state", save_state)
+    assert torch.load(tmp_path / "resumed" / "train_state.pt", weights_only=True)["step"] == 2
+    assert json.loads((tmp_path / "resumed" / "last.json").read_text())["step"] == 4  # the two files disagree
+    train(_config(tmp_path / "resumed", resume=True))
+
+    reference = load_file(str(tmp_path / "reference" / "last.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / "last.safetensors"))
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+    # the resumed log holds the history from before the interrupt too (item 13)
+    logs = [json.loads((tmp_path / d / "train_log.json").read_text())["history"] for d in ("reference", "resumed")]
+    assert [h["step"] for h in logs[1]] == [2, 4] and logs[1] == logs[0]
