@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-METHODS = ("minmax", "percentile", "mse")
+RANGES = ("minmax", "percentile", "mse")
+METHODS = tuple(f"{r}{tag}" for r in RANGES for tag in ("", "+bc"))  # +bc: with bias correction
 
 
 def _data_spec(run: Path) -> str:
@@ -80,7 +81,10 @@ def measure_model(run: Path, model: str, turns: int, threads: int) -> dict:
         paths = [float32]
         for method in METHODS:
             t = time.perf_counter()
-            content, record = build_variant(saved_model, "full_int8", calib, config["int8_io"], app=app, int8_ranges=method)
+            content, record = build_variant(
+                saved_model, "full_int8", calib, config["int8_io"], app=app, int8_ranges=method.removesuffix("+bc"),
+                int8_bias_correction=method.endswith("+bc"),
+            )  # fmt: skip
             path = Path(work) / f"{method}.tflite"
             path.write_bytes(content)
             paths.append(path)
@@ -94,7 +98,12 @@ def measure_model(run: Path, model: str, turns: int, threads: int) -> dict:
                 "tensors": record["tensors"],
                 "build_seconds": round(time.perf_counter() - t, 1),
             }
-        auto = build_full_int8(saved_model, calib.representative_dataset(), "auto", config["int8_io"]).record()
+        auto = {
+            tag: build_full_int8(
+                saved_model, calib.representative_dataset(), "auto", config["int8_io"], bias_correction=bc
+            ).record()
+            for tag, bc in (("", False), ("+bc", True))
+        }
         if turns:
             size = tuple(pre["size"])
             medians = np.array(benchmark_in_turns(paths, size, threads=threads, turns=turns))
@@ -103,25 +112,27 @@ def measure_model(run: Path, model: str, turns: int, threads: int) -> dict:
                 methods[method]["median_ms"] = float(np.median(medians[i]))
             out["float32_median_ms"] = float(np.median(medians[0]))
     out["methods"] = methods
-    out["auto"] = {"chose": auto["method"], "held_out_scores": auto["held_out_scores"]}
+    out["auto"] = {f"auto{tag}": {"chose": r["method"] + tag, "held_out_scores": r["held_out_scores"]} for tag, r in auto.items()}
     out["demo_file"] = {"int8_ranges": manifest.get("int8_ranges"), "config": config.get("int8_ranges")}
     return out
 
 
 def render(results: dict) -> str:
     lines = [
-        "| model | PyTorch | float32 | " + " | ".join(f"{m} (Δ)" for m in METHODS) + " | auto chose | int8/float32 ms | XNNPACK ops |",
-        "| --- | --: | --: | " + " | ".join("--:" for _ in METHODS) + " | --- | --: | --: |",
+        "| model | PyTorch | float32 | "
+        + " | ".join(f"{m} (Δ)" for m in METHODS)
+        + " | auto | auto+bc | int8/float32 ms | XNNPACK ops |",
+        "| --- | --: | --: | " + " | ".join("--:" for _ in METHODS) + " | --- | --- | --: | --: |",
     ]
     for model, r in results["models"].items():
         ref = r["pytorch_miou"] if r["pytorch_miou"] is not None else r["float32_miou"]
         cells = [f"{r['methods'][m]['miou']:.2f} ({r['methods'][m]['miou'] - ref:+.2f})" for m in METHODS]
-        chose = r["auto"]["chose"]
-        ratio = r["methods"][chose].get("int8_over_float32")
-        m = r["methods"][chose]
+        chose = [r["auto"][a]["chose"] for a in ("auto", "auto+bc")]
+        m = r["methods"][chose[1]]
+        ratio = m.get("int8_over_float32")
         lines.append(
             f"| `{model}` | {ref:.2f} | {r['float32_miou']:.2f} | " + " | ".join(cells)
-            + f" | {chose} | {'-' if ratio is None else f'{ratio:.2f}'} | {m['delegated_ops']}/{m['ops']} |"
+            + f" | {chose[0]} | {chose[1]} | {'-' if ratio is None else f'{ratio:.2f}'} | {m['delegated_ops']}/{m['ops']} |"
         )  # fmt: skip
     return "\n".join(lines) + "\n"
 

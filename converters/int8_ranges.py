@@ -378,6 +378,18 @@ def build_full_int8(
     return Int8Build(content, chosen, method, scores, narrowed, len(ranges), corrected)
 
 
+def calibrated_with_ranges(saved_model, representative: Representative, method: str = "minmax") -> bytes:
+    """The calibrated file with ``method``'s ranges (``minmax``, ``percentile`` or ``mse``) written in:
+    what every later ``quantize`` of it starts from (the mixed-precision search's candidates)."""
+    calibrated = calibrate(saved_model, representative)
+    if method == "minmax":
+        return calibrated
+    if method not in CANDIDATES:
+        raise ValueError(f"{method!r}: give a range method that was chosen, one of {CANDIDATES}")
+    stats = collect_statistics(calibrated, representative, hold_out=False)
+    return with_ranges(calibrated, choose_ranges(tied_groups(calibrated, stats.fit), stats.fit, method))
+
+
 def _count(representative: Representative) -> int:
     return sum(1 for _ in representative())
 

@@ -91,6 +91,7 @@ def _mixed_at_deploy_size(demo_conversion: Path, conversion, config: LatencyConf
     the images its full-int8 file was; None when the run has no such choice."""
     from seg2tflite.calibration.representative import build_calibration_set
     from seg2tflite.compress.mixed_precision import REPORT_FILE, calibrate, quantizable_nodes, quantize
+    from seg2tflite.converters.int8_ranges import CANDIDATES
     from seg2tflite.converters.runtimes import TFLiteRunner
     from seg2tflite.data import Preprocess, load_dataset
 
@@ -99,6 +100,7 @@ def _mixed_at_deploy_size(demo_conversion: Path, conversion, config: LatencyConf
         return None
     try:
         chosen = json.loads(report.read_text())
+        ranges = str((chosen.get("settings") or {}).get("ranges", "minmax"))
         chosen = {"float_op_types": list(chosen["float_op_types"]), "float_nodes": list(chosen.get("float_nodes", []))}
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(
@@ -109,7 +111,7 @@ def _mixed_at_deploy_size(demo_conversion: Path, conversion, config: LatencyConf
     dataset = load_dataset(deploy_data_spec(pre["size"], config.calib_size), "train")
     calib = build_calibration_set(dataset, Preprocess(tuple(pre["size"]), tuple(pre["mean"]), tuple(pre["std"])),
                                   size=config.calib_size, progress=False)  # fmt: skip
-    calibrated = calibrate(conversion / "saved_model", calib)
+    calibrated = calibrate(conversion / "saved_model", calib, ranges if ranges in CANDIDATES else "minmax")
     nodes = {n for names in quantizable_nodes(calibrated).values() for n in names}
     float_nodes = [n for n in chosen["float_nodes"] if n in nodes]
     content = quantize(calibrated, chosen["float_op_types"], float_nodes)

@@ -1,7 +1,8 @@
 """Mixed precision against an accuracy budget: int8 everywhere except the layers that cost mIoU.
 
 The SavedModel is calibrated once (the same representative dataset and settings as
-``full_int8``); every candidate is then a re-quantization of that calibrated model with some
+``full_int8``, with the activation ranges its full-int8 file chose, ``converters.int8_ranges``);
+every candidate is then a re-quantization of that calibrated model with some
 ops or nodes left in float (TensorFlow's ``mlir_quantize`` deny lists, the mechanism behind its
 quantization debugger), evaluated end to end on held-out images in LiteRT with its default
 XNNPACK kernels, the runtime a phone runs.
@@ -50,8 +51,11 @@ from tqdm import tqdm
 
 from seg2tflite.atomic import atomic_write_bytes, atomic_write_text
 from seg2tflite.calibration.representative import CalibrationSet
+from seg2tflite.converters.int8_ranges import calibrated_with_ranges
+from seg2tflite.converters.int8_ranges import quantize as quantize_int8
+from seg2tflite.converters.manifest import artifact_hashes, write_json
 from seg2tflite.converters.ops import op_report
-from seg2tflite.converters.stages import STAGES
+from seg2tflite.converters.stages import MANIFEST_FILE, STAGES
 from seg2tflite.errors import UserError
 from seg2tflite.eval.evaluate import tflite_miou
 from seg2tflite.quiet import muted_stderr
@@ -97,36 +101,20 @@ class MixedPrecisionResult:
         return d
 
 
-def calibrate(saved_model: str | Path, calibration: CalibrationSet) -> bytes:
-    """The SavedModel as a float .tflite carrying calibration statistics, ready for ``quantize``."""
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = calibration.representative_dataset()
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-    converter.experimental_mlir_quantizer = True
-    converter._experimental_calibrate_only = True
-    with muted_stderr():
-        return converter.convert()
+def calibrate(saved_model: str | Path, calibration: CalibrationSet, ranges: str = "minmax") -> bytes:
+    """The SavedModel as a float .tflite carrying calibration ranges (``ranges``: the method full int8
+    chose, ``converters.int8_ranges``), ready for ``quantize``."""
+    return calibrated_with_ranges(saved_model, calibration.representative_dataset(), ranges)
 
 
 def quantize(calibrated: bytes, float_ops: list[str] = (), float_nodes: list[str] = ()) -> bytes:
     """int8 (per-channel weights, float input/output) except ``float_ops`` types and ``float_nodes``
     (output tensor names), which stay float; layout and int8 ops as in full_int8 (``matmul_layout``,
     ``xnnpack_int8``)."""
-    from tensorflow.lite.python import convert
-
     from seg2tflite.converters.matmul_layout import drop_matmul_transposes
     from seg2tflite.converters.xnnpack_int8 import xnnpack_int8_forms
 
-    quantized = convert.mlir_quantize(
-        calibrated,
-        disable_per_channel=False,
-        fully_quantize=False,
-        denylisted_ops=list(float_ops) or None,
-        denylisted_nodes=list(float_nodes) or None,
-    )
+    quantized = quantize_int8(calibrated, "float", float_ops=float_ops, float_nodes=float_nodes)
     return xnnpack_int8_forms(drop_matmul_transposes(quantized)[0])[0]
 
 
@@ -155,11 +143,12 @@ def search_mixed_precision(
     config: MixedPrecisionConfig = MixedPrecisionConfig(),
     log: Callable[[str], None] = print,
     progress: bool = True,
+    ranges: str = "minmax",
 ) -> MixedPrecisionResult:
     """The smallest set of float ops (by the greedy search above) that keeps the int8 model within
     budget, then, with ``prefer_speed``, the faster of it and the same with the ops XNNPACK left
     undelegated in float."""
-    calibrated = calibrate(saved_model, calibration)
+    calibrated = calibrate(saved_model, calibration, ranges)
     found = _accuracy_search(calibrated, float32_model, images, masks, num_classes, config, log, progress)
     if config.prefer_speed:
         found = _prefer_speed(calibrated, found, images, masks, num_classes, config, log)
@@ -288,6 +277,11 @@ def write_mixed_precision(out_dir: str | Path, found: MixedPrecisionResult, extr
     model_path, report_path = out_dir / MIXED_FILE, out_dir / REPORT_FILE
     atomic_write_bytes(model_path, found.model)
     atomic_write_text(report_path, json.dumps(record, indent=2) + "\n")
+    manifest = out_dir / MANIFEST_FILE
+    if manifest.is_file():  # the folder's manifest records the new file, so its preprocessing applies to it
+        recorded = json.loads(manifest.read_text())
+        recorded.setdefault("artifacts", {}).update(artifact_hashes(out_dir, [MIXED_FILE]))
+        write_json(manifest, recorded)
     return model_path, report_path
 
 

@@ -133,7 +133,7 @@ def _mixed(run: _Run, name: str, config: CompressConfig, method: Method = MIXED)
     model = f"{name}+{method.tag}" if compressed else name
     settings = {
         "max_miou_drop": config.max_miou_drop, "val_images": config.val_images, "calib_size": run.calib_size,
-        "prefer_speed": True,
+        "prefer_speed": True, "ranges": _chosen_ranges(base_dir),
     }  # fmt: skip
     report = convert_dir / REPORT_FILE
     if report.is_file() and json.loads(report.read_text()).get("settings") == settings:
@@ -145,11 +145,22 @@ def _mixed(run: _Run, name: str, config: CompressConfig, method: Method = MIXED)
     found = search_mixed_precision(
         ConversionDir(convert_dir).artifact("saved_model"), ConversionDir(base_dir).artifact("float32"), calib, images, masks,
         _num_classes(run), MixedPrecisionConfig(config.max_miou_drop, threads=config.threads),
-        progress=config.progress,
+        progress=config.progress, ranges=settings["ranges"],
     )  # fmt: skip
     write_mixed_precision(convert_dir, found, {"settings": settings, "evaluated_on": f"{run.data} val, {len(images)} images"})
     print(f"{model}: {format_mixed_precision(found)}")
     _measure(run, convert_dir, model, ["pytorch", "mixed_int8"], config, name, method, record_pytorch=False)
+
+
+def _chosen_ranges(convert_dir: Path) -> str:
+    """The range method the conversion's full-int8 file got (``int8_ranges.json``; min/max before it existed)."""
+    from seg2tflite.converters.int8_ranges import CANDIDATES, RANGES_FILE
+
+    try:
+        method = json.loads((convert_dir / RANGES_FILE).read_text())["method"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "minmax"
+    return method if method in CANDIDATES else "minmax"
 
 
 def _num_classes(run: _Run) -> int:
