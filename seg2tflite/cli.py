@@ -286,24 +286,40 @@ def _run(argv: list[str] | None) -> int:
     try:
         args.handler(args)
     except UserError as e:
+        _close_progress_bars()
         if args.debug:
             traceback.print_exc()
         print(f"seg2tflite: error: {one_line(e)}", file=sys.stderr)
         return getattr(e, "exit_code", 2)
     except OSError as e:  # disk full, no permission, a file where a folder should be...
+        _close_progress_bars()
         if args.debug:
             traceback.print_exc()
         print(f"seg2tflite: error: {os_error_line(e, _output_option(args))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("seg2tflite: interrupted", file=sys.stderr)
         return 130
     except Terminated:
+        _close_progress_bars()
         print("seg2tflite: terminated", file=sys.stderr)
         return 128 + signal.SIGTERM
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _close_progress_bars() -> None:
+    """Close the progress bars still open, so the last line is on a line of its own and no bar is
+    redrawn after it (an open tqdm bar is closed, and drawn again, when it is collected)."""
+    std = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(std, "tqdm", None), "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - a bar that cannot draw any more is closed enough
+            pass
+    sys.stderr.flush()
 
 
 def one_line(error: BaseException) -> str:

@@ -173,51 +173,53 @@ def train(config: TrainConfig) -> dict:
     bare_model = model.module if world_size > 1 else model
 
     bar = tqdm(total=config.steps, initial=step, desc=f"train {config.model}", disable=not (is_main and config.progress))
-    epoch = step // batches_per_epoch
-    while step < config.steps:
-        train_loader = _epoch_loader(train_set, sampler, config, epoch, skip=step - epoch * batches_per_epoch)
-        for images, masks in train_loader:
-            model.train()
-            started = time.perf_counter()
-            images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-            try:
-                with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                    loss = criterion(model(images), masks)
-            except ValueError as e:  # what the footprint probe could not foresee
-                if "Expected more than 1 value per channel" not in str(e):
-                    raise
-                raise UserError(
-                    f"{setting('--batch-size', 'batch_size')} {config.batch_size}: a BatchNorm layer of {config.model} saw one value per channel; "
-                    f"use a larger {setting('--batch-size', 'batch_size')}"
-                ) from None
-            if not torch.isfinite(loss):
-                raise UserError(f"training diverged at step {step} (loss {loss.item()}); lower {setting('--lr', 'lr')}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            speed = images.shape[0] * world_size / (time.perf_counter() - started)
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", img_s=f"{speed:.1f}")
-            bar.update(1)
-            if step % config.val_every == 0 or step == config.steps:
-                if is_main:
-                    metrics = evaluate_model(bare_model, val_loader, num_classes, device)
-                    history.append({"step": step, "loss": loss.item(), **_summary(metrics)})
-                    bar.write(
-                        f"step {step}: val mIoU {100 * metrics['miou']:.2f}  pixel acc {100 * metrics['pixel_accuracy']:.2f}"
-                    )
-                    train_extra = {"step": step, "val": _summary(metrics), "train_config": asdict(config)}
-                    if metrics["miou"] > best["miou"]:
-                        best = {"step": step, **_summary(metrics)}
-                        save_checkpoint(bare_model, out / "best.safetensors", extra=train_extra)
-                    save_checkpoint(bare_model, out / "last.safetensors", extra=train_extra)
-                    _save_train_state(state_path, config, step, best, history, bare_model, optimizer, scheduler, scaler)
-            if step >= config.steps:
-                break
-        epoch += 1
-    bar.close()
+    try:  # the bar is closed (a line of its own) before anything else is printed, an interrupt too
+        epoch = step // batches_per_epoch
+        while step < config.steps:
+            train_loader = _epoch_loader(train_set, sampler, config, epoch, skip=step - epoch * batches_per_epoch)
+            for images, masks in train_loader:
+                model.train()
+                started = time.perf_counter()
+                images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+                try:
+                    with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                        loss = criterion(model(images), masks)
+                except ValueError as e:  # what the footprint probe could not foresee
+                    if "Expected more than 1 value per channel" not in str(e):
+                        raise
+                    raise UserError(
+                        f"{setting('--batch-size', 'batch_size')} {config.batch_size}: a BatchNorm layer of {config.model} saw one value per channel; "
+                        f"use a larger {setting('--batch-size', 'batch_size')}"
+                    ) from None
+                if not torch.isfinite(loss):
+                    raise UserError(f"training diverged at step {step} (loss {loss.item()}); lower {setting('--lr', 'lr')}")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step += 1
+                speed = images.shape[0] * world_size / (time.perf_counter() - started)
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", img_s=f"{speed:.1f}")
+                bar.update(1)
+                if step % config.val_every == 0 or step == config.steps:
+                    if is_main:
+                        metrics = evaluate_model(bare_model, val_loader, num_classes, device)
+                        history.append({"step": step, "loss": loss.item(), **_summary(metrics)})
+                        bar.write(
+                            f"step {step}: val mIoU {100 * metrics['miou']:.2f}  pixel acc {100 * metrics['pixel_accuracy']:.2f}"
+                        )
+                        train_extra = {"step": step, "val": _summary(metrics), "train_config": asdict(config)}
+                        if metrics["miou"] > best["miou"]:
+                            best = {"step": step, **_summary(metrics)}
+                            save_checkpoint(bare_model, out / "best.safetensors", extra=train_extra)
+                        save_checkpoint(bare_model, out / "last.safetensors", extra=train_extra)
+                        _save_train_state(state_path, config, step, best, history, bare_model, optimizer, scheduler, scaler)
+                if step >= config.steps:
+                    break
+            epoch += 1
+    finally:
+        bar.close()
     if is_main:
         record = {"config": asdict(config), "best": best, "history": history}
         atomic_write_text(out / "train_log.json", json.dumps(record, indent=2) + "\n")

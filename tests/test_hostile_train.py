@@ -52,3 +52,18 @@ def test_ctrl_c_between_the_weights_and_the_train_state_resumes_exactly(tmp_path
     # the resumed log holds the history from before the interrupt too (item 13)
     logs = [json.loads((tmp_path / d / "train_log.json").read_text())["history"] for d in ("reference", "resumed")]
     assert [h["step"] for h in logs[1]] == [2, 4] and logs[1] == logs[0]
+
+
+def test_ctrl_c_during_train_is_a_line_of_its_own_with_no_bar_after_it(tmp_path, monkeypatch, capsys):
+    from seg2tflite.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_save_train_state", interrupted)
+    argv = ["train", "--model", "hostile_train_small", "--data", TINY_DATA, "--steps", "4", "--val-every", "2",
+            "--batch-size", "2", "--input-size", "32", "32", "--out", str(tmp_path / "t")]  # fmt: skip
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert err.endswith("\nseg2tflite: interrupted\n"), repr(err[-300:])  # not glued to the bar, nothing drawn after
+    assert "train hostile_train_small" in err  # the bar was there, and was closed first
