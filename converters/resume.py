@@ -84,6 +84,12 @@ class StageCache:
         recorded = {rel: f.get("sha256") for e in self.stages.values() for rel, f in (e.get("files") or {}).items()}
         if path.is_symlink() or not (path.is_file() or path.is_dir()):
             return False
+        if name == "manifest.json" and path.is_file():  # written before claims were recorded: the manifest of these stages
+            try:
+                keys = json.loads(path.read_text()).get("stage_keys")
+            except (OSError, ValueError, AttributeError):
+                return False
+            return bool(self.stages) and keys == {stage: e.get("key") for stage, e in self.stages.items()}
         files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_symlink() or not p.is_dir()]
         for f in files:
             rel = f.relative_to(self.out_dir).as_posix()

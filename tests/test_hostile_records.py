@@ -333,3 +333,13 @@ def test_a_user_module_sees_its_own_argv_and_prints_after_it_returns(tmp_path, c
     assert sys.argv == ["seg2tflite", "convert", "--secret-option"]  # given back
     assert "hello from the module" in capsys.readouterr().out
     assert not model.training
+
+
+def test_the_manifest_of_an_earlier_version_is_taken_as_ours_only_when_it_describes_these_stages(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stages.json").write_text(json.dumps({"stages": {"onnx": {"key": "k1", "names": [], "files": {}}}}))
+    (out / "manifest.json").write_text(json.dumps({"stage_keys": {"onnx": "k1"}}))
+    assert StageCache(out).ours("manifest.json")
+    (out / "manifest.json").write_text(json.dumps({"stage_keys": {"onnx": "another"}}))
+    assert not StageCache(out).ours("manifest.json")
