@@ -442,6 +442,7 @@ def build_report(run_dir: str | Path) -> Path:
     """
     from seg2tflite.eval import plots
     from seg2tflite.eval.compression_layers import render_compression_layers_md
+    from seg2tflite.eval.int8_report import render_int8_md
 
     run_dir = Path(run_dir)
     record = load_record(run_dir)
@@ -469,6 +470,9 @@ def build_report(run_dir: str | Path) -> Path:
     profile = render_profile_md(run_dir)
     if profile:
         atomic_write_text(out / "profile.md", profile)
+    int8 = render_int8_md(run_dir)
+    if int8:
+        atomic_write_text(out / "int8.md", int8)
     per_layer = render_compression_layers_md(run_dir)
     if per_layer:
         atomic_write_text(out / "compression_layers.md", per_layer)

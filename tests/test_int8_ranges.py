@@ -295,3 +295,24 @@ def test_bias_correction_brings_each_channels_mean_error_near_zero(tmp_path):
         errors[corrected] = np.abs((TFLiteRunner(built.content)(calib.images) - reference).mean(axis=(0, 2, 3)))
     assert errors[True].mean() < 0.2 * errors[False].mean()
     assert errors[True].max() < 0.2 * errors[False].max()
+
+
+@pytest.mark.chain
+def test_the_report_states_each_files_ranges_and_worst_ops(offline_result, tmp_path):
+    import shutil
+
+    from seg2tflite.eval.int8_report import render_int8_md
+
+    result = offline_result[0]
+    convert = tmp_path / "models" / "small" / "convert"
+    convert.mkdir(parents=True)
+    for name in (RANGES_FILE, "parity.json"):
+        shutil.copy(result.out_dir / name, convert / name)
+    record, parity = (json.loads((convert / n).read_text()) for n in (RANGES_FILE, "parity.json"))
+    (row,) = [line for line in render_int8_md(tmp_path).splitlines() if line.startswith("| `small`")]
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[1] == f"auto -> {record['method']}"
+    assert cells[3] == f"{record['narrower_than_minmax']}/{record['tensors']}"
+    worst = parity["int8_sensitivity"][0]
+    assert cells[5].startswith(f"{worst['op']} `{worst['tensor']}` {worst['sqnr_db']:.1f}")
+    assert render_int8_md(tmp_path / "empty") is None
