@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from seg2tflite.atomic import private_tempdir
 from seg2tflite.converters.compare import LogitComparison
@@ -260,6 +259,11 @@ def explain_float_failure(
         found = locate_divergence(
             onnx_model, image_nhwc, torch_model=deploy_model, rel_tol=config.float_outlier_drift, workarounds=config.onnx_rewrites
         )
+    elif onnx_model is None or image_nhwc is None:
+        found = {
+            "summary": "the SavedModel passes but model_float32.tflite does not: the TF -> TFLite converter changed the function",
+            "first": None,
+        }
     else:
         log("model_float32.tflite broke parity where the SavedModel did not; locating the first diverging .tflite op...")
         found = locate_tflite_divergence_from_onnx(
@@ -284,23 +288,12 @@ def explain_float_failure(
 
 
 def float16_weights(model: onnx.ModelProto) -> bytes:
-    """``model`` with every float32 weight rounded to float16 and back, serialized: the function a
-    float16 .tflite computes on a CPU (float16 weights, float32 arithmetic)."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    """``model`` folded as the TFLite converter folds it, every float32 weight then rounded to
+    float16 and back, serialized: the function a float16 .tflite computes on a CPU (float16
+    weights, float32 arithmetic); ``float16_reference.float16_model``."""
+    from seg2tflite.converters.float16_reference import float16_model
 
-    def rounded(tensor: onnx.TensorProto) -> onnx.TensorProto:
-        array = numpy_helper.to_array(tensor)
-        if array.dtype != np.float32:
-            return tensor
-        return numpy_helper.from_array(array.astype(np.float16).astype(np.float32), tensor.name)
-
-    for tensor in model.graph.initializer:
-        tensor.CopyFrom(rounded(tensor))
-    for node in model.graph.node:
-        for attribute in node.attribute:
-            if node.op_type == "Constant" and attribute.type == onnx.AttributeProto.TENSOR:
-                attribute.t.CopyFrom(rounded(attribute.t))
-    return model.SerializeToString()
+    return float16_model(model)
 
 
 def explain_float16_failure(report: ParityReport, onnx_model, float16_run, images: np.ndarray, config) -> dict | None:
@@ -308,16 +301,19 @@ def explain_float16_failure(report: ParityReport, onnx_model, float16_run, image
     is the model's own response to that rounding), or did the conversion change more? None when
     float16 passed."""
     r = report.stages.get("float16")
-    if r is None or onnx_model is None or not float_gate_failures("float16", r.vs_pytorch, config, report.reference):
+    if r is None or onnx_model is None or r.gate != "fail":
         return None
-    rounded = OnnxRunner(float16_weights(onnx_model), config.num_threads)
-    comparison = None
-    for i in range(len(images)):
-        x = images[i : i + 1]
-        ref, out = np.asarray(rounded(x), np.float32), np.asarray(float16_run(x), np.float32)
-        comparison = comparison or LogitComparison(num_classes=ref.shape[1], logit_range=report.logit_range)
-        comparison.update(ref, out)
-    figures = comparison.result()
+    if r.vs_float16_model:  # measured by the gate itself
+        figures = r.vs_float16_model
+    else:
+        rounded = OnnxRunner(float16_weights(onnx_model), config.num_threads)
+        comparison = None
+        for i in range(len(images)):
+            x = images[i : i + 1]
+            ref, out = np.asarray(rounded(x), np.float32), np.asarray(float16_run(x), np.float32)
+            comparison = comparison or LogitComparison(num_classes=ref.shape[1], logit_range=report.logit_range)
+            comparison.update(ref, out)
+        figures = comparison.result()
     share = figures["outlier_share"][f"{config.float_outlier_drift:g}"]
     if not float_gate_failures("model_float16.tflite", figures, config, "the float16-weight model"):
         summary = (

@@ -41,6 +41,8 @@ class StageResult:
     miou_drop_points: float = math.nan  # reference mIoU minus this one, in mIoU points (0..100 scale)
     nonfinite: int = 0  # NaN/Inf values in this stage's logits
     builtin: dict = field(default_factory=dict)  # a .tflite on LiteRT's builtin kernels: miou, vs_xnnpack
+    # float16: the file against the float16 model it computes (float16_reference), the conversion's gate
+    vs_float16_model: dict = field(default_factory=dict)
     gate: str = "report"  # "pass", "fail" or "report" (measured, not gated)
     failures: list[str] = field(default_factory=list)  # one line per broken gate
     notes: list[str] = field(default_factory=list)  # why a stage is not gated
@@ -111,6 +113,7 @@ class ParityReport:
             for key in ("miou", "miou_drop_points"):
                 fields[key] = restore(fields[key])
             fields["builtin"] = restore(fields.get("builtin") or {})
+            fields["vs_float16_model"] = restore(fields.get("vs_float16_model") or {})
             stages[name] = StageResult(**fields)
         return cls(
             stages=stages,
@@ -136,6 +139,7 @@ def measure_parity(
     progress: bool = True,
     builtin: dict[str, Runner] | None = None,
     config: ConvertConfig | None = None,
+    float16_reference: Runner | None = None,
 ) -> ParityReport:
     """Run ``images`` (N, 3, H, W) through every runner (named by stage, see ``STAGES``); the
     earliest stage present (pytorch, or onnx for an ONNX input) is the reference.
@@ -143,9 +147,13 @@ def measure_parity(
     A first pass runs the reference alone for its logit range, which the outlier counts and the
     decisive pixels are measured against. ``builtin`` holds, per .tflite stage, the same file on
     LiteRT's builtin kernels (no XNNPACK): it is compared with the XNNPACK runner image by image.
+    ``float16_reference`` runs the float16 model a float16 file computes (default: built from the
+    ``onnx`` runner's model, ``float16_reference.float16_model``); the float16 stage is gated against it.
     """
     config = config or DEFAULT_GATES
     builtin = builtin or {}
+    if float16_reference is None and "float16" in runners and "onnx" in runners:
+        float16_reference = _float16_runner(runners["onnx"], config)
     names = [s for s in STAGES if s in runners] + [s for s in runners if s not in STAGES]
     reference = names[0]
     lo, hi = math.inf, -math.inf
@@ -161,6 +169,7 @@ def measure_parity(
     pairs_ref = {s: comparison() for s in names[1:]}
     pairs_prev = {s: comparison() for s in names[1:]}
     pairs_builtin = {s: comparison() for s in builtin}
+    pair_float16 = comparison() if float16_reference is not None and "float16" in runners else None
     labels = {s: ConfusionMatrix(num_classes, ignore_index=ignore_index) for s in [*names, *(f"{s}@builtin" for s in builtin)]}
     nonfinite = dict.fromkeys(names, 0)
     for i in tqdm(range(len(images)), desc="parity", disable=not progress, leave=False):
@@ -180,6 +189,8 @@ def measure_parity(
             pairs_prev[s].update(outs[previous_stage(s, names) or reference], outs[s])
         for s in builtin:
             pairs_builtin[s].update(outs[s], outs[f"{s}@builtin"])
+        if pair_float16 is not None:
+            pair_float16.update(np.asarray(float16_reference(x), np.float32), outs["float16"])
         if masks is not None:
             for s, out in outs.items():
                 labels[s].update(out.argmax(1), masks[i : i + 1])
@@ -202,8 +213,20 @@ def measure_parity(
         if s in builtin:
             builtin_miou = labels[f"{s}@builtin"].compute().miou if masks is not None else math.nan
             stages[s].builtin = {"miou": builtin_miou, "vs_xnnpack": figures(pairs_builtin[s].result())}
+        if s == "float16" and pair_float16 is not None:
+            stages[s].vs_float16_model = figures(pair_float16.result())
     return ParityReport(stages, len(images), list(image_names or []), logit_range, base_miou, reference)
 
+
+def _float16_runner(onnx_runner, config: ConvertConfig):
+    from seg2tflite.converters.float16_reference import float16_model_of_runner
+    from seg2tflite.converters.runtimes import OnnxRunner
+
+    content = float16_model_of_runner(onnx_runner)
+    return None if content is None else OnnxRunner(content, config.num_threads)
+
+
+FLOAT16_MODEL = "the float16 model (model.onnx folded, rounded to float16)"
 
 _CLASS_FIGURES = ("argmax_agreement", "miou_vs_reference", "decisive_share", "decisive_agreement")
 
@@ -213,11 +236,13 @@ def _class_figures(figures: dict) -> dict:
     return {"class_map": True, **{k: figures.get(k, math.nan) for k in _CLASS_FIGURES}}
 
 
-def float_gate_failures(name: str, figures: dict, config: ConvertConfig, against: str) -> list[str]:
+def float_gate_failures(name: str, figures: dict, config: ConvertConfig, against: str, rule: str | None = None) -> list[str]:
     """The broken float gates of one comparison (``LogitComparison.result``): the onnx/saved_model/
-    float32 rule, or float16's looser one, which leaves near-tied pixels out of the agreement. A
-    class-map file (``_class_figures``: no drift figures) is gated on its agreement alone."""
+    float32 rule, or float16's looser one, which leaves near-tied pixels out of the agreement
+    (``rule``: "float" or "float16"; default: the stage's own). A class-map file
+    (``_class_figures``: no drift figures) is gated on its agreement alone."""
     fp16 = STAGES.get(name.split("@")[0]) is not None and STAGES[name.split("@")[0]].gate == "float16"
+    fp16 = fp16 if rule is None else rule == "float16"
     drift = config.float16_outlier_drift if fp16 else config.float_outlier_drift
     share = 0.0 if figures.get("class_map") else figures["outlier_share"][f"{drift:g}"]
     failures = []
@@ -244,7 +269,13 @@ def apply_gates(report: ParityReport, config: ConvertConfig) -> list[str]:
         if r.nonfinite:
             notes.append(f"{name}: {r.nonfinite} NaN/Inf values in the logits")
         gate = STAGES[name].gate if name in STAGES else None
-        if gate in ("float", "float16") and r.vs_pytorch:
+        if gate == "float16" and r.vs_float16_model and r.vs_pytorch:
+            # the conversion against the float16 model it computes, by the float32 rule; the accuracy
+            # against PyTorch is reported and, for a trained model with masks, gated by the mIoU budget
+            gated = True
+            notes += float_gate_failures(name, r.vs_float16_model, config, FLOAT16_MODEL, rule="float")
+            notes += _miou_failures(name, r, report, config)
+        elif gate in ("float", "float16") and r.vs_pytorch:
             gated = True
             notes += float_gate_failures(name, r.vs_pytorch, config, report.reference)
         elif gate == "quantized":
@@ -254,11 +285,7 @@ def apply_gates(report: ParityReport, config: ConvertConfig) -> list[str]:
                 r.notes = ["no ground-truth masks: mIoU not measured, not gated"]
             else:
                 gated = True
-                if not r.miou_drop_points <= config.max_miou_drop:
-                    notes.append(
-                        f"{name}: mIoU {100 * r.miou:.2f} is {r.miou_drop_points:.2f} points below {report.reference}'s "
-                        f"{100 * report.pytorch_miou:.2f} (budget {config.max_miou_drop:g})"
-                    )
+                notes += _miou_failures(name, r, report, config)
         notes += _kernel_failures(name, r, gate, config)
         r.failures = notes
         if notes:
@@ -266,6 +293,16 @@ def apply_gates(report: ParityReport, config: ConvertConfig) -> list[str]:
         elif gated or (name != report.reference and gate != "quantized"):
             r.gate = "pass"
     return report.failures
+
+
+def _miou_failures(name: str, r: StageResult, report: ParityReport, config: ConvertConfig) -> list[str]:
+    """The mIoU budget against the reference, for a trained model with masks (else nothing to gate)."""
+    if not config.trained or math.isnan(r.miou_drop_points) or r.miou_drop_points <= config.max_miou_drop:
+        return []
+    return [
+        f"{name}: mIoU {100 * r.miou:.2f} is {r.miou_drop_points:.2f} points below {report.reference}'s "
+        f"{100 * report.pytorch_miou:.2f} (budget {config.max_miou_drop:g})"
+    ]
 
 
 def _kernel_failures(name: str, r: StageResult, gate: str | None, config: ConvertConfig) -> list[str]:
@@ -315,6 +352,8 @@ def format_table(report: ParityReport, config: ConvertConfig | None = None) -> s
     lines = [f"parity on {report.num_images} images; {ref} logit range {report.logit_range:.4g}", head, "-" * len(head)]
     for name, r in report.stages.items():
         rows = [(ref, r.vs_pytorch, r.miou)] + ([(r.previous, r.vs_previous, None)] if r.previous not in (None, ref) else [])
+        if r.vs_float16_model:
+            rows.append(("fp16 model", r.vs_float16_model, None))
         if r.builtin:
             rows.append(("builtin", r.builtin["vs_xnnpack"], r.builtin["miou"]))
         client = report.client.get(name)
@@ -327,7 +366,7 @@ def format_table(report: ParityReport, config: ConvertConfig | None = None) -> s
         )
         for j, (against, m, miou) in enumerate(rows):
             first = j == 0
-            share = (m.get("outlier_share") or {}).get(f"{drift:g}")
+            share = (m.get("outlier_share") or {}).get(f"{config.float_outlier_drift if against == 'fp16 model' else drift:g}")
             lines.append(
                 f"{name if first else '':<13}{against:<12}"
                 f"{_fmt(m.get('max_abs'), '.3g'):>10}{_fmt(m.get('mean_abs'), '.3g'):>10}"

@@ -6,6 +6,10 @@ PyTorch with the project's own parity code. The gates of the runtime issue (argm
 the share of outlying logits) must fail every row exactly as the old max-drift gate (max |drift| <=
 1e-3 x the logit range, plus agreement) did, and pass the unmutated graph as it did. The last row
 replaces SegNet's tie rule by the tie-blind one in the deploy form itself.
+
+Each row also checks the float16 gate of issue 30: the mutated graph with its weights rounded to
+float16 (a float16 file that carries the planted error) against the float16 model of the
+unmutated graph (folded, rounded), by the float32 rule: every row fails it, the unmutated graph passes.
 """
 
 import numpy as np
@@ -17,6 +21,7 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from seg2tflite.converters.config import ConvertConfig
+from seg2tflite.converters.float16_reference import float16_model, rounded_to_float16
 from seg2tflite.converters.onnx_export import export_onnx, prepare_onnx
 from seg2tflite.converters.parity import apply_gates, measure_parity
 from seg2tflite.converters.runtimes import OnnxRunner, TorchRunner
@@ -79,9 +84,20 @@ def layernorm_epsilon(model):
     init.CopyFrom(numpy_helper.from_array(np.full_like(epsilon, 1e-1), init.name))
 
 
+BATCHNORM = {}  # the BatchNorm's running statistics, filled by the ``exported`` fixture
+
+
 def batchnorm_epsilon(model):
-    """BatchNorm's epsilon 1e-5 read as 1e-2."""
-    _set_attribute(_node(model, "BatchNormalization"), "epsilon", 1e-2)
+    """BatchNorm's epsilon 1e-5 read as 1e-2. The chain computes the BatchNorm no conv absorbs as a
+    depthwise 1x1 conv (``batchnorm_as_depthwise_conv``): its weights and bias become the ones
+    epsilon 1e-2 gives."""
+    conv = next(n for n in model.graph.node if n.op_type == "Conv" and "BatchNormalization" in n.name)
+    weight, bias = (next(i for i in model.graph.initializer if i.name == name) for name in conv.input[1:3])
+    w, b = numpy_helper.to_array(weight).reshape(-1), numpy_helper.to_array(bias)
+    mean, var = BATCHNORM["mean"], BATCHNORM["var"]
+    wrong = w * np.sqrt((var + 1e-5) / (var + 1e-2))
+    weight.CopyFrom(numpy_helper.from_array(wrong.reshape(-1, 1, 1, 1).astype(np.float32), weight.name))
+    bias.CopyFrom(numpy_helper.from_array((b + mean * (w - wrong)).astype(np.float32), bias.name))
 
 
 def one_bias_shifted(model):
@@ -145,19 +161,36 @@ def _old_gate_fails(figures: dict) -> bool:
     return not (figures["argmax_agreement"] >= GATES.float_min_agreement and figures["max_abs_over_range"] <= 1e-3)
 
 
-def _verdicts(torch_model, onnx_model, images, tmp_path) -> tuple[bool, bool, list[str]]:
-    """(old gate failed, new gate failed, the new gate's lines) for the ONNX stage against PyTorch."""
+def _verdicts(torch_model, onnx_model, images, tmp_path, reference_graph=None) -> tuple[bool, bool, list[str]]:
+    """(old gate failed, new gate failed, the new gate's lines) for the ONNX stage against PyTorch.
+
+    With ``reference_graph`` (the unmutated graph), also the float16 gate: the mutated graph with
+    its weights rounded to float16 (a float16 file carrying the planted error) against the float16
+    model of the unmutated graph; its lines are added to the new gate's."""
     path = tmp_path / "mutated.onnx"
     onnx.save(onnx_model, str(path))
     report = measure_parity({"pytorch": TorchRunner(torch_model), "onnx": OnnxRunner(path)}, images, None, K, progress=False)
     failures = apply_gates(report, GATES)
     m = report.stages["onnx"].vs_pytorch
     old = _old_gate_fails(m)
+    half = ""
+    if reference_graph is not None:
+        float16_file = OnnxRunner(rounded_to_float16(onnx_model).SerializeToString())
+        reference = OnnxRunner(float16_model(reference_graph))
+        runners = {"pytorch": TorchRunner(torch_model), "float16": float16_file}
+        report = measure_parity(runners, images, None, K, progress=False, float16_reference=reference)
+        half_failures = apply_gates(report, GATES)
+        f = report.stages["float16"].vs_float16_model
+        half = (
+            f", float16 gate {'fail' if half_failures else 'pass'} (vs the float16 model: agreement "
+            f"{100 * f['argmax_agreement']:.2f}%, outliers {100 * f['outlier_share']['0.001']:.2f}%)"
+        )
+        failures = failures + half_failures
     # the README's mutation table is these lines (pytest tests/test_gate_mutations.py -s)
     print(
         f"\nmax drift/range {m['max_abs_over_range']:.2e}, agreement {100 * m['argmax_agreement']:.2f}%, "
         f"outliers {100 * m['outlier_share']['0.001']:.2f}%, old gate {'fail' if old else 'pass'}, "
-        f"new gates {'fail' if failures else 'pass'}"
+        f"new gates {'fail' if failures else 'pass'}{half}"
     )
     return old, bool(failures), failures
 
@@ -166,6 +199,7 @@ def _verdicts(torch_model, onnx_model, images, tmp_path) -> tuple[bool, bool, li
 def exported():
     torch.manual_seed(0)
     model = randomise_batchnorm(MutationNet(), size=SIZE)
+    BATCHNORM.update(mean=model.bn.running_mean.numpy().astype(np.float64), var=model.bn.running_var.numpy().astype(np.float64))
     prepared = prepare_onnx(export_onnx(model, SIZE, opset=17), SIZE, "mutation net")
     images = torch.randn(4, 3, *SIZE, generator=torch.Generator().manual_seed(1)).numpy()
     return model, prepared.model, images
@@ -173,7 +207,7 @@ def exported():
 
 def test_the_unmutated_graph_passes_both_gates(exported, tmp_path):
     model, graph, images = exported
-    old, new, failures = _verdicts(model, graph, images, tmp_path)
+    old, new, failures = _verdicts(model, graph, images, tmp_path, reference_graph=graph)
     assert not old and not new, failures
 
 
@@ -184,10 +218,12 @@ def test_a_planted_conversion_error_fails_the_new_gates_as_it_failed_the_old(exp
     mutated.CopyFrom(graph)
     mutate(mutated)
     onnx.checker.check_model(mutated)
-    old, new, failures = _verdicts(model, mutated, images, tmp_path)
+    old, new, failures = _verdicts(model, mutated, images, tmp_path, reference_graph=graph)
     assert old, f"{mutate.__name__}: the old max-drift gate passes it; the row plants no detectable error"
     assert new, f"{mutate.__name__}: caught by the old gate, missed by the new one"
-    assert all(line.startswith("onnx: ") for line in failures)
+    assert any(line.startswith("onnx: ") for line in failures)
+    assert any(line.startswith("float16: ") for line in failures), f"{mutate.__name__}: the float16 gate misses it"
+    assert all(line.startswith(("onnx: ", "float16: ")) for line in failures)
 
 
 class _TieBlindDeploy(SegNetDeploy):
