@@ -64,14 +64,19 @@ def app_beside(path: str | Path) -> AppIO | None:
     every reader of a conversion folder (evaluate, bench, the chain) feeds a file what it takes."""
     import json
 
+    from seg2tflite.records import manifest_records
+
     manifest = Path(path).parent / "manifest.json"
     if not manifest.is_file():
         return None
     try:
-        app = json.loads(manifest.read_text()).get("app")
-    except (OSError, ValueError):
+        recorded = json.loads(manifest.read_text())
+        app = recorded.get("app")
+    except (OSError, ValueError, AttributeError):
         return None
-    return None if not app else AppIO(**{**app, "mean": tuple(app["mean"]), "std": tuple(app["std"])})
+    if not app or not manifest_records(recorded, manifest.parent, Path(path)):  # another file's manifest: not this file's ends
+        return None
+    return AppIO(**{**app, "mean": tuple(app["mean"]), "std": tuple(app["std"])})
 
 
 def to_pixels(images: np.ndarray, mean, std, channel_axis: int = 1) -> np.ndarray:

@@ -15,6 +15,7 @@ from pathlib import Path
 from seg2tflite.converters.stages import ConversionDir
 from seg2tflite.data import Preprocess
 from seg2tflite.errors import UserError, setting
+from seg2tflite.records import manifest_records
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 KINDS = ("pytorch", "onnx", "saved_model", "tflite")
@@ -80,7 +81,7 @@ def find_manifest(path: str | Path) -> dict:
     path = Path(path)
     folders = [ConversionDir(path)] if path.is_dir() else []
     folders.append(ConversionDir(path.parent))
-    return next((m for f in folders if (m := f.manifest()) and _records(m, f.path, path)), {})
+    return next((m for f in folders if (m := f.manifest()) and manifest_records(m, f.path, path)), {})
 
 
 def ignored_manifest(path: str | Path) -> Path | None:
@@ -88,30 +89,6 @@ def ignored_manifest(path: str | Path) -> Path | None:
     path = Path(path)
     beside = ConversionDir(path.parent)
     return beside.manifest_path if beside.manifest_path.is_file() and not find_manifest(path) else None
-
-
-def _records(manifest: dict, folder: Path, path: Path) -> bool:
-    """Whether ``manifest`` (in ``folder``) records ``path`` as it is now: the same sha256 for the
-    file, or for every file of a folder (a SavedModel); a conversion folder describes itself."""
-    from seg2tflite.converters.manifest import sha256_file
-
-    if path.resolve() == folder.resolve():
-        return True
-    rel = path.name
-    recorded = manifest.get("artifacts") if isinstance(manifest.get("artifacts"), dict) else {}
-    model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
-    if path.is_file() and not path.is_symlink():
-        entry = {"sha256": model.get("weights_sha256")} if rel == model.get("weights") else recorded.get(rel)
-        return isinstance(entry, dict) and entry.get("sha256") == sha256_file(path)
-    if path.is_dir() and not path.is_symlink():
-        files = {p.relative_to(folder).as_posix(): p for p in path.rglob("*") if p.is_file()}
-        wanted = {k: v for k, v in recorded.items() if k.startswith(f"{rel}/")}
-        return (
-            bool(files)
-            and set(files) == set(wanted)
-            and all(isinstance(wanted[k], dict) and wanted[k].get("sha256") == sha256_file(p) for k, p in files.items())
-        )
-    return False
 
 
 def _manifest_sources(manifest: dict) -> list[dict]:

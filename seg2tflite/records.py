@@ -137,3 +137,27 @@ def check_external_data(model, onnx_path: str | os.PathLike) -> None:
                 f"{onnx_path}: tensor {tensor.name!r} keeps its data in {location!r}, {why}; external data must be a "
                 f"regular file in the ONNX file's folder ({folder}): copy it there (not a link) and convert again"
             )
+
+
+def manifest_records(manifest: dict, folder: Path, path: Path) -> bool:
+    """Whether ``manifest`` (in ``folder``) records ``path`` as it is now: the same sha256 for the
+    file, or for every file of a folder (a SavedModel); a conversion folder describes itself."""
+    from seg2tflite.converters.manifest import sha256_file
+
+    if path.resolve() == folder.resolve():
+        return True
+    rel = path.name
+    recorded = manifest.get("artifacts") if isinstance(manifest.get("artifacts"), dict) else {}
+    model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    if path.is_file() and not path.is_symlink():
+        entry = {"sha256": model.get("weights_sha256")} if rel == model.get("weights") else recorded.get(rel)
+        return isinstance(entry, dict) and entry.get("sha256") == sha256_file(path)
+    if path.is_dir() and not path.is_symlink():
+        files = {p.relative_to(folder).as_posix(): p for p in path.rglob("*") if p.is_file()}
+        wanted = {k: v for k, v in recorded.items() if k.startswith(f"{rel}/")}
+        return (
+            bool(files)
+            and set(files) == set(wanted)
+            and all(isinstance(wanted[k], dict) and wanted[k].get("sha256") == sha256_file(p) for k, p in files.items())
+        )
+    return False

@@ -343,3 +343,17 @@ def test_the_manifest_of_an_earlier_version_is_taken_as_ours_only_when_it_descri
     assert StageCache(out).ours("manifest.json")
     (out / "manifest.json").write_text(json.dumps({"stage_keys": {"onnx": "another"}}))
     assert not StageCache(out).ours("manifest.json")
+
+
+def test_a_manifests_app_ends_apply_only_to_the_files_it_records(tmp_path):
+    from seg2tflite.converters.app_io import app_beside
+
+    folder = tmp_path / "conversion"
+    folder.mkdir()
+    (folder / "model_float32.tflite").write_bytes(VICTIM)
+    app = {"input": "uint8", "output": "logits", "mean": [0.5] * 3, "std": [0.25] * 3, "num_classes": 8}
+    manifest = {"app": app, "artifacts": artifact_hashes(folder, ["model_float32.tflite"])}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert app_beside(folder / "model_float32.tflite").input == "uint8"
+    (folder / "model_float32.tflite").write_bytes(VICTIM + b"another conversion's float-input file")
+    assert app_beside(folder / "model_float32.tflite") is None
