@@ -11,6 +11,19 @@ from seg2tflite.errors import UserError, on_command_line
 from seg2tflite.eval.artifacts import ArtifactInfo, artifact_kind
 
 
+def _check_onnx_external_data(path: Path) -> None:
+    """External data only as a regular file in the ONNX file's folder (ONNX Runtime follows links)."""
+    import onnx
+
+    from seg2tflite.records import check_external_data
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not an ONNX file: ONNX Runtime says so below
+        return
+    check_external_data(model, path)
+
+
 def open_artifact(
     path: str | Path, threads: int | None = None, input_size: tuple[int, int] | None = None, xnnpack: bool = True
 ) -> Runner:
@@ -28,6 +41,7 @@ def open_artifact(
 
         return runtimes.TorchRunner(load_model(path), threads)
     if kind == "onnx":
+        _check_onnx_external_data(path)
         try:
             runner = runtimes.OnnxRunner(path, threads)
         except Exception as e:  # noqa: BLE001 - ONNX Runtime's own exception types (InvalidProtobuf, Fail, ...)

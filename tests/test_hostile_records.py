@@ -357,3 +357,14 @@ def test_a_manifests_app_ends_apply_only_to_the_files_it_records(tmp_path):
     assert app_beside(folder / "model_float32.tflite").input == "uint8"
     (folder / "model_float32.tflite").write_bytes(VICTIM + b"another conversion's float-input file")
     assert app_beside(folder / "model_float32.tflite") is None
+
+
+def test_evaluate_refuses_linked_external_data_too(tmp_path, victims):
+    from seg2tflite.eval.opening import open_artifact
+
+    path = _external_onnx(tmp_path / "m")
+    (tmp_path / "m" / "weights.bin").unlink()
+    (tmp_path / "m" / "weights.bin").symlink_to(tmp_path / "victim.txt")
+    with pytest.raises(UserError, match="symbolic link"):
+        open_artifact(path)
+    victims()
