@@ -47,6 +47,12 @@ WORKAROUND_LABELS = {  # the zoo table's name for each rewrite, by a phrase of i
     "token LayerNorm": "token LayerNorm",
     "GroupNorm": "GroupNorm's InstanceNormalization",
     "fixed adaptive pools": "AdaptiveAvgPool2d",
+    "MaxUnpool2d": "MaxUnpool2d",
+    "standalone BatchNorm": "standalone BatchNormalization",
+    "1 - sigmoid": "1 - Sigmoid(x)",
+    "fused q/k/v": "split on the last axis of 3-D tokens",
+    "float16-safe eps": "float16 cannot hold it",
+    "Pad value": "Pad with value",
 }
 
 
@@ -56,8 +62,8 @@ class ZooModel:
     build: Callable[[], nn.Module]
     upsample_logits: bool = False
     default_suite: bool = False  # in the default suite (chain); otherwise slow
-    # float16 weights alone move its logits past the float16 gate (measured: its model.onnx with the
-    # weights rounded, in ONNX Runtime): the gate must fail and the converter must say it is the model's
+    # float16 weights alone move its logits past the old float16 gate (logit drift from PyTorch);
+    # the float16 gate of issue 30 checks the file against the float16 model it computes, and passes
     float16_sensitive: bool = False
 
 
@@ -128,6 +134,27 @@ ZOO = [
 ]  # fmt: skip
 
 
+def _realtime(name: str, **kwargs) -> Callable[[], nn.Module]:
+    def build():
+        import realtime_models
+
+        return getattr(realtime_models, name)(**kwargs)
+
+    return build
+
+
+# Issue 30: the kinds of real-time networks people deploy, each written here (realtime_models)
+REALTIME_ZOO = [
+    ZooModel("rt_unpool_encoder_decoder", _realtime("UnpoolNet")),  # ENet/SegNet-style index unpooling
+    ZooModel("rt_context_block", _realtime("ContextNet", downsamplings=5)),  # BiSeNetV2-style CE block, 3x3 map
+    ZooModel("rt_boundary_gate", _realtime("GateNet")),  # PIDNet-style 1 - sigmoid fusion
+    ZooModel("rt_fused_qkv_tokens", _realtime("QKVNet")),  # MobileViT-style unfolded attention, 144 tokens
+    ZooModel("rt_layernorm_eps_1e-12", _realtime("TinyEpsNet")),  # DPT/BEiT-style class token and eps
+    ZooModel("rt_pad_value", _realtime("PadValueNet")),  # EfficientViT-style F.pad(value=1)
+]
+ZOO += REALTIME_ZOO
+
+
 def _params():
     for entry in ZOO:
         marks = [pytest.mark.chain] if entry.default_suite else [pytest.mark.chain, pytest.mark.slow]
@@ -195,11 +222,11 @@ def test_float_gates(converted):
     for stage in (*FLOAT_STAGES, "float16"):
         assert stages[stage].nonfinite == 0, (entry.name, stage)
     broken = [(stage, stages[stage].failures) for stage in (*FLOAT_STAGES, "float16") if stages[stage].gate != "pass"]
-    if entry.float16_sensitive:
-        assert [stage for stage, _ in broken] == ["float16"], (entry.name, broken)
-        assert "the model's own response to float16 weights" in result.parity.divergence["summary"], result.parity.divergence
-        return
     assert broken == [], (entry.name, broken)
+    assert stages["float16"].vs_float16_model["argmax_agreement"] >= 0.9999, entry.name  # the conversion's gate
+    if entry.float16_sensitive:  # its accuracy against PyTorch is reported: below the old gate's bar
+        vs_pytorch = stages["float16"].vs_pytorch
+        assert vs_pytorch["outlier_share"]["0.01"] > 1e-4 or vs_pytorch["decisive_agreement"] < 0.999, vs_pytorch
     assert error is None and result.parity.failures == [], str(error)
 
 
