@@ -330,3 +330,30 @@ def test_corrupted_tflite_files(tmp_path, offline_result):
     assert len(outcomes) == len(paths)
     crashes = [(p.name, o) for p, o in zip(paths, outcomes) if o not in ("ok", "user error")]
     assert not crashes, crashes
+
+
+def test_corrupted_stage_records_touch_nothing_outside_their_folder(tmp_path):
+    """Mutated stages.json records (issue 28): the stage cache loads, refuses in one line naming
+    stages.json, or forgets what it recorded, and a victim file and folder beside --out survive."""
+    import hashlib
+
+    from seg2tflite.converters.resume import StageCache
+
+    victim, victim_dir = tmp_path / "victim.txt", tmp_path / "victim_dir"
+    victim.write_bytes(b"victim")
+    victim_dir.mkdir()
+    (victim_dir / "a.bin").write_bytes(b"victim")
+    out = tmp_path / "out"
+    out.mkdir()
+    sha = {"sha256": hashlib.sha256(b"victim").hexdigest(), "bytes": 6}
+    names = ["../victim.txt", "../victim_dir", str(victim), "../victim_dir/a.bin", "x/../../victim.txt", "..", "/"]
+    good = {"key": "k", "names": ["model.onnx"], "files": {"model.onnx": sha}}
+    cases = [(f"entry {w}", json.dumps({"stages": {"onnx": v}}).encode()) for w, v in _field_mutations(good)]
+    cases += [(f"names {n!r}", json.dumps({"stages": {"onnx": {**good, "names": [n]}}}).encode()) for n in names]
+    cases += [(f"files {n!r}", json.dumps({"stages": {"onnx": {**good, "files": {n: sha}}}}).encode()) for n in names]
+    cases += [(f"claimed {n!r}", json.dumps({"stages": {}, "claimed": [n]}).encode()) for n in names]
+    cases += list(_corruptions(json.dumps({"stages": {"onnx": {**good, "names": names}}}).encode(), seed=12))
+    for what, data in cases:
+        (out / "stages.json").write_bytes(data)
+        _only_user_errors(lambda _: StageCache(out).forget_others([]), out / "stages.json", f"stages.json {what}")
+        assert victim.read_bytes() == b"victim" and (victim_dir / "a.bin").read_bytes() == b"victim", what
