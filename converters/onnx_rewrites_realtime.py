@@ -92,10 +92,9 @@ def float16_safe_epsilons(model: onnx.ModelProto) -> list[str]:
     eps*k^2) / k`` with ``d' = d*k``, ``k = 2^13`` (exact: powers of two)."""
     graph, applied = model.graph, []
     k = float(2**NORM_SCALE_LOG2)
-    for add in list(graph.node):
-        if add.op_type != "Add":
-            continue
+    for out in [node.output[0] for node in graph.node if node.op_type == "Add"]:
         producers, users = _producers(graph), _users(graph)
+        add = producers[out]  # looked up afresh: an insert copies every node, earlier references go stale
         for side in (0, 1):
             eps = _constant(graph, add.input[1 - side])
             mean = producers.get(add.input[side])
@@ -248,9 +247,10 @@ def split_fused_projections(model: onnx.ModelProto) -> list[str]:
 def pad_value_as_zero_pad(model: onnx.ModelProto) -> list[str]:
     """``Pad(x, constant c != 0)``  =>  ``Pad(x - c, 0) + c`` (a PAD, not a PADV2 with a float constant)."""
     graph, applied = model.graph, []
-    for pad in list(graph.node):
+    for name in [node.output[0] for node in graph.node if node.op_type == "Pad"]:
+        pad = _producers(graph)[name]  # afresh: an insert copies every node
         mode = next((a.s.decode() for a in pad.attribute if a.name == "mode"), "constant")
-        if pad.op_type != "Pad" or mode != "constant" or len(pad.input) < 3 or not pad.input[2]:
+        if mode != "constant" or len(pad.input) < 3 or not pad.input[2]:
             continue
         value = _constant(graph, pad.input[2])
         if value is None or value.size != 1 or value.dtype.kind != "f" or float(value.reshape(-1)[0]) == 0.0:
