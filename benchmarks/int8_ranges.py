@@ -49,15 +49,11 @@ def _pytorch_miou(run: Path, model: str) -> float | None:
 
 
 def measure_model(run: Path, model: str, turns: int, threads: int) -> dict:
+    """One model of a run: its conversion's SavedModel and calibration images, the run's test split."""
     from seg2tflite.calibration.representative import build_calibration_set
     from seg2tflite.converters.app_io import AppIO
-    from seg2tflite.converters.int8_ranges import build_full_int8
-    from seg2tflite.converters.runtimes import TFLiteRunner
     from seg2tflite.converters.stages import ConversionDir
-    from seg2tflite.converters.tflite_variants import build_variant
     from seg2tflite.data import Preprocess, load_dataset
-    from seg2tflite.eval.bench import benchmark_in_turns
-    from seg2tflite.eval.evaluate import tflite_miou
 
     folder = ConversionDir(run / "models" / model / "convert")
     manifest = json.loads(folder.manifest_path.read_text())
@@ -73,16 +69,32 @@ def measure_model(run: Path, model: str, turns: int, threads: int) -> dict:
     images, masks = _arrays(load_dataset(data, "test"), preprocess)
     k = manifest["model"].get("num_classes") or int(masks.max()) + 1
     app = AppIO(**manifest["app"]) if manifest.get("app") else None
-    saved_model, float32 = folder.artifact("saved_model"), folder.artifact("float32")
-    out = {"pytorch_miou": _pytorch_miou(run, model), "float32_miou": tflite_miou(float32, images, masks, k, threads)}
-    out["float32_bytes"] = float32.stat().st_size
+    out = compare_methods(
+        folder.artifact("saved_model"), folder.artifact("float32"), calib, images, masks, k, config["int8_io"], app, turns,
+        threads,
+    )  # fmt: skip
+    out["pytorch_miou"] = _pytorch_miou(run, model)
+    out["demo_file"] = {"int8_ranges": manifest.get("int8_ranges"), "config": config.get("int8_ranges")}
+    return out
+
+
+def compare_methods(saved_model, float32: Path, calib, images, masks, k, int8_io="int8", app=None, turns=10, threads=2) -> dict:
+    """Full int8 of ``saved_model`` with every method (and ``auto``, with and without bias
+    correction), each evaluated on ``images``/``masks`` beside the ``float32`` file and timed
+    against it in turns."""
+    from seg2tflite.converters.runtimes import TFLiteRunner
+    from seg2tflite.converters.tflite_variants import build_variant
+    from seg2tflite.eval.bench import benchmark_in_turns
+    from seg2tflite.eval.evaluate import tflite_miou
+
+    out = {"float32_miou": tflite_miou(float32, images, masks, k, threads), "float32_bytes": float32.stat().st_size}
     methods: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as work:
         paths = [float32]
         for method in METHODS:
             t = time.perf_counter()
             content, record = build_variant(
-                saved_model, "full_int8", calib, config["int8_io"], app=app, int8_ranges=method.removesuffix("+bc"),
+                saved_model, "full_int8", calib, int8_io, app=app, int8_ranges=method.removesuffix("+bc"),
                 int8_bias_correction=method.endswith("+bc"),
             )  # fmt: skip
             path = Path(work) / f"{method}.tflite"
@@ -98,22 +110,19 @@ def measure_model(run: Path, model: str, turns: int, threads: int) -> dict:
                 "tensors": record["tensors"],
                 "build_seconds": round(time.perf_counter() - t, 1),
             }
-        auto = {
-            tag: build_full_int8(
-                saved_model, calib.representative_dataset(), "auto", config["int8_io"], bias_correction=bc
-            ).record()
-            for tag, bc in (("", False), ("+bc", True))
-        }
+        out["auto"] = {}
+        for tag in ("", "+bc"):
+            record = build_variant(
+                saved_model, "full_int8", calib, int8_io, app=app, int8_ranges="auto", int8_bias_correction=bool(tag)
+            )[1]
+            out["auto"][f"auto{tag}"] = {"chose": record["method"] + tag, "held_out_scores": record["held_out_scores"]}
         if turns:
-            size = tuple(pre["size"])
-            medians = np.array(benchmark_in_turns(paths, size, threads=threads, turns=turns))
+            medians = np.array(benchmark_in_turns(paths, tuple(images.shape[2:]), threads=threads, turns=turns))
             for i, method in enumerate(METHODS, start=1):
                 methods[method]["int8_over_float32"] = float(np.median(medians[i] / medians[0]))
                 methods[method]["median_ms"] = float(np.median(medians[i]))
             out["float32_median_ms"] = float(np.median(medians[0]))
     out["methods"] = methods
-    out["auto"] = {f"auto{tag}": {"chose": r["method"] + tag, "held_out_scores": r["held_out_scores"]} for tag, r in auto.items()}
-    out["demo_file"] = {"int8_ranges": manifest.get("int8_ranges"), "config": config.get("int8_ranges")}
     return out
 
 

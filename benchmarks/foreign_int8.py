@@ -1,0 +1,142 @@
+"""Full int8 on trained models nobody here wrote: each range method, on the models people bring.
+
+Each model (segmentation_models_pytorch Unet, FPN, DeepLabV3+ and PSPNet with a ResNet-18 encoder;
+torchvision LR-ASPP and DeepLabV3 with MobileNetV3-Large; a Hugging Face SegFormer from a small
+config) is built without downloads, trained briefly on the built-in synthetic data (the demo's
+spec, 96x96, 8 classes; ``compress.finetune`` with BatchNorm statistics updated), converted with
+``convert_model`` (float32 and full int8, every float gate), and its SavedModel quantized to full
+int8 once per range method, with and without bias correction (``int8_ranges.compare_methods``),
+each evaluated on the test split against the model's own PyTorch mIoU.
+
+    python benchmarks/foreign_int8.py --out runs/foreign --record results/int8_foreign.json
+
+A benchmark, not a test: not part of the default test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from int8_ranges import _arrays, compare_methods, render  # noqa: E402
+
+SPEC = "synthetic:size=96,train=1000,val=100,test=50,colour_hint=0.9"
+SIZE, K = (96, 96), 8
+
+
+class Logits(nn.Module):
+    """A model whose output is a dict or an object, as a module returning the logits tensor at the input size."""
+
+    def __init__(self, model: nn.Module, key: str):
+        super().__init__()
+        self.model, self.key = model, key
+
+    def forward(self, x):
+        out = self.model(x)
+        out = out[self.key] if isinstance(out, dict) else getattr(out, self.key)
+        return (
+            out if out.shape[-2:] == x.shape[-2:] else F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        )
+
+
+def _smp(arch: str):
+    import segmentation_models_pytorch as smp
+
+    return getattr(smp, arch)(encoder_name="resnet18", encoder_weights=None, classes=K)
+
+
+def _torchvision(name: str):
+    from torchvision.models import segmentation
+
+    return Logits(getattr(segmentation, name)(weights=None, weights_backbone=None, num_classes=K), "out")
+
+
+def _hf_segformer():
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    config = SegformerConfig(num_labels=K, hidden_sizes=[32, 64, 160, 256], decoder_hidden_size=128, depths=[2, 2, 2, 2])
+    return Logits(SegformerForSemanticSegmentation(config), "logits")
+
+
+MODELS = {
+    "smp_unet_resnet18": lambda: _smp("Unet"),
+    "smp_fpn_resnet18": lambda: _smp("FPN"),
+    "smp_deeplabv3plus_resnet18": lambda: _smp("DeepLabV3Plus"),
+    "smp_pspnet_resnet18": lambda: _smp("PSPNet"),
+    "tv_lraspp_mobilenet_v3_large": lambda: _torchvision("lraspp_mobilenet_v3_large"),
+    "tv_deeplabv3_mobilenet_v3_large": lambda: _torchvision("deeplabv3_mobilenet_v3_large"),
+    "hf_segformer_b0_config": _hf_segformer,
+}
+
+
+def measure(name: str, out: Path, steps: int, turns: int, threads: int) -> dict:
+    from seg2tflite.compress.finetune import FinetuneConfig, finetune, validate
+    from seg2tflite.converters import ConvertConfig, ParityError, convert_model
+    from seg2tflite.converters.images import calibration_set
+    from seg2tflite.converters.stages import ConversionDir
+    from seg2tflite.data import Preprocess, load_dataset
+    from seg2tflite.models.registry import IMAGENET_MEAN, IMAGENET_STD
+
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    train, val, test = (load_dataset(SPEC, split) for split in ("train", "val", "test"))
+    tune = FinetuneConfig(steps=steps, lr=1e-3, input_size=SIZE, train_batchnorm=True)
+    t = time.perf_counter()
+    trained = finetune(model, train, tune, progress=False)
+    seconds = {"train": time.perf_counter() - t}
+    pytorch = validate(model, test, tune)
+    config = ConvertConfig(input_size=SIZE, variants=("float32", "full_int8"), calib_size=64, parity_images=8, trained=True)
+    t = time.perf_counter()
+    try:
+        convert_model(model, out / name, config, train, val, log=None, progress=False)
+        gates = "pass"
+    except ParityError as e:  # a broken gate is a finding of the row, the files are written
+        gates = str(e)
+    seconds["convert"] = time.perf_counter() - t
+    folder = ConversionDir(out / name)
+    preprocess = Preprocess(SIZE, IMAGENET_MEAN, IMAGENET_STD)
+    calib = calibration_set(train, preprocess, config, progress=False)
+    images, masks = _arrays(test, preprocess)
+    t = time.perf_counter()
+    result = compare_methods(
+        folder.artifact("saved_model"), folder.artifact("float32"), calib, images, masks, K, turns=turns, threads=threads
+    )
+    seconds["int8"] = time.perf_counter() - t
+    return {**result, "pytorch_miou": 100 * pytorch["miou"], "train": trained, "gates": gates, "seconds": seconds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/foreign"), help="conversion folders")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--steps", type=int, default=300, help="training steps per model (batch 8)")
+    parser.add_argument("--turns", type=int, default=10, help="latency turns (0: no latency)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--record", type=Path, default=None, help="also write the record here")
+    args = parser.parse_args(argv)
+    from seg2tflite.converters.manifest import package_versions
+
+    results = {"command": ["python", "benchmarks/foreign_int8.py", *(argv or sys.argv[1:])], "versions": package_versions()}
+    results.update(data=SPEC, steps=args.steps, models={})
+    for name in args.models:
+        t = time.perf_counter()
+        results["models"][name] = measure(name, args.out, args.steps, args.turns, args.threads)
+        print(f"{name}: {time.perf_counter() - t:.0f} s", flush=True)
+        text = json.dumps(results, indent=2) + "\n"
+        for path in [args.out / "int8_foreign.json", *([args.record] if args.record else [])]:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    print(render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
