@@ -47,15 +47,16 @@ NOISE = "seg2tflite float32, a byte copy"
 OURS = {"float32": "model_float32.tflite", "full_int8": "model_full_int8.tflite", "mixed_int8": "model_mixed_int8.tflite"}
 
 
-def litert_torch_python(venv: Path) -> Path:
-    """The interpreter of litert-torch's own environment, made on first use."""
+def litert_torch_python(venv: Path, requirements: Path = REQUIREMENTS) -> Path:
+    """The interpreter of a benchmark's own environment (litert-torch's by default), made on first
+    use: ``requirements``, then this checkout without its dependencies."""
     python = venv / "bin" / "python"
     if python.is_file() and (venv / ".complete").is_file():
         return python
-    print(f"making litert-torch's environment in {venv} (a few minutes, once)")
+    print(f"making the environment {venv} (a few minutes, once)")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(python), "-m", "pip", "install", "-q"]
-    subprocess.run([*pip, "-r", str(REQUIREMENTS)], check=True)
+    subprocess.run([*pip, "-r", str(requirements)], check=True)
     subprocess.run([*pip, "--no-deps", "-e", str(ROOT)], check=True)
     (venv / ".complete").write_text("")
     return python

@@ -1,0 +1,90 @@
+"""AIMET's simulated W8A8 mIoU of a seg2tflite checkpoint (run in AIMET's own venv, ``.venv-aimet``).
+
+The recipe of Qualcomm's AIMET model zoo for its segmentation models: BatchNorm folded into the
+convolutions (``fold_all_batch_norms``), per-channel int8 weights and int8 activations
+(``QuantizationSimModel`` with the ``default`` per-channel config), activation encodings computed
+on the calibration images with each of AIMET's post-training range schemes (``tf_enhanced``,
+AIMET's default; ``percentile`` at 99.99, the zoo's setting for DeepLabV3+ Xception; ``min_max``),
+then the simulated model evaluated on the test images. Nothing is converted: this is AIMET's
+estimate of what int8 costs, the best-PTQ reference the .tflite files are held against.
+
+    .venv-aimet/bin/python benchmarks/aimet_quantsim.py CHECKPOINT --data data.npz --out result.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SCHEMES = ("tf_enhanced", "percentile", "min_max")
+
+
+def miou(predictions: np.ndarray, masks: np.ndarray, k: int, ignore: int = 255) -> float:
+    valid = masks != ignore
+    matrix = np.bincount(k * masks[valid].astype(np.int64) + predictions[valid], minlength=k * k).reshape(k, k)
+    union = matrix.sum(0) + matrix.sum(1) - np.diag(matrix)
+    present = union > 0
+    return float(100 * np.mean(np.diag(matrix)[present] / union[present]))
+
+
+def predict(model, images: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return np.concatenate([model(torch.from_numpy(x[None])).argmax(1).numpy() for x in images])
+
+
+def simulate(checkpoint: str, data: dict, schemes: tuple[str, ...]) -> dict:
+    from aimet_torch.batch_norm_fold import fold_all_batch_norms
+    from aimet_torch.common.defs import QuantScheme
+    from aimet_torch.quantsim import QuantizationSimModel
+
+    from seg2tflite.models import load_model
+
+    calib, images, masks, k = data["calib"], data["images"], data["masks"], int(data["num_classes"])
+    out = {"pytorch_miou": miou(predict(load_model(checkpoint).eval(), images), masks, k), "schemes": {}}
+    for scheme in schemes:
+        try:
+            model = load_model(checkpoint).eval()
+            dummy = torch.from_numpy(calib[:1])
+            fold_all_batch_norms(model, tuple(dummy.shape), dummy_input=dummy)
+            sim = QuantizationSimModel(
+                model, dummy, quant_scheme=getattr(QuantScheme, f"post_training_{scheme}"), default_output_bw=8,
+                default_param_bw=8, config_file="default",
+            )  # fmt: skip
+            if scheme == "percentile":
+                sim.set_percentile_value(99.99)
+
+            def calibrate(sim_model, _):
+                with torch.no_grad():
+                    for x in calib:
+                        sim_model(torch.from_numpy(x[None]))
+
+            sim.compute_encodings(calibrate, None)
+            out["schemes"][scheme] = {"miou": miou(predict(sim.model, images), masks, k)}
+        except Exception as e:  # AIMET refusing a model is the comparison's finding
+            traceback.print_exc()
+            out["schemes"][scheme] = {"error": f"{type(e).__name__}: {str(e).strip()[:300]}"}
+    from importlib.metadata import version
+
+    out["versions"] = {p: version(p) for p in ("aimet-torch", "torch")}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--data", required=True, help="npz: calib, images (N, 3, H, W float32), masks, num_classes")
+    parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES)
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    data = dict(np.load(args.data))
+    args.out.write_text(json.dumps(simulate(args.checkpoint, data, tuple(args.schemes)), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""seg2tflite's full-int8 files beside AIMET's simulated W8A8 and litert-torch's PT2E, on the same weights.
+
+For each model of a run folder (``seg2tflite demo --out RUN``): the calibration images its
+conversion used (the names its manifest lists) and the run's test split go to AIMET, in its own
+environment (``.venv-aimet``, made on first use from ``aimet_requirements.txt`` plus this checkout
+without its dependencies), which simulates per-channel W8A8 with each of its range schemes
+(``aimet_quantsim.py``). Beside it: PyTorch's and the run's own full-int8 mIoU (``record.json``),
+and, when ``benchmarks/vs_litert_torch.py`` has run on the same run, PT2E's full-int8 mIoU at the
+demo size (``RUN/litert_torch/compare.json``).
+
+    python benchmarks/vs_aimet.py --run runs/demo [--models segnet_vgg16 ...] [--record FILE]
+
+Writes ``RUN/aimet/compare.json`` and prints the table. A benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from vs_litert_torch import ROOT, calibration_images, litert_torch_python  # noqa: E402
+
+VENV = ROOT / ".venv-aimet"
+REQUIREMENTS = Path(__file__).with_name("aimet_requirements.txt")
+CHILD = Path(__file__).with_name("aimet_quantsim.py")
+
+
+def _data_spec(run: Path) -> str:
+    data = json.loads((run / "demo.json").read_text())["config"]["data"]
+    return f"folder:{run / 'data'}" if data.startswith("synthetic") else data
+
+
+def _run_miou(run: Path, model: str) -> dict[str, float]:
+    from seg2tflite.eval.record import load_record
+
+    return {r.stage: 100 * r.miou for r in load_record(run).rows if r.model == model and r.miou is not None}
+
+
+def _pt2e_miou(run: Path, model: str) -> float | None:
+    path = run / "litert_torch" / "compare.json"
+    if not path.is_file():
+        return None
+    for row in json.loads(path.read_text()).get("rows", []):
+        if row.get("model") == model and row.get("sizes") == "demo":
+            theirs = (row.get("accuracy") or {}).get("litert_torch full_int8") or {}
+            return theirs.get("miou")
+    return None
+
+
+def compare_model(run: Path, model: str, python: Path) -> dict:
+    from seg2tflite.data import Preprocess, load_dataset
+
+    convert = run / "models" / model / "convert"
+    manifest = json.loads((convert / "manifest.json").read_text())
+    data = _data_spec(run)
+    pre = manifest["preprocessing"]
+    preprocess = Preprocess(tuple(pre["size"]), tuple(pre["mean"]), tuple(pre["std"]))
+    test = load_dataset(data, "test")
+    pairs = [preprocess(np.asarray(test[i][0]), np.asarray(test[i][1])) for i in range(len(test))]
+    out = run / "aimet" / model
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        out / "data.npz", calib=calibration_images(manifest, data), images=np.stack([p[0] for p in pairs]).astype(np.float32),
+        masks=np.stack([p[1] for p in pairs]), num_classes=test.info.num_classes,
+    )  # fmt: skip
+    checkpoint = run / "models" / model / "train" / "best.safetensors"
+    subprocess.run([str(python), str(CHILD), str(checkpoint), "--data", str(out / "data.npz"), "--out", str(out / "result.json")],
+                   check=True)  # fmt: skip
+    aimet = json.loads((out / "result.json").read_text())
+    ours = _run_miou(run, model)
+    return {
+        "pytorch_miou": ours.get("pytorch"), "ours_full_int8_miou": ours.get("full_int8"), "pt2e_miou": _pt2e_miou(run, model),
+        "aimet_pytorch_miou": aimet["pytorch_miou"], "aimet": aimet["schemes"], "aimet_versions": aimet["versions"],
+        "ranges": (manifest.get("int8_ranges") or {}).get("method"),
+    }  # fmt: skip
+
+
+def render(results: dict) -> str:
+    schemes = ("tf_enhanced", "percentile", "min_max")
+    lines = [
+        "| model | PyTorch | ours full int8 (Δ) | PT2E (Δ) | "
+        + " | ".join(f"AIMET {s} (Δ)" for s in schemes)
+        + " | ours - best AIMET |",
+        "| --- | --: | --: | --: | " + " | ".join("--:" for _ in schemes) + " | --: |",
+    ]
+
+    def cell(v, ref):
+        return "-" if v is None else f"{v:.2f} ({v - ref:+.2f})"
+
+    for model, r in results["models"].items():
+        ref = r["pytorch_miou"]
+        aimet = {s: (r["aimet"].get(s) or {}).get("miou") for s in schemes}
+        best = max((v for v in aimet.values() if v is not None), default=None)
+        gap = "-" if best is None or r["ours_full_int8_miou"] is None else f"{r['ours_full_int8_miou'] - best:+.2f}"
+        lines.append(
+            f"| `{model}` | {ref:.2f} | {cell(r['ours_full_int8_miou'], ref)} | {cell(r['pt2e_miou'], ref)} | "
+            + " | ".join(cell(aimet[s], ref) for s in schemes) + f" | {gap} |"
+        )  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, type=Path)
+    parser.add_argument("--models", nargs="+", default=None, help="default: the run's models (demo.json)")
+    parser.add_argument("--venv", type=Path, default=VENV)
+    parser.add_argument("--record", type=Path, default=None, help="also write the record here")
+    args = parser.parse_args(argv)
+    python = litert_torch_python(args.venv, REQUIREMENTS)
+    models = args.models or json.loads((args.run / "demo.json").read_text())["config"]["models"]
+    results = {"command": ["python", "benchmarks/vs_aimet.py", *(argv or sys.argv[1:])], "models": {}}
+    for model in models:
+        results["models"][model] = compare_model(args.run, model, python)
+        print(f"{model}: done", flush=True)
+    text = json.dumps(results, indent=2) + "\n"
+    for path in [args.run / "aimet" / "compare.json", *([args.record] if args.record else [])]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    print(render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
