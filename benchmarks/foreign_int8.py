@@ -121,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=10, help="latency turns (0: no latency)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--record", type=Path, default=None, help="also write the record here")
+    parser.add_argument("--render", type=Path, default=None, help="only print the table of a record this wrote")
     args = parser.parse_args(argv)
+    if args.render:
+        print(render(json.loads(args.render.read_text())), end="")
+        return 0
     from seg2tflite.converters.manifest import package_versions
 
     results = {"command": ["python", "benchmarks/foreign_int8.py", *(argv or sys.argv[1:])], "versions": package_versions()}

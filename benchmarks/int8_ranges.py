@@ -148,12 +148,18 @@ def render(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True, type=Path, help="run folder written by `seg2tflite demo`")
+    parser.add_argument("--run", type=Path, help="run folder written by `seg2tflite demo`")
+    parser.add_argument("--render", type=Path, default=None, help="only print the table of a record this wrote")
     parser.add_argument("--models", nargs="+", default=None, help="default: the run's models (demo.json)")
     parser.add_argument("--turns", type=int, default=10, help="latency turns (0: no latency)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--record", type=Path, default=None, help="also write the record here")
     args = parser.parse_args(argv)
+    if args.render:
+        print(render(json.loads(args.render.read_text())), end="")
+        return 0
+    if args.run is None:
+        parser.error("--run is required")
     from seg2tflite.converters.manifest import package_versions
 
     models = args.models or json.loads((args.run / "demo.json").read_text())["config"]["models"]

@@ -107,11 +107,17 @@ def render(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True, type=Path)
+    parser.add_argument("--run", type=Path, help="run folder written by `seg2tflite demo`")
+    parser.add_argument("--render", type=Path, default=None, help="only print the table of a record this wrote")
     parser.add_argument("--models", nargs="+", default=None, help="default: the run's models (demo.json)")
     parser.add_argument("--venv", type=Path, default=VENV)
     parser.add_argument("--record", type=Path, default=None, help="also write the record here")
     args = parser.parse_args(argv)
+    if args.render:
+        print(render(json.loads(args.render.read_text())), end="")
+        return 0
+    if args.run is None:
+        parser.error("--run is required")
     python = litert_torch_python(args.venv, REQUIREMENTS)
     models = args.models or json.loads((args.run / "demo.json").read_text())["config"]["models"]
     results = {"command": ["python", "benchmarks/vs_aimet.py", *(argv or sys.argv[1:])], "models": {}}
