@@ -316,3 +316,20 @@ def test_the_report_states_each_files_ranges_and_worst_ops(offline_result, tmp_p
     worst = parity["int8_sensitivity"][0]
     assert cells[5].startswith(f"{worst['op']} `{worst['tensor']}` {worst['sqnr_db']:.1f}")
     assert render_int8_md(tmp_path / "empty") is None
+
+
+@pytest.mark.chain
+def test_a_conversion_with_chosen_ranges_and_bias_correction_passes_every_gate(tmp_path):
+    from seg2tflite.converters import ConvertConfig, convert_model
+    from seg2tflite.converters.stages import VARIANTS
+
+    from small_chain import SIZE as SMALL
+    from small_chain import BlobDataset, small_model
+
+    config = ConvertConfig(input_size=SMALL, calib_size=8, parity_images=4, int8_ranges="mse", int8_bias_correction=True)
+    result = convert_model(small_model(), tmp_path, config, BlobDataset("train"), BlobDataset("val"), log=None, progress=False)
+    assert result.parity.failures == []
+    assert all((tmp_path / f"model_{v}.tflite").is_file() for v in VARIANTS)
+    record = result.manifest["int8_ranges"]
+    assert (record["requested"], record["method"]) == ("mse", "mse")
+    assert record["bias_corrected_ops"] == 3  # the stem, the body and the head
