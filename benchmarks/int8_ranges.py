@@ -32,6 +32,8 @@ METHODS = tuple(f"{r}{tag}" for r in RANGES for tag in ("", "+bc"))  # +bc: with
 
 
 def _data_spec(run: Path) -> str:
+    if not (run / "demo.json").is_file():  # a demo still under way: its synthetic data
+        return f"folder:{run / 'data'}"
     data = json.loads((run / "demo.json").read_text())["config"]["data"]
     return f"folder:{run / 'data'}" if data.startswith("synthetic") else data
 
@@ -164,14 +166,18 @@ def main(argv: list[str] | None = None) -> int:
 
     models = args.models or json.loads((args.run / "demo.json").read_text())["config"]["models"]
     results = {"command": ["python", "benchmarks/int8_ranges.py", *(argv or sys.argv[1:])], "versions": package_versions()}
-    results["seed"] = json.loads((args.run / "demo.json").read_text())["config"].get("seed")
+    demo = args.run / "demo.json"
+    results["seed"] = json.loads(demo.read_text())["config"].get("seed") if demo.is_file() else None
     results["models"] = {}
     for model in models:
         t = time.perf_counter()
         results["models"][model] = measure_model(args.run, model, args.turns, args.threads)
         print(f"{model}: {time.perf_counter() - t:.0f} s", flush=True)
+    earlier = args.run / "int8_ranges.json"
+    if earlier.is_file():  # a run's models measured in several goes: one record
+        results["models"] = {**json.loads(earlier.read_text()).get("models", {}), **results["models"]}
     text = json.dumps(results, indent=2) + "\n"
-    for path in [args.run / "int8_ranges.json", *([args.record] if args.record else [])]:
+    for path in [earlier, *([args.record] if args.record else [])]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     print(render(results))
