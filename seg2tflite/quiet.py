@@ -80,6 +80,8 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     # torch.load(weights_only=True) warns about a checkpoint's pickle protocol before refusing it in one line
     warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+    # the TFLite converter on a cut-out int8 op (`profile`): its inputs' statistics are in the op's own tensors
+    warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected", category=UserWarning)
     pending = tuple(name for name in NOISY_IMPORTS if name not in sys.modules)
     if pending and not any(isinstance(f, _QuietFirstImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietFirstImport(pending))
