@@ -237,27 +237,31 @@ def test_convert_refuses_linked_external_data_and_writes_nothing(tmp_path, victi
 # -- the MediaPipe client's command line (item 1: its manifest; item 9: one line, exit 2) ------
 
 
-def _client(*argv):
-    done = subprocess.run([sys.executable, "-m", "seg2tflite.eval.mediapipe_client", *map(str, argv)],
-                          capture_output=True, text=True)  # fmt: skip
-    errors = [line for line in done.stderr.splitlines() if "error:" in line]
-    assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+def _client_line(capsys, *argv):
+    from seg2tflite.eval.mediapipe_client import main
+
+    code = main([str(a) for a in argv])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert code == 2 and len(errors) == 1, errors
     return errors[0]
 
 
-def test_mediapipe_client_refuses_in_one_line(tmp_path, victims):
-    assert "not found" in _client(tmp_path / "nowhere", "--data", "synthetic")
-    assert "--limit" in _client(tmp_path / "out", "--data", "synthetic", "--limit", "0")
+def test_mediapipe_client_refuses_in_one_line(tmp_path, victims, capsys):
+    # the entry point itself, as the docstring runs it: one line, exit 2, no traceback
+    done = subprocess.run([sys.executable, "-m", "seg2tflite.eval.mediapipe_client", str(tmp_path / "nowhere"),
+                           "--data", "synthetic"], capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "not found" in done.stderr, done.stderr[-2000:]
+    assert "--limit" in _client_line(capsys, tmp_path / "out", "--data", "synthetic", "--limit", "0")
     manifest = {
         "preprocessing": {"mean": [0, 0, 0], "std": [1, 1, 1]},
         "config": {"input_size": [32, 32], "variants": ["float32"]},
         "model": {"weights": "../victim.txt"},
     }
     (tmp_path / "out" / "manifest.json").write_text(json.dumps(manifest))
-    line = _client(tmp_path / "out", "--data", "synthetic:size=32,train=2,val=2,test=2", "--limit", "1")
+    line = _client_line(capsys, tmp_path / "out", "--data", "synthetic:size=32,train=2,val=2,test=2", "--limit", "1")
     assert "outside" in line and "manifest.json" in line
     (tmp_path / "out" / "manifest.json").write_text('{"preprocessing": ')
-    assert "unreadable or incomplete" in _client(tmp_path / "out", "--data", "synthetic")
+    assert "unreadable or incomplete" in _client_line(capsys, tmp_path / "out", "--data", "synthetic")
     victims()
 
 
