@@ -10,7 +10,6 @@ zero; clustering folds BatchNorm itself first, so the shared values reach TFLite
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -42,13 +41,19 @@ def tflite_weights(path: str | Path, min_params: int = 1024) -> list[dict]:
 def layer_summary(compress_dir: str | Path) -> dict | None:
     """One compressed model's per-layer figures and their TFLite counterpart; None for QAT or when
     the model was not converted."""
+    from seg2tflite.records import field, read_json
+
     compress_dir = Path(compress_dir)
-    log = json.loads((compress_dir / COMPRESS_LOG).read_text())
-    report, tag = log["report"], log["settings"]["method"]
+    path = compress_dir / COMPRESS_LOG
+    redo = f"delete {compress_dir} and run `seg2tflite compress` again"
+    log = read_json(path, redo)
+    report, tag = field(log, path, redo, "report", kind=dict), field(log, path, redo, "settings", "method", kind=str)
     tflite = ConversionDir(compress_dir / "convert").artifact("float32")
     if not tflite.is_file() or not tag.startswith(("prune", "cluster")):
         return None
-    min_params = report["config"]["min_params"]
+    min_params = field(log, path, redo, "report", "config", "min_params", kind=int)
+    field(log, path, redo, "report", "layers")
+    field(log, path, redo, "report", *(("sparsity",) if tag.startswith("prune") else ("config", "clusters")))
     weights = tflite_weights(tflite, min_params)
     params = sum(w["params"] for w in weights)
     summary = {"tag": tag, "layers": report["layers"], "tflite_tensors": len(weights), "tflite_params": params}

@@ -793,6 +793,24 @@ def _(b):
     return ["compress", "--run", str(run), "--methods", "calibration"]
 
 
+@case("report --run: a truncated compress log", "compress.json", "unreadable or incomplete", "seg2tflite compress")
+def _(b):
+    run = b.record(lambda d: d)
+    log = run / "models" / "m" / "compress" / "prune_0.5" / "compress.json"
+    log.parent.mkdir(parents=True)
+    log.write_text('{"report": {"config": {"min_par')
+    return ["report", "--run", str(run)]
+
+
+@case("report --run: a compress log without its method", "compress.json", "lacks settings.method")
+def _(b):
+    run = b.record(lambda d: d)
+    log = run / "models" / "m" / "compress" / "prune_0.5" / "compress.json"
+    log.parent.mkdir(parents=True)
+    log.write_text('{"report": {}}')
+    return ["report", "--run", str(run)]
+
+
 @case("demo: a train log without its config", "train_log.json", "lacks config", "segformer_b0")
 def _(b):
     train = b.root / "run" / "models" / "segformer_b0" / "train"
