@@ -140,7 +140,8 @@ def test_a_manifests_checkpoint_outside_is_read_only_when_its_hash_matches(tmp_p
     assert _manifest(tmp_path / "out", checkpoint=str(victim), checkpoint_sha256=SHA).checkpoint() == victim
     link = tmp_path / "link.safetensors"
     link.symlink_to(victim)
-    assert _manifest(tmp_path / "out", checkpoint=str(link), checkpoint_sha256=SHA).checkpoint() is None
+    assert _manifest(tmp_path / "out", checkpoint=str(link), checkpoint_sha256=SHA).checkpoint() == link  # same bytes
+    assert _manifest(tmp_path / "out", checkpoint=str(tmp_path / "victim_dir"), checkpoint_sha256=SHA).checkpoint() is None
     victims()
 
 
