@@ -201,3 +201,37 @@ def test_a_locator_finding_exceeds_the_float32_noise_of_its_tensor():
     assert step > 1e-3 * np.ptp(value) + 1e-5  # the old criterion called it diverged
     assert step <= tensor_tolerance(value, 1e-3)
     assert 1e-3 * np.abs(value).max() > tensor_tolerance(value, 1e-3)
+
+
+class _AffineAfterConv(torch.nn.Module):
+    """conv -> HardSigmoid (squeeze-excite gates), conv -> x * per-channel scale + shift (layer scale)."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.body = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.register_buffer("scale", torch.rand(1, 8, 1, 1) + 0.5)
+        self.register_buffer("shift", torch.rand(1, 8, 1, 1) - 0.5)
+        self.head = torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.nn.functional.hardsigmoid(self.gate(x)) * (self.body(x) * self.scale + self.shift))
+
+
+def test_the_float16_model_folds_what_the_converter_folds():
+    """The TFLite converter merges a HardSigmoid's ``x / 6 + 1/2`` and a per-channel Mul/Add into the
+    conv before it rounds the weights (MobileNetV3's gates: RELU_0_TO_1 after CONV_2D); the
+    float16 reference folds them first too, and folding alone keeps the function."""
+    import onnx
+
+    from seg2tflite.converters.float16_reference import fold_affine_into_conv
+
+    torch.manual_seed(0)
+    model = _AffineAfterConv().eval()
+    graph = prepare_onnx(export_onnx(model, SIZE), SIZE, "affine").model
+    folded = onnx.ModelProto.FromString(graph.SerializeToString())
+    assert fold_affine_into_conv(folded) == 3  # the HardSigmoid's affine, the Mul, the Add
+    assert sorted(n.op_type for n in folded.graph.node) == ["Clip", "Conv", "Conv", "Conv", "Mul"]
+    x = _images(2)
+    expected = OnnxRunner(graph.SerializeToString())(x)
+    assert np.abs(OnnxRunner(folded.SerializeToString())(x) - expected).max() <= 1e-5 * max(1.0, float(np.ptp(expected)))
