@@ -62,6 +62,16 @@ class ConvertResult:
         return format_table(self.parity)
 
 
+def names_written(config: ConvertConfig, weights: bool) -> list[str]:
+    """Every name a conversion with ``config`` may write into its folder (``weights``: the seeded
+    PyTorch weights too); ``StageCache.claim`` refuses a file of the user's under any of them."""
+    reference = STAGES[REFERENCE].file
+    names = [reference, str(Path(reference).with_suffix(".json"))] if weights else []
+    names += [STAGES[s].file for s in ("onnx", "saved_model", *config.variants)]
+    names += [RANGES_FILE, SENSITIVITY_FILE] if "full_int8" in config.variants else []
+    return names + [ONNX2TF_LOG, PARITY_FILE, MANIFEST_FILE]
+
+
 @dataclass
 class Chain:
     """One conversion under way: what its steps share. The steps run in the order of ``run``."""
@@ -142,11 +152,7 @@ class Chain:
 
     def names_written(self) -> list[str]:
         """Every name this conversion may write into its folder."""
-        weights = STAGES[REFERENCE].file
-        names = [weights, str(Path(weights).with_suffix(".json"))] if self.before_writing is not None else []
-        names += [self.folder.artifact(s).name for s in ("onnx", "saved_model", *self.config.variants)]
-        names += [RANGES_FILE, SENSITIVITY_FILE] if "full_int8" in self.config.variants else []
-        return names + [ONNX2TF_LOG, PARITY_FILE, MANIFEST_FILE]
+        return names_written(self.config, weights=self.before_writing is not None)
 
     @property
     def built(self) -> tuple[str, ...]:

@@ -41,6 +41,16 @@ def _class_name(module) -> str:
     return f"{type(module).__module__}.{type(module).__name__}"
 
 
+def check_out_dir(out_dir: str | Path, config: ConvertConfig, weights: bool) -> None:
+    """Before any export: refuse a record in ``out_dir`` that names files outside it, and a file of
+    the user's in the way of one this conversion writes (``Chain.run`` claims the names later)."""
+    from seg2tflite.converters.chain import names_written
+    from seg2tflite.converters.resume import StageCache
+
+    if Path(out_dir).is_dir():
+        StageCache(Path(out_dir)).check(names_written(config, weights))
+
+
 def convert_model(
     model,
     out_dir: str | Path,
@@ -70,6 +80,7 @@ def convert_model(
     """
     from seg2tflite.models.registry import IMAGENET_MEAN, IMAGENET_STD, deploy_form
 
+    check_out_dir(out_dir, config, weights=before_writing is not None)
     seconds: dict[str, float] = {}
     cfg = getattr(model, "model_config", None)
     mean = tuple(mean or getattr(cfg, "mean", IMAGENET_MEAN))
@@ -115,6 +126,7 @@ def convert_onnx(
     progress: bool = True,
 ) -> ConvertResult:
     """Convert an existing ONNX file (NCHW image in, NCHW logits out); parity starts at ONNX Runtime."""
+    check_out_dir(out_dir, config, weights=False)
     seconds: dict[str, float] = {}
     prepared = prepare_onnx(load_onnx(onnx_path), config.input_size, str(onnx_path), config.onnx_rewrites)
     preprocess = Preprocess(tuple(config.input_size), tuple(mean), tuple(std))

@@ -25,7 +25,7 @@ from pathlib import Path
 from seg2tflite.atomic import atomic_write_text
 from seg2tflite.atomic import remove_stale_temporaries as _remove_stale_temporaries
 from seg2tflite.converters.manifest import artifact_hashes, sha256_file
-from seg2tflite.errors import UserError
+from seg2tflite.errors import UserError, setting
 from seg2tflite.records import all_inside, inside
 
 STAGES_FILE = "stages.json"
@@ -97,9 +97,10 @@ class StageCache:
                 return False
         return True
 
-    def claim(self, names, option: str = "--out") -> None:
-        """Before the first write: refuse when a file this project did not write (nor recorded with
-        its current hash) is in the way of one of ``names``; else record them as this project's."""
+    def check(self, names, option: str | None = None) -> None:
+        """Refuse when a file this project did not write (nor recorded with its current hash) is in
+        the way of one of ``names``."""
+        option = option or setting("--out", "out_dir")
         for name in [STAGES_FILE, *names]:
             if not self.ours(name):
                 path = self.out_dir / name
@@ -107,6 +108,10 @@ class StageCache:
                     f"{path}: a file seg2tflite did not write (or one changed since it did) is in the way of "
                     f"what this conversion writes; move it, or choose another {option} (nothing was written)"
                 )
+
+    def claim(self, names, option: str | None = None) -> None:
+        """Before the first write: ``check``, then record ``names`` as this project's."""
+        self.check(names, option)
         self.claimed = list(dict.fromkeys([*self.claimed, *names]))
         self._save()
 
