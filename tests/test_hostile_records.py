@@ -373,3 +373,23 @@ def test_evaluate_refuses_linked_external_data_too(tmp_path, victims):
     with pytest.raises(UserError, match="symbolic link"):
         open_artifact(path)
     victims()
+
+
+def test_the_api_refuses_a_users_file_in_out_dir_in_its_own_words(tmp_path):
+    from hostile import Bench
+
+    from seg2tflite.converters import ConvertConfig, convert_onnx
+    from seg2tflite.data import load_dataset
+
+    onnx_path = Bench(tmp_path, None).onnx()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model_float32.tflite").write_bytes(VICTIM)
+    data = load_dataset("synthetic:size=32,train=8,val=4,test=4", "train")
+    with pytest.raises(UserError, match="choose another out_dir") as e:
+        convert_onnx(onnx_path, out, ConvertConfig(input_size=(32, 32), variants=("float32",)), data,
+                     mean=(0, 0, 0), std=(1, 1, 1), log=None, progress=False)  # fmt: skip
+    assert "--out" not in str(e.value)
+    assert (out / "model_float32.tflite").read_bytes() == VICTIM and sorted(p.name for p in out.iterdir()) == [
+        "model_float32.tflite"
+    ]
