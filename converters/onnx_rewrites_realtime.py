@@ -244,8 +244,13 @@ def split_fused_projections(model: onnx.ModelProto) -> list[str]:
     return applied
 
 
+MAX_SHIFTED_PAD = 1024.0  # largest |pad value| shifted to a zero pad: float32 keeps x to 2^-13 of it
+
+
 def pad_value_as_zero_pad(model: onnx.ModelProto) -> list[str]:
-    """``Pad(x, constant c != 0)``  =>  ``Pad(x - c, 0) + c`` (a PAD, not a PADV2 with a float constant)."""
+    """``Pad(x, constant c != 0)``  =>  ``Pad(x - c, 0) + c`` (a PAD, not a PADV2 with a float constant),
+    for ``|c| <= MAX_SHIFTED_PAD``: ``x - c`` keeps x to float32's rounding at c's magnitude, so a
+    larger c (a max pool's padding with float32's lowest value) would erase x and stays a PADV2."""
     graph, applied = model.graph, []
     for name in [node.output[0] for node in graph.node if node.op_type == "Pad"]:
         pad = _producers(graph)[name]  # afresh: an insert copies every node
@@ -253,7 +258,12 @@ def pad_value_as_zero_pad(model: onnx.ModelProto) -> list[str]:
         if mode != "constant" or len(pad.input) < 3 or not pad.input[2]:
             continue
         value = _constant(graph, pad.input[2])
-        if value is None or value.size != 1 or value.dtype.kind != "f" or float(value.reshape(-1)[0]) == 0.0:
+        if (
+            value is None
+            or value.size != 1
+            or value.dtype.kind != "f"
+            or not 0 < abs(float(value.reshape(-1)[0])) <= MAX_SHIFTED_PAD
+        ):
             continue
         n = lambda tag: f"{pad.name or pad.output[0]}/zero_pad/{tag}"  # noqa: E731
         c = float(value.reshape(-1)[0])
