@@ -19,7 +19,7 @@ from seg2tflite.atomic import atomic_write_bytes, atomic_write_text, private_tem
 from seg2tflite.calibration.representative import CalibrationSet
 from seg2tflite.converters.app_client import CLIENT_NOTES, client_figures, client_gate_failures
 from seg2tflite.converters.app_io import AppIO, to_pixels
-from seg2tflite.converters.checks import check_class_count
+from seg2tflite.converters.checks import check_class_count, check_module_classes
 from seg2tflite.converters.config import ConvertConfig
 from seg2tflite.converters.divergence import explain_float16_failure, explain_float_failure
 from seg2tflite.converters.gpu_check import gpu_compatibility, gpu_line
@@ -110,8 +110,6 @@ class Chain:
         onnx_source = None if self.torch_model is not None else self.model_source
         calib_data, parity_data = resolve_data(calib_data, parity_data, self.config)
         if model_info.get("module"):  # a model of the user's own: --num-classes cannot change its head
-            from seg2tflite.user_module import check_module_classes
-
             check_module_classes(model_info["module"], self.prepared.num_classes, (calib_data, parity_data))
         check_class_count(self.prepared.num_classes, (calib_data, parity_data), onnx_source)
         calib, parity = self.read_data(calib_data, parity_data)

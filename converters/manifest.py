@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import platform
 import subprocess
@@ -12,6 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 from seg2tflite.atomic import atomic_write_text
+from seg2tflite.records import sha256_file
 
 PACKAGES = (
     "seg2tflite",
@@ -25,14 +25,6 @@ PACKAGES = (
     "ai-edge-litert",
     "numpy",
 )
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def artifact_hashes(out_dir: Path, names: list[str]) -> dict[str, dict]:

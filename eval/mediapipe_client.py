@@ -93,26 +93,23 @@ def measure_folder(folder: Path, data: str, split: str, limit: int | None, check
 
 def main(argv=None) -> int:
     """The command line; bad input is one ``mediapipe_client: error:`` line and exit 2, as in ``seg2tflite``."""
+    import argparse
     import sys
 
-    from seg2tflite.cli import one_line, os_error_line
-    from seg2tflite.cli_options import Parser, positive_int
-    from seg2tflite.errors import UserError, command_line_wording
+    from seg2tflite.errors import UserError, command_line_wording, one_line, os_error_line
 
-    parser = Parser(prog="seg2tflite.eval.mediapipe_client", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="seg2tflite.eval.mediapipe_client", description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--data", required=True)
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
-    parser.add_argument("--limit", type=positive_int, default=None)
+    parser.add_argument("--limit", type=int, default=None, help="the first N images (at least 1)")
     parser.add_argument("--checkpoint", default=None, help="the PyTorch weights (default: the manifest's)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    args = parser.parse_args(argv)
     with command_line_wording():
         try:
-            args = parser.parse_args(argv)
-        except UserError as e:  # a refused value (cli_options' types raise it)
-            print(f"{parser.prog}: error: {one_line(e)}", file=sys.stderr)
-            return 2
-        try:
+            if args.limit is not None and args.limit < 1:
+                raise UserError(f"--limit: {args.limit} must be at least 1 image")
             print(json.dumps(measure_folder(args.folder, args.data, args.split, args.limit, args.checkpoint), indent=2))
         except (UserError, OSError) as e:
             if args.debug:

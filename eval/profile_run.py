@@ -21,7 +21,7 @@ from seg2tflite.converters.stages import STAGES, ConversionDir
 from seg2tflite.errors import UserError, setting
 from seg2tflite.eval.profile import Profile, profile_artifact
 from seg2tflite.eval.record import run_versions
-from seg2tflite.records import registered_model
+from seg2tflite.models.registry import registered_model
 
 PROFILE_FILE = "profile.json"
 TFLITE_STAGES = tuple(k for k, s in STAGES.items() if s.runtime == "litert")

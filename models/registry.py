@@ -187,3 +187,14 @@ def load_model(checkpoint: str | Path) -> nn.Module:
     if config.get("input_size"):  # the size it was trained at, which later steps default to
         model.model_config = replace(model.model_config, input_size=tuple(config["input_size"]))
     return model
+
+
+def registered_model(name, record, option: str | None = None) -> str:
+    """A model name read from ``record``: a registered one (names become folders), else refused."""
+    if isinstance(name, str) and name in list_models():
+        return name
+    advice = f"; pass {option} with registered names" if option else ""
+    raise UserError(
+        f"{record}: model {name!r} is not a registered model name (see `seg2tflite models`){advice}; "
+        "the record was edited or comes from elsewhere: delete it and run the command again"
+    )

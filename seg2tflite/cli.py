@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import signal
 import sys
@@ -22,7 +21,7 @@ from seg2tflite.cli_options import (
     positive_float,
     positive_int,
 )
-from seg2tflite.errors import Terminated, UserError, command_line_wording
+from seg2tflite.errors import Terminated, UserError, command_line_wording, one_line, os_error_line
 from seg2tflite.quiet import VERBOSE_VARIABLE, quiet_libraries
 
 # -- demo ------------------------------------------------------------------------------------
@@ -322,12 +321,6 @@ def _close_progress_bars() -> None:
     sys.stderr.flush()
 
 
-def one_line(error: BaseException) -> str:
-    """The error's message on one line (a library's multi-line text joined with '; ')."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return "; ".join(lines) or type(error).__name__
-
-
 def _output_option(args) -> str | None:
     """The option naming where this command writes, for the advice in an OS error."""
     if getattr(args, "out", None):
@@ -335,20 +328,6 @@ def _output_option(args) -> str | None:
     if getattr(args, "json", None):
         return "--json"
     return None
-
-
-def os_error_line(error: OSError, option: str | None = "--out") -> str:
-    """One line for an operating-system error while reading or writing."""
-    where = f"{error.filename}: " if error.filename else ""
-    reason = error.strerror or str(error) or type(error).__name__
-    elsewhere = f"choose another {option}" if option else "choose another place to write"
-    if error.errno == errno.ENOSPC:
-        return f"{where}no space left on the device; free some space or {elsewhere} (the unfinished file was not kept)"
-    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"{where}cannot write here ({reason}); {elsewhere}"
-    if error.errno in (errno.ENOTDIR, errno.EEXIST):
-        return f"{where}{reason}: a file is in the way of a folder; {elsewhere}"
-    return f"{where}{reason}; rerun with --debug for the traceback"
 
 
 if __name__ == "__main__":

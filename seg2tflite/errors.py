@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 from collections.abc import Iterator
 
 
@@ -43,3 +44,23 @@ def command_line_wording() -> Iterator[None]:
         yield
     finally:
         _COMMAND_LINE.reset(token)
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (a library's multi-line text joined with '; ')."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "; ".join(lines) or type(error).__name__
+
+
+def os_error_line(error: OSError, option: str | None = "--out") -> str:
+    """One line for an operating-system error while reading or writing."""
+    where = f"{error.filename}: " if error.filename else ""
+    reason = error.strerror or str(error) or type(error).__name__
+    elsewhere = f"choose another {option}" if option else "choose another place to write"
+    if error.errno == errno.ENOSPC:
+        return f"{where}no space left on the device; free some space or {elsewhere} (the unfinished file was not kept)"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{where}cannot write here ({reason}); {elsewhere}"
+    if error.errno in (errno.ENOTDIR, errno.EEXIST):
+        return f"{where}{reason}: a file is in the way of a folder; {elsewhere}"
+    return f"{where}{reason}; rerun with --debug for the traceback"

@@ -53,7 +53,8 @@ def _models(config: LatencyConfig) -> tuple[str, ...]:
         return config.models
     demo = Path(config.run) / "demo.json"
     if demo.is_file():
-        from seg2tflite.records import field, read_json, registered_model
+        from seg2tflite.models.registry import registered_model
+        from seg2tflite.records import field, read_json
 
         redo = f"run `seg2tflite demo --out {config.run}` again, or name the models with {setting('--models', 'models')}"
         models = field(read_json(demo, redo), demo, redo, "config", "models", kind=list)

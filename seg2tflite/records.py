@@ -9,18 +9,27 @@ A record is trusted for nothing it could use to reach outside its folder:
 - a path it names outside its folder (the checkpoint a conversion was made from) is only ever
   read, and only when it is a regular file whose sha256 is the one the record holds
   (``recorded_outside``);
-- a model name in it must be a registered name (``registered_model``): names become folders;
+- a model name in it must be a registered name (``models.registry.registered_model``): names become folders;
 - a record that is not JSON, or not the object expected, is a one-line error naming the file
   (``read_json``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from seg2tflite.errors import UserError
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _not_ours(record, what: str) -> UserError:
@@ -58,8 +67,6 @@ def all_inside(folder, names, record) -> list[Path]:
 def recorded_outside(path, sha256, record) -> Path | None:
     """A path ``record`` names outside its folder (to read, never to write): the file, when it is a
     regular file with the sha256 the record holds; else None (the record's claim is not used)."""
-    from seg2tflite.converters.manifest import sha256_file
-
     if not isinstance(path, str) or not path or not isinstance(sha256, str):
         return None
     candidate = Path(path)
@@ -69,19 +76,6 @@ def recorded_outside(path, sha256, record) -> Path | None:
     except OSError:
         return None
     return candidate
-
-
-def registered_model(name, record, option: str | None = None) -> str:
-    """A model name read from ``record``: a registered one (names become folders), else refused."""
-    from seg2tflite.models import list_models
-
-    if isinstance(name, str) and name in list_models():
-        return name
-    advice = f"; pass {option} with registered names" if option else ""
-    raise UserError(
-        f"{record}: model {name!r} is not a registered model name (see `seg2tflite models`){advice}; "
-        "the record was edited or comes from elsewhere: delete it and run the command again"
-    )
 
 
 def read_json(path: str | os.PathLike, redo: str, kind: type = dict):
@@ -142,8 +136,6 @@ def check_external_data(model, onnx_path: str | os.PathLike) -> None:
 def manifest_records(manifest: dict, folder: Path, path: Path) -> bool:
     """Whether ``manifest`` (in ``folder``) records ``path`` as it is now: the same sha256 for the
     file, or for every file of a folder (a SavedModel); a conversion folder describes itself."""
-    from seg2tflite.converters.manifest import sha256_file
-
     if path.resolve() == folder.resolve():
         return True
     rel = path.name

@@ -97,21 +97,6 @@ def _check_one_input(model, spec: str) -> None:
         )
 
 
-def check_module_classes(spec: str, num_classes: int, datasets) -> None:
-    """Refuse a ``--module`` model whose output channels are not the data's classes; the advice is
-    its head or the data (``--num-classes`` does not change a model of the user's own)."""
-    from seg2tflite.data.base import describe_data
-
-    for data in datasets:
-        classes = getattr(getattr(data, "info", None), "num_classes", None)
-        if classes is not None and classes != num_classes:
-            raise UserError(
-                f"--module {spec}: the model predicts {num_classes} classes (its output channels) but {describe_data(data)} "
-                f"has {classes}; --num-classes cannot change a model of your own: give it a {classes}-class head "
-                f"(or --weights of one), or calibrate on data with {num_classes} classes"
-            )
-
-
 def load_weights(model, weights: str | Path) -> None:
     """Load a safetensors state dict into ``model``, every key and shape matching."""
     from safetensors import SafetensorError

@@ -64,6 +64,7 @@ def test_polynomial_sparsity_schedule():
     assert polynomial_sparsity(3, 0.1, 0.9, 0, 0) == 0.9
 
 
+@pytest.mark.chain
 def test_polynomial_sparsity_is_tfmots_schedule():
     """The schedule is tensorflow-model-optimization's own PolynomialDecay, step for step."""
     import tensorflow as tf
@@ -299,6 +300,7 @@ def _tflite_filters(path, torch_model):
     return found
 
 
+@pytest.mark.chain
 def test_compression_survives_conversion(tmp_path):
     from seg2tflite.converters import ConvertConfig, convert_model
     from seg2tflite.eval.compression_layers import tflite_weights

@@ -19,7 +19,8 @@ from seg2tflite.converters.manifest import artifact_hashes
 from seg2tflite.converters.resume import StageCache
 from seg2tflite.converters.stages import ConversionDir
 from seg2tflite.errors import UserError
-from seg2tflite.records import check_external_data, inside, read_json, registered_model
+from seg2tflite.models.registry import registered_model
+from seg2tflite.records import check_external_data, inside, read_json
 
 VICTIM = b"victim bytes: the user's, never to be read into an artifact, changed or deleted"
 SHA = hashlib.sha256(VICTIM).hexdigest()

@@ -28,7 +28,7 @@ FOLDERS = {
 LAYERS = (
     ("base", (
         "seg2tflite", "seg2tflite.errors", "seg2tflite.atomic", "seg2tflite.quiet", "seg2tflite.data", "seg2tflite.metrics",
-        "seg2tflite.memory",
+        "seg2tflite.memory", "seg2tflite.records",
     )),
     ("models", ("seg2tflite.models",)),
     ("calibration", ("seg2tflite.calibration",)),

@@ -29,7 +29,8 @@ from seg2tflite.atomic import atomic_write_text
 from seg2tflite.compress_config import STUDY_FILE, CompressConfig, Method
 from seg2tflite.converters.stages import ConversionDir
 from seg2tflite.errors import UserError
-from seg2tflite.records import read_json, registered_model
+from seg2tflite.models.registry import registered_model
+from seg2tflite.records import read_json
 
 
 @dataclass

@@ -19,7 +19,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from seg2tflite.atomic import atomic_path
-from seg2tflite.converters.manifest import sha256_file
 from seg2tflite.data.base import DatasetInfo, SegmentationDataset, class_name_problem
 from seg2tflite.data.preprocess import IGNORE_INDEX
 from seg2tflite.data.readers import (
@@ -33,6 +32,7 @@ from seg2tflite.data.readers import (
     voc_colormap,
 )
 from seg2tflite.errors import UserError, setting
+from seg2tflite.records import sha256_file
 
 DATASET_JSON = "dataset.json"
 FORMAT = "seg2tflite-folder"
