@@ -27,6 +27,7 @@ from seg2tflite.converters.stages import ConversionDir
 from seg2tflite.data.base import SegmentationDataset
 from seg2tflite.data.preprocess import Preprocess
 from seg2tflite.errors import UserError, setting
+from seg2tflite.records import sha256_file
 
 
 def _log_default(message: str) -> None:
@@ -105,6 +106,9 @@ def convert_model(
         **({"name": cfg.name, "family": cfg.family} if cfg is not None else {}),
         **(model_info or {}),
     }
+    checkpoint = info.get("checkpoint")
+    if isinstance(checkpoint, str) and "checkpoint_sha256" not in info and Path(checkpoint).is_file():
+        info["checkpoint_sha256"] = sha256_file(checkpoint)  # what ConversionDir.checkpoint checks before reading it
     with no_network():
         chain = Chain(prepared, model, deploy, ConversionDir(out_dir), config, preprocess, log or _quiet, progress, seconds)
         chain.before_writing = before_writing
@@ -179,14 +183,8 @@ def convert_registered(
     torch.manual_seed(seed)
     model = create_model(name, num_classes=num_classes, checkpoint=None if checkpoint is None else str(checkpoint))
     info = {"checkpoint": str(checkpoint) if checkpoint else None, "seed": None if checkpoint else seed}
-    if checkpoint is not None and Path(checkpoint).is_file():  # what ConversionDir.checkpoint checks before reading it
-        from seg2tflite.converters.manifest import sha256_file
-
-        info["checkpoint_sha256"] = sha256_file(checkpoint)
 
     def save_weights() -> dict:  # seeded weights go beside the artifacts, once nothing is refused any more
-        from seg2tflite.converters.manifest import sha256_file
-
         saved = save_checkpoint(model, ConversionDir(out_dir).artifact("pytorch"), extra={"seed": seed})
         return {"weights": saved.name, "weights_sha256": sha256_file(saved)}  # what evaluate checks the manifest by
 
