@@ -24,12 +24,29 @@ import torch
 SCHEMES = ("tf_enhanced", "percentile", "min_max")
 
 
+def _scheme(name: str):
+    from aimet_torch.common.defs import QuantScheme
+
+    return {"tf_enhanced": QuantScheme.post_training_tf_enhanced, "percentile": QuantScheme.post_training_percentile,
+            "min_max": QuantScheme.min_max}[name]  # fmt: skip
+
+
 def miou(predictions: np.ndarray, masks: np.ndarray, k: int, ignore: int = 255) -> float:
     valid = masks != ignore
     matrix = np.bincount(k * masks[valid].astype(np.int64) + predictions[valid], minlength=k * k).reshape(k, k)
     union = matrix.sum(0) + matrix.sum(1) - np.diag(matrix)
     present = union > 0
     return float(100 * np.mean(np.diag(matrix)[present] / union[present]))
+
+
+def _without_eval_identities(model: torch.nn.Module) -> torch.nn.Module:
+    """Dropout and stochastic depth, the identity in eval mode, as ``nn.Identity`` (AIMET has no
+    quantized form of timm's DropPath)."""
+    for name, module in list(model.named_modules()):
+        if type(module).__name__ in ("DropPath", "Dropout", "Dropout2d"):
+            parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+            setattr(parent, name.rpartition(".")[2], torch.nn.Identity())
+    return model
 
 
 def predict(model, images: np.ndarray) -> np.ndarray:
@@ -39,7 +56,7 @@ def predict(model, images: np.ndarray) -> np.ndarray:
 
 def simulate(checkpoint: str, data: dict, schemes: tuple[str, ...]) -> dict:
     from aimet_torch.batch_norm_fold import fold_all_batch_norms
-    from aimet_torch.common.defs import QuantScheme
+    from aimet_torch.model_preparer import prepare_model
     from aimet_torch.quantsim import QuantizationSimModel
 
     from seg2tflite.models import load_model
@@ -48,13 +65,16 @@ def simulate(checkpoint: str, data: dict, schemes: tuple[str, ...]) -> dict:
     out = {"pytorch_miou": miou(predict(load_model(checkpoint).eval(), images), masks, k), "schemes": {}}
     for scheme in schemes:
         try:
-            model = load_model(checkpoint).eval()
+            model = _without_eval_identities(load_model(checkpoint).eval())
             dummy = torch.from_numpy(calib[:1])
+            try:  # AIMET's own first step: functional ops as modules, so that their outputs are quantized too
+                model = prepare_model(model)
+            except Exception:  # noqa: BLE001 - a graph torch.fx cannot trace: its modules are quantized as they are
+                traceback.print_exc()
             fold_all_batch_norms(model, tuple(dummy.shape), dummy_input=dummy)
             sim = QuantizationSimModel(
-                model, dummy, quant_scheme=getattr(QuantScheme, f"post_training_{scheme}"), default_output_bw=8,
-                default_param_bw=8, config_file="default",
-            )  # fmt: skip
+                model, dummy, quant_scheme=_scheme(scheme), default_output_bw=8, default_param_bw=8, config_file="default"
+            )
             if scheme == "percentile":
                 sim.set_percentile_value(99.99)
 

@@ -21,7 +21,7 @@ from seg2tflite.converters.stages import STAGES, ConversionDir
 from seg2tflite.errors import UserError, setting
 from seg2tflite.eval.profile import Profile, profile_artifact
 from seg2tflite.eval.record import run_versions
-from seg2tflite.models.registry import registered_model
+from seg2tflite.records import inside
 
 PROFILE_FILE = "profile.json"
 TFLITE_STAGES = tuple(k for k, s in STAGES.items() if s.runtime == "litert")
@@ -41,7 +41,7 @@ def run_models(run: Path) -> list[str]:
             models = list(json.loads(demo.read_text())["config"]["models"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"{demo}: unreadable demo record ({e}); run `seg2tflite demo --out {run}` again") from None
-        models = [registered_model(m, demo) for m in models]  # names become folders: never ../ or absolute
+        models = [inside(run / "models", m, demo).name for m in models]  # names become folders: never ../ or absolute
     models += sorted(p.parent.name for p in (run / "models").glob("*/convert") if p.is_dir())
     return list(dict.fromkeys(models))
 

@@ -78,7 +78,7 @@ def small_model():
     return model.eval()
 
 
-def convert_float32(model, images, out):
+def convert_float32(model, images, out, onnx_rewrites: bool = True):
     """The project's real chain (export, onnx2tf, TFLite converter, LiteRT) down to
     model_float32.tflite, with parity measured on ``images`` ((N, 3, H, W) tensor or array): the
     one way a test carries a model through, offline workaround included."""
@@ -86,6 +86,8 @@ def convert_float32(model, images, out):
     from seg2tflite.converters import ConvertConfig, convert_model
 
     images = np.asarray(images, np.float32)
-    config = ConvertConfig(input_size=images.shape[2:], variants=("float32",), parity_images=len(images), calib_min=1)
+    config = ConvertConfig(
+        input_size=images.shape[2:], variants=("float32",), parity_images=len(images), calib_min=1, onnx_rewrites=onnx_rewrites
+    )
     calib = calibration_from_array(images, "test images", min_size=1)
     return convert_model(model.eval(), out, config, calib, log=None, progress=False)
