@@ -53,7 +53,7 @@ def _pt2e_miou(run: Path, model: str) -> float | None:
     return None
 
 
-def compare_model(run: Path, model: str, python: Path) -> dict:
+def compare_model(run: Path, model: str, python: Path, reuse: bool = False) -> dict:
     from seg2tflite.data import Preprocess, load_dataset
 
     convert = run / "models" / model / "convert"
@@ -70,8 +70,9 @@ def compare_model(run: Path, model: str, python: Path) -> dict:
         masks=np.stack([p[1] for p in pairs]), num_classes=test.info.num_classes,
     )  # fmt: skip
     checkpoint = run / "models" / model / "train" / "best.safetensors"
-    subprocess.run([str(python), str(CHILD), str(checkpoint), "--data", str(out / "data.npz"), "--out", str(out / "result.json")],
-                   check=True)  # fmt: skip
+    if not (reuse and (out / "result.json").is_file()):
+        subprocess.run([str(python), str(CHILD), str(checkpoint), "--data", str(out / "data.npz"), "--out", str(out / "result.json")],
+                       check=True)  # fmt: skip
     aimet = json.loads((out / "result.json").read_text())
     ours = _run_miou(run, model)
     return {
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=None, help="default: the run's models (demo.json)")
     parser.add_argument("--venv", type=Path, default=VENV)
     parser.add_argument("--record", type=Path, default=None, help="also write the record here")
+    parser.add_argument("--reuse", action="store_true", help="take a model's AIMET result already in RUN/aimet/M (same data)")
     args = parser.parse_args(argv)
     if args.render:
         print(render(json.loads(args.render.read_text())), end="")
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     models = args.models or json.loads((args.run / "demo.json").read_text())["config"]["models"]
     results = {"command": ["python", "benchmarks/vs_aimet.py", *(argv or sys.argv[1:])], "models": {}}
     for model in models:
-        results["models"][model] = compare_model(args.run, model, python)
+        results["models"][model] = compare_model(args.run, model, python, args.reuse)
         print(f"{model}: done", flush=True)
     text = json.dumps(results, indent=2) + "\n"
     for path in [args.run / "aimet" / "compare.json", *([args.record] if args.record else [])]:
