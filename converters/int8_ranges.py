@@ -213,19 +213,25 @@ def calibrated_ranges(calibrated: bytes) -> dict[int, tuple[float, float]]:
     return ranges
 
 
-def collect_statistics(calibrated: bytes, representative: Representative, hold_out: bool) -> RangeStatistics:
-    """Run the calibrated float file on every representative input (LiteRT's builtin kernels, every
-    tensor kept) and bin each calibrated tensor's values on the calibrator's min/max."""
+def every_tensor_interpreter(content: bytes):
+    """LiteRT on ``content`` with its builtin kernels and every intermediate tensor kept, to read."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    ranges = calibrated_ranges(calibrated)
     with muted_stderr():
         interpreter = Interpreter(
-            model_content=calibrated,
+            model_content=content,
             experimental_preserve_all_tensors=True,
             experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
         )
         interpreter.allocate_tensors()
+    return interpreter
+
+
+def collect_statistics(calibrated: bytes, representative: Representative, hold_out: bool) -> RangeStatistics:
+    """Run the calibrated float file on every representative input (LiteRT's builtin kernels, every
+    tensor kept) and bin each calibrated tensor's values on the calibrator's min/max."""
+    ranges = calibrated_ranges(calibrated)
+    interpreter = every_tensor_interpreter(calibrated)
     inputs = interpreter.get_input_details()
     (output,) = interpreter.get_output_details()
     stats = RangeStatistics({t: Histogram(*r) for t, r in ranges.items()}, {}, [], [])

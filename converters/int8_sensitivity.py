@@ -18,22 +18,9 @@ import math
 
 import numpy as np
 
-from seg2tflite.quiet import muted_stderr
+from seg2tflite.converters.int8_ranges import every_tensor_interpreter
 
 SENSITIVITY_FILE = "full_int8_sensitivity.json"  # Model Explorer node data, beside the file
-
-
-def _interpreter(content: bytes):
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    with muted_stderr():
-        interpreter = Interpreter(
-            model_content=content,
-            experimental_preserve_all_tensors=True,
-            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-        )
-        interpreter.allocate_tensors()
-    return interpreter
 
 
 def _feed(interpreter, image_nhwc: np.ndarray, pixels: np.ndarray | None) -> None:
@@ -53,7 +40,7 @@ def op_sensitivity(float32: bytes, full_int8: bytes, images: np.ndarray, pixels:
     ``pixels``: the same as (N, H, W, 3) uint8 for files that take pixels."""
     from seg2tflite.converters.tflite_graph import TFLiteGraph
 
-    reference, quantized = _interpreter(float32), _interpreter(full_int8)
+    reference, quantized = every_tensor_interpreter(float32), every_tensor_interpreter(full_int8)
     graph = TFLiteGraph.read(full_int8)
     float_tensors = {t["name"]: t for t in reference.get_tensor_details() if np.dtype(t["dtype"]) == np.float32}
     ops = []
