@@ -66,7 +66,7 @@ class VariantBuild:
     content: bytes
     quantization: dict  # TFLiteRunner.io_quantization
     delegate: str  # TFLiteRunner.delegate
-    int8_ranges: dict | None = None  # full int8: how its activation ranges were chosen (int8_ranges.Int8Build.record)
+    int8_ranges: dict | None = None  # full int8: how its activation ranges were chosen (int8_build.Int8Build.record)
 
 
 def failure_message(failures: dict[str, VariantFailure], asked: int, manifest: Path, report=None) -> str:

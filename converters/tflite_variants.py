@@ -30,7 +30,7 @@ from pathlib import Path
 from seg2tflite.atomic import private_tempdir
 from seg2tflite.calibration.representative import CalibrationSet
 from seg2tflite.converters.app_io import AppIO, to_pixels, wrap_saved_model
-from seg2tflite.converters.int8_ranges import build_full_int8
+from seg2tflite.converters.int8_build import build_full_int8
 from seg2tflite.converters.lowres import cut_final_resize
 from seg2tflite.converters.matmul_layout import drop_matmul_transposes
 from seg2tflite.converters.onnx_to_tf import ConversionError

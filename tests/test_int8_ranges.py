@@ -202,7 +202,7 @@ def test_minmax_is_the_converters_own_file(block):
 
 @pytest.mark.chain
 def test_auto_scores_every_method_on_held_out_images_and_keeps_the_best(block):
-    from seg2tflite.converters.int8_ranges import build_full_int8
+    from seg2tflite.converters.int8_build import build_full_int8
 
     saved_model, calib = block
     built = build_full_int8(saved_model, calib.representative_dataset(), "auto")
@@ -266,7 +266,7 @@ def test_bias_correction_brings_each_channels_mean_error_near_zero(tmp_path):
     import tensorflow as tf
 
     from seg2tflite.calibration.representative import calibration_from_array
-    from seg2tflite.converters.int8_ranges import build_full_int8
+    from seg2tflite.converters.int8_build import build_full_int8
     from seg2tflite.converters.runtimes import TFLiteRunner
     from seg2tflite.converters.tflite_variants import build_tflite
 

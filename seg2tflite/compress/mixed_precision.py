@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from seg2tflite.atomic import atomic_write_bytes, atomic_write_text
 from seg2tflite.calibration.representative import CalibrationSet
-from seg2tflite.converters.int8_ranges import calibrated_with_ranges
+from seg2tflite.converters.int8_build import calibrated_with_ranges
 from seg2tflite.converters.int8_ranges import quantize as quantize_int8
 from seg2tflite.converters.manifest import artifact_hashes, write_json
 from seg2tflite.converters.ops import op_report
