@@ -48,7 +48,7 @@ def _pt2e_miou(run: Path, model: str) -> float | None:
         return None
     for row in json.loads(path.read_text()).get("rows", []):
         if row.get("model") == model and row.get("sizes") == "demo":
-            theirs = (row.get("accuracy") or {}).get("litert_torch full_int8") or {}
+            theirs = (row.get("accuracy") or {}).get("litert-torch full_int8") or {}
             return theirs.get("miou")
     return None
 

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = {  # record -> the page that shows it
     "int8_ranges_seed0.json": "docs/int8.md",
     "int8_foreign.json": "docs/int8.md",
+    "int8_vs_aimet_seed0.json": "docs/int8.md",
 }
 
 
