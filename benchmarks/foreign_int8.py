@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from int8_ranges import _arrays, compare_methods, render  # noqa: E402
+from int8_ranges import _arrays, compare_methods, render, write_record  # noqa: E402
 
 SPEC = "synthetic:size=96,train=1000,val=100,test=50,colour_hint=0.9"
 SIZE, K = (96, 96), 8
@@ -134,10 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         results["models"][name] = measure(name, args.out, args.steps, args.turns, args.threads)
         print(f"{name}: {time.perf_counter() - t:.0f} s", flush=True)
-        text = json.dumps(results, indent=2) + "\n"
-        for path in [args.out / "int8_foreign.json", *([args.record] if args.record else [])]:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+        write_record(results, [args.out / "int8_foreign.json", *([args.record] if args.record else [])])
     print(render(results))
     return 0
 

@@ -128,6 +128,14 @@ def compare_methods(saved_model, float32: Path, calib, images, masks, k, int8_io
     return out
 
 
+def write_record(results: dict, paths: list) -> None:
+    """A benchmark's record, the same JSON at every path given (the run's copy, ``--record``)."""
+    text = json.dumps(results, indent=2) + "\n"
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
 def render(results: dict) -> str:
     lines = [
         "| model | PyTorch | float32 | "
@@ -176,10 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     earlier = args.run / "int8_ranges.json"
     if earlier.is_file():  # a run's models measured in several goes: one record
         results["models"] = {**json.loads(earlier.read_text()).get("models", {}), **results["models"]}
-    text = json.dumps(results, indent=2) + "\n"
-    for path in [earlier, *([args.record] if args.record else [])]:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+    write_record(results, [earlier, *([args.record] if args.record else [])])
     print(render(results))
     return 0
 

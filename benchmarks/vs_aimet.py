@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+from int8_ranges import write_record  # noqa: E402
 from vs_litert_torch import ROOT, calibration_images, litert_torch_python  # noqa: E402
 
 VENV = ROOT / ".venv-aimet"
@@ -126,10 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     for model in models:
         results["models"][model] = compare_model(args.run, model, python, args.reuse)
         print(f"{model}: done", flush=True)
-    text = json.dumps(results, indent=2) + "\n"
-    for path in [args.run / "aimet" / "compare.json", *([args.record] if args.record else [])]:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+    write_record(results, [args.run / "aimet" / "compare.json", *([args.record] if args.record else [])])
     print(render(results))
     return 0
 

@@ -8,24 +8,15 @@ parity images, worst first).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from seg2tflite.errors import UserError
+from seg2tflite.records import read_json
 
 WORST = 3  # ops listed per model
 
 
 def _read(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: unreadable ({e}); convert the model again") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: not a JSON object; convert the model again")
-    return data
+    return read_json(path, "convert the model again") if path.is_file() else None
 
 
 def int8_rows(run_dir: Path) -> list[dict]:
