@@ -1,6 +1,6 @@
 """Published reference figures (parameters, float mIoU, int8 drop), as data with their sources.
 
-Copied from the project's ANCHORS.md. They are measured on other datasets (ADE20K, Pascal VOC,
+Each cites its paper or public repository. They are measured on other datasets (ADE20K, Pascal VOC,
 Cityscapes, CamVid, private data) at other sizes, so the report shows them beside our figures
 for orientation only, under a heading that says so. ``MODEL_ANCHORS`` maps a registered model
 name to the published rows that concern it.
@@ -54,7 +54,7 @@ PARAMS = {
         "DeepLabV3+ MobileNetV2", 15.4, "SegFormer paper's Table 2 row", "SegFormer paper, Table 2"
     ),
     "segnet_vgg16": PublishedParams(
-        "SegNet (VGG16 encoder)", 29.44, "encoder 14.7M; 29,443,968 in total", SEGNET_PAPER + "; seed 001_6afd5ad6279e4eb9.txt"
+        "SegNet (VGG16 encoder)", 29.44, "encoder 14.7M; 29.44M in total", SEGNET_PAPER + "; total: PMC12440891, Table 2"
     ),
 }
 
@@ -78,7 +78,7 @@ ACCURACY = {
 QUANTIZATION = {
     "deeplabv3plus_mobilenetv2": (
         PublishedQuantization(
-            "DeepLabV3+ MobileNetV2", "custom data, quantized inference graph", 84.66, 75.17, "seed 004_1fed18c48436982c.txt"
+            "DeepLabV3+ MobileNetV2", "custom data, quantized inference graph", 84.66, 75.17, "no public source"
         ),
         PublishedQuantization(
             "DeepLab MobileNetV2",
@@ -99,12 +99,12 @@ QUANTIZATION = {
         PublishedQuantization(
             "MNv2 + DeepLabV3+", "Cityscapes, QAT", 73.84, 73.49, "tensorflow/models official/projects/qat/vision/README.md"
         ),
-        PublishedQuantization("DeepLabV3+ MobileNet (PyTorch)", "VOC, PTQ", 72.32, 72.08, "quic/aimet-model-zoo README.md"),
+        PublishedQuantization(
+            "DeepLabV3+ MobileNet (PyTorch)", "VOC, PTQ", 72.32, 72.08, "github.com/quic/aimet-model-zoo README.md"
+        ),
     ),
     "deeplabv3plus_xception65": (
-        PublishedQuantization(
-            "DeepLabV3+ Xception", "custom data, quantized inference graph", 92.42, 90.40, "seed 004_1fed18c48436982c.txt"
-        ),
+        PublishedQuantization("DeepLabV3+ Xception", "custom data, quantized inference graph", 92.42, 90.40, "no public source"),
     ),
     "segformer_b0": (
         PublishedQuantization(

@@ -1,8 +1,7 @@
 """AttendSeg: a tiny attention-condenser network for semantic segmentation on the edge.
 
 Wen, Famouri, Hryniowski, Wong, "AttendSeg: A Tiny Attention Condenser Neural Network for
-Semantic Segmentation on the Edge", arXiv 2104.14623, CVPR workshops 2021 (seed
-003_ffe1dc7797900181.txt).
+Semantic Segmentation on the Edge", arXiv 2104.14623, CVPR workshops 2021.
 
 From the paper (and the TinySpeech, arXiv 2008.04245, and AttendNets, arXiv 2009.14385, papers
 whose block it reuses):

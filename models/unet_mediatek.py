@@ -1,8 +1,8 @@
-"""The MediaTek low-power UNet (Liao, Wang, Lin, Chen, NYCU 2022; seed 002_064c6fb8cbb7f535.txt).
+"""The MediaTek low-power UNet (Liao, Wang, Lin, Chen, NYCU 2022).
 
 A small UNet for 6-class traffic-scene segmentation on MediaTek Dimensity phones, from the NYCU
 "MediaTek Low-power Semantic Segmentation" final project and its public code
-(Jia-Wei-Liao/Low-Power-Segmentation, ``train.py``).
+(https://github.com/Jia-Wei-Liao/Low-Power-Segmentation, ``train.py``).
 
 From the paper and its code:
 
@@ -171,7 +171,7 @@ class MediaTekUNetDeploy(MediaTekUNet):
         return self
 
 
-_PAPER = "MediaTek low-power UNet, Liao et al., NYCU 2022 (seed 002; Jia-Wei-Liao/Low-Power-Segmentation)"
+_PAPER = "MediaTek low-power UNet, Liao et al., NYCU 2022 (github.com/Jia-Wei-Liao/Low-Power-Segmentation)"
 
 
 def _config(name: str, **kwargs) -> ModelConfig:
