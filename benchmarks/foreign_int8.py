@@ -78,7 +78,7 @@ MODELS = {
 
 
 def measure(name: str, out: Path, steps: int, turns: int, threads: int) -> dict:
-    from seg2tflite.compress.finetune import FinetuneConfig, finetune, validate
+    from seg2tflite.app.compress.finetune import FinetuneConfig, finetune, validate
     from seg2tflite.converters import ConvertConfig, ParityError, convert_model
     from seg2tflite.converters.images import calibration_set
     from seg2tflite.converters.stages import ConversionDir

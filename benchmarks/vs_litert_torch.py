@@ -159,7 +159,7 @@ class Skipped(Exception):
 
 
 def compare_model(model: str, run: Path, size_name: str, python: Path, args) -> dict:
-    from seg2tflite.latency import deploy_data_spec
+    from seg2tflite.app.latency import deploy_data_spec
 
     ours_dir = run / "models" / model / "convert" if size_name == "demo" else run / "deploy" / model
     manifest_path = ours_dir / "manifest.json"

@@ -1,5 +1,10 @@
 """Calibration data for the quantized TFLite models: which images, and the representative dataset."""
 
+if __name__ != "seg2tflite.calibration":  # the checkout's root on sys.path would load this folder a second time
+    raise ImportError(
+        f"import seg2tflite.calibration, not {__name__}: the folders at the repository's top install under seg2tflite"
+    )
+
 from seg2tflite.calibration.representative import (
     CalibrationSet,
     build_calibration_set,

@@ -1,5 +1,8 @@
 """Segmentation models: SegFormer, SegNet, DeepLabv3+, the MediaTek UNet and AttendSeg, reached through one registry."""
 
+if __name__ != "seg2tflite.models":  # the checkout's root on sys.path would load this folder a second time
+    raise ImportError(f"import seg2tflite.models, not {__name__}: the folders at the repository's top install under seg2tflite")
+
 # Importing the architecture files fills the registry.
 from seg2tflite.models import attendseg, deeplabv3plus, segformer, segnet, unet_mediatek  # noqa: E402,F401
 from seg2tflite.models.registry import (

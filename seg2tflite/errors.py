@@ -26,7 +26,7 @@ _COMMAND_LINE = contextvars.ContextVar("seg2tflite_command_line", default=False)
 
 
 def on_command_line() -> bool:
-    """Whether ``seg2tflite.cli.main`` is running (else the caller is Python code)."""
+    """Whether ``seg2tflite.app.cli.main`` is running (else the caller is Python code)."""
     return _COMMAND_LINE.get()
 
 
@@ -38,7 +38,7 @@ def setting(flag: str, python: str) -> str:
 
 @contextlib.contextmanager
 def command_line_wording() -> Iterator[None]:
-    """Within this block messages name command-line flags (``seg2tflite.cli.main`` runs in one)."""
+    """Within this block messages name command-line flags (``seg2tflite.app.cli.main`` runs in one)."""
     token = _COMMAND_LINE.set(True)
     try:
         yield

@@ -12,7 +12,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
-from seg2tflite.cli import main
+from seg2tflite.app.cli import main
 from seg2tflite.data import SyntheticDataset, write_folder_dataset
 from seg2tflite.data.spec import parse_synthetic_spec
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from seg2tflite.app.train import check_train_settings
+from seg2tflite.app.train_config import TrainConfig
 from seg2tflite.errors import UserError, command_line_wording
 from seg2tflite.eval.bench import benchmark_artifact
 from seg2tflite.models import check_input_size
-from seg2tflite.train import check_train_settings
-from seg2tflite.train_config import TrainConfig
 
 
 def refusal(call) -> str:

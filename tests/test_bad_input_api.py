@@ -174,7 +174,7 @@ def test_ctrl_c_during_evaluate_with_workers_prints_one_line(tmp_path):
     # and the SIGINT must still find the workers busy with the other 70,000 (20,000 images take 6 s
     # on an idle machine).
     images = 80_000
-    command = [sys.executable, "-m", "seg2tflite", "evaluate", "--artifact", str(onnx_path), "--workers", "2",
+    command = [sys.executable, "-m", "seg2tflite.app", "evaluate", "--artifact", str(onnx_path), "--workers", "2",
                "--data", f"synthetic:size=32,test={images}", *EIGHT_CLASS_ARGS]  # fmt: skip
     # A terminal's foreground command has SIGINT at its default; one started from a background job
     # (`pytest &`, a CI runner's shell) inherits it ignored and would never see the Ctrl-C.

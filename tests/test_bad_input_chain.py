@@ -6,7 +6,7 @@ import pytest
 import torch
 from hostile import blob_folder, fails
 
-from seg2tflite.cli import main
+from seg2tflite.app.cli import main
 
 pytestmark = pytest.mark.chain
 
@@ -143,7 +143,7 @@ def test_sigterm_during_onnx2tf_leaves_nothing_in_temp(tmp_path):
     temp = tmp_path / "temp"
     temp.mkdir()
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "seg2tflite", "convert", "--model", "segformer_b0", "--input-size", "64", "64",
+    command = [sys.executable, "-m", "seg2tflite.app", "convert", "--model", "segformer_b0", "--input-size", "64", "64",
                "--calib-data", "synthetic:size=64,train=16,val=8,test=8", "--calib-size", "8", "--out", str(out)]  # fmt: skip
     process = subprocess.Popen(command, env={**os.environ, "TMPDIR": str(temp)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

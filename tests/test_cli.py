@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from seg2tflite.cli import build_parser, main
+from seg2tflite.app.cli import build_parser, main
 
 
 def _subcommands():
@@ -101,7 +101,7 @@ def test_module_entry_point_runs_beside_the_users_own_models_and_eval(tmp_path):
         (tmp_path / name).write_text("raise ImportError('the user module was imported')\n")
     (tmp_path / "converters").mkdir()
     (tmp_path / "converters" / "__init__.py").write_text("raise ImportError('the user package was imported')\n")
-    result = subprocess.run([sys.executable, "-m", "seg2tflite", "models"], capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run([sys.executable, "-m", "seg2tflite.app", "models"], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "segformer_b0" in result.stdout
     assert result.stderr == ""

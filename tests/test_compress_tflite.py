@@ -12,10 +12,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from seg2tflite.calibration.representative import build_calibration_set
-from seg2tflite.calibration.select import select_calibration, select_random
-from seg2tflite.compress.calibration_study import CalibrationStudyConfig, render_calibration_study_md, run_calibration_study
-from seg2tflite.compress.mixed_precision import (
+from seg2tflite.app.compress.calibration_study import CalibrationStudyConfig, render_calibration_study_md, run_calibration_study
+from seg2tflite.app.compress.mixed_precision import (
     MIXED_FILE,
     REPORT_FILE,
     MixedPrecisionConfig,
@@ -27,7 +25,9 @@ from seg2tflite.compress.mixed_precision import (
     undelegated_op_types,
     write_mixed_precision,
 )
-from seg2tflite.compress_config import Method
+from seg2tflite.app.compress_config import Method
+from seg2tflite.calibration.representative import build_calibration_set
+from seg2tflite.calibration.select import select_calibration, select_random
 from seg2tflite.converters.ops import op_report
 from seg2tflite.data.preprocess import Preprocess
 from seg2tflite.errors import UserError
@@ -201,8 +201,8 @@ def test_compress_command_end_to_end(tmp_path):
 def _compress_end_to_end(tmp_path, name):
     import torch
 
-    from seg2tflite.compress.pipeline import run_compress
-    from seg2tflite.compress_config import CompressConfig
+    from seg2tflite.app.compress.pipeline import run_compress
+    from seg2tflite.app.compress_config import CompressConfig
     from seg2tflite.converters import ConvertConfig, convert_registered
     from seg2tflite.data import SyntheticDataset, load_dataset, write_folder_dataset
     from seg2tflite.data.spec import parse_synthetic_spec

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
-from seg2tflite.compress import (
+from seg2tflite.app.compress import (
     ClusterConfig,
     FinetuneConfig,
     PruneConfig,
@@ -205,7 +205,7 @@ def test_clustering_shares_k_values_per_layer():
 
 
 def _preprocessed(i):
-    from seg2tflite.compress.finetune import preprocess_for
+    from seg2tflite.app.compress.finetune import preprocess_for
 
     return preprocess_for(SmallSegNet(), FT)(*TRAIN[i])
 

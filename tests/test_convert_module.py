@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from seg2tflite.cli import main
+from seg2tflite.app.cli import main
 
 MODEL_FILE = """
 import torch

@@ -134,7 +134,7 @@ def test_killed_convert_resumes(offline_result, tmp_path):
     data = _blob_folder(tmp_path / "blobs")
     out = tmp_path / "out"
     command = [
-        sys.executable, "-m", "seg2tflite", "convert", "--onnx", str(offline_result[0].out_dir / "model.onnx"),
+        sys.executable, "-m", "seg2tflite.app", "convert", "--onnx", str(offline_result[0].out_dir / "model.onnx"),
         "--calib-data", f"folder:{data}", "--calib-size", "8", "--parity-images", "4", "--out", str(out),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

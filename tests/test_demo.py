@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from seg2tflite.demo import run_demo
-from seg2tflite.demo_config import DemoConfig
+from seg2tflite.app.demo import run_demo
+from seg2tflite.app.demo_config import DemoConfig
 
 from interrupt import kill_once_recorded
 
@@ -90,7 +90,7 @@ def test_demo_killed_mid_conversion_resumes_offline_and_contained(tmp_path):
     }  # fmt: skip
     env.pop("MPLCONFIGDIR", None)
     command = [
-        sys.executable, "-m", "seg2tflite", "demo", "--out", "run", "--models", "deeplabv3plus_mobilenetv2",
+        sys.executable, "-m", "seg2tflite.app", "demo", "--out", "run", "--models", "deeplabv3plus_mobilenetv2",
         "--data", "synthetic:size=64,train=32,val=16,test=8,colour_hint=0.9", "--input-size", "64", "64",
         "--train-steps", "4", "--batch-size", "4", "--calib-size", "8", "--workers", "1", "--bench-threads", "1",
     ]  # fmt: skip

@@ -2,8 +2,8 @@
 
 import json
 
-from seg2tflite.demo import run_summary
-from seg2tflite.demo_config import DemoConfig
+from seg2tflite.app.demo import run_summary
+from seg2tflite.app.demo_config import DemoConfig
 
 DATA = "synthetic:size=64,train=32,val=16,test=8"
 

@@ -209,7 +209,7 @@ def test_corrupted_prediction_samples(tmp_path):
 
 
 def test_corrupted_demo_records(tmp_path):
-    from seg2tflite.compress.pipeline import _Run
+    from seg2tflite.app.compress.pipeline import _Run
 
     run = tmp_path / "run"
     run.mkdir()
@@ -257,7 +257,7 @@ def _numeric_options():
     """(subcommand words, option) for every option of every subcommand that takes a number."""
     import argparse
 
-    from seg2tflite.cli import build_parser
+    from seg2tflite.app.cli import build_parser
 
     def walk(parser, words):
         # the subcommand's required options, given a value, so a refusal is the tested option's own
@@ -275,8 +275,8 @@ def _numeric_options():
 def test_every_numeric_option_refuses_hostile_numbers():
     """No option takes NaN, infinity, a negative number or text: argparse refuses it with the
     usage and one ``seg2tflite: error:`` line (the table in test_bad_input runs such lines)."""
-    from seg2tflite.cli import build_parser
-    from seg2tflite.cli_options import UsageError
+    from seg2tflite.app.cli import build_parser
+    from seg2tflite.app.cli_options import UsageError
 
     options = _numeric_options()
     assert len(options) > 30

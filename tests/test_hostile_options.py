@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from seg2tflite.cli import build_parser, main
-from seg2tflite.cli_options import finite_float
+from seg2tflite.app.cli import build_parser, main
+from seg2tflite.app.cli_options import finite_float
 
 SIGNED = (finite_float,)  # a normalisation mean may be any finite number
 
@@ -23,7 +23,7 @@ def _commands(parser, prefix=()):
 
 
 def _numeric(action) -> bool:
-    if action.type in (int, float) or getattr(action.type, "__module__", "") == "seg2tflite.cli_options":
+    if action.type in (int, float) or getattr(action.type, "__module__", "") == "seg2tflite.app.cli_options":
         return True
     default = action.default[0] if isinstance(action.default, list) and action.default else action.default
     return action.type is None and isinstance(default, (int, float)) and not isinstance(default, bool)

@@ -16,7 +16,7 @@ LIBRARY_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\]|abs
 
 def _run(*argv, verbose=False):
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "SEG2TFLITE_VERBOSE")}
-    command = [sys.executable, "-m", "seg2tflite", *(["--verbose"] if verbose else []), *map(str, argv)]
+    command = [sys.executable, "-m", "seg2tflite.app", *(["--verbose"] if verbose else []), *map(str, argv)]
     return subprocess.run(command, capture_output=True, text=True, env=env)
 
 

@@ -326,7 +326,7 @@ def test_a_dataset_of_the_api_refuses_a_class_name_with_a_line_break():
 
 
 def test_a_user_module_sees_its_own_argv_and_prints_after_it_returns(tmp_path, capsys, monkeypatch):
-    from seg2tflite.user_module import build_user_model
+    from seg2tflite.app.user_module import build_user_model
 
     path = tmp_path / "net.py"
     path.write_text(

@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import seg2tflite.train as training
-from seg2tflite.train import train
-from seg2tflite.train_config import TrainConfig
+import seg2tflite.app.train as training
+from seg2tflite.app.train import train
+from seg2tflite.app.train_config import TrainConfig
 
 from small_chain import registered_small
 
@@ -55,7 +55,7 @@ def test_ctrl_c_between_the_weights_and_the_train_state_resumes_exactly(tmp_path
 
 
 def test_ctrl_c_during_train_is_a_line_of_its_own_with_no_bar_after_it(tmp_path, monkeypatch, capsys):
-    from seg2tflite.cli import main
+    from seg2tflite.app.cli import main
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from seg2tflite.app.latency import LatencyConfig, run_latency
 from seg2tflite.eval.record import DEPLOY_LATENCY_FILE
 from seg2tflite.eval.report import render_deploy_latency_md
-from seg2tflite.latency import LatencyConfig, run_latency
 
 from small_chain import registered_small
 

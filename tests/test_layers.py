@@ -16,37 +16,26 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# Folder in the checkout -> the installed package it becomes (pyproject's package-dir).
-FOLDERS = {
-    "seg2tflite": "seg2tflite",
-    "models": "seg2tflite.models",
-    "calibration": "seg2tflite.calibration",
-    "converters": "seg2tflite.converters",
-    "eval": "seg2tflite.eval",
-}
-# Lowest floor first; a module may import its own floor and the floors below it.
-LAYERS = (
-    ("base", (
-        "seg2tflite", "seg2tflite.errors", "seg2tflite.atomic", "seg2tflite.quiet", "seg2tflite.data", "seg2tflite.metrics",
-        "seg2tflite.memory", "seg2tflite.records",
-    )),
-    ("models", ("seg2tflite.models",)),
-    ("calibration", ("seg2tflite.calibration",)),
-    ("converters", ("seg2tflite.converters",)),
-    ("eval", ("seg2tflite.eval",)),
-    ("app", (
-        "seg2tflite.cli", "seg2tflite.cli_options", "seg2tflite.commands", "seg2tflite.convert_checks", "seg2tflite.__main__",
-        "seg2tflite.demo", "seg2tflite.demo_config", "seg2tflite.train", "seg2tflite.train_config", "seg2tflite.compress",
-        "seg2tflite.compress_config", "seg2tflite.latency", "seg2tflite.user_module",
-    )),
-)  # fmt: skip
+# Folder = floor, lowest first: a module may import its own floor and the floors below it. Each
+# folder at the repository's top is installed as the package beside it; seg2tflite/ links to the others.
+FLOORS = (
+    ("seg2tflite", "seg2tflite"),
+    ("models", "seg2tflite.models"),
+    ("calibration", "seg2tflite.calibration"),
+    ("converters", "seg2tflite.converters"),
+    ("eval", "seg2tflite.eval"),
+    ("app", "seg2tflite.app"),
+)
+FOLDERS = dict(FLOORS)
 
 
 def source_modules() -> dict[str, Path]:
-    """Every module of the package, by its installed name."""
+    """Every module of the package, by its installed name (the links in seg2tflite/ are the other floors)."""
     modules = {}
     for folder, package in FOLDERS.items():
         for path in sorted((ROOT / folder).rglob("*.py")):
+            if (ROOT / folder / path.relative_to(ROOT / folder).parts[0]).is_symlink():
+                continue
             parts = list(path.relative_to(ROOT / folder).with_suffix("").parts)
             if parts[-1] == "__init__":
                 parts = parts[:-1]
@@ -55,16 +44,11 @@ def source_modules() -> dict[str, Path]:
 
 
 def layer_of(module: str) -> int:
-    """The floor of a module: the longest prefix named in LAYERS decides."""
-    best, floor = -1, None
-    for i, (_, prefixes) in enumerate(LAYERS):
-        for prefix in prefixes:
-            inside = module == prefix or (prefix != "seg2tflite" and module.startswith(prefix + "."))  # the root: itself only
-            if inside and len(prefix) > best:
-                best, floor = len(prefix), i
-    if floor is None:
-        raise AssertionError(f"{module} is on no floor; add it to LAYERS in {Path(__file__).name}")
-    return floor
+    """The floor of a module: the folder it lives in (the longest package prefix decides)."""
+    floors = [i for i, (_, package) in enumerate(FLOORS) if module == package or module.startswith(package + ".")]
+    if not floors:
+        raise AssertionError(f"{module} is outside the seg2tflite namespace")
+    return max(floors, key=lambda i: len(FLOORS[i][1]))
 
 
 def imports_of(path: Path, modules: set[str]) -> set[str]:
@@ -93,7 +77,7 @@ def test_no_top_level_import_outside_the_namespace():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 targets = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-                bad = [t for t in targets if t.split(".")[0] in ("models", "converters", "calibration", "eval")]
+                bad = [t for t in targets if t.split(".")[0] in list(FOLDERS)[1:]]
                 assert not bad, f"{path.relative_to(ROOT)}:{node.lineno} imports {bad[0]}; use seg2tflite.{bad[0]}"
 
 
@@ -102,7 +86,7 @@ def test_imports_only_point_down():
     for module, targets in import_graph().items():
         for target in targets:
             if layer_of(target) > layer_of(module):
-                upward.append(f"{module} ({LAYERS[layer_of(module)][0]}) imports {target} ({LAYERS[layer_of(target)][0]})")
+                upward.append(f"{module} ({FLOORS[layer_of(module)][0]}) imports {target} ({FLOORS[layer_of(target)][0]})")
     assert not upward, "imports that climb a floor:\n" + "\n".join(sorted(upward))
 
 
@@ -135,18 +119,20 @@ def test_the_layer_check_catches_a_planted_upward_import(tmp_path):
     assert imports_of(upward, {"seg2tflite.eval.report"}) == {"seg2tflite.eval.report"}
     assert layer_of("seg2tflite.eval.report") > layer_of("seg2tflite.converters.pipeline")
     assert layer_of("seg2tflite.data.spec") < layer_of("seg2tflite.models.registry")
-    with pytest.raises(AssertionError, match="on no floor"):
-        layer_of("seg2tflite.somewhere_new")
+    assert layer_of("seg2tflite.somewhere_new") == 0  # a new file in seg2tflite/ is on the base floor
+    assert layer_of("seg2tflite.app.matrix") == len(FLOORS) - 1
+    with pytest.raises(AssertionError, match="outside"):
+        layer_of("models.registry")
 
 
 def test_wheel_holds_one_top_level_package(tmp_path):
-    """A built wheel installs ``seg2tflite`` alone, with the four library folders inside it."""
+    """A built wheel installs ``seg2tflite`` alone, with every floor inside it."""
     source = tmp_path / "source"  # a copy, so the build writes nothing into the checkout
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
     for name in FOLDERS:
-        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(ROOT / name, source / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
         check=True,
@@ -156,7 +142,17 @@ def test_wheel_holds_one_top_level_package(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert top == {"seg2tflite"}
-    for package in ("models", "converters", "calibration", "eval"):
+    for package in list(FOLDERS)[1:]:
         assert f"seg2tflite/{package}/__init__.py" in names
+    assert "seg2tflite/py.typed" in names  # type checkers read the installed package's annotations
     top_level = next(n for n in names if n.endswith(".dist-info/top_level.txt"))
     assert zipfile.ZipFile(wheel).read(top_level).decode().split() == ["seg2tflite"]
+
+
+@pytest.mark.parametrize("folder", list(FOLDERS)[1:])
+def test_a_floor_refuses_its_bare_name(folder):
+    """With the checkout's root on sys.path (plain ``python`` there, many IDEs), ``import models``
+    would load a second, empty copy of the package: it is one clear ImportError instead."""
+    done = subprocess.run([sys.executable, "-c", f"import {folder}"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert f"ImportError: import seg2tflite.{folder}, not {folder}:" in done.stderr.splitlines()[-1]

@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from seg2tflite.cli import main
+from seg2tflite.app.cli import main
 from seg2tflite.converters.ops import op_report
 from seg2tflite.eval.profile import format_profile, profile_artifact, profile_tflite, single_op_model
 

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from seg2tflite.cli import main
+from seg2tflite.app.cli import main
 from seg2tflite.converters.stages import label
 from seg2tflite.eval import profile_run
 from seg2tflite.eval.profile import OpTime, Profile
@@ -129,7 +129,7 @@ def test_profiling_one_model_keeps_the_others(run, tmp_path, monkeypatch):
 
 def test_an_unknown_model_is_one_line_on_the_command_line(run):
     done = subprocess.run(
-        [sys.executable, "-m", "seg2tflite", "profile", "--run", str(run), "--models", "no_such_model"],
+        [sys.executable, "-m", "seg2tflite.app", "profile", "--run", str(run), "--models", "no_such_model"],
         capture_output=True,
         text=True,
     )

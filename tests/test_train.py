@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from seg2tflite.app.train import poly_lr_lambda, train
+from seg2tflite.app.train_config import TrainConfig
 from seg2tflite.data import load_dataset
 from seg2tflite.errors import UserError
-from seg2tflite.train import poly_lr_lambda, train
-from seg2tflite.train_config import TrainConfig
 
 TINY_DATA = "synthetic:train=16,val=8,test=4,size=64"
 
@@ -65,7 +65,7 @@ def test_same_seed_gives_the_same_weights(tmp_path):
 def test_resume_after_an_interruption_is_exact(tmp_path, monkeypatch):
     train(_config(tmp_path / "reference"))
 
-    import seg2tflite.train as training
+    import seg2tflite.app.train as training
 
     save_state = training._save_train_state
 

@@ -10,8 +10,8 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from seg2tflite import commands
-from seg2tflite.cli_options import (
+from seg2tflite.app import commands
+from seg2tflite.app.cli_options import (
     DATA_SPEC_SHORT,
     Formatter,
     Parser,
@@ -28,8 +28,8 @@ from seg2tflite.quiet import VERBOSE_VARIABLE, quiet_libraries
 
 
 def _add_demo(sub) -> None:
+    from seg2tflite.app.demo_config import DEFAULT_TRAIN_STEPS, DemoConfig
     from seg2tflite.converters.int8_ranges import RANGE_METHODS
-    from seg2tflite.demo_config import DEFAULT_TRAIN_STEPS, DemoConfig
 
     d = DemoConfig()
     steps = ", ".join(f"{k} {v}" for k, v in DEFAULT_TRAIN_STEPS.items())
@@ -89,8 +89,8 @@ def _add_demo(sub) -> None:
 
 
 def _run_demo(args) -> None:
-    from seg2tflite.demo import run_demo
-    from seg2tflite.demo_config import DemoConfig
+    from seg2tflite.app.demo import run_demo
+    from seg2tflite.app.demo_config import DemoConfig
 
     config = config_from_args(DemoConfig, args)
     if run_demo(config) != 0:
@@ -101,7 +101,7 @@ def _run_demo(args) -> None:
 
 
 def _add_compress(sub) -> None:
-    from seg2tflite.compress_config import DEFAULT_METHODS, CompressConfig
+    from seg2tflite.app.compress_config import DEFAULT_METHODS, CompressConfig
 
     d = CompressConfig(run="")
     p = sub.add_parser(
@@ -140,8 +140,8 @@ def _add_compress(sub) -> None:
 
 
 def _run_compress(args) -> None:
-    from seg2tflite.compress.pipeline import run_compress
-    from seg2tflite.compress_config import CompressConfig
+    from seg2tflite.app.compress.pipeline import run_compress
+    from seg2tflite.app.compress_config import CompressConfig
 
     config = config_from_args(CompressConfig, args)
     if run_compress(config) != 0:
@@ -152,7 +152,7 @@ def _run_compress(args) -> None:
 
 
 def _add_latency(sub) -> None:
-    from seg2tflite.latency import LatencyConfig
+    from seg2tflite.app.latency import LatencyConfig
 
     d = LatencyConfig(run="")
     p = sub.add_parser(
@@ -174,8 +174,8 @@ def _add_latency(sub) -> None:
 
 
 def _run_latency(args) -> None:
+    from seg2tflite.app.latency import LatencyConfig, run_latency
     from seg2tflite.eval.report import build_report
-    from seg2tflite.latency import LatencyConfig, run_latency
 
     path = run_latency(config_from_args(LatencyConfig, args))
     print(f"latency written to {path}")

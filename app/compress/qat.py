@@ -28,7 +28,7 @@ from torch import nn
 from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver
 from torch.nn.utils import parametrize
 
-from seg2tflite.compress.finetune import FinetuneConfig, example_input, finetune, validate
+from seg2tflite.app.compress.finetune import FinetuneConfig, example_input, finetune, validate
 from seg2tflite.data import SegmentationDataset
 from seg2tflite.errors import UserError
 from seg2tflite.models.layers import fold_batchnorm, layer_weights, remaining_batchnorm

@@ -3,14 +3,14 @@
 A run folder is what ``seg2tflite demo`` writes: ``DIR/models/NAME/train/best.safetensors`` and
 ``DIR/models/NAME/convert/``. For each model and method:
 
-- ``mixed``: mixed precision against the mIoU budget (``seg2tflite.compress.mixed_precision``), written
+- ``mixed``: mixed precision against the mIoU budget (``seg2tflite.app.compress.mixed_precision``), written
   into the model's conversion folder as ``model_mixed_int8.tflite``;
 - ``prune:S``, ``cluster:K``, ``qat``: the PyTorch model fine-tuned by the method, saved under
   ``DIR/models/NAME/compress/TAG/``, then carried through the normal conversion (float32 and
   full int8) with every float gate on; recorded as the model ``NAME+TAG`` so the report shows
   the compressed PyTorch mIoU next to its TFLite mIoU; with ``+mixed`` (``cluster:16+mixed``)
   the mixed-precision search then runs on the compressed model too;
-- ``calibration``: the calibration study (``seg2tflite.compress.calibration_study``), ``DIR/report/calibration_study.md``.
+- ``calibration``: the calibration study (``seg2tflite.app.compress.calibration_study``), ``DIR/report/calibration_study.md``.
 
 Rows go into ``DIR/record.json`` and the report is rebuilt. A re-run skips what is already done
 with the same settings: the fine-tuning, the conversion stages (resumed), the mixed-precision
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from seg2tflite.app.compress_config import STUDY_FILE, CompressConfig, Method
 from seg2tflite.atomic import atomic_write_text
-from seg2tflite.compress_config import STUDY_FILE, CompressConfig, Method
 from seg2tflite.converters.stages import ConversionDir
 from seg2tflite.errors import UserError
 from seg2tflite.models.registry import registered_model
@@ -118,14 +118,14 @@ MIXED = Method("mixed")
 def _mixed(run: _Run, name: str, config: CompressConfig, method: Method = MIXED) -> None:
     """Mixed precision on the model's own conversion, or on its ``method``-compressed one; either
     way the budget and the size are against the uncompressed model's float32 TFLite file."""
-    from seg2tflite.calibration.representative import build_calibration_set
-    from seg2tflite.compress.mixed_precision import (
+    from seg2tflite.app.compress.mixed_precision import (
         REPORT_FILE,
         MixedPrecisionConfig,
         format_mixed_precision,
         search_mixed_precision,
         write_mixed_precision,
     )
+    from seg2tflite.calibration.representative import build_calibration_set
     from seg2tflite.data import load_dataset
 
     base_dir = run.model_dir(name) / "convert"
@@ -172,7 +172,7 @@ def _num_classes(run: _Run) -> int:
 
 def _finetuned(run: _Run, name: str, method: Method, config: CompressConfig) -> str | None:
     """Fine-tune, save, convert, measure; the gate failure as text, if any."""
-    from seg2tflite import compress
+    from seg2tflite.app import compress
     from seg2tflite.converters import ConvertConfig, ParityError, convert_model
     from seg2tflite.data import load_dataset
     from seg2tflite.eval.compression_layers import COMPRESS_LOG
@@ -236,7 +236,7 @@ def _finetuned(run: _Run, name: str, method: Method, config: CompressConfig) -> 
 
 
 def _calibration_study(run: _Run, name: str, config: CompressConfig) -> dict:
-    from seg2tflite.compress.calibration_study import CalibrationStudyConfig, run_calibration_study
+    from seg2tflite.app.compress.calibration_study import CalibrationStudyConfig, run_calibration_study
     from seg2tflite.data import load_dataset
     from seg2tflite.eval.evaluate import tflite_miou
 
@@ -256,7 +256,7 @@ def run_compress(config: CompressConfig) -> int:
     """Every method on every model of the run; 1 when a compressed model broke a gate of its
     conversion (a float gate, or the full-int8 mIoU budget, which ``+mixed`` then addresses) and
     ``strict``, else 0. Broken gates are findings, printed and kept in the report either way."""
-    from seg2tflite.compress.calibration_study import render_calibration_study_md
+    from seg2tflite.app.compress.calibration_study import render_calibration_study_md
     from seg2tflite.eval.report import REPORT_DIR, build_report
 
     methods = [Method.parse(m) for m in config.methods]

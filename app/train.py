@@ -24,13 +24,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.transforms import v2
 from tqdm import tqdm
 
+from seg2tflite.app.train_config import TrainConfig
 from seg2tflite.atomic import atomic_path, atomic_write_text
 from seg2tflite.data import IGNORE_INDEX, Preprocess, TorchSegDataset, load_dataset
 from seg2tflite.errors import UserError, setting
 from seg2tflite.metrics import ConfusionMatrix
 from seg2tflite.models import create_model, get_model_config
 from seg2tflite.models.checkpoint import save_checkpoint
-from seg2tflite.train_config import TrainConfig
 
 
 def seed_everything(seed: int) -> None:

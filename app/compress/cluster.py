@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from seg2tflite.compress.finetune import FinetuneConfig, example_input, finetune
+from seg2tflite.app.compress.finetune import FinetuneConfig, example_input, finetune
 from seg2tflite.data import SegmentationDataset
 from seg2tflite.errors import UserError
 from seg2tflite.models.layers import fold_batchnorm, layer_weights, remaining_batchnorm

@@ -15,8 +15,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from seg2tflite.app.demo_config import DEFAULT_TRAIN_STEPS, FALLBACK_TRAIN_STEPS, DemoConfig
 from seg2tflite.atomic import atomic_write_text
-from seg2tflite.demo_config import DEFAULT_TRAIN_STEPS, FALLBACK_TRAIN_STEPS, DemoConfig
 from seg2tflite.errors import UserError, setting
 
 
@@ -48,8 +48,8 @@ def _data_spec(config: DemoConfig, out: Path) -> str:
 
 
 def _train(name: str, data: str, config: DemoConfig, model_dir: Path) -> Path:
-    from seg2tflite.train import RESUME_SETTINGS, resume_settings, train
-    from seg2tflite.train_config import TrainConfig
+    from seg2tflite.app.train import RESUME_SETTINGS, resume_settings, train
+    from seg2tflite.app.train_config import TrainConfig
 
     steps = config.train_steps or DEFAULT_TRAIN_STEPS.get(name, FALLBACK_TRAIN_STEPS)
     train_dir = model_dir / "train"
@@ -130,14 +130,14 @@ def measured_is_current(model_dir: Path) -> bool:
 def check_demo_settings(config: DemoConfig) -> None:
     """Refuse, before any data is written or model trained, what a later step would refuse: every
     model's size, training and conversion settings, and what fits in memory."""
+    from seg2tflite.app.train import check_train_settings
+    from seg2tflite.app.train_config import TrainConfig
     from seg2tflite.converters import ConvertConfig
     from seg2tflite.converters.images import conversion_memory
     from seg2tflite.data.spec import dataset_info
     from seg2tflite.memory import check_fits
     from seg2tflite.models import get_model_config
     from seg2tflite.models.footprint import activation_bytes
-    from seg2tflite.train import check_train_settings
-    from seg2tflite.train_config import TrainConfig
 
     classes = dataset_info(config.data).num_classes
     for name in config.models:

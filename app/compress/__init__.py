@@ -14,10 +14,10 @@ BatchNorm into the conv before it (clustering and QAT need it, or the converter'
 would rescale every output channel after them).
 """
 
-from seg2tflite.compress.cluster import ClusterConfig, cluster_model, kmeans_1d
-from seg2tflite.compress.finetune import FinetuneConfig, finetune, validate
-from seg2tflite.compress.prune import PruneConfig, polynomial_sparsity, prune_model, sparsity_report
-from seg2tflite.compress.qat import QATConfig, qat_model, snap_to_int8_grid
+from seg2tflite.app.compress.cluster import ClusterConfig, cluster_model, kmeans_1d
+from seg2tflite.app.compress.finetune import FinetuneConfig, finetune, validate
+from seg2tflite.app.compress.prune import PruneConfig, polynomial_sparsity, prune_model, sparsity_report
+from seg2tflite.app.compress.qat import QATConfig, qat_model, snap_to_int8_grid
 from seg2tflite.models.layers import FoldedBatchNorm, fold_batchnorm, layer_weights, remaining_batchnorm
 
 __all__ = [

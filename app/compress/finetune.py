@@ -1,6 +1,6 @@
 """The fine-tuning loop shared by pruning, clustering and quantization-aware training.
 
-The same pieces as ``seg2tflite.train`` (joint augmentation, AdamW, poly learning rate, cross
+The same pieces as ``seg2tflite.app.train`` (joint augmentation, AdamW, poly learning rate, cross
 entropy that ignores label 255, a seeded order per epoch), without checkpoints or resume: a
 compression method runs it for a few hundred steps on an already trained model and updates its
 own schedule through ``step_hook``. BatchNorm statistics stay frozen unless asked: a short
@@ -18,9 +18,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from seg2tflite.app.train import augmentation, evaluate_model, poly_lr_lambda, seed_everything
 from seg2tflite.data import IGNORE_INDEX, Preprocess, SegmentationDataset, TorchSegDataset
 from seg2tflite.errors import UserError
-from seg2tflite.train import augmentation, evaluate_model, poly_lr_lambda, seed_everything
 
 
 @dataclass(frozen=True)

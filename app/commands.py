@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from seg2tflite.cli_options import (
+from seg2tflite.app.cli_options import (
     DATA_SPEC_SHORT,
     Formatter,
     add_input_size,
@@ -98,7 +98,7 @@ def run_models(args) -> None:
 
 
 def add_train(sub) -> None:
-    from seg2tflite.train_config import TrainConfig
+    from seg2tflite.app.train_config import TrainConfig
 
     d = TrainConfig(model="")
     p = sub.add_parser("train", help="train a registered model natively in PyTorch", formatter_class=Formatter)
@@ -123,9 +123,9 @@ def add_train(sub) -> None:
 
 
 def run_train(args) -> None:
+    from seg2tflite.app.train import train
+    from seg2tflite.app.train_config import TrainConfig
     from seg2tflite.models import list_models
-    from seg2tflite.train import train
-    from seg2tflite.train_config import TrainConfig
 
     if args.model not in list_models():
         raise UserError(f"--model {args.model}: unknown model; choose one of {', '.join(list_models())}")
@@ -246,7 +246,7 @@ def add_convert(sub) -> None:
 
 
 def run_convert(args) -> None:
-    from seg2tflite import convert_checks
+    from seg2tflite.app import convert_checks
     from seg2tflite.converters.config import ConvertConfig
     from seg2tflite.data import load_dataset
 
@@ -259,7 +259,7 @@ def run_convert(args) -> None:
     if args.weights is not None and args.module is None:
         raise UserError("--weights: applies to --module; use --checkpoint with --model")
     if args.module is not None:
-        from seg2tflite.user_module import parse_module_spec
+        from seg2tflite.app.user_module import parse_module_spec
 
         parse_module_spec(args.module)
         if args.checkpoint is not None:
@@ -286,7 +286,7 @@ def run_convert(args) -> None:
             args.num_classes or convert_checks.checkpoint_classes(args.checkpoint, args.calib_data, data_classes) or data_classes
         )
     elif args.module is not None:
-        from seg2tflite.user_module import build_user_model, load_weights
+        from seg2tflite.app.user_module import build_user_model, load_weights
 
         size, num_classes = tuple(args.input_size), args.num_classes or data_classes
         user_model = build_user_model(args.module)
