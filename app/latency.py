@@ -90,8 +90,8 @@ def _convert_at_deploy_size(name: str, out: Path, config: LatencyConfig) -> tupl
 def _mixed_at_deploy_size(demo_conversion: Path, conversion, config: LatencyConfig) -> dict | None:
     """The demo size's mixed-precision choice applied to the deploy-size SavedModel, calibrated on
     the images its full-int8 file was; None when the run has no such choice."""
-    from seg2tflite.app.compress.mixed_precision import REPORT_FILE, calibrate, quantizable_nodes, quantize
     from seg2tflite.calibration.representative import build_calibration_set
+    from seg2tflite.converters.int8_mixed import REPORT_FILE, calibrate, quantizable_nodes, quantize
     from seg2tflite.converters.int8_ranges import CANDIDATES
     from seg2tflite.converters.runtimes import TFLiteRunner
     from seg2tflite.data import Preprocess, load_dataset

@@ -84,10 +84,9 @@ def compare_methods(saved_model, float32: Path, calib, images, masks, k, int8_io
     """Full int8 of ``saved_model`` with every method (and ``auto``, with and without bias
     correction), each evaluated on ``images``/``masks`` beside the ``float32`` file and timed
     against it in turns."""
-    from seg2tflite.converters.runtimes import TFLiteRunner
+    from seg2tflite.converters.runtimes import TFLiteRunner, tflite_miou
     from seg2tflite.converters.tflite_variants import build_variant
     from seg2tflite.eval.bench import benchmark_in_turns
-    from seg2tflite.eval.evaluate import tflite_miou
 
     out = {"float32_miou": tflite_miou(float32, images, masks, k, threads), "float32_bytes": float32.stat().st_size}
     methods: dict[str, dict] = {}

@@ -291,24 +291,6 @@ def evaluate_artifact(
 # -- comparing two artifacts -----------------------------------------------------------------
 
 
-def tflite_miou(
-    model: bytes | str | Path,
-    images: np.ndarray,
-    masks: np.ndarray,
-    num_classes: int,
-    threads: int | None = None,
-    xnnpack: bool = True,
-) -> float:
-    """mIoU in points of a .tflite on preprocessed (N, 3, H, W) images, in LiteRT (with XNNPACK unless told not to)."""
-    from seg2tflite.converters.runtimes import TFLiteRunner
-
-    runner = TFLiteRunner(model, threads, xnnpack=xnnpack)
-    matrix = ConfusionMatrix(num_classes)
-    for i in range(len(images)):
-        matrix.update(runner(images[i : i + 1]).argmax(1), masks[i : i + 1])
-    return 100.0 * matrix.compute().miou
-
-
 def argmax_agreement(a: np.ndarray, b: np.ndarray) -> float:
     """Fraction of pixels where two stacks of predictions agree."""
     a, b = np.asarray(a), np.asarray(b)

@@ -12,8 +12,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from seg2tflite.app.compress.calibration_study import CalibrationStudyConfig, render_calibration_study_md, run_calibration_study
-from seg2tflite.app.compress.mixed_precision import (
+from seg2tflite.app.compress_config import Method
+from seg2tflite.calibration.representative import build_calibration_set
+from seg2tflite.calibration.select import select_calibration, select_random
+from seg2tflite.converters.int8_mixed import (
     MIXED_FILE,
     REPORT_FILE,
     MixedPrecisionConfig,
@@ -25,12 +27,11 @@ from seg2tflite.app.compress.mixed_precision import (
     undelegated_op_types,
     write_mixed_precision,
 )
-from seg2tflite.app.compress_config import Method
-from seg2tflite.calibration.representative import build_calibration_set
-from seg2tflite.calibration.select import select_calibration, select_random
+from seg2tflite.converters.int8_study import CalibrationStudyConfig, render_calibration_study_md, run_calibration_study
 from seg2tflite.converters.ops import op_report
 from seg2tflite.data.preprocess import Preprocess
 from seg2tflite.errors import UserError
+from seg2tflite.eval.profile import latency_ms
 
 from small_chain import SIZE, BlobDataset, K, registered_small
 
@@ -109,7 +110,7 @@ def test_speed_step_times_the_undelegated_op_types_in_float_and_keeps_the_faster
     images, masks = _arrays("val", 6)
     run = lambda d: search_mixed_precision(  # noqa: E731
         d / "saved_model", d / "model_float32.tflite", calib, images, masks, K, MixedPrecisionConfig(max_miou_drop=100.0),
-        log=lambda _: None, progress=False,
+        log=lambda _: None, progress=False, latency=latency_ms,
     )  # fmt: skip
     found = run(nearest_net)
     candidates = found.speed["candidates"]
@@ -129,7 +130,7 @@ def test_search_with_no_budget_tries_op_types_and_keeps_the_best(calibrated):
     images, masks = _arrays("val", 6)
     found = search_mixed_precision(
         out / "saved_model", out / "model_float32.tflite", calib, images, masks, K, MixedPrecisionConfig(max_miou_drop=0.0),
-        log=lambda _: None, progress=False,
+        log=lambda _: None, progress=False, latency=latency_ms,
     )  # fmt: skip
     if found.full_int8_miou >= found.float32_miou:  # int8 happened to match float on these images
         assert len(found.trials) == 1

@@ -3,14 +3,14 @@
 A run folder is what ``seg2tflite demo`` writes: ``DIR/models/NAME/train/best.safetensors`` and
 ``DIR/models/NAME/convert/``. For each model and method:
 
-- ``mixed``: mixed precision against the mIoU budget (``seg2tflite.app.compress.mixed_precision``), written
+- ``mixed``: mixed precision against the mIoU budget (``seg2tflite.converters.int8_mixed``), written
   into the model's conversion folder as ``model_mixed_int8.tflite``;
 - ``prune:S``, ``cluster:K``, ``qat``: the PyTorch model fine-tuned by the method, saved under
   ``DIR/models/NAME/compress/TAG/``, then carried through the normal conversion (float32 and
   full int8) with every float gate on; recorded as the model ``NAME+TAG`` so the report shows
   the compressed PyTorch mIoU next to its TFLite mIoU; with ``+mixed`` (``cluster:16+mixed``)
   the mixed-precision search then runs on the compressed model too;
-- ``calibration``: the calibration study (``seg2tflite.app.compress.calibration_study``), ``DIR/report/calibration_study.md``.
+- ``calibration``: the calibration study (``seg2tflite.converters.int8_study``), ``DIR/report/calibration_study.md``.
 
 Rows go into ``DIR/record.json`` and the report is rebuilt. A re-run skips what is already done
 with the same settings: the fine-tuning, the conversion stages (resumed), the mixed-precision
@@ -118,15 +118,16 @@ MIXED = Method("mixed")
 def _mixed(run: _Run, name: str, config: CompressConfig, method: Method = MIXED) -> None:
     """Mixed precision on the model's own conversion, or on its ``method``-compressed one; either
     way the budget and the size are against the uncompressed model's float32 TFLite file."""
-    from seg2tflite.app.compress.mixed_precision import (
+    from seg2tflite.calibration.representative import build_calibration_set
+    from seg2tflite.converters.int8_mixed import (
         REPORT_FILE,
         MixedPrecisionConfig,
         format_mixed_precision,
         search_mixed_precision,
         write_mixed_precision,
     )
-    from seg2tflite.calibration.representative import build_calibration_set
     from seg2tflite.data import load_dataset
+    from seg2tflite.eval.profile import latency_ms
 
     base_dir = run.model_dir(name) / "convert"
     compressed = method.kind != "mixed"
@@ -146,7 +147,7 @@ def _mixed(run: _Run, name: str, config: CompressConfig, method: Method = MIXED)
     found = search_mixed_precision(
         ConversionDir(convert_dir).artifact("saved_model"), ConversionDir(base_dir).artifact("float32"), calib, images, masks,
         _num_classes(run), MixedPrecisionConfig(config.max_miou_drop, threads=config.threads),
-        progress=config.progress, ranges=settings["ranges"],
+        progress=config.progress, ranges=settings["ranges"], latency=lambda model: latency_ms(model, config.threads or 2),
     )  # fmt: skip
     write_mixed_precision(convert_dir, found, {"settings": settings, "evaluated_on": f"{run.data} val, {len(images)} images"})
     print(f"{model}: {format_mixed_precision(found)}")
@@ -236,9 +237,9 @@ def _finetuned(run: _Run, name: str, method: Method, config: CompressConfig) -> 
 
 
 def _calibration_study(run: _Run, name: str, config: CompressConfig) -> dict:
-    from seg2tflite.app.compress.calibration_study import CalibrationStudyConfig, run_calibration_study
+    from seg2tflite.converters.int8_study import CalibrationStudyConfig, run_calibration_study
+    from seg2tflite.converters.runtimes import tflite_miou
     from seg2tflite.data import load_dataset
-    from seg2tflite.eval.evaluate import tflite_miou
 
     convert_dir = run.model_dir(name) / "convert"
     preprocess = _preprocess(name, _input_size(convert_dir))
@@ -256,7 +257,7 @@ def run_compress(config: CompressConfig) -> int:
     """Every method on every model of the run; 1 when a compressed model broke a gate of its
     conversion (a float gate, or the full-int8 mIoU budget, which ``+mixed`` then addresses) and
     ``strict``, else 0. Broken gates are findings, printed and kept in the report either way."""
-    from seg2tflite.app.compress.calibration_study import render_calibration_study_md
+    from seg2tflite.converters.int8_study import render_calibration_study_md
     from seg2tflite.eval.report import REPORT_DIR, build_report
 
     methods = [Method.parse(m) for m in config.methods]

@@ -51,8 +51,8 @@ def run_calibration_study(
     progress: bool = True,
 ) -> list[dict]:
     """One row per (size, strategy, weight scales): the full-int8 model's mIoU in points and its size."""
+    from seg2tflite.converters.runtimes import tflite_miou
     from seg2tflite.converters.tflite_variants import build_tflite
-    from seg2tflite.eval.evaluate import tflite_miou
 
     if max(config.sizes) > len(calib_dataset):
         raise UserError(

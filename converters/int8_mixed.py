@@ -55,9 +55,9 @@ from seg2tflite.converters.int8_build import calibrated_with_ranges
 from seg2tflite.converters.int8_ranges import quantize as quantize_int8
 from seg2tflite.converters.manifest import artifact_hashes, write_json
 from seg2tflite.converters.ops import op_report
+from seg2tflite.converters.runtimes import tflite_miou
 from seg2tflite.converters.stages import MANIFEST_FILE, STAGES
 from seg2tflite.errors import UserError
-from seg2tflite.eval.evaluate import tflite_miou
 from seg2tflite.quiet import muted_stderr
 
 MIXED_FILE = STAGES["mixed_int8"].file
@@ -144,14 +144,18 @@ def search_mixed_precision(
     log: Callable[[str], None] = print,
     progress: bool = True,
     ranges: str = "minmax",
+    latency: Callable[[bytes], float] | None = None,
 ) -> MixedPrecisionResult:
     """The smallest set of float ops (by the greedy search above) that keeps the int8 model within
     budget, then, with ``prefer_speed``, the faster of it and the same with the ops XNNPACK left
-    undelegated in float."""
+    undelegated in float, timed by ``latency`` (a file's median ms at batch 1, e.g.
+    ``seg2tflite.eval.profile.latency_ms``)."""
+    if config.prefer_speed and latency is None:
+        raise ValueError("prefer_speed times the candidates: pass latency (e.g. seg2tflite.eval.profile.latency_ms)")
     calibrated = calibrate(saved_model, calibration, ranges)
     found = _accuracy_search(calibrated, float32_model, images, masks, num_classes, config, log, progress)
     if config.prefer_speed:
-        found = _prefer_speed(calibrated, found, images, masks, num_classes, config, log)
+        found = _prefer_speed(calibrated, found, images, masks, num_classes, config, log, latency)
     return found
 
 
@@ -224,11 +228,9 @@ def undelegated_op_types(model: bytes, threads: int | None) -> list[str]:
     return [op for op in kept if op not in ("QUANTIZE", "DEQUANTIZE")]
 
 
-def _prefer_speed(calibrated, found, images, masks, num_classes, config, log) -> MixedPrecisionResult:
+def _prefer_speed(calibrated, found, images, masks, num_classes, config, log, latency) -> MixedPrecisionResult:
     """Step 4: the op types XNNPACK leaves undelegated added to ``found``'s float set; kept when
     faster and within budget, or faster and no less accurate."""
-    from seg2tflite.eval.profile import latency_ms
-
     ops, model = list(found.float_op_types), found.model
     undelegated = first = undelegated_op_types(model, config.threads)
     for _ in range(4):  # a float op's new QUANTIZE/DEQUANTIZE neighbours may shift what XNNPACK takes
@@ -244,8 +246,8 @@ def _prefer_speed(calibrated, found, images, masks, num_classes, config, log) ->
     miou = tflite_miou(model, images, masks, num_classes, config.threads)
     times = {"accuracy": [], "undelegated_in_float": []}
     for _ in range(3):  # in turns, so a busy moment slows both
-        times["accuracy"].append(latency_ms(found.model, config.threads or 2))
-        times["undelegated_in_float"].append(latency_ms(model, config.threads or 2))
+        times["accuracy"].append(latency(found.model))
+        times["undelegated_in_float"].append(latency(model))
     median = {k: float(np.median(v)) for k, v in times.items()}
     within = miou >= found.float32_miou - config.max_miou_drop
     # faster, and within budget or at least as accurate as a choice that is not
