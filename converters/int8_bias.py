@@ -34,9 +34,7 @@ def _float_weights(calibrated) -> dict[str, np.ndarray]:
 def correct_biases(quantized: bytes, calibrated: bytes, input_means: dict[bytes, np.ndarray]) -> tuple[bytes, int]:
     """``quantized`` with every weighted op's int32 bias corrected; and how many ops were.
     ``input_means``: tensor name -> mean over the calibration images per channel (last axis)."""
-    from tensorflow.lite.python import schema_py_generated as fb
-
-    from seg2tflite.converters.tflite_graph import TFLiteGraph
+    from seg2tflite.converters.tflite_graph import TFLiteGraph, schema
 
     graph, reference = TFLiteGraph.read(quantized), TFLiteGraph.read(calibrated)
     if graph is None or reference is None:
@@ -68,7 +66,7 @@ def correct_biases(quantized: bytes, calibrated: bytes, input_means: dict[bytes,
         bias = np.frombuffer(bytes(graph.model.buffers[b.buffer].data), np.int32).astype(np.int64)
         step = np.asarray(b.quantization.scale, np.float64)
         new = np.clip(bias - np.round(shift / step), -(2**31), 2**31 - 1).astype(np.int32)
-        buffer = fb.BufferT()
+        buffer = schema.BufferT()
         buffer.data = np.frombuffer(new.tobytes(), np.uint8)
         if buffer_users[b.buffer] > 1:  # a bias shared with another op gets its own copy
             graph.model.buffers.append(buffer)

@@ -3,8 +3,8 @@
 The registry's models end in ``F.interpolate(logits, size=input, mode="bilinear",
 align_corners=False)``, which onnx2tf writes as one RESIZE_BILINEAR (half-pixel centers) at the
 end of the graph, after every variant's conversion; in a full-int8 file with float output a
-DEQUANTIZE follows it. ``cut_final_resize`` removes that op with TensorFlow's own flatbuffer tools
-(``tensorflow.lite.tools.flatbuffer_utils``): the graph output becomes the resize's input (a
+DEQUANTIZE follows it. ``cut_final_resize`` removes that op from the flatbuffer's object API
+(``tflite_graph.read_model``/``write_model``): the graph output becomes the resize's input (a
 DEQUANTIZE after it is fed that input instead and takes its shape). An app upsamples the
 (1, h, w, K) logits itself, on the GPU; ``runtimes.TFLiteRunner`` does the same bilinear
 upsampling for parity, so the gates compare exactly what the app gets.
@@ -16,6 +16,7 @@ output at stride 1 already: it is returned unchanged, and ``stride`` says 1.
 from __future__ import annotations
 
 from seg2tflite.converters.onnx_to_tf import ConversionError
+from seg2tflite.converters.tflite_graph import opcode_name, read_model, write_model
 from seg2tflite.errors import on_command_line
 
 
@@ -25,17 +26,12 @@ def _named(output: str) -> str:
 
 
 def _op_name(model, op) -> str:
-    from seg2tflite.converters.ops import BUILTIN_NAMES
-
-    code = model.operatorCodes[op.opcodeIndex]
-    return BUILTIN_NAMES[max(code.builtinCode, code.deprecatedBuiltinCode)]
+    return opcode_name(model.operatorCodes[op.opcodeIndex])
 
 
 def cut_final_resize(content: bytes) -> tuple[bytes, int]:
     """``content`` without its trailing bilinear resize, and the output stride that leaves."""
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    model = read_model(content)
     graph = model.subgraphs[0]
     if len(model.subgraphs) != 1 or len(graph.outputs) != 1:
         raise ConversionError(f"{_named('lowres')}: the graph has more than one subgraph or output; use {_named('logits')}")
@@ -65,4 +61,4 @@ def cut_final_resize(content: bytes) -> tuple[bytes, int]:
         out = graph.tensors[int(dequantize.outputs[0])]
         out.shape = graph.tensors[low].shape.copy()
         out.shapeSignature = None if graph.tensors[low].shapeSignature is None else graph.tensors[low].shapeSignature.copy()
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), stride
+    return write_model(model), stride

@@ -15,12 +15,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ai_edge_litert import schema_py_generated as schema
-
+from seg2tflite.converters.tflite_graph import TENSOR_TYPES, builtin_name, schema
 from seg2tflite.errors import UserError
 
-BUILTIN_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-TENSOR_TYPES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
 BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")
 
 
@@ -55,7 +52,7 @@ def _op_name(code) -> tuple[str, bool]:
     if builtin == schema.BuiltinOperator.CUSTOM:
         custom = code.CustomCode()
         return (custom.decode() if isinstance(custom, bytes) else str(custom)), False
-    return BUILTIN_NAMES.get(builtin, f"BUILTIN_{builtin}"), True
+    return builtin_name(builtin), True
 
 
 def op_report(model_content: bytes) -> OpReport:

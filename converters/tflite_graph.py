@@ -1,34 +1,85 @@
-"""A converted .tflite file's graph, to rewrite: TensorFlow's flatbuffer object API with who writes
-and who reads each tensor, and the small edits the rewrites share (add a constant, an op code)."""
+"""The one reader and editor of .tflite flatbuffers: the schema, op names, load and save, a graph to rewrite.
+
+``schema`` is LiteRT's generated flatbuffer schema (``ai_edge_litert.schema_py_generated``), the
+only one the package uses: it imports without TensorFlow, so evaluation and benchmark processes
+read files with it too. ``builtin_name``/``opcode_name`` name an operator code; ``read_model`` and
+``write_model`` turn a file's bytes into the schema's object API (``ModelT``) and back, as
+TensorFlow's ``flatbuffer_utils`` does (the same bytes out). ``TFLiteGraph`` is a converted file's
+first subgraph with who writes and who reads each tensor, and the small edits the rewrites share
+(add a constant, an operator, an op code).
+"""
 
 from __future__ import annotations
 
 import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+
+BUILTIN_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+TENSOR_TYPES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+FILE_IDENTIFIER = b"TFL3"
+
+
+def builtin_name(builtin: int) -> str:
+    """The name of builtin operator ``builtin`` (``BUILTIN_<n>`` for one the schema does not know)."""
+    return BUILTIN_NAMES.get(builtin, f"BUILTIN_{builtin}")
+
+
+def builtin_code(code) -> int:
+    """The builtin operator of ``code``, an ``OperatorCodeT``: the larger of its two builtin fields
+    (codes above 127 live in ``builtinCode`` only)."""
+    return max(code.builtinCode, code.deprecatedBuiltinCode)
+
+
+def opcode_name(code) -> str:
+    """The builtin name of ``code``, an ``OperatorCodeT``."""
+    return builtin_name(builtin_code(code))
+
+
+def read_model(content: bytes):
+    """``content`` as the schema's ``ModelT``; buffers and custom options stored past the 2 GB
+    flatbuffer limit (at an offset) read into place, as ``flatbuffer_utils.read_model_from_bytearray``
+    does (on a little-endian host, as every LiteRT wheel is)."""
+    content = bytearray(content)
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(content, 0))
+    for buffer in model.buffers or []:
+        if buffer.offset:
+            buffer.data = content[buffer.offset : buffer.offset + buffer.size]
+            buffer.offset = buffer.size = 0
+    for graph in model.subgraphs or []:
+        for op in graph.operators or []:
+            if op.largeCustomOptionsOffset:
+                start = op.largeCustomOptionsOffset
+                op.customOptions = content[start : start + op.largeCustomOptionsSize]
+                op.largeCustomOptionsOffset = op.largeCustomOptionsSize = 0
+    return model
+
+
+def write_model(model) -> bytes:
+    """``model`` (a ``ModelT``) serialized, as ``flatbuffer_utils.convert_object_to_bytearray`` does."""
+    import flatbuffers
+
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
+    return bytes(builder.Output())
 
 
 class TFLiteGraph:
     """The first subgraph of a flatbuffer model, with producer/reader maps."""
 
     def __init__(self, model):
-        from seg2tflite.converters.ops import BUILTIN_NAMES, TENSOR_TYPES
-
         self.model, self.graph = model, model.subgraphs[0]
-        self.op_names, self.tensor_types = BUILTIN_NAMES, TENSOR_TYPES
+        self.tensor_types = TENSOR_TYPES
         self.ends = {int(t) for t in self.graph.inputs} | {int(t) for t in self.graph.outputs}
         self.reindex()
 
     @classmethod
     def read(cls, content: bytes) -> TFLiteGraph | None:
         """The graph of ``content``, or None for a file of several subgraphs (left as it is)."""
-        from tensorflow.lite.tools import flatbuffer_utils
-
-        model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+        model = read_model(content)
         return cls(model) if len(model.subgraphs) == 1 else None
 
     def write(self) -> bytes:
-        from tensorflow.lite.tools import flatbuffer_utils
-
-        return bytes(flatbuffer_utils.convert_object_to_bytearray(self.model))
+        return write_model(self.model)
 
     def reindex(self) -> None:
         self.producer = {int(t): op for op in self.graph.operators for t in op.outputs}
@@ -39,8 +90,7 @@ class TFLiteGraph:
                     self.readers.setdefault(int(t), []).append(op)
 
     def name(self, op) -> str:
-        code = self.model.operatorCodes[op.opcodeIndex]
-        return self.op_names[max(code.builtinCode, code.deprecatedBuiltinCode)]
+        return opcode_name(self.model.operatorCodes[op.opcodeIndex])
 
     def float_name(self, t: int) -> bytes:
         """The name tensor ``t`` has in the float file the int8 file was quantized from: the
@@ -75,35 +125,29 @@ class TFLiteGraph:
 
     def add_int32_constant(self, values, name: bytes) -> int:
         """A new constant int32 tensor holding ``values``; its index."""
-        from tensorflow.lite.python import schema_py_generated as fb
-
         values = np.asarray(values, np.int32)
-        buffer = fb.BufferT()
+        buffer = schema.BufferT()
         buffer.data = np.frombuffer(values.tobytes(), np.uint8)
         self.model.buffers.append(buffer)
-        tensor = fb.TensorT()
-        tensor.shape, tensor.type = np.array([values.size], np.int32), fb.TensorType.INT32
+        tensor = schema.TensorT()
+        tensor.shape, tensor.type = np.array([values.size], np.int32), schema.TensorType.INT32
         tensor.buffer, tensor.name = len(self.model.buffers) - 1, name
         self.graph.tensors.append(tensor)
         return len(self.graph.tensors) - 1
 
     def operator(self, opcode_index: int, inputs, outputs):
         """A new operator (not yet placed in the graph) without options."""
-        from tensorflow.lite.python import schema_py_generated as fb
-
-        op = fb.OperatorT()
+        op = schema.OperatorT()
         op.opcodeIndex = opcode_index
         op.inputs, op.outputs = np.array(inputs, np.int32), np.array(outputs, np.int32)
         return op
 
     def opcode(self, builtin: int, version: int = 1) -> int:
         """The index of ``builtin``'s operator code, added (at ``version``) when the model has none."""
-        from tensorflow.lite.python import schema_py_generated as fb
-
         for i, code in enumerate(self.model.operatorCodes):
-            if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin and code.version >= version:
+            if builtin_code(code) == builtin and code.version >= version:
                 return i
-        code = fb.OperatorCodeT()
+        code = schema.OperatorCodeT()
         code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), version
         self.model.operatorCodes.append(code)
         return len(self.model.operatorCodes) - 1

@@ -62,7 +62,7 @@ import copy
 
 import numpy as np
 
-from seg2tflite.converters.tflite_graph import TFLiteGraph
+from seg2tflite.converters.tflite_graph import TFLiteGraph, schema
 
 # Ops whose int8 output is their input's bytes rearranged: input and output share scale and zero point.
 PASS_THROUGH = {"RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS"}
@@ -139,18 +139,14 @@ class _Int8Graph(TFLiteGraph):
 
     def float_twin(self, t: int) -> int:
         """A new float32 activation tensor of ``t``'s shape and name; its index."""
-        from tensorflow.lite.python import schema_py_generated as fb
-
         twin = copy.deepcopy(self.graph.tensors[t])
-        twin.type, twin.quantization, twin.buffer = fb.TensorType.FLOAT32, None, 0
+        twin.type, twin.quantization, twin.buffer = schema.TensorType.FLOAT32, None, 0
         twin.name = (twin.name or b"") + b"/float"
         self.graph.tensors.append(twin)
         return len(self.graph.tensors) - 1
 
     def swap_operands(self, op) -> None:
         """``C = op(A) @ op(B)`` -> ``C^T = BMM(B, A)`` with flipped adjoints, then one TRANSPOSE."""
-        from tensorflow.lite.python import schema_py_generated as fb
-
         graph = self.graph
         options = op.builtinOptions
         options.adjX, options.adjY = not options.adjY, not options.adjX
@@ -166,8 +162,11 @@ class _Int8Graph(TFLiteGraph):
         perm_tensor = self.add_int32_constant(perm, transposed.name + b"/perm")
         graph.tensors.append(transposed)
         op.outputs = np.array([len(graph.tensors) - 1], np.int32)
-        transpose = self.operator(self.opcode(fb.BuiltinOperator.TRANSPOSE), [len(graph.tensors) - 1, perm_tensor], [out])
-        transpose.builtinOptionsType, transpose.builtinOptions = fb.BuiltinOptions.TransposeOptions, fb.TransposeOptionsT()
+        transpose = self.operator(self.opcode(schema.BuiltinOperator.TRANSPOSE), [len(graph.tensors) - 1, perm_tensor], [out])
+        transpose.builtinOptionsType, transpose.builtinOptions = (
+            schema.BuiltinOptions.TransposeOptions,
+            schema.TransposeOptionsT(),
+        )
         graph.operators.insert(graph.operators.index(op) + 1, transpose)
         self.reindex()
 
@@ -193,9 +192,7 @@ def xnnpack_int8_forms(content: bytes) -> tuple[bytes, dict]:
 
 
 def _activations_as_add(g: _Int8Graph) -> int:
-    from tensorflow.lite.python import schema_py_generated as fb
-
-    fused = {name: getattr(fb.ActivationFunctionType, activation) for name, activation in ACTIVATIONS_AS_ADD.items()}
+    fused = {name: getattr(schema.ActivationFunctionType, activation) for name, activation in ACTIVATIONS_AS_ADD.items()}
     activations = []
     for op in g.graph.operators:
         name, out = g.name(op), int(op.outputs[0])
@@ -207,41 +204,39 @@ def _activations_as_add(g: _Int8Graph) -> int:
         activations.append(op)
     if not activations:
         return 0
-    add = g.opcode(fb.BuiltinOperator.ADD, version=2)  # int8 ADD is version 2
-    zero = fb.BufferT()
+    add = g.opcode(schema.BuiltinOperator.ADD, version=2)  # int8 ADD is version 2
+    zero = schema.BufferT()
     zero.data = np.zeros(1, np.uint8)
     g.model.buffers.append(zero)
     for op in activations:
         # the zero at the output's scale: XNNPACK takes an int8 ADD only with each input's scale
         # within [1/1024, 256) of the output's
-        constant = fb.TensorT()
+        constant = schema.TensorT()
         constant.shape, constant.type, constant.buffer, constant.name = (
             np.array([1], np.int32),
-            fb.TensorType.INT8,
+            schema.TensorType.INT8,
             len(g.model.buffers) - 1,
             b"activation_as_add/zero",
         )
-        constant.quantization = fb.QuantizationParametersT()
+        constant.quantization = schema.QuantizationParametersT()
         constant.quantization.scale = np.array([g.params(int(op.outputs[0]))[0]], np.float32)
         constant.quantization.zeroPoint = np.array([0], np.int64)
         g.graph.tensors.append(constant)
         activation = fused[g.name(op)]
         op.opcodeIndex = add
         op.inputs = np.array([int(op.inputs[0]), len(g.graph.tensors) - 1], np.int32)
-        op.builtinOptionsType, op.builtinOptions = fb.BuiltinOptions.AddOptions, fb.AddOptionsT()
+        op.builtinOptionsType, op.builtinOptions = schema.BuiltinOptions.AddOptions, schema.AddOptionsT()
         op.builtinOptions.fusedActivationFunction = activation
     g.reindex()
     return len(activations)
 
 
 def _float_islands(g: _Int8Graph) -> int:
-    from tensorflow.lite.python import schema_py_generated as fb
-
     islands = [op for op in g.graph.operators if g.name(op) in FLOAT_ISLANDS and _island_ready(g, op)]
     if not islands:
         return 0
-    dequantize = g.opcode(fb.BuiltinOperator.DEQUANTIZE, version=2)  # int8 -> float32 is version 2
-    quantize = g.opcode(fb.BuiltinOperator.QUANTIZE, version=2)  # float32 -> int8 is version 2
+    dequantize = g.opcode(schema.BuiltinOperator.DEQUANTIZE, version=2)  # int8 -> float32 is version 2
+    quantize = g.opcode(schema.BuiltinOperator.QUANTIZE, version=2)  # float32 -> int8 is version 2
     dequantized: dict[int, int] = {}  # int8 tensor -> its float32 twin, one DEQUANTIZE each
     for op in islands:
         before, inputs = [], []

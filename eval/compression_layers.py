@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from ai_edge_litert import schema_py_generated as schema
 
 from seg2tflite.converters.stages import ConversionDir
+from seg2tflite.converters.tflite_graph import schema
 
 COMPRESS_LOG = "compress.json"
 

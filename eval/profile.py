@@ -2,7 +2,7 @@
 
 LiteRT's Python API exposes no per-op profiler, so each op is cut out of the file into a graph of
 its own (``single_op_model``: the op, its constant inputs, its other inputs as graph inputs; the
-flatbuffer rewritten with TensorFlow's ``flatbuffer_utils``), loaded the way the whole file is
+flatbuffer rewritten through ``converters.tflite_graph``), loaded the way the whole file is
 (XNNPACK by default, which takes the op or leaves it to the builtin kernels), fed random values of
 its input types and timed at batch 1. The sum over ops is set beside the whole file's latency:
 a gap is what running the ops together saves (XNNPACK fuses a delegated partition, keeps its
@@ -72,10 +72,9 @@ def _is_constant(model, tensor) -> bool:
 
 
 def single_op_model(model, index: int) -> bytes:
-    """The graph of op ``index`` of ``model`` (a ``flatbuffer_utils`` ModelT) alone, serialized:
+    """The graph of op ``index`` of ``model`` (a ``tflite_graph.read_model`` ModelT) alone, serialized:
     its constant inputs kept, its other inputs the graph's inputs, its outputs the graph's outputs."""
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
+    from seg2tflite.converters.tflite_graph import schema, write_model
 
     graph = model.subgraphs[0]
     op = copy.copy(graph.operators[index])
@@ -107,7 +106,7 @@ def single_op_model(model, index: int) -> bytes:
     single.subgraphs = [sub]
     single.buffers = buffers
     single.description = b"seg2tflite single-op profile"
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(single))
+    return write_model(single)
 
 
 def _random_inputs(interpreter, rng: np.random.Generator) -> None:
@@ -157,21 +156,19 @@ def profile_tflite(
     path: str | Path, threads: int = 2, xnnpack: bool = True, warmup: int = 3, runs: int = 15, progress: bool = True
 ) -> Profile:
     """Every op of ``path`` timed alone (median of ``runs`` after ``warmup``), and the whole file."""
-    from tensorflow.lite.tools import flatbuffer_utils
     from tqdm.auto import tqdm
 
-    from seg2tflite.converters.ops import BUILTIN_NAMES, TENSOR_TYPES
+    from seg2tflite.converters.tflite_graph import TENSOR_TYPES, opcode_name, read_model
 
     path = Path(path)
     content = path.read_bytes()
     rng = np.random.default_rng(0)
     profile = Profile(str(path), threads, xnnpack, latency_ms(content, threads, xnnpack, warmup, runs))
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    model = read_model(content)
     graph = model.subgraphs[0]
     for index in tqdm(range(len(graph.operators)), desc=f"profile {path.name}", disable=not progress, unit="op"):
         op = graph.operators[index]
-        code = model.operatorCodes[op.opcodeIndex]
-        name = BUILTIN_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+        name = opcode_name(model.operatorCodes[op.opcodeIndex])
         first = next((int(t) for t in op.inputs if int(t) >= 0), None)
         dtype = TENSOR_TYPES[graph.tensors[first].type].lower() if first is not None else "-"
         try:

@@ -47,7 +47,8 @@ def tflite(request, tmp_path_factory):
 
 def test_each_op_alone_computes_what_it_does_in_the_file(tflite):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
-    from tensorflow.lite.tools import flatbuffer_utils
+
+    from seg2tflite.converters.tflite_graph import read_model
 
     builtin = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     whole = Interpreter(model_path=str(tflite), experimental_preserve_all_tensors=True, experimental_op_resolver_type=builtin)
@@ -59,7 +60,7 @@ def test_each_op_alone_computes_what_it_does_in_the_file(tflite):
         x = np.clip(np.round(x / scale + zero), -128, 127).astype(given["dtype"])
     whole.set_tensor(given["index"], x)
     whole.invoke()
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite.read_bytes()))
+    model = read_model(tflite.read_bytes())
     graph = model.subgraphs[0]
     for index, op in enumerate(graph.operators):
         alone = Interpreter(model_content=single_op_model(model, index), experimental_op_resolver_type=builtin)
