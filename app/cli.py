@@ -21,6 +21,7 @@ from seg2tflite.app.cli_options import (
     positive_float,
     positive_int,
 )
+from seg2tflite.app.matrix import command as matrix_command
 from seg2tflite.errors import Terminated, UserError, command_line_wording, one_line, os_error_line
 from seg2tflite.quiet import VERBOSE_VARIABLE, quiet_libraries
 
@@ -230,6 +231,7 @@ COMMANDS = (
     _add_compress,
     _add_latency,
     _add_profile,
+    matrix_command.add,
 )
 
 

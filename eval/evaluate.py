@@ -288,6 +288,24 @@ def evaluate_artifact(
     )
 
 
+def evaluate_shard(
+    path: str | Path,
+    data_spec: str,
+    split: str,
+    indices,
+    input_size: tuple[int, int] | None = None,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+    threads: int | None = None,
+) -> tuple[ConfusionMatrix, list[bytes]]:
+    """One shard of ``evaluate_artifact``: the confusion matrix over the split's items at
+    ``indices`` and their digests. Merged (``ConfusionMatrix.merge``), the shards of a split give
+    exactly the figures one ``evaluate_artifact`` run over it gives (the matrix's Ray tasks)."""
+    info = describe_artifact(path, input_size, mean, std)
+    matrix, _, digests = _Evaluator(info, data_spec, split, threads).run(list(indices), keep_predictions=False)
+    return matrix, digests
+
+
 # -- comparing two artifacts -----------------------------------------------------------------
 
 
