@@ -82,30 +82,30 @@ def check_train_settings(config: TrainConfig, size, num_classes: int, data_class
     check_input_size(config.model, size)
     if num_classes < data_classes:
         raise UserError(
-            f"{setting('--num-classes', 'num_classes')} {num_classes}: {config.data} has {data_classes} classes (labels up to {data_classes - 1}), "
-            f"more than a {num_classes}-class head can predict; pass {setting('--num-classes', 'num_classes')} {data_classes} or drop it"
+            f"{setting('num_classes')} {num_classes}: {config.data} has {data_classes} classes (labels up to {data_classes - 1}), "
+            f"more than a {num_classes}-class head can predict; pass {setting('num_classes')} {data_classes} or drop it"
         )
     if not (math.isfinite(config.lr) and config.lr > 0):
-        raise UserError(f"{setting('--lr', 'lr')} {config.lr}: must be a finite number > 0")
+        raise UserError(f"{setting('lr')} {config.lr}: must be a finite number > 0")
     if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
-        raise UserError(f"{setting('--weight-decay', 'weight_decay')} {config.weight_decay}: must be a finite number >= 0")
+        raise UserError(f"{setting('weight_decay')} {config.weight_decay}: must be a finite number >= 0")
     if config.workers < 0 or config.warmup_steps < 0:
         raise UserError(
-            f"{setting('--workers', 'workers')} {config.workers} / {setting('--warmup-steps', 'warmup_steps')} {config.warmup_steps}: must be 0 or more"
+            f"{setting('workers')} {config.workers} / {setting('warmup_steps')} {config.warmup_steps}: must be 0 or more"
         )
     footprint = probe(config.model, size, num_classes)
     if footprint is None:
         return
     if config.batch_size == 1 and footprint.single_value_batchnorms:
         raise UserError(
-            f"{setting('--batch-size', 'batch_size')} 1: {config.model}'s BatchNorm layer {footprint.single_value_batchnorms[0]} sees one value per "
-            f"channel per image (a 1x1 map), which cannot be normalised over a batch of one image; use {setting('--batch-size', 'batch_size')} 2 or more"
+            f"{setting('batch_size')} 1: {config.model}'s BatchNorm layer {footprint.single_value_batchnorms[0]} sees one value per "
+            f"channel per image (a 1x1 map), which cannot be normalised over a batch of one image; use {setting('batch_size')} 2 or more"
         )
 
     def need(h: int, w: int) -> float:  # the activations autograd keeps for the backward pass, per image
         return config.batch_size * (activation_bytes(config.model, (h, w), num_classes) or 0)
 
-    what = f"training {config.model} with {setting('--batch-size', 'batch_size')} {config.batch_size}"
+    what = f"training {config.model} with {setting('batch_size')} {config.batch_size}"
     check_fits(need, size, what, divisor=get_model_config(config.model).size_divisor)
 
 
@@ -134,7 +134,7 @@ def train(config: TrainConfig) -> dict:
     val_split = load_dataset(config.data, "val", num_classes=config.num_classes)
     num_classes = config.num_classes or train_split.info.num_classes
     if len(train_split) == 0 or len(val_split) == 0:
-        raise UserError(f"{setting('--data', 'data')} {config.data}: the train or val split is empty")
+        raise UserError(f"{setting('data')} {config.data}: the train or val split is empty")
     check_train_settings(config, size, num_classes, train_split.info.num_classes)
 
     preprocess = Preprocess.for_model(model_config, size)
@@ -148,8 +148,8 @@ def train(config: TrainConfig) -> dict:
     batches_per_epoch = (len(sampler) if sampler else len(train_set)) // config.batch_size
     if batches_per_epoch == 0:
         raise UserError(
-            f"{setting('--data', 'data')} {config.data}: {len(train_set)} training images is fewer than "
-            f"{setting('--batch-size', 'batch_size')} {config.batch_size}; lower the batch size"
+            f"{setting('data')} {config.data}: {len(train_set)} training images is fewer than "
+            f"{setting('batch_size')} {config.batch_size}; lower the batch size"
         )
 
     extra = {"encoder_checkpoint": config.encoder_checkpoint} if config.encoder_checkpoint else {}
@@ -174,50 +174,33 @@ def train(config: TrainConfig) -> dict:
 
     bar = tqdm(total=config.steps, initial=step, desc=f"train {config.model}", disable=not (is_main and config.progress))
     try:  # the bar is closed (a line of its own) before anything else is printed, an interrupt too
-        epoch = step // batches_per_epoch
-        while step < config.steps:
-            train_loader = _epoch_loader(train_set, sampler, config, epoch, skip=step - epoch * batches_per_epoch)
-            for images, masks in train_loader:
-                model.train()
-                started = time.perf_counter()
-                images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-                try:
-                    with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                        loss = criterion(model(images), masks)
-                except ValueError as e:  # what the footprint probe could not foresee
-                    if "Expected more than 1 value per channel" not in str(e):
-                        raise
-                    raise UserError(
-                        f"{setting('--batch-size', 'batch_size')} {config.batch_size}: a BatchNorm layer of {config.model} saw one value per channel; "
-                        f"use a larger {setting('--batch-size', 'batch_size')}"
-                    ) from None
-                if not torch.isfinite(loss):
-                    raise UserError(f"training diverged at step {step} (loss {loss.item()}); lower {setting('--lr', 'lr')}")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step += 1
-                speed = images.shape[0] * world_size / (time.perf_counter() - started)
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", img_s=f"{speed:.1f}")
-                bar.update(1)
-                if step % config.val_every == 0 or step == config.steps:
-                    if is_main:
-                        metrics = evaluate_model(bare_model, val_loader, num_classes, device)
-                        history.append({"step": step, "loss": loss.item(), **_summary(metrics)})
-                        bar.write(
-                            f"step {step}: val mIoU {100 * metrics['miou']:.2f}  pixel acc {100 * metrics['pixel_accuracy']:.2f}"
-                        )
-                        train_extra = {"step": step, "val": _summary(metrics), "train_config": asdict(config)}
-                        if metrics["miou"] > best["miou"]:
-                            best = {"step": step, **_summary(metrics)}
-                            save_checkpoint(bare_model, out / "best.safetensors", extra=train_extra)
-                        save_checkpoint(bare_model, out / "last.safetensors", extra=train_extra)
-                        _save_train_state(state_path, config, step, best, history, bare_model, optimizer, scheduler, scaler)
-                if step >= config.steps:
-                    break
-            epoch += 1
+        batches = step_batches(train_set, config.batch_size, config.seed, config.workers, config.steps, step, sampler)
+        for step, images, masks in batches:
+            model.train()
+            started = time.perf_counter()
+            try:
+                loss = optimization_step(model, criterion, images, masks, optimizer, scheduler, scaler, step, "training")
+            except ValueError as e:  # what the footprint probe could not foresee
+                if "Expected more than 1 value per channel" not in str(e):
+                    raise
+                raise UserError(
+                    f"{setting('batch_size')} {config.batch_size}: a BatchNorm layer of {config.model} saw one value per channel; "
+                    f"use a larger {setting('batch_size')}"
+                ) from None
+            step += 1
+            speed = images.shape[0] * world_size / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", img_s=f"{speed:.1f}")
+            bar.update(1)
+            if (step % config.val_every == 0 or step == config.steps) and is_main:
+                metrics = evaluate_model(bare_model, val_loader, num_classes, device)
+                history.append({"step": step, "loss": loss, **_summary(metrics)})
+                bar.write(f"step {step}: val mIoU {100 * metrics['miou']:.2f}  pixel acc {100 * metrics['pixel_accuracy']:.2f}")
+                train_extra = {"step": step, "val": _summary(metrics), "train_config": asdict(config)}
+                if metrics["miou"] > best["miou"]:
+                    best = {"step": step, **_summary(metrics)}
+                    save_checkpoint(bare_model, out / "best.safetensors", extra=train_extra)
+                save_checkpoint(bare_model, out / "last.safetensors", extra=train_extra)
+                _save_train_state(state_path, config, step, best, history, bare_model, optimizer, scheduler, scaler)
     finally:
         bar.close()
     if is_main:
@@ -228,23 +211,52 @@ def train(config: TrainConfig) -> dict:
     return best
 
 
-def _epoch_loader(dataset, sampler, config: TrainConfig, epoch: int, skip: int) -> DataLoader:
-    """This epoch's batches, minus the first ``skip`` already trained on (so --resume continues
-    the same sequence). The order depends only on (seed, epoch)."""
-    # An explicit generator keeps DataLoader from drawing its worker seed from the global RNG,
-    # which would shift the augmentation stream of a resumed run by one draw.
-    common = dict(
-        batch_size=config.batch_size,
-        drop_last=True,
-        num_workers=config.workers,
-        pin_memory=torch.cuda.is_available(),
-        generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch),
-    )
-    if sampler is not None:
-        sampler.set_epoch(epoch)
-        return DataLoader(dataset, sampler=sampler, **common)
-    order = torch.randperm(len(dataset), generator=common["generator"])
-    return DataLoader(torch.utils.data.Subset(dataset, order[skip * config.batch_size :].tolist()), **common)
+def step_batches(dataset, batch_size: int, seed: int, workers: int, steps: int, start: int = 0, sampler=None):
+    """``(step, images, masks)`` for steps ``start`` .. ``steps - 1``, epoch after epoch. An epoch's
+    order depends only on (seed, epoch), so a resumed run continues the same sequence; training and
+    fine-tuning both draw their batches here."""
+    batches_per_epoch = (len(sampler) if sampler else len(dataset)) // batch_size
+    step, epoch = start, start // batches_per_epoch
+    while step < steps:
+        # An explicit generator keeps DataLoader from drawing its worker seed from the global RNG,
+        # which would shift the augmentation stream of a resumed run by one draw.
+        common = dict(
+            batch_size=batch_size,
+            drop_last=True,
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
+            generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
+        )
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+            loader = DataLoader(dataset, sampler=sampler, **common)
+        else:
+            skip = step - epoch * batches_per_epoch  # batches of this epoch already trained on
+            order = torch.randperm(len(dataset), generator=common["generator"])
+            loader = DataLoader(torch.utils.data.Subset(dataset, order[skip * batch_size :].tolist()), **common)
+        for images, masks in loader:
+            yield step, images, masks
+            step += 1
+            if step >= steps:
+                return
+        epoch += 1
+
+
+def optimization_step(model, criterion, images, masks, optimizer, scheduler, scaler, step: int, what: str) -> float:
+    """One optimizer step on a batch (mixed precision when ``scaler`` is enabled); the loss.
+    A loss that is not finite is refused: ``what`` ("training", "fine-tuning") diverged."""
+    device = next(model.parameters()).device
+    images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
+        loss = criterion(model(images), masks)
+    if not torch.isfinite(loss):
+        raise UserError(f"{what} diverged at step {step} (loss {loss.item()}); lower {setting('lr')}")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return loss.item()
 
 
 def _summary(metrics: dict) -> dict:

@@ -7,7 +7,10 @@ at a time. The chain runs it in its variant worker (``isolated.VariantWorker.cli
 native crash of MediaPipe fails that row only. ``client_figures`` turns its masks into the
 parity row: agreement with the reference's argmax and with LiteRT's argmax of the same file, and
 the mIoU against the ground truth; ``client_gate_failures`` holds them to the float agreement
-(``client_min_agreement``, both float variants) or the quantized mIoU budget.
+(``client_min_agreement``, both float variants) or the quantized mIoU budget. ``client_agreement``
+is the same row for one file outside the chain (in this process, against a given reference's
+classes and LiteRT's argmax of the file); ``seg2tflite.eval.mediapipe_client`` runs it over a
+dataset for a conversion folder.
 
 MediaPipe takes only uint8 or float32 inputs and one mean/std for all channels: a file converted
 with ``--input uint8`` loads; the default float input of an ImageNet-normalised model is refused
@@ -17,6 +20,7 @@ with ``--input uint8`` loads; the default float input of an ImageNet-normalised 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -58,6 +62,22 @@ def client_figures(masks: np.ndarray, reference: np.ndarray, litert: np.ndarray,
         matrix.update(masks, truth)
         figures["miou"] = matrix.compute().miou
     return figures
+
+
+def client_agreement(path: str | Path, pixels: np.ndarray, reference: np.ndarray, mean, std, app=None) -> dict:
+    """Share of pixels where MediaPipe's mask of ``pixels`` equals ``reference`` (e.g. PyTorch's
+    argmax) and LiteRT's argmax of ``path`` (``app``: its ends, default the manifest's next to it),
+    and the labels MediaPipe read."""
+    from seg2tflite.converters.app_io import from_pixels
+    from seg2tflite.converters.runtimes import TFLiteRunner
+
+    masks, labels = category_masks(path, pixels)
+    runner = TFLiteRunner(path, app=app)
+    normalised = from_pixels(pixels, mean, std, channel_axis=-1).transpose(0, 3, 1, 2)
+    litert = np.concatenate([runner(x[None]).argmax(1) for x in normalised])
+    figures = client_figures(masks, reference, litert, None, len(labels))
+    del figures["miou"]  # no ground truth here (NaN is not JSON)
+    return {**figures, "labels": labels}
 
 
 CLIENT_NOTES = {  # why the client's row is reported, not gated, for the other --output forms

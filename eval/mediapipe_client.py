@@ -1,17 +1,12 @@
-"""A real app client: MediaPipe's ImageSegmenter (the Tasks API of Android, iOS and Python), CPU.
+"""MediaPipe's ImageSegmenter against PyTorch on a dataset, for every .tflite of a conversion folder.
 
-``converters.app_client.category_masks`` loads a .tflite exactly as it is (no options beyond the
-model path and the CPU delegate: the normalisation and the labels come from the file's metadata)
-and segments uint8 RGB images one at a time (the conversion's parity table has a row of it on
-the parity images). ``client_agreement`` compares its masks with PyTorch's argmax and
-with LiteRT's argmax of the same file on the same images; run from the command line it measures
-a conversion folder:
+The client itself (loading a file exactly as written, its masks, the agreement figures, what it
+refuses) is ``seg2tflite.converters.app_client``; this module measures a folder with it, on a
+dataset's images at the manifest's size, against the PyTorch weights the manifest records:
 
     python -m seg2tflite.eval.mediapipe_client DIR --data SPEC [--split test] [--limit N] [--checkpoint FILE]
 
-MediaPipe takes only uint8 or float32 inputs and only one mean/std for all channels: a file
-converted with ``--input uint8`` loads; the default float input of an ImageNet-normalised model
-is refused ("Per-channel image normalization is not available").
+It prints (JSON), per file, ``app_client.client_agreement``'s row, or the line MediaPipe refused it with.
 """
 
 from __future__ import annotations
@@ -22,27 +17,12 @@ from pathlib import Path
 import numpy as np
 
 
-def client_agreement(path: str | Path, pixels: np.ndarray, torch_classes: np.ndarray, mean, std, app=None) -> dict:
-    """Share of pixels where MediaPipe's mask equals PyTorch's argmax and LiteRT's argmax of ``path``
-    (``app``: its ends, default the manifest's next to it)."""
-    from seg2tflite.converters.app_client import category_masks, client_figures
-    from seg2tflite.converters.app_io import from_pixels
-    from seg2tflite.converters.runtimes import TFLiteRunner
-
-    masks, labels = category_masks(path, pixels)
-    runner = TFLiteRunner(path, app=app)
-    normalised = from_pixels(pixels, mean, std, channel_axis=-1).transpose(0, 3, 1, 2)
-    litert = np.concatenate([runner(x[None]).argmax(1) for x in normalised])
-    figures = client_figures(masks, torch_classes, litert, None, len(labels))  # vs_reference: PyTorch's argmax
-    del figures["miou"]  # no ground truth here (NaN is not JSON)
-    return {**figures, "labels": labels}
-
-
 def measure_folder(folder: Path, data: str, split: str, limit: int | None, checkpoint: str | None = None) -> dict:
     """MediaPipe against PyTorch for every .tflite of a conversion folder (its manifest's settings)."""
     import torch
     from PIL import Image
 
+    from seg2tflite.converters.app_client import client_agreement
     from seg2tflite.converters.app_io import from_pixels
     from seg2tflite.converters.stages import STAGES, ConversionDir
     from seg2tflite.data import load_dataset

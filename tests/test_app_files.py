@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from seg2tflite.converters import ConvertConfig, convert_model
+from seg2tflite.converters.app_client import client_agreement
 from seg2tflite.converters.app_io import AppIO, from_pixels, to_pixels
 from seg2tflite.converters.metadata import LABEL_FILE, ModelMetadata, add_metadata, read_metadata
 from seg2tflite.converters.parity import format_table
 from seg2tflite.converters.runtimes import TFLiteRunner, TorchRunner
 from seg2tflite.data.preprocess import Preprocess
-from seg2tflite.eval.mediapipe_client import client_agreement
 from seg2tflite.models.registry import IMAGENET_MEAN, IMAGENET_STD
 
 from small_chain import SIZE, BlobDataset, K, small_model

@@ -1,7 +1,8 @@
 """The fine-tuning loop shared by pruning, clustering and quantization-aware training.
 
-The same pieces as ``seg2tflite.app.train`` (joint augmentation, AdamW, poly learning rate, cross
-entropy that ignores label 255, a seeded order per epoch), without checkpoints or resume: a
+The training loop of ``seg2tflite.app.train`` (its batches, seeded per epoch, and its optimizer
+step; joint augmentation, AdamW, poly learning rate, cross entropy that ignores label 255),
+without checkpoints or resume: a
 compression method runs it for a few hundred steps on an already trained model and updates its
 own schedule through ``step_hook``. BatchNorm statistics stay frozen unless asked: a short
 fine-tuning at a small batch would pull them away from the ones the model was trained with.
@@ -15,10 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from seg2tflite.app.train import augmentation, evaluate_model, poly_lr_lambda, seed_everything
+from seg2tflite.app.train import augmentation, evaluate_model, optimization_step, poly_lr_lambda, seed_everything, step_batches
 from seg2tflite.data import IGNORE_INDEX, Preprocess, SegmentationDataset, TorchSegDataset
 from seg2tflite.errors import UserError
 
@@ -101,29 +102,18 @@ def finetune(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lr_lambda(0, config.steps, 0.9))
     criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
 
+    scaler = torch.amp.GradScaler("cuda", enabled=False)  # full precision: the steps are few and the model trained
+
     losses: list[float] = []
     bar = tqdm(total=config.steps, desc=desc, disable=not progress)
     try:
-        step, epoch = 0, 0
         _train_mode(model, config.train_batchnorm)
-        while step < config.steps:
-            for images, masks in _epoch_loader(train_set, config, epoch):
-                if step_hook is not None:
-                    step_hook(step)
-                loss = criterion(model(images.to(device)), masks.to(device))
-                if not torch.isfinite(loss):
-                    raise UserError(f"fine-tuning diverged at step {step} (loss {loss.item()}); lower --lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                losses.append(loss.item())
-                step += 1
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-                bar.update(1)
-                if step >= config.steps:
-                    break
-            epoch += 1
+        for step, images, masks in step_batches(train_set, config.batch_size, config.seed, config.num_workers, config.steps):
+            if step_hook is not None:
+                step_hook(step)
+            losses.append(optimization_step(model, criterion, images, masks, optimizer, scheduler, scaler, step, "fine-tuning"))
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            bar.update(1)
     finally:
         bar.close()
         model.eval()
@@ -155,17 +145,3 @@ def _train_mode(model: nn.Module, train_batchnorm: bool) -> None:
         for module in model.modules():
             if isinstance(module, _BatchNorm):
                 module.eval()
-
-
-def _epoch_loader(dataset: TorchSegDataset, config: FinetuneConfig, epoch: int) -> DataLoader:
-    """This epoch's batches; the order depends only on (seed, epoch)."""
-    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-    order = torch.randperm(len(dataset), generator=generator).tolist()
-    return DataLoader(
-        Subset(dataset, order),
-        batch_size=config.batch_size,
-        drop_last=True,
-        num_workers=config.num_workers,
-        pin_memory=torch.cuda.is_available(),
-        generator=generator,
-    )
