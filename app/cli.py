@@ -21,6 +21,7 @@ from seg2tflite.app.cli_options import (
     positive_float,
     positive_int,
 )
+from seg2tflite.app.flags import COMMAND_LINE_NAMES
 from seg2tflite.app.matrix import command as matrix_command
 from seg2tflite.errors import Terminated, UserError, command_line_wording, one_line, os_error_line
 from seg2tflite.quiet import VERBOSE_VARIABLE, quiet_libraries
@@ -267,7 +268,7 @@ def _terminate(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a refusal is one ``seg2tflite: error:`` line on stderr (exit 2, or the
     error's own ``exit_code``), never a traceback unless ``--debug``. Messages name flags."""
-    with command_line_wording():
+    with command_line_wording(COMMAND_LINE_NAMES):
         return _run(argv)
 
 

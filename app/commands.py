@@ -268,8 +268,8 @@ def run_convert(args) -> None:
             raise UserError(f"--module {args.module}: a model of your own has no registered size; pass --input-size H W")
     if args.input_size is not None:
         ConvertConfig(input_size=tuple(args.input_size))
-    calib = load_dataset(args.calib_data, args.calib_split, option="--calib-data")
-    parity = load_dataset(args.calib_data, args.parity_split, option="--calib-data")
+    calib = load_dataset(args.calib_data, args.calib_split, option="calib_data")
+    parity = load_dataset(args.calib_data, args.parity_split, option="calib_data")
     data_classes = calib.info.num_classes
     if args.num_classes is not None and args.num_classes != data_classes:
         raise UserError(

@@ -42,7 +42,7 @@ def _data_spec(config: DemoConfig, out: Path) -> str:
         except UserError as e:  # a dataset of the user's in OUT/data is never replaced
             raise UserError(
                 f"{e}; the demo writes its synthetic data to {data_dir}: to use that dataset pass "
-                f"{setting('--data', 'data')} folder:{data_dir}, else choose another {setting('--out', 'out')}"
+                f"{setting('data')} folder:{data_dir}, else choose another {setting('out')}"
             ) from None
     return f"folder:{data_dir}"
 
@@ -183,7 +183,7 @@ def run_demo(config: DemoConfig) -> int:
 
     unknown = [m for m in config.models if m not in list_models()]
     if unknown:
-        raise UserError(f"{setting('--models', 'models')}: unknown {', '.join(unknown)}; choose from {', '.join(list_models())}")
+        raise UserError(f"{setting('models')}: unknown {', '.join(unknown)}; choose from {', '.join(list_models())}")
     check_demo_settings(config)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -47,18 +47,16 @@ def _models(config: LatencyConfig) -> tuple[str, ...]:
     if config.models:
         unknown = [m for m in config.models if m not in list_models()]
         if unknown:
-            raise UserError(
-                f"{setting('--models', 'models')} {' '.join(unknown)}: unknown; choose from {', '.join(list_models())}"
-            )
+            raise UserError(f"{setting('models')} {' '.join(unknown)}: unknown; choose from {', '.join(list_models())}")
         return config.models
     demo = Path(config.run) / "demo.json"
     if demo.is_file():
         from seg2tflite.models.registry import registered_model
         from seg2tflite.records import field, read_json
 
-        redo = f"run `seg2tflite demo --out {config.run}` again, or name the models with {setting('--models', 'models')}"
+        redo = f"run `seg2tflite demo --out {config.run}` again, or name the models with {setting('models')}"
         models = field(read_json(demo, redo), demo, redo, "config", "models", kind=list)
-        return tuple(registered_model(m, demo, setting("--models", "models")) for m in models)
+        return tuple(registered_model(m, demo, setting("models")) for m in models)
     return tuple(n for n in list_models() if not get_model_config(n).variant_of)
 
 

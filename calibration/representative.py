@@ -51,7 +51,7 @@ def check_disjoint(calib: SegmentationDataset, evaluate: SegmentationDataset) ->
     """Calibrating and evaluating on the same images would flatter the quantized models."""
     if calib is evaluate or dataset_source(calib) == dataset_source(evaluate):
         raise UserError(
-            f"{setting('--calib-data', 'calib_data')}: {dataset_source(calib)} is also the evaluation split; "
+            f"{setting('calib_data')}: {dataset_source(calib)} is also the evaluation split; "
             "calibrate on another split (e.g. train) than the one you evaluate on"
         )
 
@@ -98,7 +98,7 @@ def build_calibration_set(
             f"minimum {min_size}; give a larger split"
         )
     if strategy not in STRATEGIES:
-        raise UserError(f"{setting('--calib-strategy', 'strategy')}: {strategy!r} is not one of {', '.join(STRATEGIES)}")
+        raise UserError(f"{setting('strategy')}: {strategy!r} is not one of {', '.join(STRATEGIES)}")
     if strategy == "random":
         indices = select_random(dataset, size, seed=seed, exclude=exclude)
     else:

@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from seg2tflite.data.base import SegmentationDataset
-from seg2tflite.errors import UserError
+from seg2tflite.errors import UserError, setting
 
 STRATEGIES = ("stratified", "random")
 POOL_FACTOR = 4  # class statistics are read for at most POOL_FACTOR * size candidate images
@@ -38,7 +38,7 @@ def select_calibration(
     pool = [int(i) for i in rng.permutation(len(dataset)) if int(i) not in excluded]
     if not pool:
         raise UserError(
-            f"calibration data {_describe(dataset)}: no images to draw from; point --calib-data at a split with images"
+            f"calibration data {_describe(dataset)}: no images to draw from; point {setting('calib_data')} at a split with images"
         )
     pool = pool[: max(size, POOL_FACTOR * size)]
     num_classes = dataset.info.num_classes
@@ -73,7 +73,7 @@ def select_random(dataset: SegmentationDataset, size: int, seed: int = 0, exclud
     pool = [int(i) for i in np.random.default_rng(seed).permutation(len(dataset)) if int(i) not in excluded]
     if not pool:
         raise UserError(
-            f"calibration data {_describe(dataset)}: no images to draw from; point --calib-data at a split with images"
+            f"calibration data {_describe(dataset)}: no images to draw from; point {setting('calib_data')} at a split with images"
         )
     return pool[:size]
 

@@ -20,12 +20,12 @@ def check_class_count(num_classes: int, datasets, onnx_source: str | None = None
             raise UserError(
                 f"{onnx_source}: the ONNX model predicts {num_classes} classes but {describe_data(data)} has "
                 f"{dataset_classes}; calibrate on the data it was trained for "
-                f"({setting('--calib-data', 'calib_data')} with {num_classes} classes)"
+                f"({setting('calib_data')} with {num_classes} classes)"
             )
         if on_command_line():
             raise UserError(
-                f"--num-classes: the model predicts {num_classes} classes but {describe_data(data)} has "
-                f"{dataset_classes}; pass --num-classes {dataset_classes} (or a checkpoint with that head)"
+                f"{setting('num_classes')}: the model predicts {num_classes} classes but {describe_data(data)} has "
+                f"{dataset_classes}; pass {setting('num_classes', str(dataset_classes))} (or a checkpoint with that head)"
             )
         raise UserError(
             f"model: it predicts {num_classes} classes but {describe_data(data)} has {dataset_classes}; give it a "
@@ -42,7 +42,7 @@ def check_finite_weights(model) -> None:
     bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
     if bad:
         raise UserError(
-            f"{setting('--checkpoint', 'model')}: the model's weights hold NaN or Inf in {len(bad)} tensors ({', '.join(bad[:3])}"
+            f"{setting('checkpoint', python='model')}: the model's weights hold NaN or Inf in {len(bad)} tensors ({', '.join(bad[:3])}"
             f"{' ...' if len(bad) > 3 else ''}); the checkpoint is broken (e.g. training diverged), so there is nothing to convert"
         )
 
@@ -60,7 +60,7 @@ def resolve_onnx_input_size(onnx_path: str | Path, input_size: tuple[int, int] |
         dims = [d.dim_value or d.dim_param or "?" for d in graph_input.type.tensor_type.shape.dim]
         raise UserError(
             f"{onnx_path}: input {graph_input.name!r} has dynamic dimensions {dims}; "
-            f"pass {setting('--input-size H W', 'input_size=(H, W)')}"
+            f"pass {setting('input_size', 'H W', 'input_size=(H, W)')}"
         )
     return size
 
@@ -72,7 +72,7 @@ def check_module_classes(spec: str, num_classes: int, datasets) -> None:
         classes = getattr(getattr(data, "info", None), "num_classes", None)
         if classes is not None and classes != num_classes:
             raise UserError(
-                f"--module {spec}: the model predicts {num_classes} classes (its output channels) but {describe_data(data)} "
-                f"has {classes}; --num-classes cannot change a model of your own: give it a {classes}-class head "
-                f"(or --weights of one), or calibrate on data with {num_classes} classes"
+                f"{setting('module', spec)}: the model predicts {num_classes} classes (its output channels) but "
+                f"{describe_data(data)} has {classes}; {setting('num_classes')} cannot change a model of your own: give it a "
+                f"{classes}-class head (or {setting('weights')} of one), or calibrate on data with {num_classes} classes"
             )

@@ -50,38 +50,34 @@ class ConvertConfig:
         size = tuple(int(s) for s in self.input_size) if _is_pair(self.input_size) else None
         if size is None or min(size) < 8:
             raise UserError(
-                f"{setting('--input-size', 'input_size')}: {self.input_size!r} is not two sizes >= 8; "
-                f"pass {setting('--input-size H W', 'input_size=(H, W)')}"
+                f"{setting('input_size')}: {self.input_size!r} is not two sizes >= 8; "
+                f"pass {setting('input_size', 'H W', 'input_size=(H, W)')}"
             )
         object.__setattr__(self, "input_size", size)
         if not 7 <= self.opset <= 21:
-            raise UserError(f"{setting('--opset', 'opset')}: {self.opset} is outside 7..21; use 17 or 20")
+            raise UserError(f"{setting('opset')}: {self.opset} is outside 7..21; use 17 or 20")
         variants = tuple(self.variants)
         unknown = [v for v in variants if v not in VARIANTS]
         if unknown or not variants or len(set(variants)) != len(variants):
             raise UserError(
-                f"{setting('--variants', 'variants')}: {', '.join(unknown) or variants!r} not valid; choose from {', '.join(VARIANTS)}"
+                f"{setting('variants')}: {', '.join(unknown) or variants!r} not valid; choose from {', '.join(VARIANTS)}"
             )
         object.__setattr__(self, "variants", tuple(v for v in VARIANTS if v in variants))
         if self.int8_io not in ("int8", "float"):
-            raise UserError(f"{setting('--int8-io', 'int8_io')}: {self.int8_io!r} is not valid; use int8 or float")
+            raise UserError(f"{setting('int8_io')}: {self.int8_io!r} is not valid; use int8 or float")
         if self.int8_ranges not in RANGE_METHODS:
-            raise UserError(
-                f"{setting('--int8-ranges', 'int8_ranges')}: {self.int8_ranges!r} is not valid; use {', '.join(RANGE_METHODS)}"
-            )
+            raise UserError(f"{setting('int8_ranges')}: {self.int8_ranges!r} is not valid; use {', '.join(RANGE_METHODS)}")
         if self.image_input not in INPUTS:
-            raise UserError(f"{setting('--input', 'image_input')}: {self.image_input!r} is not valid; use {' or '.join(INPUTS)}")
+            raise UserError(f"{setting('image_input')}: {self.image_input!r} is not valid; use {' or '.join(INPUTS)}")
         if self.image_output not in OUTPUTS:
-            raise UserError(
-                f"{setting('--output', 'image_output')}: {self.image_output!r} is not valid; use {', '.join(OUTPUTS)}"
-            )
+            raise UserError(f"{setting('image_output')}: {self.image_output!r} is not valid; use {', '.join(OUTPUTS)}")
         if self.calib_min < 1 or self.calib_size < self.calib_min:
             raise UserError(
-                f"{setting('--calib-size', 'calib_size')}: {self.calib_size} is below the minimum of {self.calib_min} images; "
-                f"raise {setting('--calib-size', 'calib_size')} to at least {self.calib_min}"
+                f"{setting('calib_size')}: {self.calib_size} is below the minimum of {self.calib_min} images; "
+                f"raise {setting('calib_size')} to at least {self.calib_min}"
             )
         if self.parity_images < 1:
-            raise UserError(f"{setting('--parity-images', 'parity_images')}: {self.parity_images} must be at least 1")
+            raise UserError(f"{setting('parity_images')}: {self.parity_images} must be at least 1")
         for name in ("float_min_agreement", "float16_min_agreement"):
             if not 0.0 <= getattr(self, name) <= 1.0:  # NaN fails this too
                 raise UserError(f"{name}: {getattr(self, name)} must be a fraction in 0..1")
@@ -89,11 +85,9 @@ class ConvertConfig:
             if not 0.0 <= getattr(self, name) <= 1.0:  # NaN fails this too
                 raise UserError(f"{name}: {getattr(self, name)} must be a fraction in 0..1")
         if not (math.isfinite(self.max_miou_drop) and self.max_miou_drop >= 0):
-            raise UserError(
-                f"{setting('--max-miou-drop', 'max_miou_drop')} {self.max_miou_drop}: must be a finite number of mIoU points >= 0"
-            )
+            raise UserError(f"{setting('max_miou_drop')} {self.max_miou_drop}: must be a finite number of mIoU points >= 0")
         if self.num_threads is not None and self.num_threads < 1:
-            raise UserError(f"{setting('--threads', 'num_threads')}: {self.num_threads} must be at least 1")
+            raise UserError(f"{setting('num_threads')}: {self.num_threads} must be at least 1")
 
     @property
     def needs_calibration(self) -> bool:

@@ -81,12 +81,12 @@ def calibration_set(calib_data, preprocess: Preprocess, config: ConvertConfig, p
         if calib_data.images.shape[2:] != tuple(config.input_size):
             raise UserError(
                 f"{calib_data.source}: calibration images are {calib_data.images.shape[2:]}, the model input is "
-                f"{tuple(config.input_size)}; preprocess them at {setting('--input-size', 'config.input_size')}"
+                f"{tuple(config.input_size)}; preprocess them at {setting('input_size', python='config.input_size')}"
             )
         return calib_data
     if not isinstance(calib_data, SegmentationDataset):
         raise UserError(
-            f"{setting('--calib-data', 'calib_data')}: a {type(calib_data).__name__}; pass a dataset split, a data spec string, "
+            f"{setting('calib_data')}: a {type(calib_data).__name__}; pass a dataset split, a data spec string, "
             "a CalibrationSet or a (N, 3, H, W) float32 array of preprocessed images"
         )
     return build_calibration_set(

@@ -57,7 +57,7 @@ from seg2tflite.converters.manifest import artifact_hashes, write_json
 from seg2tflite.converters.ops import op_report
 from seg2tflite.converters.runtimes import tflite_miou
 from seg2tflite.converters.stages import MANIFEST_FILE, STAGES
-from seg2tflite.errors import UserError
+from seg2tflite.errors import UserError, setting
 from seg2tflite.quiet import muted_stderr
 
 MIXED_FILE = STAGES["mixed_int8"].file
@@ -73,9 +73,9 @@ class MixedPrecisionConfig:
 
     def __post_init__(self) -> None:
         if not self.max_miou_drop >= 0:
-            raise UserError(f"--max-miou-drop: {self.max_miou_drop} must be >= 0 points")
+            raise UserError(f"{setting('max_miou_drop')}: {self.max_miou_drop} must be >= 0 points")
         if self.max_node_trials < 0:
-            raise UserError(f"--max-node-trials: {self.max_node_trials} must be >= 0")
+            raise UserError(f"{setting('max_node_trials')}: {self.max_node_trials} must be >= 0")
 
 
 @dataclass

@@ -21,7 +21,7 @@ from seg2tflite.calibration.representative import build_calibration_set
 from seg2tflite.calibration.select import STRATEGIES
 from seg2tflite.data.base import SegmentationDataset
 from seg2tflite.data.preprocess import Preprocess
-from seg2tflite.errors import UserError
+from seg2tflite.errors import UserError, setting
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,12 @@ class CalibrationStudyConfig:
 
     def __post_init__(self) -> None:
         if not self.sizes or min(self.sizes) < 1:
-            raise UserError(f"--calib-sizes: {self.sizes} must be one or more sizes >= 1")
+            raise UserError(f"{setting('calib_sizes', python='sizes')}: {self.sizes} must be one or more sizes >= 1")
         unknown = [s for s in self.strategies if s not in STRATEGIES]
         if unknown or not self.strategies:
-            raise UserError(f"--calib-strategies: {unknown or self.strategies} not valid; choose from {', '.join(STRATEGIES)}")
+            raise UserError(
+                f"{setting('strategies')}: {unknown or self.strategies} not valid; choose from {', '.join(STRATEGIES)}"
+            )
 
 
 def run_calibration_study(
@@ -56,7 +58,7 @@ def run_calibration_study(
 
     if max(config.sizes) > len(calib_dataset):
         raise UserError(
-            f"--calib-sizes: {max(config.sizes)} images asked for, the calibration split has {len(calib_dataset)}; use smaller sizes"
+            f"{setting('calib_sizes', python='sizes')}: {max(config.sizes)} images asked for, the calibration split has {len(calib_dataset)}; use smaller sizes"
         )
     per_tensor_size = config.per_tensor_size or max(config.sizes)
     plan = [(n, s, True) for n in config.sizes for s in config.strategies] + [(per_tensor_size, config.strategies[0], False)]

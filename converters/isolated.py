@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from seg2tflite.converters.parity import ParityError
-from seg2tflite.errors import UserError, command_line_wording, on_command_line
+from seg2tflite.errors import UserError, command_line_flags, command_line_wording
 from seg2tflite.quiet import VERBOSE_VARIABLE, verbose
 
 NATIVE_LOG = "native.log"
@@ -155,7 +155,7 @@ class VariantWorker:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None  # the child inherits the ignore
         try:
             self.process = context.Process(
-                target=_serve, args=(child, str(self.workdir), verbose(), on_command_line()), daemon=True
+                target=_serve, args=(child, str(self.workdir), verbose(), command_line_flags()), daemon=True
             )
             with _main_script_not_rerun():
                 self.process.start()
@@ -255,9 +255,9 @@ def _last_native_line(log: Path, offset: int) -> str:
 # -- the worker's side -------------------------------------------------------------------------
 
 
-def _serve(conn, workdir: str, loud: bool, command_line: bool = False) -> None:
+def _serve(conn, workdir: str, loud: bool, flags: dict[str, str] | None = None) -> None:
     """The worker: jobs from ``conn`` until None or the pipe closes (its messages worded as the
-    parent's: ``command_line``)."""
+    parent's: the command line's ``flags``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops this process
     terminal = sys.stderr
     if not loud:  # native output goes to the log the parent reads when this process dies
@@ -267,7 +267,7 @@ def _serve(conn, workdir: str, loud: bool, command_line: bool = False) -> None:
         os.close(fd)
         terminal = open(saved, "w", buffering=1, closefd=False)  # progress bars still reach the user
     os.environ[VERBOSE_VARIABLE] = "1"  # nothing muted in here: a dying kernel's last words go to the log
-    with command_line_wording() if command_line else contextlib.nullcontext():
+    with command_line_wording(flags):
         while True:
             try:
                 job = conn.recv()

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from seg2tflite.converters.onnx_to_tf import ConversionError
 from seg2tflite.converters.tflite_graph import opcode_name, read_model, write_model
-from seg2tflite.errors import on_command_line
+from seg2tflite.errors import setting
 
 
 def _named(output: str) -> str:
     """``--output lowres`` on the command line, ``image_output='lowres'`` from Python."""
-    return f"--output {output}" if on_command_line() else f"image_output={output!r}"
+    return setting("image_output", output, f"image_output={output!r}")
 
 
 def _op_name(model, op) -> str:

@@ -70,9 +70,7 @@ def export_onnx(
     except Exception as e:  # the exporter's own message (or the unpooling's), and where in the model it was
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         where = export_failure_site(model, e.__traceback__)
-        raise UserError(
-            f"{setting('--model', 'model')}: torch.onnx.export failed at opset {opset}{where}: {first[:300]}"
-        ) from None
+        raise UserError(f"{setting('model')}: torch.onnx.export failed at opset {opset}{where}: {first[:300]}") from None
     return onnx.load_from_string(buf.getvalue())
 
 
@@ -262,15 +260,15 @@ def prepare_onnx(model: onnx.ModelProto, input_size: tuple[int, int] | None, sou
         if static_hw is None:
             raise UserError(
                 f"{source}: input {input_name!r} has dynamic dimensions {dims}; "
-                f"pass {setting('--input-size H W', 'input_size=(H, W)')} to fix them"
+                f"pass {setting('input_size', 'H W', 'input_size=(H, W)')} to fix them"
             )
         input_size = static_hw
     input_size = tuple(int(s) for s in input_size)
     if static_hw is not None and static_hw != input_size:
         raise UserError(
-            f"{source}: input {input_name!r} is fixed to {static_hw[0]}x{static_hw[1]} but {setting('--input-size', 'input_size')} is "
+            f"{source}: input {input_name!r} is fixed to {static_hw[0]}x{static_hw[1]} but {setting('input_size')} is "
             f"{input_size[0]}x{input_size[1]}; "
-            f"pass {setting(f'--input-size {static_hw[0]} {static_hw[1]}', f'input_size={static_hw}')}"
+            f"pass {setting('input_size', f'{static_hw[0]} {static_hw[1]}', f'input_size={static_hw}')}"
         )
     check_ops_carried(model, source)
     model = _fix_input_shape(_simplifiable_ir(model, source), input_name, [1, 3, *input_size])

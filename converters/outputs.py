@@ -46,7 +46,7 @@ def find_logits(output, key: str | None = None) -> tuple[str, str | None]:
             return f"dict[{key!r}]", key
         if _is_tensor(getattr(output, key, None)):
             return f".{key}", key
-        option = setting(f"--output-key {key}", f"output_key={key!r}")
+        option = setting("output_key", key, f"output_key={key!r}")
         raise UserError(f"{option}: the model's output ({_describe(output)}) has no tensor under that name")
     if _is_tensor(output):
         return "tensor", None
@@ -59,7 +59,7 @@ def find_logits(output, key: str | None = None) -> tuple[str, str | None]:
             return f"dict[{tensors[0]!r}]", tensors[0]
         raise UserError(
             f"the model returns a dict with tensors {tensors}; name the logits with "
-            f"{setting(f'--output-key {tensors[0]}', f'output_key={tensors[0]!r}')} (or another of them)"
+            f"{setting('output_key', tensors[0], f'output_key={tensors[0]!r}')} (or another of them)"
         )
     if isinstance(output, (tuple, list)) and output and _is_tensor(output[0]):
         return "tuple[0]", None
@@ -121,7 +121,7 @@ def choose_output(model: nn.Module, input_size: tuple[int, int], key: str | None
     if size != tuple(input_size) and not upsample:
         raise UserError(
             f"the model returns logits at {size[0]}x{size[1]} for a {input_size[0]}x{input_size[1]} input; pass "
-            f"{setting('--upsample-logits', 'upsample_logits=True')} to resize them bilinearly to the input size"
+            f"{setting('upsample_logits', python='upsample_logits=True')} to resize them bilinearly to the input size"
         )
     return OutputChoice(path, key, size, upsampled=size != tuple(input_size))
 

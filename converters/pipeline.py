@@ -169,7 +169,7 @@ def convert_registered(
     try:
         get_model_config(name)
     except KeyError as e:
-        raise UserError(f"{setting('--model', 'name')}: {e.args[0]}") from None
+        raise UserError(f"{setting('model', python='name')}: {e.args[0]}") from None
     check_input_size(name, config.input_size)
     if checkpoint is not None and num_classes is None:
         from seg2tflite.models.checkpoint import read_checkpoint_config

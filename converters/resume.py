@@ -100,7 +100,7 @@ class StageCache:
     def check(self, names, option: str | None = None) -> None:
         """Refuse when a file this project did not write (nor recorded with its current hash) is in
         the way of one of ``names``."""
-        option = option or setting("--out", "out_dir")
+        option = option or setting("out", python="out_dir")
         for name in [STAGES_FILE, *names]:
             if not self.ours(name):
                 path = self.out_dir / name

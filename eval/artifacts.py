@@ -176,8 +176,8 @@ def describe_artifact(
     size = input_size if input_size is not None else meta["input_size"]
     mean = mean if mean is not None else meta["mean"]
     std = std if std is not None else meta["std"]
-    wanted = (("--input-size H W", "input_size", size), ("--mean R G B", "mean", mean), ("--std R G B", "std", std))
-    missing = [setting(flag, name) for flag, name, v in wanted if v is None]
+    wanted = (("input_size", "H W", size), ("mean", "R G B", mean), ("std", "R G B", std))
+    missing = [setting(name, values) for name, values, v in wanted if v is None]
     if missing:
         ignored = ignored_manifest(path)
         if ignored is not None:

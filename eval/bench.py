@@ -16,7 +16,6 @@ turns, for comparisons finer than the machine's drift between processes.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import resource
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from seg2tflite.errors import UserError, command_line_wording, on_command_line, setting
+from seg2tflite.errors import UserError, command_line_flags, command_line_wording, setting
 
 IDLE_SECONDS = 0.03  # the thread pool of the file timed before spins a while after its last job before it sleeps
 
@@ -210,7 +209,7 @@ def benchmark_artifact(
     size = input_size if input_size is not None else meta["input_size"]
     if size is None:
         raise UserError(
-            f"{path}: no manifest.json or checkpoint config gives the input size; pass {setting('--input-size H W', 'input_size')}"
+            f"{path}: no manifest.json or checkpoint config gives the input size; pass {setting('input_size', 'H W')}"
         )
     size = checked_size(size)
     if threads < 1 or warmup < 0 or runs < 1:
@@ -234,7 +233,7 @@ def in_fresh_process(module: str, job: dict, path: Path, what: str) -> dict:
 
     with private_tempdir("bench") as tmp:
         out = Path(tmp) / "result.json"
-        job = {**job, "out": str(out), "command_line": on_command_line()}  # the child words its errors as we do
+        job = {**job, "out": str(out), "command_line": command_line_flags()}  # the child words its errors as we do
         proc = subprocess.run([sys.executable, "-m", module, json.dumps(job)], env=env, cwd=root, capture_output=True, text=True)
         result = json.loads(out.read_text()) if out.is_file() else None
     if result is None or proc.returncode != 0:
@@ -285,7 +284,7 @@ def _child_main(argv: list[str]) -> int:
 
     quiet_libraries()
     try:
-        with command_line_wording() if job["command_line"] else contextlib.nullcontext():
+        with command_line_wording(job["command_line"]):
             if "paths" in job:
                 turns_ms = measure_in_turns(
                     job["paths"],

@@ -187,7 +187,7 @@ def _in_workers(workers: int, initargs: tuple, chunks: list[list[int]], keep_pre
         codes = [p.exitcode for p in list(getattr(pool, "_processes", {}).values()) if p.exitcode]
         how = f" (exit {codes[0]}{', signal ' + signal.Signals(-codes[0]).name if codes[0] < 0 else ''})" if codes else ""
         raise UserError(
-            f"{initargs[0].path}: an evaluation worker died{how}; rerun with --workers 1 to see the runtime's own error"
+            f"{initargs[0].path}: an evaluation worker died{how}; rerun with {setting('workers', '1', 'workers=1')} to see the runtime's own error"
         ) from None
     finally:
         pool.shutdown() if done else _stop(pool, futures)
@@ -237,13 +237,13 @@ def evaluate_artifact(
     info = describe_artifact(path, input_size, mean, std)
     check_memory(info, workers)
     if workers < 1:
-        raise UserError(f"{setting('--workers', 'workers')} {workers}: use 1 or more")
+        raise UserError(f"{setting('workers')} {workers}: use 1 or more")
     if limit is not None and limit < 1:
-        raise UserError(f"{setting('--limit', 'limit')} {limit}: use 1 or more images")
+        raise UserError(f"{setting('limit')} {limit}: use 1 or more images")
     dataset = dataset_for(info, data_spec, split)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if n == 0:
-        raise UserError(f"{setting('--data', 'data_spec')} {data_spec}: the {split} split is empty")
+        raise UserError(f"{setting('data', python='data_spec')} {data_spec}: the {split} split is empty")
     workers = min(workers, n)
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // workers)
@@ -371,12 +371,12 @@ def compare_artifacts(
     info = describe_artifact(path, input_size or ref_info.input_size, mean or ref_info.mean, std or ref_info.std)
     if info.input_size != ref_info.input_size:
         raise UserError(
-            f"{path}: input size {info.input_size} differs from {reference}'s {ref_info.input_size}; pass {setting('--input-size', 'input_size')}"
+            f"{path}: input size {info.input_size} differs from {reference}'s {ref_info.input_size}; pass {setting('input_size')}"
         )
     dataset = dataset_for(ref_info, data_spec, split)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if n == 0:
-        raise UserError(f"{setting('--data', 'data_spec')} {data_spec}: the {split} split is empty")
+        raise UserError(f"{setting('data', python='data_spec')} {data_spec}: the {split} split is empty")
     references = _reference_logits(str(Path(reference).resolve()), _stamp(reference), data_spec, split, n, ref_info, threads)
     run = open_artifact(path, threads)
     comparison = None

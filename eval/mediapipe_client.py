@@ -26,7 +26,7 @@ def measure_folder(folder: Path, data: str, split: str, limit: int | None, check
     from seg2tflite.converters.app_io import from_pixels
     from seg2tflite.converters.stages import STAGES, ConversionDir
     from seg2tflite.data import load_dataset
-    from seg2tflite.errors import UserError
+    from seg2tflite.errors import UserError, setting
     from seg2tflite.models.registry import load_model
     from seg2tflite.records import field, inside, read_json
 
@@ -45,7 +45,7 @@ def measure_folder(folder: Path, data: str, split: str, limit: int | None, check
     if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
         raise UserError(f"{path}: config.input_size {size!r} is not [H, W]; {redo}")
     h, w = size
-    dataset = load_dataset(data, split, option="--data")
+    dataset = load_dataset(data, split, option="data")
     n = len(dataset) if limit is None else min(limit, len(dataset))
     pixels = np.stack([np.asarray(Image.fromarray(dataset[i][0]).resize((w, h), Image.BILINEAR)) for i in range(n)])
     # the weights: --checkpoint, else the folder's own or the one the manifest records (same sha256)
@@ -54,7 +54,9 @@ def measure_folder(folder: Path, data: str, split: str, limit: int | None, check
         recorded = inside(folder, info["weights"], path)
     weights = checkpoint or recorded
     if weights is None:
-        raise UserError(f"{path}: no PyTorch weights recorded (or no longer the file recorded); pass --checkpoint FILE")
+        raise UserError(
+            f"{path}: no PyTorch weights recorded (or no longer the file recorded); pass {setting('checkpoint', 'FILE')}"
+        )
     model = load_model(weights)
     with torch.no_grad():
         normalised = torch.from_numpy(from_pixels(pixels, mean, std, channel_axis=-1).transpose(0, 3, 1, 2).copy())
@@ -76,7 +78,7 @@ def main(argv=None) -> int:
     import argparse
     import sys
 
-    from seg2tflite.errors import UserError, command_line_wording, one_line, os_error_line
+    from seg2tflite.errors import UserError, command_line_wording, one_line, os_error_line, setting
 
     parser = argparse.ArgumentParser(prog="seg2tflite.eval.mediapipe_client", description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
@@ -86,10 +88,10 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", default=None, help="the PyTorch weights (default: the manifest's)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
-    with command_line_wording():
+    with command_line_wording({"data": "--data", "limit": "--limit", "checkpoint": "--checkpoint"}):
         try:
             if args.limit is not None and args.limit < 1:
-                raise UserError(f"--limit: {args.limit} must be at least 1 image")
+                raise UserError(f"{setting('limit')}: {args.limit} must be at least 1 image")
             print(json.dumps(measure_folder(args.folder, args.data, args.split, args.limit, args.checkpoint), indent=2))
         except (UserError, OSError) as e:
             if args.debug:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from seg2tflite.converters.runtimes import Runner
-from seg2tflite.errors import UserError, on_command_line
+from seg2tflite.errors import UserError, on_command_line, setting
 from seg2tflite.eval.artifacts import ArtifactInfo, artifact_kind
 
 
@@ -68,7 +68,7 @@ def open_artifact(
         raise UserError(
             f"{path}: the model takes {h}x{w} images, not {input_size[0]}x{input_size[1]}; "
             + (
-                f"pass --input-size {h} {w} (or drop --input-size)"
+                f"pass {setting('input_size', f'{h} {w}')} (or drop {setting('input_size')})"
                 if on_command_line()
                 else f"pass input_size=({h}, {w}) (or None)"
             )

@@ -16,7 +16,6 @@ that file's profile only.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import statistics
@@ -227,7 +226,7 @@ def _child_main(argv: list[str]) -> int:
 
     job = json.loads(argv[0])
     quiet_libraries()
-    with command_line_wording() if job["command_line"] else contextlib.nullcontext():
+    with command_line_wording(job["command_line"]):
         result = profile_tflite(job["path"], job["threads"], job["xnnpack"], progress=False).as_dict()
     Path(job["out"]).write_text(json.dumps(result))
     return 0

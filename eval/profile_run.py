@@ -86,10 +86,12 @@ def run_profile(run: str | Path, models: tuple[str, ...] = (), threads: int = 2,
     run = Path(run)
     present = run_models(run)
     if not present:
-        raise UserError(f"{run}: no demo.json and no models/M/convert/ folder; give --run a `seg2tflite demo` run folder")
+        raise UserError(
+            f"{run}: no demo.json and no models/M/convert/ folder; give {setting('run')} a `seg2tflite demo` run folder"
+        )
     unknown = [m for m in models if m not in present]
     if unknown:
-        raise UserError(f"{setting('--models', 'models')} {' '.join(unknown)}: not in this run; choose from {', '.join(present)}")
+        raise UserError(f"{setting('models')} {' '.join(unknown)}: not in this run; choose from {', '.join(present)}")
     record = load_profiles(run)  # refused before anything is timed
     chosen = list(dict.fromkeys(models)) or present
     files = [(m, s, ConversionDir(run / "models" / m / "convert").artifact(s)) for m in chosen for s in TFLITE_STAGES]

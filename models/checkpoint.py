@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from seg2tflite.atomic import atomic_path, atomic_write_text
-from seg2tflite.errors import UserError
+from seg2tflite.errors import UserError, setting
 
 WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -39,7 +39,9 @@ def read_checkpoint_config(path: str | Path) -> dict:
     weights = resolve_weights_file(path)
     config_path = weights.with_suffix(".json")
     if not config_path.is_file():
-        raise UserError(f"{weights}: no {config_path.name} beside it; pass --model NAME explicitly")
+        raise UserError(
+            f"{weights}: no {config_path.name} beside it; pass {setting('model', 'NAME', 'the model name')} explicitly"
+        )
     try:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError) as e:
@@ -144,7 +146,7 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
     if problems:
         name = getattr(getattr(model, "model_config", None), "name", type(model).__name__)
         raise UserError(
-            f"{source}: does not fit {name}: {'; '.join(problems)}. Check --model and --num-classes match the checkpoint"
+            f"{source}: does not fit {name}: {'; '.join(problems)}. Check {setting('model')} and {setting('num_classes')} match the checkpoint"
         )
     model.load_state_dict(state, strict=True)
 

@@ -93,7 +93,7 @@ def check_input_size(name: str, size) -> tuple[int, int]:
         return str(low) if low == high or v - low <= high - v else str(high)
 
     raise UserError(
-        f"{setting('--input-size', 'input_size')} {h} {w}: {name} needs H and W that are multiples of {divisor}; "
+        f"{setting('input_size')} {h} {w}: {name} needs H and W that are multiples of {divisor}; "
         f"the nearest is {near(h)} {near(w)}"
     )
 

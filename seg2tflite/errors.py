@@ -1,12 +1,12 @@
 """The one exception type the command line turns into a clear one-line message, SIGTERM's, and how
-messages name a setting (a command-line flag, or a Python argument when called from Python)."""
+messages name a setting (a Python argument, or the command line's flag for it while it runs)."""
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import errno
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 
 class UserError(Exception):
@@ -22,28 +22,43 @@ class Terminated(BaseException):
     blocks run and temporaries are removed (a BaseException: ``except Exception`` lets it pass)."""
 
 
-_COMMAND_LINE = contextvars.ContextVar("seg2tflite_command_line", default=False)
+_FLAGS: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("seg2tflite_flags", default=None)
 
 
 def on_command_line() -> bool:
     """Whether ``seg2tflite.app.cli.main`` is running (else the caller is Python code)."""
-    return _COMMAND_LINE.get()
+    return _FLAGS.get() is not None
 
 
-def setting(flag: str, python: str) -> str:
-    """How a message names a setting: its flag while the command line runs (``--input-size``),
-    else the Python name the caller passed it as (``input_size``)."""
-    return flag if on_command_line() else python
+def command_line_flags() -> Mapping[str, str] | None:
+    """The command line's table of settings to flags while it runs, else None: a worker process
+    is handed it, so its messages are worded as its parent's."""
+    return _FLAGS.get()
+
+
+def setting(name: str, values: str = "", python: str | None = None) -> str:
+    """How a message names the setting ``name`` (its Python name, e.g. ``input_size``).
+
+    While the command line runs, the flag its table maps ``name`` to, followed by ``values`` when
+    given (``--input-size H W``); else, and for a setting the command line has no flag for,
+    ``python`` when given (``input_size=(H, W)``, or the argument's name where the function calls it
+    otherwise), else ``name``."""
+    flags = _FLAGS.get()
+    flag = None if flags is None else flags.get(name)
+    if flag is None:
+        return name if python is None else python
+    return f"{flag} {values}" if values else flag
 
 
 @contextlib.contextmanager
-def command_line_wording() -> Iterator[None]:
-    """Within this block messages name command-line flags (``seg2tflite.app.cli.main`` runs in one)."""
-    token = _COMMAND_LINE.set(True)
+def command_line_wording(flags: Mapping[str, str] | None) -> Iterator[None]:
+    """Within this block messages name the flags of ``flags`` ({Python setting name: flag}; the
+    command line installs its table, ``seg2tflite.app.flags``); None words them as from Python."""
+    token = _FLAGS.set(None if flags is None else dict(flags))
     try:
         yield
     finally:
-        _COMMAND_LINE.reset(token)
+        _FLAGS.reset(token)
 
 
 def one_line(error: BaseException) -> str:

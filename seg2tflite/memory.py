@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from seg2tflite.errors import UserError
+from seg2tflite.errors import UserError, setting
 
 
 def _read_int(path: str) -> int | None:
@@ -80,7 +80,7 @@ def check_fits(
     """Refuse ``size`` when ``need(h, w)`` (bytes, a lower bound) exceeds the memory available.
 
     ``what`` says the job ("converting segformer_b0"), ``where`` starts the message (default
-    ``--input-size H W``); the message names the largest size of the same aspect that fits."""
+    the input size); the message names the largest size of the same aspect that fits."""
     budget = available_bytes() if budget is None else budget
     if budget is None:
         return
@@ -91,6 +91,6 @@ def check_fits(
     best = largest_fitting(need, (h, w), budget, divisor)
     fits = f"the largest size of that shape that fits is about {best[0]}x{best[1]}" if best else "no size of that shape fits"
     raise UserError(
-        f"{where or f'--input-size {h} {w}'}: {what} at {h}x{w} needs at least {gigabytes(required)} of memory, "
+        f"{where or setting('input_size', f'{h} {w}', f'input_size=({h}, {w})')}: {what} at {h}x{w} needs at least {gigabytes(required)} of memory, "
         f"more than the {gigabytes(budget)} available; {fits}"
     )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from seg2tflite.app.flags import flag_wording
 from seg2tflite.app.train import check_train_settings
 from seg2tflite.app.train_config import TrainConfig
-from seg2tflite.errors import UserError, command_line_wording
+from seg2tflite.errors import UserError
 from seg2tflite.eval.bench import benchmark_artifact
 from seg2tflite.models import check_input_size
 
@@ -38,7 +39,7 @@ def refusal(call) -> str:
 def test_python_callers_read_their_argument_names(call, python, flag):
     from_python = refusal(call)
     assert python in from_python and "--" not in from_python, from_python
-    with command_line_wording():
+    with flag_wording():
         assert flag in refusal(call)
 
 
@@ -46,5 +47,5 @@ def test_bench_without_a_size_names_input_size(tmp_path):
     onnx_file = tmp_path / "model.onnx"
     onnx_file.write_bytes(b"")  # no manifest or checkpoint config beside it: the size is found nowhere
     assert refusal(lambda: benchmark_artifact(onnx_file)).endswith("pass input_size")
-    with command_line_wording():
+    with flag_wording():
         assert refusal(lambda: benchmark_artifact(onnx_file)).endswith("pass --input-size H W")

@@ -37,11 +37,12 @@ def test_pixels_round_trip_exactly():
 
 
 def test_bad_input_option_is_one_line():
-    from seg2tflite.errors import UserError, command_line_wording
+    from seg2tflite.app.flags import flag_wording
+    from seg2tflite.errors import UserError
 
     with pytest.raises(UserError, match="^image_input: 'int8' is not valid; use float or uint8$"):
         ConvertConfig(input_size=(32, 32), image_input="int8")
-    with command_line_wording(), pytest.raises(UserError, match="^--input: 'int8' is not valid; use float or uint8$"):
+    with flag_wording(), pytest.raises(UserError, match="^--input: 'int8' is not valid; use float or uint8$"):
         ConvertConfig(input_size=(32, 32), image_input="int8")
 
 

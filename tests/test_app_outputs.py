@@ -35,11 +35,12 @@ def lowres_result(tmp_path_factory):
 
 
 def test_bad_output_option_is_one_line():
-    from seg2tflite.errors import UserError, command_line_wording
+    from seg2tflite.app.flags import flag_wording
+    from seg2tflite.errors import UserError
 
     with pytest.raises(UserError, match="^image_output: 'mask' is not valid; use logits, classes, lowres$"):
         ConvertConfig(input_size=SIZE, image_output="mask")
-    with command_line_wording(), pytest.raises(UserError, match="^--output: 'mask' is not valid; use logits, classes, lowres$"):
+    with flag_wording(), pytest.raises(UserError, match="^--output: 'mask' is not valid; use logits, classes, lowres$"):
         ConvertConfig(input_size=SIZE, image_output="mask")
 
 

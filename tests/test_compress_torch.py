@@ -255,15 +255,15 @@ def test_finetune_report_and_eval_mode():
 @pytest.mark.parametrize(
     "make, match",
     [
-        (lambda: PruneConfig(sparsity=1.0), "--sparsity"),
-        (lambda: PruneConfig(sparsity=-0.1), "--sparsity"),
-        (lambda: PruneConfig(sparsity=0.5, initial_sparsity=0.6), "--initial-sparsity"),
-        (lambda: PruneConfig(frequency=0), "--frequency"),
-        (lambda: PruneConfig(end_fraction=0.0), "--end-fraction"),
-        (lambda: PruneConfig(min_params=-1), "--min-params"),
-        (lambda: ClusterConfig(clusters=1), "--clusters"),
-        (lambda: ClusterConfig(clusters=300), "--clusters"),
-        (lambda: QATConfig(averaging_constant=0.0), "--averaging-constant"),
+        (lambda: PruneConfig(sparsity=1.0), "^sparsity: "),
+        (lambda: PruneConfig(sparsity=-0.1), "^sparsity: "),
+        (lambda: PruneConfig(sparsity=0.5, initial_sparsity=0.6), r"^initial_sparsity: 0.6 must be in \[0, sparsity 0.5\]"),
+        (lambda: PruneConfig(frequency=0), "^frequency: "),
+        (lambda: PruneConfig(end_fraction=0.0), "^end_fraction: "),
+        (lambda: PruneConfig(min_params=-1), "^min_params: "),
+        (lambda: ClusterConfig(clusters=1), "^clusters: "),
+        (lambda: ClusterConfig(clusters=300), "^clusters: "),
+        (lambda: QATConfig(averaging_constant=0.0), "^averaging_constant: "),
         (lambda: FinetuneConfig(steps=0), "--steps"),
         (lambda: FinetuneConfig(steps=4, batch_size=0), "--batch-size"),
         (lambda: FinetuneConfig(steps=4, lr=0.0), "--lr"),
@@ -280,7 +280,7 @@ def test_bad_finetune_inputs():
         finetune(small_model(), TRAIN, FinetuneConfig(steps=2), progress=False)
     with pytest.raises(UserError, match="--batch-size: 8 is more than the 4 training images"):
         finetune(small_model(), BlobDataset("train", n=4), FinetuneConfig(steps=2, input_size=SIZE), progress=False)
-    with pytest.raises(UserError, match="--min-params"):
+    with pytest.raises(UserError, match="^min_params: "):
         prune_model(small_model(), TRAIN, PruneConfig(min_params=10**6), FT, progress=False)
 
 

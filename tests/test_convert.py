@@ -14,12 +14,13 @@ import pytest
 import torch
 from torch import nn
 
+from seg2tflite.app.flags import flag_wording
 from seg2tflite.converters import ConvertConfig, convert_model, convert_onnx, resolve_onnx_input_size
 from seg2tflite.converters.manifest import sha256_file
 from seg2tflite.converters.onnx_export import INPUT_NAME, export_onnx, load_onnx, prepare_onnx
 from seg2tflite.converters.ops import op_report
 from seg2tflite.converters.runtimes import OnnxRunner, TFLiteRunner, TorchRunner, make_runner
-from seg2tflite.errors import UserError, command_line_wording
+from seg2tflite.errors import UserError
 
 from small_chain import SIZE, BlobDataset, K, small_model
 
@@ -156,7 +157,7 @@ def test_config_validation():
         ConvertConfig(input_size=(64, 64), int8_io="uint8")
     with pytest.raises(UserError, match="calib_size: 4 is below the minimum of 8 images; raise calib_size"):
         ConvertConfig(input_size=(64, 64), calib_size=4)
-    with command_line_wording():  # the same refusals on the command line name its flags
+    with flag_wording():  # the same refusals on the command line name its flags
         with pytest.raises(UserError, match="--input-size: .*pass --input-size H W"):
             ConvertConfig(input_size=(64,))
         with pytest.raises(UserError, match="--calib-size: 4 is below the minimum of 8 images; raise --calib-size"):

@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from seg2tflite.app.flags import flag_wording
 from seg2tflite.converters.manifest import artifact_hashes
 from seg2tflite.data import Preprocess, load_dataset
-from seg2tflite.errors import UserError, command_line_wording
+from seg2tflite.errors import UserError
 from seg2tflite.eval.artifacts import describe_artifact
 from seg2tflite.eval.evaluate import argmax_agreement, compare_artifacts, evaluate_artifact, open_artifact
 from seg2tflite.metrics import ConfusionMatrix
@@ -172,7 +173,7 @@ def test_missing_preprocessing_names_the_options_to_pass(folder, tmp_path):
     shutil.copy(folder / "model.onnx", bare)
     with pytest.raises(UserError, match=r"pass input_size, mean, std$"):  # from Python: the arguments
         evaluate_artifact(bare, DATA, progress=False)
-    with command_line_wording(), pytest.raises(UserError, match=r"pass --input-size H W, --mean R G B, --std R G B$"):
+    with flag_wording(), pytest.raises(UserError, match=r"pass --input-size H W, --mean R G B, --std R G B$"):
         evaluate_artifact(bare, DATA, progress=False)
     result = evaluate_artifact(bare, DATA, input_size=SIZE, mean=MEAN, std=STD, progress=False)
     assert result.metrics == evaluate_artifact(folder / "model.onnx", DATA, progress=False).metrics

@@ -21,7 +21,7 @@ from torch.nn.utils import parametrize
 
 from seg2tflite.app.compress.finetune import FinetuneConfig, example_input, finetune
 from seg2tflite.data import SegmentationDataset
-from seg2tflite.errors import UserError
+from seg2tflite.errors import UserError, setting
 from seg2tflite.models.layers import fold_batchnorm, layer_weights, remaining_batchnorm
 
 
@@ -33,11 +33,11 @@ class ClusterConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.clusters, int) or not 2 <= self.clusters <= 256:
-            raise UserError(f"--clusters: {self.clusters!r} must be a whole number in 2..256; 16 or 32 are usual")
+            raise UserError(f"{setting('clusters')}: {self.clusters!r} must be a whole number in 2..256; 16 or 32 are usual")
         if not isinstance(self.kmeans_iterations, int) or self.kmeans_iterations < 0:
-            raise UserError(f"--kmeans-iterations: {self.kmeans_iterations!r} must be a whole number, 0 or more")
+            raise UserError(f"{setting('kmeans_iterations')}: {self.kmeans_iterations!r} must be a whole number, 0 or more")
         if not isinstance(self.min_params, int) or self.min_params < 0:
-            raise UserError(f"--min-params: {self.min_params!r} must be a whole number, 0 or more")
+            raise UserError(f"{setting('min_params')}: {self.min_params!r} must be a whole number, 0 or more")
 
 
 def kmeans_1d(values: torch.Tensor, k: int, iterations: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +88,9 @@ def cluster_model(
     clustered = fold_batchnorm(model, example_input(model, dataset, finetune_config).to(device))
     layers = list(layer_weights(clustered, cluster_config.min_params))
     if not layers:
-        raise UserError(f"--min-params: no Conv2d or Linear layer has {cluster_config.min_params} weights or more; lower it")
+        raise UserError(
+            f"{setting('min_params')}: no Conv2d or Linear layer has {cluster_config.min_params} weights or more; lower it"
+        )
     for _, module in layers:
         parametrize.register_parametrization(
             module, "weight", _Clustered(module.weight, cluster_config.clusters, cluster_config.kmeans_iterations)

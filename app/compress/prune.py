@@ -25,7 +25,7 @@ from torch.nn.utils import parametrize
 
 from seg2tflite.app.compress.finetune import FinetuneConfig, finetune
 from seg2tflite.data import SegmentationDataset
-from seg2tflite.errors import UserError
+from seg2tflite.errors import UserError, setting
 from seg2tflite.models.layers import layer_weights
 
 
@@ -40,17 +40,19 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sparsity < 1.0:
-            raise UserError(f"--sparsity: {self.sparsity!r} is outside [0, 1); pass a fraction such as 0.5")
+            raise UserError(f"{setting('sparsity')}: {self.sparsity!r} is outside [0, 1); pass a fraction such as 0.5")
         if not 0.0 <= self.initial_sparsity <= self.sparsity:
-            raise UserError(f"--initial-sparsity: {self.initial_sparsity!r} must be in [0, --sparsity {self.sparsity}]")
+            raise UserError(
+                f"{setting('initial_sparsity')}: {self.initial_sparsity!r} must be in [0, {setting('sparsity')} {self.sparsity}]"
+            )
         if not isinstance(self.frequency, int) or self.frequency < 1:
-            raise UserError(f"--frequency: {self.frequency!r} must be a whole number of steps, at least 1")
+            raise UserError(f"{setting('frequency')}: {self.frequency!r} must be a whole number of steps, at least 1")
         if not 0.0 < self.end_fraction <= 1.0:
-            raise UserError(f"--end-fraction: {self.end_fraction!r} is outside (0, 1]; pass e.g. 0.7")
+            raise UserError(f"{setting('end_fraction')}: {self.end_fraction!r} is outside (0, 1]; pass e.g. 0.7")
         if not isinstance(self.power, int) or self.power < 1:
-            raise UserError(f"--power: {self.power!r} must be a whole number of at least 1")
+            raise UserError(f"{setting('power')}: {self.power!r} must be a whole number of at least 1")
         if not isinstance(self.min_params, int) or self.min_params < 0:
-            raise UserError(f"--min-params: {self.min_params!r} must be a whole number, 0 or more")
+            raise UserError(f"{setting('min_params')}: {self.min_params!r} must be a whole number, 0 or more")
 
 
 def polynomial_sparsity(step: int, initial: float, final: float, begin_step: int, end_step: int, power: int = 3) -> float:
@@ -99,7 +101,9 @@ def prune_model(
     pruned = copy.deepcopy(model)
     layers = list(layer_weights(pruned, prune_config.min_params))
     if not layers:
-        raise UserError(f"--min-params: no Conv2d or Linear layer has {prune_config.min_params} weights or more; lower it")
+        raise UserError(
+            f"{setting('min_params')}: no Conv2d or Linear layer has {prune_config.min_params} weights or more; lower it"
+        )
     for _, module in layers:
         parametrize.register_parametrization(module, "weight", _Mask(module.weight))
     steps, last = finetune_config.steps, end_step(prune_config, finetune_config.steps)

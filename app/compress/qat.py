@@ -30,7 +30,7 @@ from torch.nn.utils import parametrize
 
 from seg2tflite.app.compress.finetune import FinetuneConfig, example_input, finetune, validate
 from seg2tflite.data import SegmentationDataset
-from seg2tflite.errors import UserError
+from seg2tflite.errors import UserError, setting
 from seg2tflite.models.layers import fold_batchnorm, layer_weights, remaining_batchnorm
 
 
@@ -41,7 +41,7 @@ class QATConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.averaging_constant <= 1.0:
-            raise UserError(f"--averaging-constant: {self.averaging_constant!r} is outside (0, 1]; pass e.g. 0.01")
+            raise UserError(f"{setting('averaging_constant')}: {self.averaging_constant!r} is outside (0, 1]; pass e.g. 0.01")
 
 
 def int8_scale(weight: torch.Tensor) -> torch.Tensor:

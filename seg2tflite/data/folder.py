@@ -46,10 +46,10 @@ def folder_info(root: str | Path, num_classes: int | None = None) -> DatasetInfo
         if num_classes is None:
             raise UserError(
                 f"{meta_path}: not found, so the number of classes is unknown; "
-                f"add a dataset.json with class_names or pass {setting('--num-classes', 'num_classes')}"
+                f"add a dataset.json with class_names or pass {setting('num_classes')}"
             )
         if not 1 <= int(num_classes) <= 255:
-            raise UserError(f"{setting('--num-classes', 'num_classes')}: {num_classes} is out of range; use 1..255")
+            raise UserError(f"{setting('num_classes')}: {num_classes} is out of range; use 1..255")
         k = int(num_classes)
         return DatasetInfo("folder", tuple(f"class_{i}" for i in range(k)), voc_colormap(k))
     try:
@@ -67,8 +67,8 @@ def folder_info(root: str | Path, num_classes: int | None = None) -> DatasetInfo
         raise UserError(f"{meta_path}: {len(names)} classes; at most 255 fit an 8-bit mask beside ignore (255)")
     if num_classes is not None and int(num_classes) != len(names):
         raise UserError(
-            f"{setting('--num-classes', 'num_classes')}: {num_classes} disagrees with the {len(names)} class_names in {meta_path}; "
-            f"drop {setting('the option', 'num_classes')} or fix the file"
+            f"{setting('num_classes')}: {num_classes} disagrees with the {len(names)} class_names in {meta_path}; "
+            f"drop {setting('num_classes')} or fix the file"
         )
     ignore = meta.get("ignore_index", IGNORE_INDEX)
     if ignore != IGNORE_INDEX:

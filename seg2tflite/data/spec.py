@@ -18,7 +18,7 @@ from seg2tflite.data.cityscapes import CITYSCAPES_INFO, CityscapesDataset
 from seg2tflite.data.folder import FolderDataset, folder_info
 from seg2tflite.data.synthetic import SYNTHETIC_INFO, SyntheticConfig, SyntheticDataset
 from seg2tflite.data.voc import VOC_INFO, VOCDataset
-from seg2tflite.errors import UserError
+from seg2tflite.errors import UserError, setting
 
 SPLITS = ("train", "val", "test")
 
@@ -67,7 +67,7 @@ def _parse_size(value: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
-def parse_synthetic_spec(spec: str, option: str = "--data") -> SyntheticConfig:
+def parse_synthetic_spec(spec: str, option: str = "data") -> SyntheticConfig:
     """``synthetic[:key=value,...]`` -> ``SyntheticConfig`` (keys: see ``DATA_SPEC_HELP``)."""
     _, _, options = spec.partition(":")
     values: dict[str, object] = {}
@@ -75,34 +75,38 @@ def parse_synthetic_spec(spec: str, option: str = "--data") -> SyntheticConfig:
         key, eq, raw = item.partition("=")
         key = key.strip()
         if key not in _SYNTHETIC_KEYS or not eq:
-            raise UserError(f"{option} {spec}: bad option {item!r}; use key=value with keys {', '.join(_SYNTHETIC_KEYS)}")
+            raise UserError(
+                f"{setting(option)} {spec}: bad option {item!r}; use key=value with keys {', '.join(_SYNTHETIC_KEYS)}"
+            )
         name, parse = _SYNTHETIC_KEYS[key]
         try:
             values[name] = parse(raw.strip())
         except ValueError:
-            raise UserError(f"{option} {spec}: {key}={raw!r} is not a valid value; e.g. seed=3, size=96x128, train=500") from None
+            raise UserError(
+                f"{setting(option)} {spec}: {key}={raw!r} is not a valid value; e.g. seed=3, size=96x128, train=500"
+            ) from None
     assert set(values) <= {f.name for f in fields(SyntheticConfig)}
     try:
         return SyntheticConfig(**values)
     except UserError as e:
-        raise UserError(f"{option} {spec}: {e}") from None
+        raise UserError(f"{setting(option)} {spec}: {e}") from None
 
 
-def _split_spec(spec: str, option: str = "--data") -> tuple[str, str]:
+def _split_spec(spec: str, option: str = "data") -> tuple[str, str]:
     kind, _, rest = spec.partition(":")
     kind = kind.strip().lower()
     if kind not in KINDS:
-        raise UserError(f"{option} {spec}: unknown dataset kind {kind!r}; use one of {', '.join(KINDS)}")
+        raise UserError(f"{setting(option)} {spec}: unknown dataset kind {kind!r}; use one of {', '.join(KINDS)}")
     if kind != "synthetic" and not rest:
-        raise UserError(f"{option} {spec}: {kind} needs a path, as '{kind}:PATH'")
+        raise UserError(f"{setting(option)} {spec}: {kind} needs a path, as '{kind}:PATH'")
     return kind, rest
 
 
-def load_dataset(spec: str, split: str, num_classes: int | None = None, option: str = "--data") -> SegmentationDataset:
+def load_dataset(spec: str, split: str, num_classes: int | None = None, option: str = "data") -> SegmentationDataset:
     """One split (``train``, ``val`` or ``test``) of the dataset ``spec`` names.
 
     ``num_classes`` is used only by ``folder:`` datasets without a ``dataset.json``; ``option``
-    is the command-line option that gave ``spec``, for the messages.
+    is the setting that gave ``spec`` (``data``, ``calib_data``), for the messages.
     """
     if split not in SPLITS:
         raise UserError(f"split {split!r}: use one of {', '.join(SPLITS)}")
@@ -112,7 +116,7 @@ def load_dataset(spec: str, split: str, num_classes: int | None = None, option: 
     else:
         path = Path(rest).expanduser()
         if not path.exists():
-            raise UserError(f"{path}: does not exist; check the path in {option} {spec}")
+            raise UserError(f"{path}: does not exist; check the path in {setting(option)} {spec}")
         dataset = FolderDataset(path, split, num_classes=num_classes) if kind == "folder" else _READERS[kind](path, split)
     dataset.spec = spec
     return dataset
@@ -124,7 +128,7 @@ def declares_classes(spec: str) -> bool:
     return kind != "folder" or (Path(rest).expanduser() / "dataset.json").is_file()
 
 
-def dataset_info(spec: str, num_classes: int | None = None, option: str = "--data") -> DatasetInfo:
+def dataset_info(spec: str, num_classes: int | None = None, option: str = "data") -> DatasetInfo:
     """Class names and palette of ``spec`` without listing its files."""
     kind, rest = _split_spec(spec, option)
     if kind == "synthetic":
