@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seg2tflite.converters import ConvertConfig, ParityError, convert_model
-from seg2tflite.converters.divergence import compare_tensor, module_path
+from seg2tflite.converters.divergence_tf import compare_tensor, module_path
 from seg2tflite.converters.onnx_export import export_onnx, prepare_onnx
 from seg2tflite.converters.onnx_surgery import apply_workarounds
 from seg2tflite.converters.onnx_to_tf import ConversionError, run_onnx2tf

@@ -19,7 +19,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from seg2tflite.converters.onnx_export import export_onnx, prepare_onnx
-from seg2tflite.converters.onnx_surgery import drop_dead_conv_taps
+from seg2tflite.converters.onnx_rewrites_layout import drop_dead_conv_taps
 from seg2tflite.models import create_model, deploy_form
 
 from model_helpers import randomise_batchnorm

@@ -5,7 +5,7 @@ rewrite it breaks the way the issue saw.
 - float16 NaN: LayerNorm eps 1e-12 rounds to float16 zero; a zero token gives 0/0
   (``float16_safe_epsilons``).
 - ``1 - sigmoid`` between transposes: the TFLite converter swaps the SUB's operands; the locator
-  names that SUB (``constant_minus_tensor``, ``divergence.locate_tflite_divergence``).
+  names that SUB (``constant_minus_tensor``, ``divergence_tflite.locate_tflite_divergence``).
 - fused q/k/v MatMul + Split(axis=-1) on 3-D tokens: onnx2tf splits axis 1 (``split_fused_projections``).
 - MaxUnpool2d: ``torch.onnx.export`` refuses it; exported in the index-free first-maximum form
   (``onnx_export.unpooling_without_indices``).
@@ -23,8 +23,8 @@ from realtime_models import ContextNet, GateNet, PadValueNet, QKVNet, TinyEpsNet
 from seg2tflite.converters import ConvertConfig, convert_model
 from seg2tflite.converters.divergence import float16_weights
 from seg2tflite.converters.onnx_export import export_onnx, prepare_onnx
+from seg2tflite.converters.onnx_rewrites_norms import token_layernorm_as_means
 from seg2tflite.converters.onnx_rewrites_realtime import float16_unsafe
-from seg2tflite.converters.onnx_surgery import token_layernorm_as_means
 from seg2tflite.converters.runtimes import OnnxRunner
 from seg2tflite.converters.stages import FLOAT_STAGES
 from seg2tflite.data import load_dataset
@@ -194,7 +194,7 @@ def test_float16_gate_checks_the_conversion_and_budgets_the_accuracy():
 def test_a_locator_finding_exceeds_the_float32_noise_of_its_tensor():
     """A LayerNorm's 1/std over near-constant tokens: values near 1000 spread by 1e-3. One float32
     step on each is no finding (onnx2tf's float32 rounding); a 1e-3 relative error is."""
-    from seg2tflite.converters.divergence import tensor_tolerance
+    from seg2tflite.converters.divergence_tf import tensor_tolerance
 
     value = (1000 + 1e-3 * np.random.default_rng(0).standard_normal((1, 64, 1))).astype(np.float32)
     step = np.abs(np.nextafter(value, np.float32(np.inf)) - value).max()
