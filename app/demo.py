@@ -18,6 +18,7 @@ from pathlib import Path
 from seg2tflite.app.demo_config import DEFAULT_TRAIN_STEPS, FALLBACK_TRAIN_STEPS, DemoConfig
 from seg2tflite.atomic import atomic_write_text
 from seg2tflite.errors import UserError, setting
+from seg2tflite.eval.run_dir import RunDir
 
 
 def _data_spec(config: DemoConfig, out: Path) -> str:
@@ -27,7 +28,7 @@ def _data_spec(config: DemoConfig, out: Path) -> str:
     from seg2tflite.data import SyntheticDataset, write_folder_dataset
     from seg2tflite.data.spec import parse_synthetic_spec
 
-    data_dir = out / "data"
+    data_dir = RunDir(out).data_dir
     synthetic = parse_synthetic_spec(config.data)
     source = synthetic.to_spec()
     written = data_dir / "dataset.json"
@@ -47,12 +48,12 @@ def _data_spec(config: DemoConfig, out: Path) -> str:
     return f"folder:{data_dir}"
 
 
-def _train(name: str, data: str, config: DemoConfig, model_dir: Path) -> Path:
+def _train(name: str, data: str, config: DemoConfig, run: RunDir) -> Path:
     from seg2tflite.app.train import RESUME_SETTINGS, resume_settings, train
     from seg2tflite.app.train_config import TrainConfig
 
     steps = config.train_steps or DEFAULT_TRAIN_STEPS.get(name, FALLBACK_TRAIN_STEPS)
-    train_dir = model_dir / "train"
+    train_dir = run.train_dir(name)
     train_config = TrainConfig(
         model=name,
         data=data,
@@ -75,20 +76,20 @@ def _train(name: str, data: str, config: DemoConfig, model_dir: Path) -> Path:
         redo = f"delete {train_dir} to train {name} again"
         logged = field(read_json(log, redo), log, redo, "config", kind=dict)
         if {key: logged.get(key) for key in RESUME_SETTINGS} == resume_settings(train_config):
-            return train_dir / "best.safetensors"
+            return run.checkpoint(name)
         train_config.resume = False
     train(train_config)
-    return train_dir / "best.safetensors"
+    return run.checkpoint(name)
 
 
-def _convert(name: str, checkpoint: Path, data: str, config: DemoConfig, model_dir: Path) -> str | None:
+def _convert(name: str, checkpoint: Path, data: str, config: DemoConfig, run: RunDir) -> str | None:
     """Convert with every gate on; return the gate failure as text (None if all passed).
 
     A re-run rebuilds only the stages whose inputs changed (see ``seg2tflite.converters.resume``)."""
     from seg2tflite.converters import ConvertConfig, ParityError, convert_registered
     from seg2tflite.data import load_dataset
 
-    convert_dir = model_dir / "convert"
+    convert_dir = run.conversion(name).path
     convert_config = ConvertConfig(
         input_size=config.model_input_size(name),
         calib_size=config.calib_size,
@@ -119,10 +120,9 @@ def measured_files_key(convert_dir: Path) -> str | None:
     return hashlib.sha256(stages.read_bytes()).hexdigest() if stages.is_file() else None
 
 
-def measured_is_current(model_dir: Path) -> bool:
-    measured = model_dir / "measured.json"
+def measured_is_current(run: RunDir, name: str) -> bool:
     try:
-        return json.loads(measured.read_text()).get("files") == measured_files_key(model_dir / "convert")
+        return json.loads(run.measured_path(name).read_text()).get("files") == measured_files_key(run.conversion(name).path)
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -163,10 +163,11 @@ def run_summary(out: Path, config: DemoConfig, seconds: dict[str, dict[str, floa
 
     models, timings = list(config.models), dict(seconds)
     try:
-        earlier = json.loads((out / "demo.json").read_text())
+        run = RunDir(out)
+        earlier = json.loads(run.summary_path.read_text())
         if earlier["config"]["data"] == config.data:
             kept = [m for m in earlier["config"]["models"] if m not in models and m in list_models()]
-            kept = [m for m in kept if (out / "models" / m / "train" / "best.safetensors").is_file()]
+            kept = [m for m in kept if run.checkpoint(m).is_file()]
             models = kept + models
             timings = {m: earlier.get("seconds", {}).get(m, {}) for m in kept} | timings
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no earlier demo here, or not one we can read
@@ -186,6 +187,7 @@ def run_demo(config: DemoConfig) -> int:
         raise UserError(f"{setting('models')}: unknown {', '.join(unknown)}; choose from {', '.join(list_models())}")
     check_demo_settings(config)
     out = Path(config.out)
+    run = RunDir(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     seconds: dict[str, dict[str, float]] = {}
@@ -193,33 +195,32 @@ def run_demo(config: DemoConfig) -> int:
     data = _data_spec(config, out)
     failures: dict[str, str] = {}
     for name in config.models:
-        model_dir = out / "models" / name
         timings = seconds.setdefault(name, {})
         t = time.perf_counter()
-        checkpoint = _train(name, data, config, model_dir)
+        checkpoint = _train(name, data, config, run)
         timings["train"] = time.perf_counter() - t
         t = time.perf_counter()
-        failure = _convert(name, checkpoint, data, config, model_dir)
+        failure = _convert(name, checkpoint, data, config, run)
         timings["convert"] = time.perf_counter() - t
         if failure:
             failures[name] = failure
-        if not measured_is_current(model_dir):  # measured.json: this model's rows are in the record, for these files
+        if not measured_is_current(run, name):  # measured.json: this model's rows are in the record, for these files
             t = time.perf_counter()
             rows, sample = measure_conversion(
-                model_dir / "convert", data, config.eval_split, model=name, workers=config.workers, limit=config.eval_limit,
+                run.conversion(name).path, data, config.eval_split, model=name, workers=config.workers, limit=config.eval_limit,
                 stage_limits={"int16x8": config.int16x8_eval_images} if config.int16x8_eval_images else None,
                 bench_threads=config.bench_threads, runs=config.bench_runs, run_dir=out, progress=config.progress,
             )  # fmt: skip
             record_results(out, rows, sample)
             timings["measure"] = time.perf_counter() - t
-            files = measured_files_key(model_dir / "convert")
+            files = measured_files_key(run.conversion(name).path)
             measured = {"stages": [r.stage for r in rows], "files": files}
-            atomic_write_text(model_dir / "measured.json", json.dumps(measured) + "\n")
+            atomic_write_text(run.measured_path(name), json.dumps(measured) + "\n")
 
     report = build_report(out)
     total = time.perf_counter() - started
     summary = run_summary(out, config, seconds) | {"total_seconds": total, "gate_failures": failures}
-    atomic_write_text(out / "demo.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(run.summary_path, json.dumps(summary, indent=2) + "\n")
     print((report / "results.md").read_text())
     print(f"demo finished in {total / 60:.1f} min; report in {report}")
     for name, failure in failures.items():

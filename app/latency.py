@@ -24,6 +24,7 @@ from pathlib import Path
 from seg2tflite.atomic import atomic_write_bytes, atomic_write_text
 from seg2tflite.errors import UserError, setting
 from seg2tflite.eval.record import DEPLOY_LATENCY_FILE, run_versions
+from seg2tflite.eval.run_dir import RunDir
 
 STAGES_TIMED = ("pytorch", "float32", "full_int8")
 BLOCK_MS = 250.0  # each artifact's share of a timing turn
@@ -49,7 +50,7 @@ def _models(config: LatencyConfig) -> tuple[str, ...]:
         if unknown:
             raise UserError(f"{setting('models')} {' '.join(unknown)}: unknown; choose from {', '.join(list_models())}")
         return config.models
-    demo = Path(config.run) / "demo.json"
+    demo = RunDir(config.run).summary_path
     if demo.is_file():
         from seg2tflite.models.registry import registered_model
         from seg2tflite.records import field, read_json
@@ -71,7 +72,7 @@ def _convert_at_deploy_size(name: str, out: Path, config: LatencyConfig) -> tupl
     from seg2tflite.models import get_model_config
 
     size = tuple(get_model_config(name).input_size)
-    trained = Path(config.run) / "models" / name / "train" / "best.safetensors"
+    trained = RunDir(config.run).checkpoint(name)
     spec = deploy_data_spec(size, config.calib_size)
     convert = ConvertConfig(input_size=size, variants=("float32", "full_int8"), calib_size=config.calib_size, parity_images=2)
     calib = load_dataset(spec, "train")
@@ -135,9 +136,9 @@ def run_latency(config: LatencyConfig) -> Path:
     run = Path(config.run)
     rows = []
     for name in _models(config):
-        folder, size = _convert_at_deploy_size(name, run / "deploy" / name, config)
+        folder, size = _convert_at_deploy_size(name, RunDir(run).deploy_dir(name), config)
         conversion = ConversionDir(folder)
-        mixed = _mixed_at_deploy_size(run / "models" / name / "convert", conversion, config)
+        mixed = _mixed_at_deploy_size(RunDir(run).conversion(name).path, conversion, config)
         stages = STAGES_TIMED + (("mixed_int8",) if mixed else ())
         paths = [conversion.checkpoint() if stage == "pytorch" else conversion.artifact(stage) for stage in stages]
         in_turns = benchmark_in_turns if config.isolate else measure_in_turns

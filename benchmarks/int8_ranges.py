@@ -27,14 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
+from seg2tflite.eval.run_dir import RunDir
+
 RANGES = ("minmax", "percentile", "mse")
 METHODS = tuple(f"{r}{tag}" for r in RANGES for tag in ("", "+bc"))  # +bc: with bias correction
 
 
 def _data_spec(run: Path) -> str:
-    if not (run / "demo.json").is_file():  # a demo still under way: its synthetic data
+    if not RunDir(run).summary_path.is_file():  # a demo still under way: its synthetic data
         return f"folder:{run / 'data'}"
-    data = json.loads((run / "demo.json").read_text())["config"]["data"]
+    data = RunDir(run).summary()["config"]["data"]
     return f"folder:{run / 'data'}" if data.startswith("synthetic") else data
 
 
@@ -54,10 +56,9 @@ def measure_model(run: Path, model: str, turns: int, threads: int) -> dict:
     """One model of a run: its conversion's SavedModel and calibration images, the run's test split."""
     from seg2tflite.calibration.representative import build_calibration_set
     from seg2tflite.converters.app_io import AppIO
-    from seg2tflite.converters.stages import ConversionDir
     from seg2tflite.data import Preprocess, load_dataset
 
-    folder = ConversionDir(run / "models" / model / "convert")
+    folder = RunDir(run).conversion(model)
     manifest = json.loads(folder.manifest_path.read_text())
     config, pre = manifest["config"], manifest["preprocessing"]
     preprocess = Preprocess(tuple(pre["size"]), tuple(pre["mean"]), tuple(pre["std"]))
@@ -171,9 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--run is required")
     from seg2tflite.converters.manifest import package_versions
 
-    models = args.models or json.loads((args.run / "demo.json").read_text())["config"]["models"]
+    models = args.models or RunDir(args.run).summary()["config"]["models"]
     results = {"command": ["python", "benchmarks/int8_ranges.py", *(argv or sys.argv[1:])], "versions": package_versions()}
-    demo = args.run / "demo.json"
+    demo = RunDir(args.run).summary_path
     results["seed"] = json.loads(demo.read_text())["config"].get("seed") if demo.is_file() else None
     results["models"] = {}
     for model in models:

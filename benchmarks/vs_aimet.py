@@ -27,13 +27,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from int8_ranges import write_record  # noqa: E402
 from vs_litert_torch import ROOT, calibration_images, litert_torch_python  # noqa: E402
 
+from seg2tflite.eval.run_dir import RunDir
+
 VENV = ROOT / ".venv-aimet"
 REQUIREMENTS = Path(__file__).with_name("aimet_requirements.txt")
 CHILD = Path(__file__).with_name("aimet_quantsim.py")
 
 
 def _data_spec(run: Path) -> str:
-    data = json.loads((run / "demo.json").read_text())["config"]["data"]
+    data = RunDir(run).summary()["config"]["data"]
     return f"folder:{run / 'data'}" if data.startswith("synthetic") else data
 
 
@@ -57,7 +59,7 @@ def _pt2e_miou(run: Path, model: str) -> float | None:
 def compare_model(run: Path, model: str, python: Path, reuse: bool = False) -> dict:
     from seg2tflite.data import Preprocess, load_dataset
 
-    convert = run / "models" / model / "convert"
+    convert = RunDir(run).conversion(model).path
     manifest = json.loads((convert / "manifest.json").read_text())
     data = _data_spec(run)
     pre = manifest["preprocessing"]
@@ -70,7 +72,7 @@ def compare_model(run: Path, model: str, python: Path, reuse: bool = False) -> d
         out / "data.npz", calib=calibration_images(manifest, data), images=np.stack([p[0] for p in pairs]).astype(np.float32),
         masks=np.stack([p[1] for p in pairs]), num_classes=test.info.num_classes,
     )  # fmt: skip
-    checkpoint = run / "models" / model / "train" / "best.safetensors"
+    checkpoint = RunDir(run).checkpoint(model)
     if not (reuse and (out / "result.json").is_file()):
         subprocess.run([str(python), str(CHILD), str(checkpoint), "--data", str(out / "data.npz"), "--out", str(out / "result.json")],
                        check=True)  # fmt: skip
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.run is None:
         parser.error("--run is required")
     python = litert_torch_python(args.venv, REQUIREMENTS)
-    models = args.models or json.loads((args.run / "demo.json").read_text())["config"]["models"]
+    models = args.models or RunDir(args.run).summary()["config"]["models"]
     results = {"command": ["python", "benchmarks/vs_aimet.py", *(argv or sys.argv[1:])], "models": {}}
     for model in models:
         results["models"][model] = compare_model(args.run, model, python, args.reuse)

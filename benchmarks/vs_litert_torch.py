@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from seg2tflite.eval.run_dir import RunDir
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".venv-litert-torch"
 REQUIREMENTS = Path(__file__).with_name("litert_torch_requirements.txt")
@@ -161,17 +163,17 @@ class Skipped(Exception):
 def compare_model(model: str, run: Path, size_name: str, python: Path, args) -> dict:
     from seg2tflite.app.latency import deploy_data_spec
 
-    ours_dir = run / "models" / model / "convert" if size_name == "demo" else run / "deploy" / model
+    ours_dir = RunDir(run).conversion(model).path if size_name == "demo" else RunDir(run).deploy_dir(model)
     manifest_path = ours_dir / "manifest.json"
     if not manifest_path.is_file():
         command = "seg2tflite demo" if size_name == "demo" else f"seg2tflite latency --run {run}"
         raise Skipped(f"{ours_dir}: no seg2tflite conversion there; run `{command}` first")
     manifest = json.loads(manifest_path.read_text())
     size = tuple(manifest["preprocessing"]["size"])
-    checkpoint = run / "models" / model / "train" / "best.safetensors"
+    checkpoint = RunDir(run).checkpoint(model)
     if not checkpoint.is_file():
         raise Skipped(f"{checkpoint}: no trained checkpoint; the comparison needs the weights both routes convert")
-    demo = json.loads((run / "demo.json").read_text())["config"]
+    demo = RunDir(run).summary()["config"]
     data_spec = demo["data"] if size_name == "demo" else deploy_data_spec(size, manifest["calibration"]["count"])
     theirs_dir = run / "litert_torch" / size_name / model
     exported = export(python, checkpoint, size, calibration_images(manifest, data_spec), theirs_dir)
@@ -285,11 +287,11 @@ def main() -> None:
     parser.add_argument("--venv", type=Path, default=VENV)
     args = parser.parse_args()
     run = Path(args.run)
-    if not (run / "demo.json").is_file():
+    if not RunDir(run).summary_path.is_file():
         raise SystemExit(f"{run}: not a `seg2tflite demo` run folder (no demo.json)")
     from seg2tflite.eval.record import run_versions
 
-    models = args.models or json.loads((run / "demo.json").read_text())["config"]["models"]
+    models = args.models or RunDir(run).summary()["config"]["models"]
     python = litert_torch_python(args.venv)
     out = run / "litert_torch"
     path = out / "compare.json"

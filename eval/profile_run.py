@@ -17,11 +17,11 @@ import json
 from pathlib import Path
 
 from seg2tflite.atomic import atomic_write_text
-from seg2tflite.converters.stages import STAGES, ConversionDir
+from seg2tflite.converters.stages import STAGES
 from seg2tflite.errors import UserError, setting
 from seg2tflite.eval.profile import Profile, profile_artifact
 from seg2tflite.eval.record import run_versions
-from seg2tflite.records import inside
+from seg2tflite.eval.run_dir import RunDir
 
 PROFILE_FILE = "profile.json"
 TFLITE_STAGES = tuple(k for k, s in STAGES.items() if s.runtime == "litert")
@@ -30,20 +30,6 @@ SKIPPED = {
     "full int8, and every op would be called 18 times; its whole-file latency is in results.md",
 }
 SLOWEST = 5  # single ops kept per file
-
-
-def run_models(run: Path) -> list[str]:
-    """The models of a run: ``demo.json``'s, then any other ``models/M/`` holding a ``convert/``
-    folder (a demo.json written before it listed the run's models named only the last demo's)."""
-    demo, models = run / "demo.json", []
-    if demo.is_file():
-        try:
-            models = list(json.loads(demo.read_text())["config"]["models"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise UserError(f"{demo}: unreadable demo record ({e}); run `seg2tflite demo --out {run}` again") from None
-        models = [inside(run / "models", m, demo).name for m in models]  # names become folders: never ../ or absolute
-    models += sorted(p.parent.name for p in (run / "models").glob("*/convert") if p.is_dir())
-    return list(dict.fromkeys(models))
 
 
 def load_profiles(run: Path) -> dict:
@@ -84,7 +70,7 @@ def run_profile(run: str | Path, models: tuple[str, ...] = (), threads: int = 2,
     from tqdm.auto import tqdm
 
     run = Path(run)
-    present = run_models(run)
+    present = RunDir(run).model_names()
     if not present:
         raise UserError(
             f"{run}: no demo.json and no models/M/convert/ folder; give {setting('run')} a `seg2tflite demo` run folder"
@@ -94,7 +80,7 @@ def run_profile(run: str | Path, models: tuple[str, ...] = (), threads: int = 2,
         raise UserError(f"{setting('models')} {' '.join(unknown)}: not in this run; choose from {', '.join(present)}")
     record = load_profiles(run)  # refused before anything is timed
     chosen = list(dict.fromkeys(models)) or present
-    files = [(m, s, ConversionDir(run / "models" / m / "convert").artifact(s)) for m in chosen for s in TFLITE_STAGES]
+    files = [(m, s, RunDir(run).conversion(m).artifact(s)) for m in chosen for s in TFLITE_STAGES]
     files = [(m, s, path) for m, s, path in files if path.is_file()]
     versions = run_versions()
     profiles = {m: {"threads": threads, "versions": versions, "variants": {}} for m in chosen}

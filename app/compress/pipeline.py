@@ -29,6 +29,7 @@ from seg2tflite.app.compress_config import STUDY_FILE, CompressConfig, Method
 from seg2tflite.atomic import atomic_write_text
 from seg2tflite.converters.stages import ConversionDir
 from seg2tflite.errors import UserError
+from seg2tflite.eval.run_dir import RunDir
 from seg2tflite.models.registry import registered_model
 from seg2tflite.records import read_json
 
@@ -44,7 +45,7 @@ class _Run:
     @classmethod
     def open(cls, run: str | Path) -> _Run:
         out = Path(run)
-        demo = out / "demo.json"
+        demo = RunDir(out).summary_path
         if not demo.is_file():
             raise UserError(f"--run {out}: no demo.json there; run `seg2tflite demo --out {out}` first")
         try:
@@ -60,12 +61,12 @@ class _Run:
                 f"run `seg2tflite demo --out {out}` again to rewrite it"
             ) from None
         if data.startswith("synthetic"):
-            data = f"folder:{out / 'data'}"
-        models = tuple(m for m in models if (out / "models" / m / "train" / "best.safetensors").is_file())
+            data = f"folder:{RunDir(out).data_dir}"
+        models = tuple(m for m in models if RunDir(out).checkpoint(m).is_file())
         return cls(out, data, calib_size, parity_images, models)
 
     def model_dir(self, name: str) -> Path:
-        return self.out / "models" / name
+        return RunDir(self.out).model_dir(name)
 
 
 def _input_size(convert_dir: Path) -> tuple[int, int]:
@@ -129,9 +130,9 @@ def _mixed(run: _Run, name: str, config: CompressConfig, method: Method = MIXED)
     from seg2tflite.data import load_dataset
     from seg2tflite.eval.profile import latency_ms
 
-    base_dir = run.model_dir(name) / "convert"
+    base_dir = RunDir(run.out).conversion(name).path
     compressed = method.kind != "mixed"
-    convert_dir = run.model_dir(name) / "compress" / method.tag / "convert" if compressed else base_dir
+    convert_dir = RunDir(run.out).compress_dir(name, method.tag) / "convert" if compressed else base_dir
     model = f"{name}+{method.tag}" if compressed else name
     settings = {
         "max_miou_drop": config.max_miou_drop, "val_images": config.val_images, "calib_size": run.calib_size,
@@ -181,9 +182,9 @@ def _finetuned(run: _Run, name: str, method: Method, config: CompressConfig) -> 
     from seg2tflite.models.checkpoint import save_checkpoint
     from seg2tflite.models.registry import load_model
 
-    out = run.model_dir(name) / "compress" / method.tag
+    out = RunDir(run.out).compress_dir(name, method.tag)
     checkpoint = out / "model.safetensors"
-    size = _input_size(run.model_dir(name) / "convert")
+    size = _input_size(RunDir(run.out).conversion(name).path)
     settings = {
         "method": method.tag,
         "steps": config.finetune_steps,
@@ -195,7 +196,7 @@ def _finetuned(run: _Run, name: str, method: Method, config: CompressConfig) -> 
     train = load_dataset(run.data, "train")
     finetuned_now = not (log.is_file() and checkpoint.is_file() and json.loads(log.read_text()).get("settings") == settings)
     if finetuned_now:
-        model = load_model(run.model_dir(name) / "train" / "best.safetensors")
+        model = load_model(RunDir(run.out).checkpoint(name))
         finetune = compress.FinetuneConfig(
             config.finetune_steps, config.batch_size, config.finetune_lr, seed=config.seed, input_size=size
         )
@@ -241,7 +242,7 @@ def _calibration_study(run: _Run, name: str, config: CompressConfig) -> dict:
     from seg2tflite.converters.runtimes import tflite_miou
     from seg2tflite.data import load_dataset
 
-    convert_dir = run.model_dir(name) / "convert"
+    convert_dir = RunDir(run.out).conversion(name).path
     preprocess = _preprocess(name, _input_size(convert_dir))
     images, masks = _arrays(load_dataset(run.data, "test"), preprocess, None)
     num_classes = _num_classes(run)
