@@ -59,11 +59,12 @@ def plotted_miou(row: dict, reference: dict | None) -> float | None:
     return round(reference["miou_pct"] + row["miou_delta_pts"], 2)
 
 
-def plot_tradeoff(rows: list[dict], path: str | Path) -> None:
+def plot_tradeoff(rows: list[dict], path: str | Path) -> dict[str, list[tuple]]:
     """mIoU (%) against file size and against median latency; colour = model, marker = stage.
 
     ``rows`` are ``report.table_rows`` dicts. Rows without a latency are left out of that panel;
-    compressed variants (``base_model`` set to another model) have their own plot.
+    compressed variants (``base_model`` set to another model) have their own plot. Returns the
+    points drawn, ``(model, stage, x, mIoU)`` per panel (``file_mb``, ``latency_median_ms``).
     """
     rows = [r for r in rows if r.get("base_model") in (None, r["model"])]
     models = list(dict.fromkeys(r["model"] for r in rows))
@@ -76,10 +77,12 @@ def plot_tradeoff(rows: list[dict], path: str | Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     panels = [("file_mb", "file size (MB, log scale)"), ("latency_median_ms", "median latency at batch 1 (ms, log scale)")]
+    drawn: dict[str, list[tuple]] = {key: [] for key, _ in panels}
     for ax, (key, xlabel) in zip(axes, panels):
         for model in models:
             points = [r for r in rows if r["model"] == model and r[key] is not None and miou(r) is not None]
             for r in points:
+                drawn[key].append((model, r["stage"], r[key], miou(r)))
                 ax.scatter(
                     r[key], miou(r), marker=STAGE_MARKERS.get(r["stage"], "o"), s=70,
                     color=colours[model], edgecolors="black", linewidths=0.5, zorder=3,
@@ -118,6 +121,7 @@ def plot_tradeoff(rows: list[dict], path: str | Path) -> None:
     )
     fig.tight_layout()
     _save(fig, Path(path))
+    return drawn
 
 
 def colourise(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
@@ -180,18 +184,21 @@ def plot_overlays(
     _save(fig, Path(path))
 
 
-def plot_compression(rows: list[dict], path: str | Path) -> None:
+def plot_compression(rows: list[dict], path: str | Path) -> dict[str, list[tuple]]:
     """mIoU (%) against zipped file size, one panel per base model, one colour per compression.
 
     ``rows`` are ``report.compression_rows`` dicts; marker = stage as in ``plot_tradeoff``.
+    Returns the points drawn, ``(variant, stage, zipped MB, mIoU)`` per base model.
     """
     bases = list(dict.fromkeys(r["base_model"] for r in rows))
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     colours = {v: plt.get_cmap("tab10")(i % 10) for i, v in enumerate(variants)}
     markers = {"TFLite float32": "^", "TFLite full int8": "X", "TFLite mixed int8": "h", "PyTorch": "o"}
     fig, axes = plt.subplots(1, len(bases), figsize=(5.2 * len(bases), 4.4), squeeze=False)
+    drawn: dict[str, list[tuple]] = {base: [] for base in bases}
     for ax, base in zip(axes[0], bases):
         for r in (r for r in rows if r["base_model"] == base and r["miou_pct"] is not None):
+            drawn[base].append((r["variant"], r["stage"], r["zip_mb"], r["miou_pct"]))
             ax.scatter(
                 r["zip_mb"], r["miou_pct"], marker=markers.get(r["stage"], "o"), s=70,
                 color=colours[r["variant"]], edgecolors="black", linewidths=0.5, zorder=3,
@@ -220,6 +227,7 @@ def plot_compression(rows: list[dict], path: str | Path) -> None:
     )
     fig.tight_layout()
     _save(fig, Path(path))
+    return drawn
 
 
 def plot_calibration_study(studies: dict[str, dict], path: str | Path) -> None:
