@@ -8,7 +8,7 @@ rewrite it breaks the way the issue saw.
   names that SUB (``constant_minus_tensor``, ``divergence_tflite.locate_tflite_divergence``).
 - fused q/k/v MatMul + Split(axis=-1) on 3-D tokens: onnx2tf splits axis 1 (``split_fused_projections``).
 - MaxUnpool2d: ``torch.onnx.export`` refuses it; exported in the index-free first-maximum form
-  (``onnx_export.unpooling_without_indices``).
+  (``onnx_export_patches.unpooling_without_indices``).
 - a global context block after residual blocks: onnx2tf lays its standalone BatchNorm out wrongly
   (``batchnorm_as_depthwise_conv``).
 - ``F.pad(value=1.0)``: a PADV2 whose float32 constant int16x8 cannot load (``pad_value_as_zero_pad``).
