@@ -246,44 +246,30 @@ def add_convert(sub) -> None:
 
 
 def run_convert(args) -> None:
-    from seg2tflite.app import convert_checks
+    from seg2tflite.converters import checks
     from seg2tflite.converters.config import ConvertConfig
     from seg2tflite.data import load_dataset
 
     # Everything that can be refused is refused here, before the model is built or TensorFlow loaded.
-    repeated = [v for v in dict.fromkeys(args.variants) if args.variants.count(v) > 1]
-    if repeated:
-        raise UserError(f"--variants: {', '.join(repeated)} repeated; name each variant once")
-    if args.onnx is not None and args.checkpoint is not None:
-        raise UserError("--checkpoint: applies to --model; an --onnx file carries its own weights, drop --checkpoint")
-    if args.weights is not None and args.module is None:
-        raise UserError("--weights: applies to --module; use --checkpoint with --model")
     if args.module is not None:
         from seg2tflite.app.user_module import parse_module_spec
 
         parse_module_spec(args.module)
-        if args.checkpoint is not None:
-            raise UserError("--checkpoint: applies to --model; give a --module model its weights with --weights FILE.safetensors")
-        if args.input_size is None:
-            raise UserError(f"--module {args.module}: a model of your own has no registered size; pass --input-size H W")
-    if args.input_size is not None:
-        ConvertConfig(input_size=tuple(args.input_size))
+    checks.check_convert_settings(
+        model=args.model, onnx=args.onnx, module=args.module, checkpoint=args.checkpoint, weights=args.weights,
+        input_size=args.input_size, variants=args.variants,
+    )  # fmt: skip
     calib = load_dataset(args.calib_data, args.calib_split, option="calib_data")
     parity = load_dataset(args.calib_data, args.parity_split, option="calib_data")
     data_classes = calib.info.num_classes
-    if args.num_classes is not None and args.num_classes != data_classes:
-        raise UserError(
-            f"--num-classes {args.num_classes}: {args.calib_data} has {data_classes} classes; "
-            f"pass --num-classes {data_classes} or calibration data with {args.num_classes} classes"
-        )
+    checks.check_data_classes(args.num_classes, args.calib_data, data_classes)
     if args.model is not None:
-        from seg2tflite.models import check_input_size, get_model_config, list_models
+        from seg2tflite.models import check_input_size, get_model_config
 
-        if args.model not in list_models():
-            raise UserError(f"--model {args.model}: unknown model; choose one of {', '.join(list_models())}")
+        checks.check_model_name(args.model)
         size = check_input_size(args.model, args.input_size or get_model_config(args.model).input_size)
         num_classes = (
-            args.num_classes or convert_checks.checkpoint_classes(args.checkpoint, args.calib_data, data_classes) or data_classes
+            args.num_classes or checks.checkpoint_classes(args.checkpoint, args.calib_data, data_classes) or data_classes
         )
     elif args.module is not None:
         from seg2tflite.app.user_module import build_user_model, load_weights
@@ -296,10 +282,12 @@ def run_convert(args) -> None:
         from seg2tflite.converters import resolve_onnx_input_size
 
         size = resolve_onnx_input_size(args.onnx, args.input_size)
-        num_classes = convert_checks.onnx_classes(args.onnx, size, args.calib_data, data_classes)
+        num_classes = checks.onnx_classes(args.onnx, size, args.calib_data, data_classes)
     trained = args.trained if args.trained is not None else (args.checkpoint or args.weights) is not None
     config = config_from_args(ConvertConfig, args, input_size=size, trained=trained)
-    convert_checks.check_convert_memory(args, config, num_classes)
+    checks.check_convert_memory(
+        config, num_classes, model=args.model, onnx=args.onnx, module=args.module, size_given=bool(args.input_size)
+    )
 
     from seg2tflite.converters import convert_model, convert_onnx, convert_registered
     from seg2tflite.models import IMAGENET_MEAN, IMAGENET_STD
