@@ -62,7 +62,7 @@ def plotted_miou(row: dict, reference: dict | None) -> float | None:
 def plot_tradeoff(rows: list[dict], path: str | Path) -> dict[str, list[tuple]]:
     """mIoU (%) against file size and against median latency; colour = model, marker = stage.
 
-    ``rows`` are ``report.table_rows`` dicts. Rows without a latency are left out of that panel;
+    ``rows`` are ``report_rows.table_rows`` dicts. Rows without a latency are left out of that panel;
     compressed variants (``base_model`` set to another model) have their own plot. Returns the
     points drawn, ``(model, stage, x, mIoU)`` per panel (``file_mb``, ``latency_median_ms``).
     """
@@ -187,7 +187,7 @@ def plot_overlays(
 def plot_compression(rows: list[dict], path: str | Path) -> dict[str, list[tuple]]:
     """mIoU (%) against zipped file size, one panel per base model, one colour per compression.
 
-    ``rows`` are ``report.compression_rows`` dicts; marker = stage as in ``plot_tradeoff``.
+    ``rows`` are ``report_rows.compression_rows`` dicts; marker = stage as in ``plot_tradeoff``.
     Returns the points drawn, ``(variant, stage, zipped MB, mIoU)`` per base model.
     """
     bases = list(dict.fromkeys(r["base_model"] for r in rows))
