@@ -246,6 +246,8 @@ def _convert(entry: Entry, out_dir: Path, model):
     parity = load_dataset(entry.calib, entry.parity_split, num_classes=entry.num_classes, option="calib")
     command = f"seg2tflite matrix: entry {entry.name}"
     quiet = {"command": command, "log": None, "progress": False}
+    if entry.kind == "python" and model is None:
+        raise UserError(f"entry {entry.name}: an in-memory model runs only in the process that holds it")
     if model is not None or entry.kind == "module":
         info = {"module": entry.source, "weights_file": entry.weights} if model is None else {}
         if model is None:

@@ -165,8 +165,9 @@ def load_matrix(path: str | Path) -> Matrix:
     return matrix_from_dict(data, path)
 
 
-def matrix_from_dict(data: dict, path: str | Path = "matrix") -> Matrix:
-    """Validate the parsed TOML (or an equal dict); relative paths resolve against ``path``'s folder."""
+def matrix_from_dict(data: dict, path: str | Path = "matrix", python: bool = False) -> Matrix:
+    """Validate the parsed TOML (or an equal dict); relative paths resolve against ``path``'s folder.
+    ``python``: entries may say ``python = true``, their model an in-memory module given to the run."""
     path = Path(path)
     base = path.parent.resolve()
     unknown = sorted(set(data) - {"defaults", "entry"})
@@ -179,7 +180,7 @@ def matrix_from_dict(data: dict, path: str | Path = "matrix") -> Matrix:
     entries = data.get("entry")
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
         raise UserError(f"{path}: no entries; add at least one [[entry]] table naming a model, module, hf folder or onnx file")
-    resolved = [_entry(raw, defaults, base, f"{path}: entry {i + 1}") for i, raw in enumerate(entries)]
+    resolved = [_entry(raw, defaults, base, f"{path}: entry {i + 1}", python) for i, raw in enumerate(entries)]
     names = [e.name for e in resolved]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
@@ -202,15 +203,15 @@ def _merge(defaults: dict, entry: dict) -> dict:
     return merged
 
 
-def _entry(raw: dict, defaults: dict, base: Path, where: str) -> Entry:
+def _entry(raw: dict, defaults: dict, base: Path, where: str, python: bool = False) -> Entry:
     from seg2tflite.converters.stages import VARIANTS
 
     name = raw.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
         raise UserError(f"{where}: name {name!r} is missing or not a plain name; use letters, digits, '_', '-' or '.'")
     where = f"{where.rsplit(': entry', 1)[0]}: entry {name!r}"
-    _check_keys(raw, set(SETTINGS) | set(ENTRY_ONLY), where)
-    sources = [k for k in SOURCES if k in raw]
+    _check_keys(raw, set(SETTINGS) | set(ENTRY_ONLY) | ({"python"} if python else set()), where)
+    sources = [k for k in (*SOURCES, "python") if k in raw]
     if len(sources) != 1:
         raise UserError(f"{where}: name exactly one source ({', '.join(SOURCES)}); it names {', '.join(sources) or 'none'}")
     kind = sources[0]
@@ -220,12 +221,14 @@ def _entry(raw: dict, defaults: dict, base: Path, where: str) -> Entry:
         raise UserError(f"{where}: weights applies to a module; give a registered model its weights with checkpoint = FILE")
     s = _merge(defaults, raw)
 
-    source = _text(raw[kind], f"{where}: {kind}")
+    source = "<in-memory module>" if kind == "python" else _text(raw[kind], f"{where}: {kind}")
     if kind == "model":
         from seg2tflite.models import list_models
 
         if source not in list_models():
             raise UserError(f"{where}: model {source!r} is not registered; choose one of {', '.join(list_models())}")
+    elif kind == "python":
+        pass
     elif kind == "module":
         file, sep, function = source.rpartition(":")
         if not sep or not file or not function.isidentifier():
@@ -274,7 +277,7 @@ def _entry(raw: dict, defaults: dict, base: Path, where: str) -> Entry:
         raise UserError(f"{where}: num_classes {num_classes!r} must be a whole number >= 1")
     mean = _triple(s.get("mean"), f"{where}: mean", positive=False)
     std = _triple(s.get("std"), f"{where}: std", positive=True)
-    trained = s.get("trained", not (kind in ("model", "module") and weights is None))
+    trained = s.get("trained", not (kind in ("model", "module", "python") and weights is None))
     if not isinstance(trained, bool):
         raise UserError(f"{where}: trained must be true or false")
     seed = s.get("seed", 0)
