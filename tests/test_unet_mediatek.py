@@ -1,4 +1,8 @@
-"""MediaTek low-power UNet: config and preprocessing, shapes, parameter counts, additive skips, deploy, chain."""
+"""The MediaTek low-power UNet's own cases: config and preprocessing, the paper size, parameter counts,
+additive skips, the decoder BatchNorm's deploy form, chain.
+
+Shapes, backward, the deploy form's function and weights, size refusal, checkpoints and the ONNX
+export are ``ModelTester``'s (tests/models_base.py), run over every registered model."""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ from torch import nn
 
 from seg2tflite.converters import ParityError
 from seg2tflite.data import Preprocess
-from seg2tflite.errors import UserError
 from seg2tflite.models import create_model, deploy_form, get_model_config
 from seg2tflite.models.unet_mediatek import MediaTekUNet, MediaTekUNetDeploy, ResidualStage, batchnorm_as_conv
 
@@ -101,16 +104,11 @@ def test_skip_is_added_before_batchnorm():
         assert not torch.allclose(step(x, skip), torch.relu(step.bn(step.conv(x))) + skip)
 
 
-def test_size_not_divisible_by_16_is_refused():
-    with pytest.raises(UserError, match=r"220x320.*divisible by 16.*224x320"):
-        create_model("unet_mediatek")(torch.zeros(1, 3, 220, 320))
-
-
 @pytest.mark.parametrize("name", NAMES)
-def test_deploy_form_shares_the_weights(name):
+def test_deploy_form_is_a_unet_with_the_same_modules(name):
     model = create_model(name).eval()
     deployed = deploy_form(model)
-    assert isinstance(deployed, MediaTekUNetDeploy) and deploy_form(deployed) is deployed
+    assert isinstance(deployed, MediaTekUNetDeploy)
     assert deployed.stem is model.stem and deployed.encoder is model.encoder and deployed.head is model.head
     assert all(d.conv is s.conv and d.bn is s.bn for d, s in zip(deployed.decoder, model.decoder))
     assert deployed.state_dict().keys() == model.state_dict().keys()
