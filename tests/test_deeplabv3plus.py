@@ -5,6 +5,7 @@ export are ``ModelTester``'s (tests/models_base.py), run over every registered m
 
 from __future__ import annotations
 
+import copy
 import re
 
 import pytest
@@ -105,11 +106,17 @@ def test_deploy_form_of_a_separable_decoder_is_the_model(xception):
 
 
 def test_dense_decoder_deploys_as_a_deeplab_with_the_same_modules(mobilenet):
-    """The rewrite (taps mixed before the upsampling) keeps the model's decoder and divisor; its
-    function is ``ModelTester``'s deploy-form test."""
+    """The rewrite (taps mixed before the upsampling) keeps the model's decoder and divisor, and is
+    the model's function to float64's precision (1e-10 of the logit range: the same sums, reordered)
+    on a non-square input, where a tap shifted along the wrong axis shows."""
     deploy = deploy_form(mobilenet)
     assert isinstance(deploy, DeepLabV3PlusDeploy) and deploy.decoder is mobilenet.decoder
     assert deploy.size_divisor == mobilenet.size_divisor
+    model = copy.deepcopy(mobilenet).double()
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    with torch.no_grad():
+        reference, rewritten = model(x), deploy_form(model)(x)
+    assert (rewritten - reference).abs().max() <= 1e-10 * (reference.max() - reference.min())
 
 
 @pytest.mark.slow

@@ -2,11 +2,11 @@
 (tests/models_base.py) over every carried model."""
 
 import pytest
-from models_base import ModelTester
 
 from seg2tflite.models import create_model, get_model_config, list_models
 
 from model_helpers import carried_models
+from models_base import ModelTester
 
 ALL_MODELS = list_models()
 
