@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from seg2tflite.converters.onnx_graph import _use_counts
 from seg2tflite.converters.onnx_rewrites_realtime import batchnorm_as_depthwise_conv
 
 
@@ -73,12 +74,7 @@ def fold_affine_into_conv(model: onnx.ModelProto) -> int:
     while changed:
         changed = False
         producers = {out: node for node in graph.node for out in node.output}
-        users: dict[str, int] = {}
-        for node in graph.node:
-            for name in node.input:
-                users[name] = users.get(name, 0) + 1
-        for out in graph.output:
-            users[out.name] = users.get(out.name, 0) + 1
+        users = _use_counts(graph)
         for node in graph.node:
             conv = producers.get(node.input[0]) if node.input else None
             if conv is None or conv.op_type != "Conv" or users.get(conv.output[0], 0) != 1:

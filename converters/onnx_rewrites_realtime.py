@@ -24,6 +24,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from seg2tflite.converters.onnx_graph import _constant
+
 FLOAT16_TINY = float(np.finfo(np.float16).tiny)  # smallest normal float16, 6.1e-5
 NORM_SCALE_LOG2 = 13  # d * 2^13: eps x 2^26 is a normal float16 for any eps >= 1e-12
 
@@ -40,18 +42,6 @@ def _users(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     for out in graph.output:
         users.setdefault(out.name, []).append(None)
     return users
-
-
-def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
-    for init in graph.initializer:
-        if init.name == name:
-            return numpy_helper.to_array(init)
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output[0] == name:
-            for a in node.attribute:
-                if a.name == "value":
-                    return numpy_helper.to_array(a.t)
-    return None
 
 
 def _insert_before(graph: onnx.GraphProto, reader_of: str, new: onnx.NodeProto) -> None:
