@@ -102,3 +102,29 @@ def non_negative_float(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
     return value
+
+
+def add_tflite_options(parser: argparse.ArgumentParser, defaults) -> None:
+    """The options that shape every .tflite file, shared by ``convert`` and ``demo`` (``defaults``:
+    a config with ``image_input``, ``image_output``, ``int8_ranges`` and ``int8_bias_correction``)."""
+    from seg2tflite.converters.int8_ranges import RANGE_METHODS
+
+    parser.add_argument(
+        "--input", dest="image_input", default=defaults.image_input, choices=["float", "uint8"],
+        help="what every .tflite takes: a normalised float image, or RGB uint8 pixels (normalisation in the graph; "
+        "the form MediaPipe's ImageSegmenter loads)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--output", dest="image_output", default=defaults.image_output, choices=["logits", "classes", "lowres"],
+        help="what every .tflite returns: float logits at the input size, the int32 class map (argmax in the graph), "
+        "or the logits at the model's output stride (the final resize left to the app)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--int8-ranges", default=defaults.int8_ranges, choices=RANGE_METHODS,
+        help="how full int8 chooses each activation's range: min/max, the 99.99th percentiles, the least int8 error, "
+        "or auto (the best of the three on held-out calibration images)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--int8-bias-correction", action=argparse.BooleanOptionalAction, default=defaults.int8_bias_correction,
+        help="take the full-int8 weights' mean rounding error on the calibration images out of each layer's bias",
+    )  # fmt: skip

@@ -9,6 +9,7 @@ from seg2tflite.app.cli_options import (
     DATA_SPEC_SHORT,
     Formatter,
     add_input_size,
+    add_tflite_options,
     class_count,
     config_from_args,
     finite_float,
@@ -21,7 +22,6 @@ from seg2tflite.app.cli_options import (
 
 def add(sub) -> None:
     from seg2tflite.converters.config import VARIANTS, ConvertConfig
-    from seg2tflite.converters.int8_ranges import RANGE_METHODS
 
     d = ConvertConfig(input_size=(64, 64))
     p = sub.add_parser(
@@ -78,25 +78,7 @@ def add(sub) -> None:
     )
     p.add_argument("--variants", nargs="+", default=list(d.variants), choices=VARIANTS, help="TFLite variants to build")
     p.add_argument("--int8-io", default=d.int8_io, choices=["int8", "float"], help="input/output type of the full-int8 model")
-    p.add_argument(
-        "--int8-ranges", default=d.int8_ranges, choices=RANGE_METHODS,
-        help="how full int8 chooses each activation's range: min/max, the 99.99th percentiles, the least int8 error, "
-        "or auto (the best of the three on held-out calibration images)",
-    )  # fmt: skip
-    p.add_argument(
-        "--int8-bias-correction", action=argparse.BooleanOptionalAction, default=d.int8_bias_correction,
-        help="take the full-int8 weights' mean rounding error on the calibration images out of each layer's bias",
-    )  # fmt: skip
-    p.add_argument(
-        "--input", dest="image_input", default=d.image_input, choices=["float", "uint8"],
-        help="what every .tflite takes: a normalised float image, or RGB uint8 pixels (normalisation in the graph; "
-        "the form MediaPipe's ImageSegmenter loads)",
-    )  # fmt: skip
-    p.add_argument(
-        "--output", dest="image_output", default=d.image_output, choices=["logits", "classes", "lowres"],
-        help="what every .tflite returns: float logits at the input size, the int32 class map (argmax in the graph), "
-        "or the logits at the model's output stride (the final resize left to the app)",
-    )  # fmt: skip
+    add_tflite_options(p, d)
     p.add_argument(
         "--metadata", action=argparse.BooleanOptionalAction, default=d.metadata,
         help="write TFLite metadata (name, version, normalisation, labels) into every .tflite",

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
-
 from seg2tflite.app.cli_options import (
     DATA_SPEC_SHORT,
     Formatter,
+    add_tflite_options,
     config_from_args,
     non_negative_float,
     non_negative_int,
@@ -17,7 +16,6 @@ from seg2tflite.app.cli_options import (
 
 def add(sub) -> None:
     from seg2tflite.app.demo_config import DEFAULT_TRAIN_STEPS, DemoConfig
-    from seg2tflite.converters.int8_ranges import RANGE_METHODS
 
     d = DemoConfig()
     steps = ", ".join(f"{k} {v}" for k, v in DEFAULT_TRAIN_STEPS.items())
@@ -55,22 +53,7 @@ def add(sub) -> None:
     p.add_argument(
         "--max-miou-drop", type=non_negative_float, default=d.max_miou_drop, help="mIoU points a quantized variant may lose"
     )
-    p.add_argument(
-        "--input", dest="image_input", default=d.image_input, choices=["float", "uint8"],
-        help="what every .tflite takes (see convert --input; uint8: the files MediaPipe's ImageSegmenter loads)",
-    )  # fmt: skip
-    p.add_argument(
-        "--output", dest="image_output", default=d.image_output, choices=["logits", "classes", "lowres"],
-        help="what every .tflite returns (see convert --output)",
-    )  # fmt: skip
-    p.add_argument(
-        "--int8-ranges", default=d.int8_ranges, choices=RANGE_METHODS,
-        help="how full int8 chooses each activation's range (see convert --int8-ranges)",
-    )  # fmt: skip
-    p.add_argument(
-        "--int8-bias-correction", action=argparse.BooleanOptionalAction, default=d.int8_bias_correction,
-        help="take the full-int8 weights' mean error out of the biases (see convert --int8-bias-correction)",
-    )  # fmt: skip
+    add_tflite_options(p, d)
     p.add_argument("--seed", type=non_negative_int, default=d.seed, help="random seed (data, init, training)")
     p.add_argument("--strict", action="store_true", help="exit non-zero when any conversion gate fails")
     p.set_defaults(handler=run)
