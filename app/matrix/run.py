@@ -22,24 +22,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from seg2tflite.app.matrix.runners import TASK_RETRIES, open_runner  # noqa: F401 - TASK_RETRIES: this module's API too
 from seg2tflite.app.matrix.spec import LATENCY_BASELINE, Entry, Matrix
-from seg2tflite.atomic import atomic_path, atomic_write_text
-from seg2tflite.errors import UserError, one_line
+from seg2tflite.app.matrix.tasks import KILL_ONCE, REFERENCE, convert_entry, evaluate_images, time_entry  # noqa: F401 - KILL_ONCE too
+from seg2tflite.atomic import atomic_write_text
+from seg2tflite.errors import UserError
 
-REFERENCE = "onnx"  # the stage every variant's Δ is measured against
 UPSTREAM = ("pytorch", "onnx", "saved_model")  # a broken gate here breaks every cell of the entry
-TASK_RETRIES = 3  # Ray (and the process pool) run a task again when its worker dies
 SHARD_IMAGES = 32  # default images per evaluation task
-KILL_ONCE = "SEG2TFLITE_MATRIX_KILL_ONCE"  # tests: a path; the first task to write its summary dies mid-write
 RECORD, REPORT, JUNIT = "matrix.json", "report.md", "junit.xml"
 
 
@@ -184,157 +180,7 @@ def judge_cell(entry: Entry, variant: str, conversion: dict, evaluations: dict, 
     }
 
 
-# -- conversion task -------------------------------------------------------------------------
-
-
-def node() -> dict:
-    """Which machine (and, under Ray, which node) runs this task."""
-    info = {"host": socket.gethostname(), "pid": os.getpid(), "node_id": None}
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        info["node_id"] = ray.get_runtime_context().get_node_id()
-    info["label"] = info["host"] + (f"/{info['node_id'][:8]}" if info["node_id"] else "")
-    return info
-
-
-def convert_entry(entry: dict, out: str, model=None) -> dict:
-    """Task: the entry's conversion into OUT/entries/NAME/convert/ (resumed when already there);
-    returns (and writes as convert.json) its summary: gate lines per stage, artifacts, sha256s."""
-    from seg2tflite.converters.parity import ParityError
-
-    entry = Entry.from_dict(entry)
-    folder = Path(out) / "entries" / entry.name
-    started = time.perf_counter()
-    summary = {"entry": entry.name, "node": node(), "error": None, "stage_failures": {}, "variant_failures": {}}
-    summary.update(artifacts={}, sha256={}, eval_images=None, class_names=None)
-    result = None
-    try:
-        result = _convert(entry, folder / "convert", model)
-    except ParityError as e:  # the gates, checked after everything was written
-        result = getattr(e, "result", None)
-        if result is None:
-            summary["error"] = one_line(e)
-    except UserError as e:
-        summary["error"] = one_line(e)
-    except Exception as e:  # noqa: BLE001 - the user's model or a library: one line in the cell, the next entry goes on
-        summary["error"] = f"conversion failed: {type(e).__name__}: {one_line(e)}"
-    if result is not None:
-        _summarise(result, entry.variants, summary)
-    if summary["error"] is None:
-        try:
-            from seg2tflite.data import load_dataset
-
-            data = load_dataset(entry.eval, entry.eval_split, num_classes=entry.num_classes, option="eval")
-            n = len(data) if entry.eval_limit is None else min(entry.eval_limit, len(data))
-            summary.update(eval_images=n, class_names=list(data.info.class_names))
-            if n == 0:
-                summary["error"] = f"eval {entry.eval}: the {entry.eval_split} split is empty"
-        except UserError as e:
-            summary["error"] = one_line(e)
-    summary["seconds"] = time.perf_counter() - started
-    _write_summary(folder / "convert.json", summary)
-    return summary
-
-
-def _convert(entry: Entry, out_dir: Path, model):
-    from seg2tflite.converters import convert_model, convert_onnx, convert_registered
-    from seg2tflite.data import load_dataset
-    from seg2tflite.models import IMAGENET_MEAN, IMAGENET_STD
-
-    config = entry.convert_config()
-    calib = load_dataset(entry.calib, entry.calib_split, num_classes=entry.num_classes, option="calib")
-    parity = load_dataset(entry.calib, entry.parity_split, num_classes=entry.num_classes, option="calib")
-    command = f"seg2tflite matrix: entry {entry.name}"
-    quiet = {"command": command, "log": None, "progress": False}
-    if entry.kind == "python" and model is None:
-        raise UserError(f"entry {entry.name}: an in-memory model runs only in the process that holds it")
-    if model is not None or entry.kind == "module":
-        info = {"module": entry.source, "weights_file": entry.weights} if model is None else {}
-        if model is None:
-            from seg2tflite.app.user_module import build_user_model, load_weights
-
-            model = build_user_model(entry.source)
-            if entry.weights:
-                load_weights(model, entry.weights)
-        return convert_model(model, out_dir, config, calib, parity, mean=entry.mean, std=entry.std, model_info=info, **quiet)
-    if entry.kind == "model":
-        classes = entry.num_classes or (None if entry.weights else calib.info.num_classes)
-        return convert_registered(
-            entry.source, out_dir, config, calib, parity, num_classes=classes, checkpoint=entry.weights, seed=entry.seed,
-            mean=entry.mean, std=entry.std, **quiet,
-        )  # fmt: skip
-    if entry.kind == "hf":
-        model, mean, std = _hugging_face(entry)
-        if "upsample_logits" not in entry.convert:  # Hugging Face heads return 1/4-resolution logits
-            from dataclasses import replace
-
-            config = replace(config, upsample_logits=True)
-        return convert_model(model, out_dir, config, calib, parity, mean=mean, std=std, model_info={"hf": entry.source}, **quiet)
-    mean, std = entry.mean or IMAGENET_MEAN, entry.std or IMAGENET_STD
-    return convert_onnx(entry.source, out_dir, config, calib, parity, mean=tuple(mean), std=tuple(std), **quiet)
-
-
-def _hugging_face(entry: Entry):
-    """A Hugging Face segmentation checkpoint folder, read offline, with its own normalisation."""
-    try:
-        from transformers import AutoModelForSemanticSegmentation
-    except ImportError:
-        raise UserError(f"entry {entry.name}: hf needs the transformers package; pip install transformers") from None
-    model = AutoModelForSemanticSegmentation.from_pretrained(entry.source, local_files_only=True).eval()
-    mean, std = entry.mean, entry.std
-    processor = Path(entry.source) / "preprocessor_config.json"
-    if processor.is_file() and (mean is None or std is None):
-        settings = json.loads(processor.read_text())
-        mean = mean or tuple(settings.get("image_mean") or ()) or None
-        std = std or tuple(settings.get("image_std") or ()) or None
-    return model, mean, std
-
-
-def _summarise(result, variants: tuple[str, ...], summary: dict) -> None:
-    from seg2tflite.records import sha256_file
-
-    for name, stage in result.parity.stages.items():
-        if stage.failures:
-            summary["stage_failures"][name] = list(stage.failures)
-    for variant, failure in result.variant_failures.items():
-        step, reason = failure.get("step", ""), failure.get("reason", "")
-        summary["variant_failures"][variant] = f"{variant}: not built ({step}: {reason})"
-    for stage, path in result.artifacts.items():
-        path = Path(path)
-        if path.is_file() and (stage == REFERENCE or stage in variants):
-            summary["artifacts"][stage] = str(path)
-            summary["sha256"][stage] = sha256_file(path)
-
-
-def _write_summary(path: Path, summary: dict) -> None:
-    data = (json.dumps(summary, indent=2, default=str) + "\n").encode()
-    with atomic_path(path) as tmp:
-        kill = os.environ.get(KILL_ONCE)
-        if kill and not Path(kill).exists():  # the tests' killed worker: half the file, then SIGKILL
-            Path(kill).write_text(f"{os.getpid()}\n")
-            with open(tmp, "wb") as f:
-                f.write(data[: len(data) // 2])
-                f.flush()
-                os.kill(os.getpid(), signal.SIGKILL)
-        tmp.write_bytes(data)
-
-
 # -- evaluation tasks ------------------------------------------------------------------------
-
-
-def evaluate_images(entry: dict, stage: str, artifact: str, indices: list[int]) -> dict:
-    """Task: one shard of one stage's evaluation: its confusion matrix and image digests."""
-    from seg2tflite.eval.evaluate import evaluate_shard
-
-    entry = Entry.from_dict(entry)
-    started = time.perf_counter()
-    try:
-        matrix, digests = evaluate_shard(artifact, entry.eval, entry.eval_split, indices, threads=1)
-    except UserError as e:
-        return {"error": f"{stage}: evaluation refused: {one_line(e)}", "node": node()}
-    except Exception as e:  # noqa: BLE001 - a runtime's own error: one line in the cell
-        return {"error": f"{stage}: evaluation failed: {type(e).__name__}: {one_line(e)}", "node": node()}
-    return {"matrix": matrix, "digests": digests, "node": node(), "seconds": time.perf_counter() - started}
 
 
 def _evaluate(entries: dict, summaries: dict, out: Path, runner, shard_images: int, say) -> dict:
@@ -400,16 +246,6 @@ def _read_cache(path: Path, key: str) -> dict | None:
 # -- latency tasks ---------------------------------------------------------------------------
 
 
-def time_entry(paths: dict) -> dict:
-    """Task: the median time of each file (batch 1, one thread, each in a fresh process), on one node."""
-    from seg2tflite.eval.bench import benchmark_artifact
-
-    try:
-        return {stage: benchmark_artifact(path, threads=1, warmup=3, runs=20).median_ms for stage, path in paths.items()}
-    except UserError as e:
-        return {"error": f"latency: {one_line(e)}"}
-
-
 def _latency(entries: dict, summaries: dict, out: Path, runner, say) -> dict:
     latency, jobs = {}, []
     for name, entry in entries.items():
@@ -430,90 +266,3 @@ def _latency(entries: dict, summaries: dict, out: Path, runner, say) -> dict:
         if "error" not in medians:
             atomic_write_text(out / "entries" / name / "latency.json", json.dumps({"key": key, "metrics": medians}) + "\n")
     return latency
-
-
-# -- runners ---------------------------------------------------------------------------------
-
-
-def open_runner(ray: str | None, workers: int):
-    if ray:
-        return RayRunner(ray)
-    return PoolRunner(workers) if workers > 1 else InlineRunner()
-
-
-class InlineRunner:
-    """Every task in this process, one after the other (the sequential reference)."""
-
-    name = "this process"
-
-    def map(self, fn, args: list[tuple], kind: str) -> list:
-        return [fn(*a) for a in args]
-
-    def close(self) -> None:
-        pass
-
-
-class PoolRunner:
-    """Tasks in ``workers`` spawned processes; the tasks of a pool whose worker died run again in a fresh pool."""
-
-    def __init__(self, workers: int):
-        self.workers = workers
-        self.name = f"a pool of {workers} processes"
-
-    def map(self, fn, args: list[tuple], kind: str) -> list:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-        from concurrent.futures.process import BrokenProcessPool
-
-        results: dict[int, object] = {}
-        for attempt in range(TASK_RETRIES + 1):
-            todo = [i for i in range(len(args)) if i not in results]
-            if not todo:
-                break
-            with ProcessPoolExecutor(min(self.workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = {i: pool.submit(fn, *args[i]) for i in todo}
-                for i, future in futures.items():
-                    try:
-                        results[i] = future.result()
-                    except BrokenProcessPool:
-                        if attempt == TASK_RETRIES:
-                            raise UserError(
-                                f"matrix: a {kind} worker died {TASK_RETRIES + 1} times; rerun with --workers 1"
-                            ) from None
-        return [results[i] for i in range(len(args))]
-
-    def close(self) -> None:
-        pass
-
-
-class RayRunner:
-    """Tasks on Ray: ``local`` starts Ray on this machine's cores, anything else is a cluster address."""
-
-    def __init__(self, address: str):
-        try:
-            import ray
-        except ImportError:
-            raise UserError('--ray: Ray is not installed; pip install "seg2tflite[ray]" (plain ray, not ray[default])') from None
-        self.ray = ray
-        self.started = not ray.is_initialized()
-        if self.started:
-            settings = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-            try:
-                if address == "local":
-                    ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=200 * 2**20, **settings)
-                else:
-                    ray.init(address=address, **settings)
-            except (ConnectionError, ValueError, RuntimeError) as e:
-                raise UserError(f"--ray {address}: cannot join Ray ({one_line(e)}); start it with `ray start --head`") from None
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        self.name = f"Ray ({address}, {len(nodes)} node{'s' * (len(nodes) != 1)})"
-
-    def map(self, fn, args: list[tuple], kind: str) -> list:
-        if not args:
-            return []
-        remote = self.ray.remote(num_cpus=1, max_retries=TASK_RETRIES, scheduling_strategy="SPREAD")(fn)
-        return self.ray.get([remote.remote(*a) for a in args])
-
-    def close(self) -> None:
-        if self.started:
-            self.ray.shutdown()

@@ -5,8 +5,7 @@ keys override the defaults (tables such as ``max_miou_drop`` merge key by key). 
 exactly one source: ``model`` (a registered name, ``checkpoint`` optional), ``module``
 (``FILE.py:FUNCTION``, ``weights`` optional), ``hf`` (a Hugging Face checkpoint folder) or
 ``onnx`` (a file). Relative paths, data spec paths included, are relative to the matrix file.
-Every refusal is one line naming the file, the entry and the key. Reading a matrix imports no
-PyTorch and no TensorFlow (pytest collects from it).
+Every refusal is one line naming the file, the entry and the key; reading imports no PyTorch or TF.
 """
 
 from __future__ import annotations
@@ -54,7 +53,6 @@ DEFAULT_VARIANTS = ("float32", "float16", "dynamic_int8", "full_int8")
 LATENCY_BASELINE = "float32"  # max_latency_ratio: a variant's median time over this variant's
 SPLITS = ("train", "val", "test")
 
-# key -> what it holds, for the one-line "unknown key" refusal and the docs
 SETTINGS = {
     "input_size": "[H, W]",
     "variants": "list of TFLite variants",
@@ -144,9 +142,6 @@ class Matrix:
     @property
     def cells(self) -> list[tuple[str, str]]:
         return [cell for entry in self.entries for cell in entry.cells]
-
-    def entry(self, name: str) -> Entry:
-        return next(e for e in self.entries if e.name == name)
 
 
 def load_matrix(path: str | Path) -> Matrix:
