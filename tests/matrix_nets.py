@@ -6,6 +6,10 @@ computes the same, but through a weight of 2**-26, which float16 cannot hold (it
 float16 file predicts the background everywhere, a planted error only the float16 cell must catch.
 """
 
+import os
+import signal
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
@@ -52,6 +56,31 @@ def _head(conv: nn.Conv2d, scale: float) -> nn.Conv2d:
 
 def level_net():
     return _head(nn.Conv2d(3, len(LEVELS), 1), 1.0).eval()
+
+
+DIE_ONCE = "MATRIX_NETS_DIE_ONCE"
+
+
+class _DiesOnce(nn.Module):
+    """``level_net`` whose process is killed (SIGKILL, as a native crash or the kernel's OOM killer
+    would) at its third forward call, once: when ``$MATRIX_NETS_DIE_ONCE`` names a file that does
+    not exist yet, the dying process writes its pid there first."""
+
+    def __init__(self):
+        super().__init__()
+        self.net, self.calls = level_net(), 0
+
+    def forward(self, x):
+        self.calls += 1
+        marker = os.environ.get(DIE_ONCE)
+        if marker and self.calls == 3 and not Path(marker).exists():
+            Path(marker).write_text(f"{os.getpid()}\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.net(x)
+
+
+def level_net_dies_once():
+    return _DiesOnce().eval()
 
 
 def fragile_net():

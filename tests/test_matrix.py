@@ -2,8 +2,8 @@
 pytest example, Ray): two small models, two variants, one planted error (``matrix_nets``)."""
 
 import json
-import os
 import re
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from seg2tflite.app.cli import main
-from seg2tflite.app.matrix.run import KILL_ONCE, run_matrix
+from seg2tflite.app.matrix.run import run_matrix
 from seg2tflite.app.matrix.spec import load_matrix
 
-from matrix_nets import write_levels
+from matrix_nets import DIE_ONCE, write_levels
 
 pytestmark = pytest.mark.chain
 NETS = Path(__file__).with_name("matrix_nets.py")
@@ -120,14 +120,17 @@ def test_ray_on_two_local_nodes_spreads_cells_retries_a_killed_worker_and_gives_
 
     _, _, record = sequential
     killed = tmp_path / "killed"
-    monkeypatch.setenv(KILL_ONCE, str(killed))  # the nodes' workers inherit it: the first summary write dies
+    monkeypatch.setenv(DIE_ONCE, str(killed))  # the nodes' workers inherit it: the model kills its worker, once
+    dying = tmp_path / "matrix.toml"
+    dying.write_text(matrix_file.read_text().replace(':level_net"', ':level_net_dies_once"'))
+    shutil.copytree(matrix_file.parent / "data", tmp_path / "data")
     settings = {"num_cpus": 1, "object_store_memory": 100 * 2**20, "include_dashboard": False}
     cluster = Cluster(initialize_head=True, head_node_args={**settings, "resources": {"node_a": 1}})
     try:
         cluster.add_node(**settings, resources={"node_b": 1})
         ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
         out = tmp_path / "out"
-        result = run_matrix(load_matrix(matrix_file), out, ray=cluster.address, shard_images=4, log=None)
+        result = run_matrix(load_matrix(dying), out, ray=cluster.address, shard_images=4, log=None)
         nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     finally:
         ray.shutdown()
@@ -139,10 +142,10 @@ def test_ray_on_two_local_nodes_spreads_cells_retries_a_killed_worker_and_gives_
     eval_nodes = {label for c in result.cells for label in c["nodes"]["evaluate"]}
     assert convert_nodes <= nodes and len(convert_nodes | {label.split("/")[-1] for label in eval_nodes}) >= 2
     assert len({label for label in eval_nodes}) == 2, eval_nodes  # shards ran on both nodes
-    # the killed worker: its task ran again, and no half-written file or temporary is left
+    # the killed worker: its conversion ran again in another, and no half-written file or temporary is left
     dead_pid = int(killed.read_text())
     assert dead_pid not in {conversions[e]["conversion"]["node"]["pid"] for e in conversions}
     for entry in conversions:
         assert json.loads((out / "entries" / entry / "convert.json").read_text())["entry"] == entry
     assert not [p for p in out.rglob("*") if p.name.startswith(".seg2tflite-")], "a temporary was left behind"
-    assert os.environ.get(KILL_ONCE) == str(killed)
+    assert conversions["levels"]["conversion"]["node"]["pid"] != dead_pid

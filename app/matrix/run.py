@@ -30,7 +30,7 @@ from pathlib import Path
 
 from seg2tflite.app.matrix.runners import TASK_RETRIES, open_runner  # noqa: F401 - TASK_RETRIES: this module's API too
 from seg2tflite.app.matrix.spec import LATENCY_BASELINE, Entry, Matrix
-from seg2tflite.app.matrix.tasks import KILL_ONCE, REFERENCE, convert_entry, evaluate_images, time_entry  # noqa: F401 - KILL_ONCE too
+from seg2tflite.app.matrix.tasks import REFERENCE, convert_entry, evaluate_images, time_entry
 from seg2tflite.atomic import atomic_write_text
 from seg2tflite.errors import UserError
 

@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import sys
 import time
 from pathlib import Path
 
 from seg2tflite.app.matrix.spec import Entry
-from seg2tflite.atomic import atomic_path
+from seg2tflite.atomic import atomic_write_text
 from seg2tflite.errors import UserError, one_line
 
 REFERENCE = "onnx"  # the stage every variant's Δ is measured against
-KILL_ONCE = "SEG2TFLITE_MATRIX_KILL_ONCE"  # tests: a path; the first task to write its summary dies mid-write
 
 
 # -- conversion task -------------------------------------------------------------------------
@@ -144,16 +142,7 @@ def _summarise(result, variants: tuple[str, ...], summary: dict) -> None:
 
 
 def _write_summary(path: Path, summary: dict) -> None:
-    data = (json.dumps(summary, indent=2, default=str) + "\n").encode()
-    with atomic_path(path) as tmp:
-        kill = os.environ.get(KILL_ONCE)
-        if kill and not Path(kill).exists():  # the tests' killed worker: half the file, then SIGKILL
-            Path(kill).write_text(f"{os.getpid()}\n")
-            with open(tmp, "wb") as f:
-                f.write(data[: len(data) // 2])
-                f.flush()
-                os.kill(os.getpid(), signal.SIGKILL)
-        tmp.write_bytes(data)
+    atomic_write_text(path, json.dumps(summary, indent=2, default=str) + "\n")
 
 
 # -- evaluation and latency tasks ----------------------------------------------------------
