@@ -1,7 +1,7 @@
 """The matrix's evaluation on Ray: the demo's six families on one and on two local Ray workers.
 
 Reads a demo run folder (``seg2tflite demo --out RUN``): every ``RUN/models/M/convert/model_V.tflite``
-(int16x8 left out: its reference kernels take seconds an image) is evaluated on the run's test split
+(int16x8 included: LiteRT runs it on its reference kernels, tens of times slower) is evaluated on the run's test split
 (``RUN/demo.json``'s data spec) in shards of ``--shard-images`` images, as ``seg2tflite matrix
 --ray`` does (``seg2tflite.app.matrix.run.evaluate_images``), once on a local Ray of one worker and
 once of two. Prints the wall times and their ratio, checks both runs give the same confusion
@@ -9,7 +9,8 @@ matrices, measures each (model, variant)'s per-image cost, and estimates from it
 validation set of ``--images`` images on ``--nodes`` nodes of ``--cores`` cores (the per-image
 costs summed over the cells, divided by the cores; conversions and data loading left out).
 
-    python benchmarks/matrix_ray.py --run runs/demo --images 2000 --nodes 8 --cores 16 --record results/matrix_ray.json
+    python benchmarks/matrix_ray.py --run runs/demo --limit 20 --images 2000 --nodes 8 --cores 16 --record results/matrix_ray.json
+    python benchmarks/matrix_ray.py --render results/matrix_ray.json
 
 A benchmark, not a test: not part of the default test run.
 """
@@ -19,10 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
-SKIP = ("int16x8",)
+SKIP: tuple[str, ...] = ()  # variants left out
 
 
 def cells(run: Path, models: list[str] | None) -> list[tuple[str, str, Path]]:
@@ -75,7 +77,28 @@ def _entry(base: dict) -> dict:
     }  # fmt: skip
 
 
+def render(record: dict) -> str:
+    """The record as the Markdown table docs/matrix.md shows: wall times, then per-image costs."""
+    walls, estimate = record["wall_seconds"], record["estimate"]
+    lines = [
+        "| Ray workers | wall (s) | ratio |",
+        "| --: | --: | --: |",
+        f"| 1 | {walls['1']:.1f} | 1.00 |",
+        f"| 2 | {walls['2']:.1f} | {record['ratio']:.2f} |",
+        "",
+        f"| model | variant | ms per image (one thread) | core-hours for {estimate['images']} images |",
+        "| --- | --- | --: | --: |",
+    ]
+    for name, seconds in record["per_image_seconds"].items():
+        model, variant = name.split(" ")
+        lines.append(f"| `{model}` | {variant} | {1000 * seconds:.1f} | {seconds * estimate['images'] / 3600:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--render"]:
+        print(render(json.loads(Path(sys.argv[2]).read_text())), end="")
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, help="demo run folder")
     parser.add_argument("--models", nargs="+", default=None, help="models of the run (default: all)")
@@ -88,9 +111,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from seg2tflite.data import load_dataset
+    from seg2tflite.eval.run_dir import RunDir
 
     run = Path(args.run)
-    data = json.loads((run / "demo.json").read_text())["config"]["data"]
+    data = RunDir(run).summary()["config"]["data"]
+    if data.startswith("synthetic"):  # the demo wrote it to RUN/data
+        data = f"folder:{RunDir(run).data_dir}"
     n = len(load_dataset(data, "test"))
     n = min(n, args.limit) if args.limit else n
     jobs = cells(run, args.models)
@@ -113,9 +139,10 @@ def main() -> None:
     )
     if args.record:
         from seg2tflite.atomic import atomic_write_text
+        from seg2tflite.eval.record import run_versions
 
         record = {
-            "run": str(run), "data": data, "test_images": n, "shard_images": args.shard_images, "cores_here": os.cpu_count(),
+            "command": ["python", "benchmarks/matrix_ray.py", *sys.argv[1:]], "versions": run_versions(), "run": str(run), "data": data, "test_images": n, "shard_images": args.shard_images, "cores_here": os.cpu_count(),
             "wall_seconds": {str(k): v for k, v in walls.items()}, "ratio": walls[1] / walls[2], "same_figures": bool(same),
             "per_image_seconds": per_image,
             "estimate": {"images": args.images, "nodes": args.nodes, "cores": args.cores, "minutes": estimate / 60},

@@ -24,6 +24,7 @@ from seg2tflite.eval.record import RECORD_FILE, SCHEMA, load_predictions, load_r
 from seg2tflite.eval.report_md import (
     render_compression_md,
     render_deploy_latency_md,
+    render_glance_md,
     render_per_class_md,
     render_profile_md,
     render_results_md,
@@ -62,6 +63,7 @@ def build_report(run_dir: str | Path) -> Path:
     rows = table_rows(record)
     atomic_write_text(out / "results.md", render_results_md(record))
     atomic_write_text(out / "summary.md", render_summary_md(record))
+    atomic_write_text(out / "glance.md", render_glance_md(record))
     atomic_write_text(out / "results.csv", _csv_text(rows, list(rows[0])))
     report_json = {"schema": SCHEMA, "created": record.created, "versions": record.versions, "rows": rows}
     atomic_write_text(out / "results.json", json.dumps(report_json, indent=2) + "\n")

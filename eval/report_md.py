@@ -162,6 +162,32 @@ def render_summary_md(record: RunRecord) -> str:
     ])  # fmt: skip
 
 
+GLANCE_STAGES = ("float32", "float16", "dynamic_int8", "full_int8", "int16x8")
+
+
+def render_glance_md(record: RunRecord) -> str:
+    """One row per model: its PyTorch mIoU, every TFLite file's Δ against it, and what full int8
+    gives for it (size and median time against float32's)."""
+    rows = table_rows(record)
+    by_model: dict[str, dict[str, dict]] = {}
+    for t in rows:
+        if t.get("base_model") in (None, t["model"]):
+            by_model.setdefault(t["model"], {})[t["stage"]] = t
+    header = ["model", "input", "PyTorch mIoU (%)", *(f"Δ {label(s).removeprefix('TFLite ')}" for s in GLANCE_STAGES)]
+    header += ["full int8 MB (float32 MB)", "full int8 / float32 ms"]
+    body = []
+    for model, stages in by_model.items():
+        f32, int8 = stages.get("float32", {}), stages.get("full_int8", {})
+        ms = (int8.get("latency_median_ms"), f32.get("latency_median_ms"))
+        body.append([
+            f"`{model}`", stages.get(REFERENCE, f32).get("input_size", "-"), _fmt(stages.get(REFERENCE, {}).get("miou_pct"), ".2f"),
+            *(_signed(stages[s]["miou_delta_pts"]) if s in stages else "-" for s in GLANCE_STAGES),
+            f"{_fmt(int8.get('file_mb'), '.2f')} ({_fmt(f32.get('file_mb'), '.2f')})",
+            _fmt(ms[0] / ms[1], ".2f") if None not in ms else "-",
+        ])  # fmt: skip
+    return _md_table(header, body, ["---", "---"] + ["--:"] * (len(header) - 2)) + "\n"
+
+
 def _runtimes(rows: list[dict]) -> str:
     return ", ".join(dict.fromkeys(t["runtime"] for t in rows)) or "?"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from seg2tflite.app.cli_options import Formatter, positive_int
 from seg2tflite.app.matrix.run import SHARD_IMAGES
 
@@ -41,7 +43,10 @@ def run(args) -> None:
     matrix = load_matrix(args.file)
     if args.ray and args.workers > 1:
         raise UserError("--workers: applies without --ray; Ray decides how many tasks run at once")
-    result = run_matrix(matrix, args.out, ray=args.ray, workers=args.workers, shard_images=args.shard_images)
+    result = run_matrix(
+        matrix, args.out, ray=args.ray, workers=args.workers, shard_images=args.shard_images,
+        command=["seg2tflite", *sys.argv[1:]],
+    )  # fmt: skip
     print()
     print(render_table(result.record))
     print(f"record {result.out / 'matrix.json'}, table {result.out / 'report.md'}, JUnit {result.out / 'junit.xml'}")

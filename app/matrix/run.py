@@ -62,10 +62,12 @@ def run_matrix(
     shard_images: int = SHARD_IMAGES,
     models: dict | None = None,
     log: Callable[[str], None] | None = print,
+    command: list[str] | None = None,
 ) -> MatrixRun:
     """Convert, evaluate and judge every cell of ``matrix`` into ``out``; write the record
     (``matrix.json``), the table (``report.md``) and JUnit XML (``junit.xml``). ``models`` maps an
-    entry name to an in-memory PyTorch module (the pytest fixture; this process only)."""
+    entry name to an in-memory PyTorch module (the pytest fixture; this process only); ``command``
+    is what the record says ran it (default: this process's arguments)."""
     from seg2tflite.app.matrix.report import render_junit, render_table
 
     say = log or (lambda message: None)
@@ -99,7 +101,7 @@ def run_matrix(
         "matrix": str(Path(matrix.path).resolve()) if matrix.path else None,
         "out": str(out),
         "runner": runner.name,
-        "command": sys.argv,
+        "command": command or sys.argv,
         "versions": package_versions(),
         "seconds": time.perf_counter() - started,
         "entries": {name: {"spec": entries[name].to_dict(), "conversion": summaries[name]} for name in entries},
