@@ -149,3 +149,30 @@ def test_ray_on_two_local_nodes_spreads_cells_retries_a_killed_worker_and_gives_
         assert json.loads((out / "entries" / entry / "convert.json").read_text())["entry"] == entry
     assert not [p for p in out.rglob("*") if p.name.startswith(".seg2tflite-")], "a temporary was left behind"
     assert conversions["levels"]["conversion"]["node"]["pid"] != dead_pid
+
+
+def test_a_process_pool_gives_the_sequential_figures_and_a_latency_ceiling_fails_its_cell(sequential, matrix_file, tmp_path):
+    """``--workers 2``: the evaluations in a pool of two processes give the figures of the run in
+    this process; a latency ceiling no file can meet (1e-6 of float32's time) fails exactly its cell,
+    with the measured times in its line."""
+    _, out, record = sequential
+    for entry in ("levels", "fragile"):  # the conversions resume; the evaluations run again, in the pool
+        shutil.copytree(out / "entries" / entry / "convert", tmp_path / "out" / "entries" / entry / "convert")
+    (tmp_path / "data").symlink_to(matrix_file.parent / "data")
+    text = matrix_file.read_text().replace('name = "levels"', 'name = "levels"\nmax_latency_ratio = { float16 = 1e-6 }')
+    (tmp_path / "matrix.toml").write_text(text)
+    result = run_matrix(load_matrix(tmp_path / "matrix.toml"), tmp_path / "out", workers=2, log=None)
+    assert result.record["runner"] == "a pool of 2 processes"
+    pool = {(c["entry"], c["variant"]): c for c in result.cells}
+    for cell in record["cells"]:
+        assert {k: pool[(cell["entry"], cell["variant"])][k] for k in ("miou", "reference_miou", "eval_images")} == {
+            k: cell[k] for k in ("miou", "reference_miou", "eval_images")
+        }
+    slow = pool[("levels", "float16")]
+    assert not slow["passed"] and slow["max_latency_ratio"] == 1e-6 and slow["latency_ratio"] > 1e-6
+    assert re.match(r"float16: median [\d.]+ ms is [\d.]+x float32's [\d.]+ ms \(ceiling 1e-06x\)$", slow["gate"]), slow["gate"]
+    assert pool[("levels", "float32")]["passed"]
+    assert [(c["entry"], c["variant"]) for c in result.cells if not c["passed"]] == [
+        ("levels", "float16"),
+        ("fragile", "float16"),
+    ]
