@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from seg2tflite.app.compress_config import Method
+from seg2tflite.app.flags import flag_wording
 from seg2tflite.calibration.representative import build_calibration_set
 from seg2tflite.calibration.select import select_calibration, select_random
 from seg2tflite.converters.int8_mixed import (
@@ -143,7 +144,10 @@ def test_search_with_no_budget_tries_op_types_and_keeps_the_best(calibrated):
 
 
 def test_mixed_precision_config_refuses_bad_values():
-    with pytest.raises(UserError, match="--max-miou-drop"):
+    """Named as the caller gave it: the Python argument, or the flag on the command line."""
+    with pytest.raises(UserError, match="^max_miou_drop: -1 must be >= 0 points$"):
+        MixedPrecisionConfig(max_miou_drop=-1)
+    with flag_wording(), pytest.raises(UserError, match="^--max-miou-drop: -1 must be >= 0 points$"):
         MixedPrecisionConfig(max_miou_drop=-1)
 
 
@@ -159,7 +163,7 @@ def test_calibration_study_rows(offline_result):
     assert all(0 <= r["miou"] <= 100 and 0 <= r["miou_builtin_kernels"] <= 100 and r["file_bytes"] > 0 for r in rows)
     text = render_calibration_study_md({"small": {"data": "blobs test", "float32_miou": 50.0, "rows": rows}})
     assert "| 8 | stratified | per-tensor |" in text
-    with pytest.raises(UserError, match="--calib-sizes"):
+    with pytest.raises(UserError, match="^sizes: 8 images asked for, the calibration split has 4"):
         run_calibration_study(
             out / "saved_model", BlobDataset("train", n=4), PREPROCESS, images, masks, K, config, progress=False
         )
