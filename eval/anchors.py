@@ -1,7 +1,7 @@
 """Published reference figures (parameters, float mIoU, int8 drop), as data with their sources.
 
 Each cites its paper or public repository. They are measured on other datasets (ADE20K, Pascal VOC,
-Cityscapes, CamVid, private data) at other sizes, so the report shows them beside our figures
+Cityscapes, CamVid) at other sizes, so the report shows them beside our figures
 for orientation only, under a heading that says so. ``MODEL_ANCHORS`` maps a registered model
 name to the published rows that concern it.
 """
@@ -78,9 +78,6 @@ ACCURACY = {
 QUANTIZATION = {
     "deeplabv3plus_mobilenetv2": (
         PublishedQuantization(
-            "DeepLabV3+ MobileNetV2", "custom data, quantized inference graph", 84.66, 75.17, "no public source"
-        ),
-        PublishedQuantization(
             "DeepLab MobileNetV2",
             "VOC, 8-bit QAT (TFLite 2.2 MB)",
             75.32,
@@ -104,7 +101,16 @@ QUANTIZATION = {
         ),
     ),
     "deeplabv3plus_xception65": (
-        PublishedQuantization("DeepLabV3+ Xception", "custom data, quantized inference graph", 92.42, 90.40, "no public source"),
+        PublishedQuantization(
+            "DeepLabV3+ Xception (PyTorch)",
+            "VOC, W8A8 PTQ, percentile ranges",
+            87.71,
+            87.21,
+            "github.com/quic/aimet-model-zoo README.md",
+        ),
+    ),
+    "segnet_vgg16": (
+        PublishedQuantization("SegNet (PyTorch)", "CamVid, W8A8 PTQ", 50.48, 50.59, "github.com/quic/aimet-model-zoo README.md"),
     ),
     "segformer_b0": (
         PublishedQuantization(

@@ -238,8 +238,8 @@ def render_anchors_md(record: RunRecord) -> str:
     lines = [
         "## Published figures: DIFFERENT DATA, not comparable",
         "",
-        "The published column comes from papers and model zoos on ADE20K, Pascal VOC, Cityscapes, CamVid",
-        "or private data, at their full input sizes and training schedules. Our column is measured on this",
+        "The published column comes from papers and model zoos on ADE20K, Pascal VOC, Cityscapes and",
+        "CamVid, at their full input sizes and training schedules. Our column is measured on this",
         "run's data (the synthetic dataset unless stated) at this run's input size. Read them side by side",
         "for orientation only: an mIoU gap between the columns says nothing about the conversion.",
         "",
