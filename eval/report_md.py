@@ -71,7 +71,7 @@ def _md_table(header: list[str], rows: list[list[str]], align: list[str] | None 
 
 
 def _signed(v: float | None) -> str:
-    return "-" if v is None else f"{v:+.2f}"
+    return "-" if v is None else f"{round(v, 2) + 0.0:+.2f}"  # + 0.0: a -0.004 is "+0.00", not "-0.00"
 
 
 def render_results_md(record: RunRecord) -> str:

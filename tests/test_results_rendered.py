@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHOWN = [  # (record, the page that shows it, the renderer's name when a record has several)
     ("demo_seed0.json", "README.md", "glance"),
     ("demo_seed0.json", "docs/results.md", "summary"),
+    ("demo_seed1.json", "docs/int8.md", "glance"),
     ("int8_ranges_seed0.json", "docs/int8.md", None),
     ("int8_foreign.json", "docs/int8.md", None),
     ("int8_vs_aimet_seed0.json", "docs/int8.md", None),
@@ -51,7 +52,7 @@ def _demo_table(which: str):
     render = {"glance": render_glance_md, "summary": render_summary_md}[which]
 
     def table(record: dict) -> str:
-        md = render(RunRecord.from_dict(record, "results/demo_seed0.json"))
+        md = render(RunRecord.from_dict(record, "results/demo.json"))
         return "\n".join(line for line in md.splitlines() if line.startswith("|"))
 
     return table
