@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 try:
@@ -20,6 +20,7 @@ try:
 except ImportError:  # Python 3.10: the same parser as tomli, which pytest brings there
     import tomli as tomllib  # type: ignore[no-redef]
 
+from seg2tflite.converters.config import ConvertConfig
 from seg2tflite.errors import UserError
 
 SOURCES = ("model", "module", "hf", "onnx")
@@ -32,23 +33,9 @@ GATES = (  # ConvertConfig's float gates, settable per entry under [gates]
     "max_outlier_share",
     "client_min_agreement",
 )
-CONVERT_KEYS = (  # other ConvertConfig settings, under [convert]
-    "opset",
-    "calib_size",
-    "calib_seed",
-    "parity_images",
-    "int8_io",
-    "int8_ranges",
-    "int8_bias_correction",
-    "image_input",
-    "image_output",
-    "metadata",
-    "locate_divergence",
-    "onnx_rewrites",
-    "num_threads",
-    "output_key",
-    "upsample_logits",
-)
+# Every other ConvertConfig setting goes under [convert]; these the entry sets with keys of its own.
+ENTRY_SETTINGS = ("input_size", "variants", "calib_split", "calib_min", "trained", "max_miou_drop")
+CONVERT_KEYS = tuple(f.name for f in fields(ConvertConfig) if f.name not in (*ENTRY_SETTINGS, *GATES))
 DEFAULT_VARIANTS = ("float32", "float16", "dynamic_int8", "full_int8")
 LATENCY_BASELINE = "float32"  # max_latency_ratio: a variant's median time over this variant's
 SPLITS = ("train", "val", "test")
@@ -109,7 +96,6 @@ class Entry:
     def convert_config(self):
         """The ConvertConfig this entry converts with: its gates and settings, and the loosest of
         its variants' mIoU budgets (each variant's own budget is applied to its cell after)."""
-        from seg2tflite.converters.config import ConvertConfig
 
         budget = max(self.max_miou_drop.values()) if self.max_miou_drop else ConvertConfig.max_miou_drop
         return ConvertConfig(
@@ -365,7 +351,6 @@ def _triple(value, where: str, positive: bool):
 
 
 def _budgets(value, variants: tuple[str, ...], where: str) -> dict:
-    from seg2tflite.converters.config import ConvertConfig
 
     default = ConvertConfig.max_miou_drop
     if value is None:
