@@ -128,11 +128,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from seg2tflite.converters.manifest import package_versions
 
-    results = {"command": ["python", "benchmarks/foreign_int8.py", *(argv or sys.argv[1:])], "versions": package_versions()}
+    command = ["python", "benchmarks/foreign_int8.py", *(argv or sys.argv[1:])]
+    results = {"command": command, "versions": package_versions()}
     results.update(data=SPEC, steps=args.steps, models={})
+    if args.record and args.record.is_file():  # rows of other models stay, each naming the command that measured it
+        earlier = json.loads(args.record.read_text())
+        if earlier["versions"] != results["versions"] or earlier["steps"] != args.steps:
+            parser.error(f"{args.record} was measured with other versions or --steps: write a new record")
+        kept = {name: row for name, row in earlier["models"].items() if name not in args.models}
+        results["models"] = {name: {"command": earlier["command"], **row} for name, row in kept.items()}
     for name in args.models:
         t = time.perf_counter()
-        results["models"][name] = measure(name, args.out, args.steps, args.turns, args.threads)
+        results["models"][name] = {"command": command, **measure(name, args.out, args.steps, args.turns, args.threads)}
         print(f"{name}: {time.perf_counter() - t:.0f} s", flush=True)
         write_record(results, [args.out / "int8_foreign.json", *([args.record] if args.record else [])])
     print(render(results))

@@ -52,10 +52,10 @@ def _pytorch_miou(run: Path, model: str) -> float | None:
     return 100 * rows[0].miou if rows and rows[0].miou is not None else None
 
 
-def measure_model(run: Path, model: str, turns: int, threads: int) -> dict:
-    """One model of a run: its conversion's SavedModel and calibration images, the run's test split."""
+def conversion_inputs(run: Path, model: str):
+    """A run model's conversion folder, manifest, preprocessing, data spec and calibration set:
+    exactly the images its conversion was calibrated on (checked against the manifest)."""
     from seg2tflite.calibration.representative import build_calibration_set
-    from seg2tflite.converters.app_io import AppIO
     from seg2tflite.data import Preprocess, load_dataset
 
     folder = RunDir(run).conversion(model)
@@ -69,9 +69,22 @@ def measure_model(run: Path, model: str, turns: int, threads: int) -> dict:
     )  # fmt: skip
     if list(calib.names) != manifest["calibration"]["images"]:
         raise SystemExit(f"{model}: the calibration images differ from the conversion's; re-run the demo")
+    return folder, manifest, preprocess, data, calib
+
+
+def measure_model(run: Path, model: str, turns: int, threads: int, output: str = "logits") -> dict:
+    """One model of a run: its conversion's SavedModel and calibration images, the run's test split;
+    ``output="classes"``: the int8 files return the class map (``convert --output classes``)."""
+    from seg2tflite.converters.app_io import AppIO
+    from seg2tflite.data import load_dataset
+
+    folder, manifest, preprocess, data, calib = conversion_inputs(run, model)
+    config = manifest["config"]
     images, masks = _arrays(load_dataset(data, "test"), preprocess)
     k = manifest["model"].get("num_classes") or int(masks.max()) + 1
     app = AppIO(**manifest["app"]) if manifest.get("app") else None
+    if output == "classes":
+        app = AppIO(**{**(manifest.get("app") or {}), "output": "classes", "num_classes": k})
     out = compare_methods(
         folder.artifact("saved_model"), folder.artifact("float32"), calib, images, masks, k, config["int8_io"], app, turns,
         threads,
@@ -81,16 +94,58 @@ def measure_model(run: Path, model: str, turns: int, threads: int) -> dict:
     return out
 
 
+def _predictions(model, images: np.ndarray, threads: int, app=None) -> tuple[np.ndarray, np.ndarray]:
+    """The argmax of a .tflite on every image, in LiteRT with XNNPACK, and where its two largest
+    logits are equal (int8 logits tie; argmax then takes the lower class index; a class map has none)."""
+    from seg2tflite.converters.runtimes import TFLiteRunner
+
+    runner = TFLiteRunner(model, threads, app=app)
+    argmax, ties = [], []
+    for i in range(len(images)):
+        logits = runner(images[i : i + 1])
+        top = np.sort(logits, axis=1)
+        argmax.append(logits.argmax(1))
+        ties.append(top[:, -1] == top[:, -2])
+    return np.concatenate(argmax).astype(np.int64), np.concatenate(ties)
+
+
+def _confusions(predictions: np.ndarray, masks: np.ndarray, k: int) -> np.ndarray:
+    """One K x K confusion matrix per image (rows ground truth, ignore label 255 dropped)."""
+    out = np.zeros((len(masks), k, k), np.int64)
+    for i, (pred, mask) in enumerate(zip(predictions, masks)):
+        kept = mask != 255
+        out[i] = np.bincount(mask[kept].astype(np.int64) * k + np.clip(pred[kept], 0, k - 1), minlength=k * k).reshape(k, k)
+    return out
+
+
+def _miou(confusion: np.ndarray) -> np.ndarray:
+    """mIoU in points of summed confusion matrices (..., K, K), classes in neither left out, as ``metrics``."""
+    tp = np.diagonal(confusion, axis1=-2, axis2=-1)
+    union = confusion.sum(-1) + confusion.sum(-2) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 100 * np.nanmean(np.where(union > 0, tp / union, np.nan), axis=-1)
+
+
+def paired_interval(base: np.ndarray, other: np.ndarray, rounds: int = 2000, seed: int = 0) -> list[float]:
+    """95% interval of mIoU(other) - mIoU(base) over the test images, by a paired bootstrap
+    (the same resampled images for both): how far a difference of two files is from noise."""
+    picks = np.random.default_rng(seed).integers(0, len(base), (rounds, len(base)))
+    deltas = _miou(other[picks].sum(1)) - _miou(base[picks].sum(1))
+    return [float(np.percentile(deltas, 2.5)), float(np.percentile(deltas, 97.5))]
+
+
 def compare_methods(saved_model, float32: Path, calib, images, masks, k, int8_io="int8", app=None, turns=10, threads=2) -> dict:
     """Full int8 of ``saved_model`` with every method (and ``auto``, with and without bias
     correction), each evaluated on ``images``/``masks`` beside the ``float32`` file and timed
     against it in turns."""
-    from seg2tflite.converters.runtimes import TFLiteRunner, tflite_miou
+    from seg2tflite.converters.runtimes import TFLiteRunner
     from seg2tflite.converters.tflite_variants import build_variant
     from seg2tflite.eval.bench import benchmark_in_turns
 
-    out = {"float32_miou": tflite_miou(float32, images, masks, k, threads), "float32_bytes": float32.stat().st_size}
+    float32_argmax = _predictions(float32, images, threads)[0]
+    out = {"float32_miou": float(_miou(_confusions(float32_argmax, masks, k).sum(0))), "float32_bytes": float32.stat().st_size}
     methods: dict[str, dict] = {}
+    confusions: dict[str, np.ndarray] = {}
     with tempfile.TemporaryDirectory() as work:
         paths = [float32]
         for method in METHODS:
@@ -103,8 +158,14 @@ def compare_methods(saved_model, float32: Path, calib, images, masks, k, int8_io
             path.write_bytes(content)
             paths.append(path)
             delegation = TFLiteRunner(content, app=app).delegation
+            argmax, ties = _predictions(content, images, threads, app)
+            confusions[method] = _confusions(argmax, masks, k)
+            off = argmax != float32_argmax
             methods[method] = {
-                "miou": tflite_miou(content, images, masks, k, threads),
+                "miou": float(_miou(confusions[method].sum(0))),
+                "pixels_off_float32": float(off.mean()),
+                "pixels_off_float32_on_ties": float((off & ties).mean()),  # off where its int8 logits tie
+                "vs_minmax_interval": paired_interval(confusions["minmax"], confusions[method]),
                 "bytes": len(content),
                 "delegated_ops": delegation["delegated"],
                 "ops": delegation["ops"],
@@ -153,6 +214,25 @@ def render(results: dict) -> str:
             f"| `{model}` | {ref:.2f} | {r['float32_miou']:.2f} | " + " | ".join(cells)
             + f" | {chose[0]} | {chose[1]} | {'-' if ratio is None else f'{ratio:.2f}'} | {m['delegated_ops']}/{m['ops']} |"
         )  # fmt: skip
+    measured = {model: r for model, r in results["models"].items() if "pixels_off_float32" in r["methods"]["minmax"]}
+    if measured:  # records written since the test images' agreement is kept
+        lines += [
+            "",
+            "| model | auto | test pixels off float32 (on int8 ties): minmax | auto | auto - minmax mIoU (95% interval) |",
+            "| --- | --- | --: | --: | --: |",
+        ]
+        for model, r in measured.items():
+            chose, minmax = r["methods"][r["auto"]["auto"]["chose"]], r["methods"]["minmax"]
+            low, high = chose["vs_minmax_interval"]
+
+            def off(m: dict) -> str:
+                ties = m.get("pixels_off_float32_on_ties")
+                return f"{100 * m['pixels_off_float32']:.2f}%" + ("" if ties is None else f" ({100 * ties:.2f}%)")
+
+            lines.append(
+                f"| `{model}` | {r['auto']['auto']['chose']} | {off(minmax)} | {off(chose)} | "
+                f"{chose['miou'] - minmax['miou']:+.2f} ({low:+.2f} to {high:+.2f}) |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -164,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=10, help="latency turns (0: no latency)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--record", type=Path, default=None, help="also write the record here")
+    parser.add_argument("--output", choices=("logits", "classes"), default="logits", help="what the int8 files return")
     args = parser.parse_args(argv)
     if args.render:
         print(render(json.loads(args.render.read_text())), end="")
@@ -179,9 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     results["models"] = {}
     for model in models:
         t = time.perf_counter()
-        results["models"][model] = measure_model(args.run, model, args.turns, args.threads)
+        results["models"][model] = measure_model(args.run, model, args.turns, args.threads, args.output)
         print(f"{model}: {time.perf_counter() - t:.0f} s", flush=True)
-    earlier = args.run / "int8_ranges.json"
+    results["output"] = args.output
+    earlier = args.run / ("int8_ranges.json" if args.output == "logits" else "int8_ranges_classes.json")
     if earlier.is_file():  # a run's models measured in several goes: one record
         results["models"] = {**json.loads(earlier.read_text()).get("models", {}), **results["models"]}
     write_record(results, [earlier, *([args.record] if args.record else [])])

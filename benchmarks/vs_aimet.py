@@ -125,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--run is required")
     python = litert_torch_python(args.venv, REQUIREMENTS)
     models = args.models or RunDir(args.run).summary()["config"]["models"]
-    results = {"command": ["python", "benchmarks/vs_aimet.py", *(argv or sys.argv[1:])], "models": {}}
+    from seg2tflite.converters.manifest import package_versions
+
+    command = ["python", "benchmarks/vs_aimet.py", *(argv or sys.argv[1:])]
+    results = {"command": command, "versions": package_versions(), "models": {}}  # each model also has AIMET's
     for model in models:
         results["models"][model] = compare_model(args.run, model, python, args.reuse)
         print(f"{model}: done", flush=True)

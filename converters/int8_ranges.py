@@ -21,6 +21,12 @@ Methods (``RANGE_METHODS``):
 Tensors the int8 spec ties to one scale (a concatenation's inputs and output, pooling, resize,
 reshape and the other data-movement ops) get one range, chosen on their histograms together;
 the fixed-scale outputs (LOGISTIC, SOFTMAX, TANH, LOG_SOFTMAX) are left to the quantizer.
+
+A tensor read only by ARG_MAX (the logits of a file that returns the class map) matters only
+through its argmax, and int8 logits that round to one level tie (ARG_MAX then takes the lower
+class). Its range (``percentile``, ``mse``) is narrowed to what decides the argmax: from just
+below the smallest winning value of a position to just above the largest runner-up, over the
+calibration images; values outside only ever lose, or win, alike.
 """
 
 from __future__ import annotations
@@ -60,6 +66,8 @@ class Histogram:
     seen_min: float = np.inf
     seen_max: float = -np.inf
     zeros: int = 0
+    top1_min: float = np.inf  # read only by ARG_MAX: the smallest value that wins its position
+    top2_max: float = -np.inf  # and the largest runner-up
 
     def add(self, values: np.ndarray) -> None:
         values = values.ravel()
@@ -71,6 +79,18 @@ class Histogram:
         width = (self.hi - self.lo) / BINS
         index = np.zeros(values.size, np.int64) if width <= 0 else ((values - self.lo) / width).astype(np.int64)
         self.counts += np.bincount(np.clip(index, 0, BINS - 1), minlength=BINS)
+
+    def add_decisive(self, values: np.ndarray, axis: int) -> None:
+        """Track the winners and runners-up of ``values`` along the class ``axis``."""
+        if values.shape[axis] < 2:
+            return
+        top = np.partition(values, -2, axis=axis)  # the runner-up at -2, the winner after it
+        self.top1_min = min(self.top1_min, float(np.take(top, -1, axis=axis).min()))
+        self.top2_max = max(self.top2_max, float(np.take(top, -2, axis=axis).max()))
+
+    @property
+    def decisive(self) -> bool:
+        return bool(np.isfinite(self.top1_min) and np.isfinite(self.top2_max))
 
     @property
     def centres(self) -> np.ndarray:
@@ -88,6 +108,7 @@ def merged(histograms: list[Histogram]) -> Histogram:
         index = np.zeros(BINS, np.int64) if width <= 0 else ((h.centres - out.lo) / width).astype(np.int64)
         out.counts += np.bincount(np.clip(index, 0, BINS - 1), weights=h.counts, minlength=BINS).astype(np.int64)
         out.seen_min, out.seen_max = min(out.seen_min, h.seen_min), max(out.seen_max, h.seen_max)
+        out.top1_min, out.top2_max = min(out.top1_min, h.top1_min), max(out.top2_max, h.top2_max)
         out.zeros += h.zeros
     return out
 
@@ -103,6 +124,10 @@ def choose_range(histogram: Histogram, method: str) -> tuple[float, float]:
         lo, hi = _least_error_range(histogram)
     elif method != "minmax" and method not in RANGE_METHODS:
         raise ValueError(f"unknown range method {method!r}; choose from {RANGE_METHODS}")
+    if method != "minmax" and histogram.decisive:  # one level of margin, so a clipped winner still wins
+        low, high = sorted((histogram.top1_min, histogram.top2_max))
+        margin = (high - low) / 254
+        lo, hi = max(lo, low - margin), min(hi, high + margin)
     lo, hi = max(lo, histogram.seen_min), min(hi, histogram.seen_max)
     return min(lo, 0.0), max(hi, 0.0)
 
@@ -213,6 +238,23 @@ def calibrated_ranges(calibrated: bytes) -> dict[int, tuple[float, float]]:
     return ranges
 
 
+def argmax_inputs(calibrated: bytes) -> dict[int, int]:
+    """Tensor -> class axis, for every tensor that only ARG_MAX reads (not a graph output)."""
+    from seg2tflite.converters.tflite_graph import TFLiteGraph
+
+    graph = TFLiteGraph.read(calibrated)
+    readers: dict[int, set[str]] = {}
+    axes = {}
+    for op in graph.graph.operators:
+        for t in op.inputs:
+            readers.setdefault(int(t), set()).add(graph.name(op))
+        axis = graph.constant(int(op.inputs[1])) if graph.name(op) == "ARG_MAX" else None
+        if axis is not None:
+            axes[int(op.inputs[0])] = int(np.asarray(axis).ravel()[0])
+    outputs = {int(t) for t in graph.graph.outputs}
+    return {t: axis for t, axis in axes.items() if readers[t] == {"ARG_MAX"} and t not in outputs}
+
+
 def every_tensor_interpreter(content: bytes):
     """LiteRT on ``content`` with its builtin kernels and every intermediate tensor kept, to read."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
@@ -231,6 +273,7 @@ def collect_statistics(calibrated: bytes, representative: Representative, hold_o
     """Run the calibrated float file on every representative input (LiteRT's builtin kernels, every
     tensor kept) and bin each calibrated tensor's values on the calibrator's min/max."""
     ranges = calibrated_ranges(calibrated)
+    decisive = argmax_inputs(calibrated)
     interpreter = every_tensor_interpreter(calibrated)
     inputs = interpreter.get_input_details()
     (output,) = interpreter.get_output_details()
@@ -247,6 +290,8 @@ def collect_statistics(calibrated: bytes, representative: Representative, hold_o
         for t, (lo, hi) in ranges.items():
             values = interpreter.get_tensor(t)
             target.setdefault(t, Histogram(lo, hi)).add(values)
+            if t in decisive:
+                target[t].add_decisive(values, decisive[t])
             if values.ndim:
                 sums[t] = sums.get(t, 0) + values.reshape(-1, values.shape[-1]).mean(axis=0, dtype=np.float64)
         if held:

@@ -333,3 +333,58 @@ def test_a_conversion_with_chosen_ranges_and_bias_correction_passes_every_gate(t
     record = result.manifest["int8_ranges"]
     assert (record["requested"], record["method"]) == ("mse", "mse")
     assert record["bias_corrected_ops"] == 3  # the stem, the body and the head
+
+
+@pytest.mark.chain
+def test_logits_read_only_by_argmax_get_the_range_that_decides_it(tmp_path):
+    """A file that returns the class map: one of its four logits never wins (far below the
+    others), so min/max spreads the int8 levels over values that decide nothing and close
+    logits round to one level and tie. The chosen ranges cover what decides the argmax instead:
+    a finer scale, and fewer pixels off the float model's class map."""
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    from seg2tflite.calibration.representative import calibration_from_array
+    from seg2tflite.converters import int8_ranges
+    from seg2tflite.converters.tflite_variants import build_tflite
+
+    rng = np.random.default_rng(0)
+    weights = tf.constant(rng.normal(size=(1, 1, 3, 4)).astype(np.float32))
+    bias = tf.constant([0.0, 0.0, 0.0, -40.0])
+    module = tf.Module()
+    module.f = tf.function(
+        lambda x: tf.argmax(tf.nn.conv2d(x, weights, 1, "SAME") + bias, axis=-1, output_type=tf.int32),
+        input_signature=[tf.TensorSpec([1, *SIZE, 3], tf.float32)],
+    )
+    tf.saved_model.save(module, str(tmp_path / "saved_model"), signatures=module.f)
+    calib = calibration_from_array(rng.normal(size=(24, 3, *SIZE)).astype(np.float32), "normal")
+    reference = np.concatenate([module.f(x[None]).numpy() for x in calib.nhwc()])
+
+    calibrated = int8_ranges.calibrate(tmp_path / "saved_model", calib.representative_dataset())
+    ((logits, axis),) = int8_ranges.argmax_inputs(calibrated).items()
+    assert axis in (-1, 3)
+    stats = int8_ranges.collect_statistics(calibrated, calib.representative_dataset(), hold_out=False)
+    histogram = stats.fit[logits]
+    assert histogram.seen_min < -30 < histogram.top1_min  # the never-winning class is outside what decides
+
+    def scale_and_misses(method: str) -> tuple[float, float]:
+        content = build_tflite(tmp_path / "saved_model", "full_int8", calib, int8_io="float", int8_ranges=method)
+        graph = _graph(content)
+        (argmax,) = [op for op in graph.graph.operators if graph.name(op) == "ARG_MAX"]
+        scale = graph.params(int(argmax.inputs[0]))[0]
+        interpreter = Interpreter(model_content=content)
+        interpreter.allocate_tensors()
+        (detail,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+        misses = []
+        for x, ref in zip(calib.nhwc(), reference):
+            interpreter.set_tensor(detail["index"], x[None])
+            interpreter.invoke()
+            misses.append(np.mean(interpreter.get_tensor(out["index"])[0] != ref))
+        return scale, float(np.mean(misses))
+
+    minmax_scale, minmax_misses = scale_and_misses("minmax")
+    for method in ("percentile", "mse"):
+        scale, misses = scale_and_misses(method)
+        assert scale < minmax_scale / 4, method
+        assert scale * 255 >= histogram.top2_max - histogram.top1_min  # the deciding values stay inside
+        assert misses < minmax_misses / 2, (method, misses, minmax_misses)
