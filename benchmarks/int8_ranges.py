@@ -218,7 +218,8 @@ def render(results: dict) -> str:
     if measured:  # records written since the test images' agreement is kept
         lines += [
             "",
-            "| model | auto | test pixels off float32 (on int8 ties): minmax | auto | auto - minmax mIoU (95% interval) |",
+            f"| model | auto | test pixels off float32{'' if results.get('output') == 'classes' else ' (on int8 ties)'}: minmax "
+            "| auto | auto - minmax mIoU (95% interval) |",
             "| --- | --- | --: | --: | --: |",
         ]
         for model, r in measured.items():
@@ -226,7 +227,7 @@ def render(results: dict) -> str:
             low, high = chose["vs_minmax_interval"]
 
             def off(m: dict) -> str:
-                ties = m.get("pixels_off_float32_on_ties")
+                ties = m.get("pixels_off_float32_on_ties") if results.get("output") != "classes" else None  # a class map has none
                 return f"{100 * m['pixels_off_float32']:.2f}%" + ("" if ties is None else f" ({100 * ties:.2f}%)")
 
             lines.append(

@@ -304,7 +304,10 @@ def main() -> None:
                 print(f"{model} skipped at the {size_name} size: {e}")
                 continue
             record["rows"] = [r for r in record["rows"] if (r["model"], r["sizes"]) != (model, size_name)] + [row]
-            record.update(versions=run_versions(), threads=args.threads, rounds=args.rounds)
+            record.update(
+                command=["python", "benchmarks/vs_litert_torch.py", *sys.argv[1:]], versions=run_versions(), threads=args.threads,
+                rounds=args.rounds,
+            )  # fmt: skip
             out.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(record, indent=1) + "\n")
             (out / "compare.md").write_text(markdown(record["rows"]))

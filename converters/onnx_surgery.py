@@ -27,6 +27,7 @@ from seg2tflite.converters.onnx_rewrites_realtime import apply_realtime_rewrites
 def apply_workarounds(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """Return the rewritten model and one line per rewrite applied (for the manifest)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
+    _name_every_node(model.graph)
     applied = fold_channel_layernorm(model)
     applied += explicit_maxpool_padding(model)
     applied += stacked_sum_as_adds(model)
@@ -38,6 +39,18 @@ def apply_workarounds(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str
         _drop_unused_initializers(model.graph)
         model = onnx.shape_inference.infer_shapes(model)
     return model, applied
+
+
+def _name_every_node(graph: onnx.GraphProto) -> None:
+    """A unique name for every node (an exporter may leave names empty or repeat them): the
+    rewrites name what they add after the node they replace."""
+    seen: set[str] = set()
+    for node in graph.node:
+        if not node.name or node.name in seen:
+            node.name = f"{node.output[0]}/{node.op_type}" if node.output else f"{node.op_type}_{len(seen)}"
+            while node.name in seen:
+                node.name += "_"
+        seen.add(node.name)
 
 
 def _drop_unused_initializers(graph: onnx.GraphProto) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from onnx import numpy_helper
-from realtime_models import ContextNet, GateNet, PadValueNet, QKVNet, TinyEpsNet, UnpoolNet
+from realtime_models import Attention, ContextNet, GateNet, PadValueNet, QKVNet, TinyEpsNet, UnpoolNet, _up
 
 from seg2tflite.converters import ConvertConfig, convert_model
 from seg2tflite.converters.divergence import float16_weights
@@ -70,6 +70,39 @@ def test_rewrite_keeps_the_function(case):
     notes = []
     prepared = prepare_onnx(export_onnx(model, SIZE, notes=notes), SIZE, case)
     assert any(phrase in line for line in notes + prepared.rewrites), notes + prepared.rewrites
+    x = _images(4)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    got = OnnxRunner(prepared.model.SerializeToString())(x)
+    assert np.abs(got - expected).max() <= 1e-5 * max(1.0, float(np.ptp(expected)))
+
+
+class TwoBlockQKVNet(QKVNet):
+    """QKVNet with a second attention block: two fused q/k/v projections in one graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm2, self.attn2 = torch.nn.LayerNorm(16), Attention(16)
+
+    def forward(self, x):
+        y = self.stem(x)
+        b, c, h, w = y.shape
+        t = y.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 3, 5, 2, 4, 1).reshape(b * 4, (h // 2) * (w // 2), c)
+        t = t + self.attn(self.norm(t))
+        t = t + self.attn2(self.norm2(t))
+        y = t.reshape(b, 2, 2, h // 2, w // 2, c).permute(0, 5, 3, 1, 4, 2).reshape(b, c, h, w)
+        return _up(self.head(y), x)
+
+
+def test_rewrites_of_unnamed_nodes_add_uniquely_named_tensors():
+    """An exporter may leave node names empty (a Hugging Face SegFormer's did after simplification):
+    both fused projections of an unnamed graph are rewritten, the graph stays valid, the function kept."""
+    model = _model(TwoBlockQKVNet)
+    exported = export_onnx(model, SIZE)
+    for node in exported.graph.node:
+        node.name = ""
+    prepared = prepare_onnx(exported, SIZE, "unnamed")  # the checker runs after the rewrites
+    assert sum("rewritten as 3 MatMuls" in line for line in prepared.rewrites) == 2, prepared.rewrites
     x = _images(4)
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
