@@ -26,7 +26,7 @@ A tensor read only by ARG_MAX (the logits of a file that returns the class map) 
 through its argmax, and int8 logits that round to one level tie (ARG_MAX then takes the lower
 class). Its range (``percentile``, ``mse``) is narrowed to what decides the argmax: from just
 below the smallest winning value of a position to just above the largest runner-up, over the
-calibration images; values outside only ever lose, or win, alike.
+calibration images: clipping values outside it changes no position's argmax there.
 """
 
 from __future__ import annotations
