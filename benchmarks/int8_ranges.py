@@ -189,6 +189,26 @@ def compare_methods(saved_model, float32: Path, calib, images, masks, k, int8_io
     return out
 
 
+def run_parser(doc: str) -> argparse.ArgumentParser:
+    """The options of every benchmark over a demo run folder: --run, --render, --models, --record."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--run", type=Path, help="run folder written by `seg2tflite demo`")
+    parser.add_argument("--render", type=Path, default=None, help="only print the table of a record this wrote")
+    parser.add_argument("--models", nargs="+", default=None, help="default: the run's models (demo.json)")
+    parser.add_argument("--record", type=Path, default=None, help="also write the record here")
+    return parser
+
+
+def rendered_only(parser: argparse.ArgumentParser, args, render) -> bool:
+    """With --render, print that record's table and say so; otherwise --run is required."""
+    if args.render:
+        print(render(json.loads(args.render.read_text())), end="")
+        return True
+    if args.run is None:
+        parser.error("--run is required")
+    return False
+
+
 def write_record(results: dict, paths: list) -> None:
     """A benchmark's record, the same JSON at every path given (the run's copy, ``--record``)."""
     text = json.dumps(results, indent=2) + "\n"
@@ -238,20 +258,13 @@ def render(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, help="run folder written by `seg2tflite demo`")
-    parser.add_argument("--render", type=Path, default=None, help="only print the table of a record this wrote")
-    parser.add_argument("--models", nargs="+", default=None, help="default: the run's models (demo.json)")
+    parser = run_parser(__doc__)
     parser.add_argument("--turns", type=int, default=10, help="latency turns (0: no latency)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--record", type=Path, default=None, help="also write the record here")
     parser.add_argument("--output", choices=("logits", "classes"), default="logits", help="what the int8 files return")
     args = parser.parse_args(argv)
-    if args.render:
-        print(render(json.loads(args.render.read_text())), end="")
+    if rendered_only(parser, args, render):
         return 0
-    if args.run is None:
-        parser.error("--run is required")
     from seg2tflite.converters.manifest import package_versions
 
     models = args.models or RunDir(args.run).summary()["config"]["models"]

@@ -15,14 +15,13 @@ A benchmark, not a test: not part of the default test run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from int8_ranges import _arrays, conversion_inputs, write_record  # noqa: E402
+from int8_ranges import _arrays, conversion_inputs, rendered_only, run_parser, write_record  # noqa: E402
 
 from seg2tflite.eval.run_dir import RunDir  # noqa: E402
 
@@ -89,20 +88,13 @@ def render(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, help="run folder written by `seg2tflite demo`")
-    parser.add_argument("--render", type=Path, default=None, help="only print the table of a record this wrote")
-    parser.add_argument("--models", nargs="+", default=None, help="default: the run's models (demo.json)")
+    parser = run_parser(__doc__)
     parser.add_argument("--max-miou-drop", type=float, default=0.5, help="the search's budget, points against float32")
     parser.add_argument("--val-images", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--record", type=Path, default=None, help="also write the record here")
     args = parser.parse_args(argv)
-    if args.render:
-        print(render(json.loads(args.render.read_text())), end="")
+    if rendered_only(parser, args, render):
         return 0
-    if args.run is None:
-        parser.error("--run is required")
     from seg2tflite.converters.manifest import package_versions
 
     models = args.models or RunDir(args.run).summary()["config"]["models"]

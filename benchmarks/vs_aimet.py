@@ -15,7 +15,6 @@ Writes ``RUN/aimet/compare.json`` and prints the table. A benchmark, not a test.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from int8_ranges import write_record  # noqa: E402
+from int8_ranges import rendered_only, run_parser, write_record  # noqa: E402
 from vs_litert_torch import ROOT, calibration_images, litert_torch_python  # noqa: E402
 
 from seg2tflite.eval.run_dir import RunDir
@@ -110,19 +109,12 @@ def render(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, help="run folder written by `seg2tflite demo`")
-    parser.add_argument("--render", type=Path, default=None, help="only print the table of a record this wrote")
-    parser.add_argument("--models", nargs="+", default=None, help="default: the run's models (demo.json)")
+    parser = run_parser(__doc__)
     parser.add_argument("--venv", type=Path, default=VENV)
-    parser.add_argument("--record", type=Path, default=None, help="also write the record here")
     parser.add_argument("--reuse", action="store_true", help="take a model's AIMET result already in RUN/aimet/M (same data)")
     args = parser.parse_args(argv)
-    if args.render:
-        print(render(json.loads(args.render.read_text())), end="")
+    if rendered_only(parser, args, render):
         return 0
-    if args.run is None:
-        parser.error("--run is required")
     python = litert_torch_python(args.venv, REQUIREMENTS)
     models = args.models or RunDir(args.run).summary()["config"]["models"]
     from seg2tflite.converters.manifest import package_versions
