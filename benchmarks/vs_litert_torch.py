@@ -299,15 +299,13 @@ def main() -> None:
     for size_name in args.sizes:
         for model in models:
             try:
-                row = {"sizes": size_name, **compare_model(model, run, size_name, python, args)}
+                command = ["python", "benchmarks/vs_litert_torch.py", *sys.argv[1:]]
+                row = {"sizes": size_name, "command": command, **compare_model(model, run, size_name, python, args)}
             except Skipped as e:
                 print(f"{model} skipped at the {size_name} size: {e}")
                 continue
             record["rows"] = [r for r in record["rows"] if (r["model"], r["sizes"]) != (model, size_name)] + [row]
-            record.update(
-                command=["python", "benchmarks/vs_litert_torch.py", *sys.argv[1:]], versions=run_versions(), threads=args.threads,
-                rounds=args.rounds,
-            )  # fmt: skip
+            record.update(command=command, versions=run_versions(), threads=args.threads, rounds=args.rounds)  # the latest run's
             out.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(record, indent=1) + "\n")
             (out / "compare.md").write_text(markdown(record["rows"]))
