@@ -94,12 +94,9 @@ def measure_model(run: Path, model: str, turns: int, threads: int, output: str =
     return out
 
 
-def _predictions(model, images: np.ndarray, threads: int, app=None) -> tuple[np.ndarray, np.ndarray]:
-    """The argmax of a .tflite on every image, in LiteRT with XNNPACK, and where its two largest
+def _predictions(runner, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The argmax of a LiteRT runner (XNNPACK) on every image, and where its two largest
     logits are equal (int8 logits tie; argmax then takes the lower class index; a class map has none)."""
-    from seg2tflite.converters.runtimes import TFLiteRunner
-
-    runner = TFLiteRunner(model, threads, app=app)
     argmax, ties = [], []
     for i in range(len(images)):
         logits = runner(images[i : i + 1])
@@ -142,7 +139,7 @@ def compare_methods(saved_model, float32: Path, calib, images, masks, k, int8_io
     from seg2tflite.converters.tflite_variants import build_variant
     from seg2tflite.eval.bench import benchmark_in_turns
 
-    float32_argmax = _predictions(float32, images, threads)[0]
+    float32_argmax = _predictions(TFLiteRunner(float32, threads), images)[0]
     out = {"float32_miou": float(_miou(_confusions(float32_argmax, masks, k).sum(0))), "float32_bytes": float32.stat().st_size}
     methods: dict[str, dict] = {}
     confusions: dict[str, np.ndarray] = {}
@@ -157,8 +154,9 @@ def compare_methods(saved_model, float32: Path, calib, images, masks, k, int8_io
             path = Path(work) / f"{method}.tflite"
             path.write_bytes(content)
             paths.append(path)
-            delegation = TFLiteRunner(content, app=app).delegation
-            argmax, ties = _predictions(content, images, threads, app)
+            runner = TFLiteRunner(content, threads, app=app)  # one load: its delegation and its predictions
+            delegation = runner.delegation
+            argmax, ties = _predictions(runner, images)
             confusions[method] = _confusions(argmax, masks, k)
             off = argmax != float32_argmax
             methods[method] = {
