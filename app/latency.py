@@ -111,7 +111,7 @@ def _mixed_at_deploy_size(demo_conversion: Path, conversion, config: LatencyConf
     dataset = load_dataset(deploy_data_spec(pre["size"], config.calib_size), "train")
     calib = build_calibration_set(dataset, Preprocess(tuple(pre["size"]), tuple(pre["mean"]), tuple(pre["std"])),
                                   size=config.calib_size, progress=False)  # fmt: skip
-    calibrated = calibrate(conversion / "saved_model", calib, ranges if ranges in CANDIDATES else "minmax")
+    calibrated = calibrate(conversion.int8_source(), calib, ranges if ranges in CANDIDATES else "minmax")
     nodes = {n for names in quantizable_nodes(calibrated).values() for n in names}
     float_nodes = [n for n in chosen["float_nodes"] if n in nodes]
     content = quantize(calibrated, chosen["float_op_types"], float_nodes)

@@ -127,7 +127,7 @@ def measure(name: str, out: Path, steps: int, turns: int, threads: int, recalibr
     images, masks = _arrays(test, preprocess)
     t = time.perf_counter()
     result = compare_methods(
-        folder.artifact("saved_model"), folder.artifact("float32"), calib, images, masks, K, turns=turns, threads=threads
+        folder.int8_source(), folder.artifact("float32"), calib, images, masks, K, turns=turns, threads=threads
     )
     seconds["int8"] = time.perf_counter() - t
     return {**result, "pytorch_miou": 100 * pytorch["miou"], "train": trained, "gates": gates, "seconds": seconds}

@@ -86,7 +86,7 @@ def measure_model(run: Path, model: str, turns: int, threads: int, output: str =
     if output == "classes":
         app = AppIO(**{**(manifest.get("app") or {}), "output": "classes", "num_classes": k})
     out = compare_methods(
-        folder.artifact("saved_model"), folder.artifact("float32"), calib, images, masks, k, config["int8_io"], app, turns,
+        folder.int8_source(), folder.artifact("float32"), calib, images, masks, k, config["int8_io"], app, turns,
         threads,
     )  # fmt: skip
     out["pytorch_miou"] = _pytorch_miou(run, model)

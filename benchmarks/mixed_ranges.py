@@ -42,7 +42,7 @@ def measure_model(run: Path, model: str, budget: float, val_images: int, threads
     for ranges in dict.fromkeys(("minmax", chosen)):
         t = time.perf_counter()
         found = search_mixed_precision(
-            folder.artifact("saved_model"), folder.artifact("float32"), calib, images, masks, k,
+            folder.int8_source(), folder.artifact("float32"), calib, images, masks, k,
             MixedPrecisionConfig(budget, threads=threads, prefer_speed=False), log=lambda _: None, progress=False,
             ranges=ranges,
         )  # fmt: skip

@@ -36,7 +36,15 @@ from seg2tflite.converters.ops import OpReport, check_builtins_only, op_report
 from seg2tflite.converters.parity import ParityError, ParityReport, format_table, raise_on_failure
 from seg2tflite.converters.resume import StageCache, stage_key
 from seg2tflite.converters.runtimes import TFLiteRunner
-from seg2tflite.converters.stages import MANIFEST_FILE, ONNX2TF_LOG, PARITY_FILE, REFERENCE, STAGES, ConversionDir
+from seg2tflite.converters.stages import (
+    INTEGER_FORM,
+    MANIFEST_FILE,
+    ONNX2TF_LOGS,
+    PARITY_FILE,
+    REFERENCE,
+    STAGES,
+    ConversionDir,
+)
 from seg2tflite.data.preprocess import Preprocess
 
 MAX_ONNX2TF_SAMPLES = 20  # onnx2tf's own test-data slot holds 20 images
@@ -68,9 +76,10 @@ def names_written(config: ConvertConfig, weights: bool) -> list[str]:
     PyTorch weights too); ``StageCache.claim`` refuses a file of the user's under any of them."""
     reference = STAGES[REFERENCE].file
     names = [reference, str(Path(reference).with_suffix(".json"))] if weights else []
-    names += [STAGES[s].file for s in ("onnx", "saved_model", *config.variants)]
+    saved_models = ("saved_model", INTEGER_FORM) if any(STAGES[v].integer for v in config.variants) else ("saved_model",)
+    names += [STAGES[s].file for s in ("onnx", *saved_models, *config.variants)]
     names += [RANGES_FILE, SENSITIVITY_FILE] if "full_int8" in config.variants else []
-    return names + [ONNX2TF_LOG, PARITY_FILE, MANIFEST_FILE]
+    return names + [ONNX2TF_LOGS[s] for s in saved_models] + [PARITY_FILE, MANIFEST_FILE]
 
 
 @dataclass
@@ -78,6 +87,7 @@ class Chain(ParitySteps):
     """One conversion under way: what its steps share. The steps run in the order of ``run``."""
 
     prepared: PreparedOnnx
+    integer_form: PreparedOnnx | None  # the integer variants' ONNX graph, when it is another (INTEGER_FORM)
     torch_model: object | None  # the module parity is measured against (None for an ONNX input)
     deploy_model: object | None  # the module the ONNX graph was exported from
     folder: ConversionDir
@@ -125,7 +135,10 @@ class Chain(ParitySteps):
         self.forget_other_runs(model_info)
         self.write_onnx()
         sample = np.ascontiguousarray(parity.images.transpose(0, 2, 3, 1))  # NHWC: onnx2tf checks its layouts on these
-        self.build_saved_model(sample)
+        self.build_saved_model("saved_model", self.prepared, self.keys["onnx"], sample)
+        if self.builds_integer_form:
+            onnx_key = stage_key(self.integer_form.model.SerializeToString())
+            self.build_saved_model(INTEGER_FORM, self.integer_form, onnx_key, sample)
         with private_tempdir("variants") as work, VariantWorker(work, self.progress) as worker:
             self.worker = worker
             worker.set_calibration(None if calib is None else calib.images, "" if calib is None else calib.source)
@@ -154,9 +167,18 @@ class Chain(ParitySteps):
         return names_written(self.config, weights=self.before_writing is not None)
 
     @property
+    def builds_integer_form(self) -> bool:
+        return self.integer_form is not None and any(STAGES[v].integer for v in self.config.variants)
+
+    @property
     def built(self) -> tuple[str, ...]:
         """The variants built and checked (all asked for, less those that failed)."""
         return tuple(v for v in self.config.variants if v not in self.failures)
+
+    @property
+    def saved_models(self) -> tuple[str, ...]:
+        """The SavedModel stages this conversion built."""
+        return tuple(s for s in ("saved_model", INTEGER_FORM) if s in self.artifacts)
 
     @property
     def failure_dicts(self) -> dict[str, dict]:
@@ -183,7 +205,7 @@ class Chain(ParitySteps):
     def forget_other_runs(self, model_info: dict) -> None:
         """Record the weights this run saved (the PyTorch stage), then delete what an earlier run
         into this folder built that this one does not: no file of another run stays beside this one."""
-        stages = ["onnx", "saved_model", *self.config.variants, "parity"]
+        stages = ["onnx", "saved_model", *([INTEGER_FORM] if self.builds_integer_form else []), *self.config.variants, "parity"]
         weights = model_info.get("weights")
         if weights:
             names = [weights, Path(weights).with_suffix(".json").name]
@@ -203,24 +225,25 @@ class Chain(ParitySteps):
         for rewrite in self.prepared.rewrites:
             self.log(f"onnx rewrite: {rewrite}")
 
-    def build_saved_model(self, sample: np.ndarray) -> None:
+    def build_saved_model(self, stage: str, prepared: PreparedOnnx, onnx_key: str, sample: np.ndarray) -> None:
+        """onnx2tf: ``prepared`` into the SavedModel of ``stage`` (``saved_model`` or ``INTEGER_FORM``)."""
         t = time.perf_counter()
         samples = sample[:MAX_ONNX2TF_SAMPLES]
-        path = self.folder.artifact("saved_model")
-        key = self.keys["saved_model"] = stage_key(self.keys["onnx"], samples.tobytes(), _tool_versions())
-        if self.cache.fresh("saved_model", key):
-            self.log(f"saved_model: unchanged since the last run, kept ({path})")
+        path, log = self.folder.artifact(stage), ONNX2TF_LOGS[stage]
+        key = self.keys[stage] = stage_key(onnx_key, samples.tobytes(), _tool_versions())
+        if self.cache.fresh(stage, key):
+            self.log(f"{stage}: unchanged since the last run, kept ({path})")
         else:
             try:
-                path, onnx2tf_log = onnx_to_saved_model(self.prepared.model, path, samples, workarounds=self.config.onnx_rewrites)
+                path, onnx2tf_log = onnx_to_saved_model(prepared.model, path, samples, workarounds=self.config.onnx_rewrites)
             except ConversionError as e:  # its log stays in the folder, named in the one line
-                atomic_write_text(self.folder / ONNX2TF_LOG, e.log)
-                raise ConversionError(f"{e}; onnx2tf's whole log: {self.folder / ONNX2TF_LOG}", e.log) from None
-            atomic_write_text(self.folder / ONNX2TF_LOG, onnx2tf_log)
-            self.cache.record("saved_model", key, [path.name, ONNX2TF_LOG])
-            self.seconds["onnx2tf"] = time.perf_counter() - t
-            self.log(f"saved_model: {path} ({self.seconds['onnx2tf']:.1f}s)")
-        self.artifacts["saved_model"] = path
+                atomic_write_text(self.folder / log, e.log)
+                raise ConversionError(f"{e}; onnx2tf's whole log: {self.folder / log}", e.log) from None
+            atomic_write_text(self.folder / log, onnx2tf_log)
+            self.cache.record(stage, key, [path.name, log])
+            seconds = self.seconds[ONNX2TF_LOGS[stage].removesuffix(".log")] = time.perf_counter() - t
+            self.log(f"{stage}: {path} ({seconds:.1f}s)")
+        self.artifacts[stage] = path
 
     def build_tflite(self, variant: str, calib: CalibrationSet | None) -> None:
         t = time.perf_counter()
@@ -229,8 +252,9 @@ class Chain(ParitySteps):
         calib_key = stage_key(calib.images.tobytes()) if calibrated else None
         app, metadata = self.app, None if self.metadata is None else self.metadata.to_dict()
         ranges = (self.config.int8_ranges, self.config.int8_bias_correction) if variant == "full_int8" else ()
+        source = INTEGER_FORM if STAGES[variant].integer and INTEGER_FORM in self.artifacts else "saved_model"
         key = self.keys[variant] = stage_key(
-            self.keys["saved_model"], variant, calib_key, self.config.int8_io, app.to_dict(), metadata, *ranges
+            self.keys[source], variant, calib_key, self.config.int8_io, app.to_dict(), metadata, *ranges
         )
         kept = self.cache.fresh(variant, key)
         app_job = None if app.default else app.to_dict()
@@ -238,7 +262,7 @@ class Chain(ParitySteps):
             outcome = self.worker.check(path, variant, app_job)  # a LiteRT upgrade may not take it any more
         else:
             outcome = self.worker.build(
-                self.artifacts["saved_model"], variant, self.config.int8_io, app_job, metadata, self.config.int8_ranges,
+                self.artifacts[source], variant, self.config.int8_io, app_job, metadata, self.config.int8_ranges,
                 self.config.int8_bias_correction,
             )  # fmt: skip
         if isinstance(outcome, VariantFailure):
@@ -309,7 +333,7 @@ class Chain(ParitySteps):
 
     def write_manifest(self, report: ParityReport, calib, parity: ParityImages, model_info: dict, command) -> dict:
         config, (h, w), k = self.config, self.config.input_size, self.prepared.num_classes
-        names = [self.artifacts[stage].name for stage in ("onnx", "saved_model", *self.built)]
+        names = [self.artifacts[stage].name for stage in ("onnx", *self.saved_models, *self.built)]
         manifest = build_manifest(
             command=command,
             config=config.to_dict(),

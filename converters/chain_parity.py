@@ -35,7 +35,7 @@ class ParitySteps:
         """Every artifact against PyTorch (kept from parity.json when nothing changed), gated."""
         t = time.perf_counter()
         config = self.config
-        built_files = {stage: self.cache.stages[stage]["files"] for stage in ("onnx", "saved_model", *self.built)}
+        built_files = {stage: self.cache.stages[stage]["files"] for stage in ("onnx", *self.saved_models, *self.built)}
         key = stage_key(
             built_files, parity.images.tobytes(), None if parity.masks is None else parity.masks.tobytes(),
             config.to_dict(), self.torch_model is not None,
@@ -49,7 +49,8 @@ class ParitySteps:
         if self.torch_model is not None:
             runners["pytorch"] = TorchRunner(self.torch_model)
         runners["onnx"] = OnnxRunner(self.artifacts["onnx"], config.num_threads)
-        runners["saved_model"] = SavedModelRunner(self.artifacts["saved_model"])
+        for stage in self.saved_models:
+            runners[stage] = SavedModelRunner(self.artifacts[stage])
         builtin = {}  # a file XNNPACK took nothing of already ran on the builtin kernels alone
         for variant in self.built:
             runners[variant] = TFLiteRunner(self.artifacts[variant], config.num_threads, app=self.app)

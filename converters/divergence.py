@@ -19,7 +19,7 @@ from seg2tflite.converters.divergence_tf import locate_divergence
 from seg2tflite.converters.divergence_tflite import locate_tflite_divergence_from_onnx
 from seg2tflite.converters.parity import ParityReport, StageResult, float_gate_failures
 from seg2tflite.converters.runtimes import OnnxRunner
-from seg2tflite.converters.stages import FLOAT_STAGES
+from seg2tflite.converters.stages import FLOAT_STAGES, INTEGER_FORM
 
 LOCALIZED_DRIFT_RATIO = 1e3  # max/mean drift above this, with every argmax equal: a flipped near-tie
 
@@ -73,7 +73,7 @@ def explain_float_failure(
     report: ParityReport, onnx_model, image_nhwc, deploy_model, config, log, parity_images=None
 ) -> dict | None:
     """Say where the first broken float stage went wrong; None when the float stages all pass."""
-    broken = next((s for s in FLOAT_STAGES if s in report.stages and report.stages[s].gate == "fail"), None)
+    broken = next((s for s in (*FLOAT_STAGES, INTEGER_FORM) if s in report.stages and report.stages[s].gate == "fail"), None)
     if broken is None:
         return None
     reference = report.stages.get(report.reference)
@@ -90,6 +90,12 @@ def explain_float_failure(
         found = {
             "summary": "ONNX Runtime already differs from PyTorch: the deploy form or torch.onnx.export is at fault "
             "(compare model(x) with seg2tflite.models.deploy_form(model)(x) first)",
+            "first": None,
+        }
+    elif broken == INTEGER_FORM:  # its graph is not the one located below
+        found = {
+            "summary": "the int8 form's SavedModel differs where the float one passes: compare model(x) with "
+            "seg2tflite.models.integer_form(model)(x) first, then its ONNX export",
             "first": None,
         }
     elif broken == "saved_model":

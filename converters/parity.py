@@ -344,8 +344,9 @@ def format_table(report: ParityReport, config: ConvertConfig | None = None) -> s
     than the stage's outlier threshold (1e-3 of the range; float16 1e-2); ``builtin`` rows compare
     a .tflite on LiteRT's builtin kernels with the same file under XNNPACK."""
     config = config or DEFAULT_GATES
+    width = max(13, *(len(name) + 1 for name in report.stages))
     head = (
-        f"{'stage':<13}{'vs':<12}{'max|d|':>10}{'mean|d|':>10}{'max/range':>10}{'outl%':>9}"
+        f"{'stage':<{width}}{'vs':<12}{'max|d|':>10}{'mean|d|':>10}{'max/range':>10}{'outl%':>9}"
         f"{'argmax%':>10}{'mIoU':>8}{'drop':>7}  gate"
     )
     ref = report.reference
@@ -368,7 +369,7 @@ def format_table(report: ParityReport, config: ConvertConfig | None = None) -> s
             first = j == 0
             share = (m.get("outlier_share") or {}).get(f"{config.float_outlier_drift if against == 'fp16 model' else drift:g}")
             lines.append(
-                f"{name if first else '':<13}{against:<12}"
+                f"{name if first else '':<{width}}{against:<12}"
                 f"{_fmt(m.get('max_abs'), '.3g'):>10}{_fmt(m.get('mean_abs'), '.3g'):>10}"
                 f"{_fmt(m.get('max_abs_over_range'), '.2e'):>10}{_fmt(None if share is None else 100 * share, '.4f'):>9}"
                 f"{_fmt(None if m.get('argmax_agreement') is None else 100 * m['argmax_agreement'], '.3f'):>10}"

@@ -23,7 +23,7 @@ from seg2tflite.converters.config import ConvertConfig
 from seg2tflite.converters.offline import no_network
 from seg2tflite.converters.onnx_export import export_onnx, load_onnx, prepare_onnx
 from seg2tflite.converters.outputs import adapt_outputs
-from seg2tflite.converters.stages import ConversionDir
+from seg2tflite.converters.stages import STAGES, ConversionDir
 from seg2tflite.data.base import SegmentationDataset
 from seg2tflite.data.preprocess import Preprocess
 from seg2tflite.errors import UserError, setting
@@ -74,12 +74,13 @@ def convert_model(
     ``CalibrationSet`` or a (N, 3, H, W) float32 array of preprocessed images; ``parity_data`` a
     split or a spec string (its ``val`` split), else parity images come from the calibration data.
 
-    The ONNX graph is exported from ``model.to_deploy()`` when the model has one; PyTorch parity
-    is measured against ``model`` itself. ``mean``/``std`` default to the model's registry config,
+    The ONNX graph is exported from ``model.to_deploy()`` when the model has one, and the integer
+    variants' from ``to_deploy(integer=True)`` when that is another form; PyTorch parity is
+    measured against ``model`` itself. ``mean``/``std`` default to the model's registry config,
     else ImageNet's. ``before_writing()`` runs once everything that can be refused was checked,
     before the first file goes into ``out_dir``; what it returns is added to the model info.
     """
-    from seg2tflite.models.registry import IMAGENET_MEAN, IMAGENET_STD, deploy_form
+    from seg2tflite.models.registry import IMAGENET_MEAN, IMAGENET_STD, deploy_form, integer_form
 
     check_out_dir(out_dir, config, weights=before_writing is not None)
     seconds: dict[str, float] = {}
@@ -91,12 +92,21 @@ def convert_model(
     check_finite_weights(model)
     t = time.perf_counter()
     deploy = deploy_form(model, config.opset).eval()
+    integer = integer_form(model, config.opset) if any(STAGES[v].integer for v in config.variants) else None
     classes = {"class": _class_name(model), "deploy_class": _class_name(deploy)}
+    if integer is not None:  # the integer variants get a form of their own (INTEGER_FORM)
+        classes["integer_deploy_class"] = _class_name(integer)
+        integer = adapt_outputs(model, integer.eval(), config.input_size, config.output_key, config.upsample_logits)[1]
     model, deploy, output = adapt_outputs(model, deploy, config.input_size, config.output_key, config.upsample_logits)
+    source = f"{classes['class'].rsplit('.', 1)[1]} (exported)"
     export_notes: list[str] = []
     exported = export_onnx(deploy, config.input_size, config.opset, export_notes)
-    prepared = prepare_onnx(exported, config.input_size, f"{classes['class'].rsplit('.', 1)[1]} (exported)", config.onnx_rewrites)
+    prepared = prepare_onnx(exported, config.input_size, source, config.onnx_rewrites)
     prepared.rewrites[:0] = export_notes
+    integer_prepared = None
+    if integer is not None:
+        exported = export_onnx(integer, config.input_size, config.opset, [])
+        integer_prepared = prepare_onnx(exported, config.input_size, f"{source}, int8 form", config.onnx_rewrites)
     seconds["onnx_export"] = time.perf_counter() - t
     info = {
         **classes,
@@ -110,7 +120,8 @@ def convert_model(
     if isinstance(checkpoint, str) and "checkpoint_sha256" not in info and Path(checkpoint).is_file():
         info["checkpoint_sha256"] = sha256_file(checkpoint)  # what ConversionDir.checkpoint checks before reading it
     with no_network():
-        chain = Chain(prepared, model, deploy, ConversionDir(out_dir), config, preprocess, log or _quiet, progress, seconds)
+        folder = ConversionDir(out_dir)
+        chain = Chain(prepared, integer_prepared, model, deploy, folder, config, preprocess, log or _quiet, progress, seconds)
         chain.before_writing = before_writing
         return chain.run(calib_data, parity_data, info, command)
 
@@ -136,7 +147,7 @@ def convert_onnx(
     preprocess = Preprocess(tuple(config.input_size), tuple(mean), tuple(std))
     info = {"onnx_source": str(onnx_path), "num_classes": prepared.num_classes, **(model_info or {})}
     with no_network():
-        chain = Chain(prepared, None, None, ConversionDir(out_dir), config, preprocess, log or _quiet, progress, seconds)
+        chain = Chain(prepared, None, None, None, ConversionDir(out_dir), config, preprocess, log or _quiet, progress, seconds)
         chain.model_source = str(onnx_path)
         return chain.run(calib_data, parity_data, info, command)
 

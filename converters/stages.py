@@ -32,6 +32,7 @@ class Stage:
     # float16: agreement; quantized: mIoU budget (trained models only)
     calibrated: bool = False  # built with the representative dataset
     built_by_convert: bool = True  # False: written by a later command (`seg2tflite compress`)
+    integer: bool = False  # built from the model's integer form when it has one (``INTEGER_FORM``)
 
 
 STAGES: dict[str, Stage] = {
@@ -40,11 +41,23 @@ STAGES: dict[str, Stage] = {
         Stage("pytorch", "model.safetensors", "pytorch", "PyTorch", None, "reference"),
         Stage("onnx", "model.onnx", "onnxruntime", "ONNX", "pytorch", "float"),
         Stage("saved_model", "saved_model", "tensorflow", "TF SavedModel", "onnx", "float"),
+        Stage("saved_model_int8", "saved_model_int8", "tensorflow", "TF SavedModel, int8 form", "onnx", "float"),
         Stage("float32", "model_float32.tflite", "litert", "TFLite float32", "saved_model", "float"),
         Stage("float16", "model_float16.tflite", "litert", "TFLite float16", "float32", "float16"),
         Stage("dynamic_int8", "model_dynamic_int8.tflite", "litert", "TFLite dynamic int8", "float32", "quantized"),
-        Stage("full_int8", "model_full_int8.tflite", "litert", "TFLite full int8", "float32", "quantized", calibrated=True),
-        Stage("int16x8", "model_int16x8.tflite", "litert", "TFLite int16x8", "float32", "quantized", calibrated=True),
+        Stage(
+            "full_int8",
+            "model_full_int8.tflite",
+            "litert",
+            "TFLite full int8",
+            "float32",
+            "quantized",
+            calibrated=True,
+            integer=True,
+        ),
+        Stage(
+            "int16x8", "model_int16x8.tflite", "litert", "TFLite int16x8", "float32", "quantized", calibrated=True, integer=True
+        ),
         Stage(
             "mixed_int8",
             "model_mixed_int8.tflite",
@@ -54,19 +67,26 @@ STAGES: dict[str, Stage] = {
             "quantized",
             calibrated=True,
             built_by_convert=False,
+            integer=True,
         ),  # fmt: skip
     )
 }
 REFERENCE = "pytorch"
+# The SavedModel of a model's integer form (``models.deploy_form(model, integer=True)``), converted
+# only when that form differs from the float one: the integer variants are built from it.
+INTEGER_FORM = "saved_model_int8"
 # The .tflite files `convert` builds, the stages gated as float, and those built with calibration.
 VARIANTS = tuple(k for k, s in STAGES.items() if s.runtime == "litert" and s.built_by_convert)
-FLOAT_STAGES = tuple(k for k, s in STAGES.items() if s.gate == "float")
+# The float stages of every conversion (the int8 form's SavedModel, when there is one, is gated as float too).
+FLOAT_STAGES = tuple(k for k, s in STAGES.items() if s.gate == "float" and k != INTEGER_FORM)
 QUANTIZED_VARIANTS = tuple(k for k in VARIANTS if STAGES[k].gate == "quantized")
 CALIBRATED_VARIANTS = tuple(k for k in VARIANTS if STAGES[k].calibrated)
+INTEGER_VARIANTS = tuple(k for k in VARIANTS if STAGES[k].integer)
 
 MANIFEST_FILE = "manifest.json"
 PARITY_FILE = "parity.json"
 ONNX2TF_LOG = "onnx2tf.log"
+ONNX2TF_LOGS = {"saved_model": ONNX2TF_LOG, INTEGER_FORM: "onnx2tf_int8.log"}  # one per SavedModel
 
 
 def previous_stage(stage: str, present) -> str | None:
@@ -92,6 +112,11 @@ class ConversionDir:
 
     def artifact(self, stage: str) -> Path:
         return self.path / STAGES[stage].file
+
+    def int8_source(self) -> Path:
+        """The SavedModel the integer files are built from: the integer form's when there is one."""
+        integer = self.artifact(INTEGER_FORM)
+        return integer if integer.is_dir() else self.artifact("saved_model")
 
     @property
     def manifest_path(self) -> Path:

@@ -14,8 +14,9 @@ import pytest
 from seg2tflite.converters import ConvertConfig, ParityError, convert_registered
 from seg2tflite.converters.manifest import sha256_file
 from seg2tflite.converters.runtimes import OnnxRunner
-from seg2tflite.converters.stages import FLOAT_STAGES, QUANTIZED_VARIANTS, VARIANTS
+from seg2tflite.converters.stages import FLOAT_STAGES, INTEGER_FORM, QUANTIZED_VARIANTS, STAGES, VARIANTS
 from seg2tflite.data import load_dataset
+from seg2tflite.models import create_model, integer_form
 
 from model_helpers import carried_models, convert_keeping_failures
 
@@ -86,6 +87,27 @@ def test_every_variant_is_builtins_only(converted):
     assert result.ops["full_int8"].input_type == "INT8" and result.ops["full_int8"].output_type == "INT8"
     assert result.manifest["ops"]["full_int8"]["float_ops"] == result.ops["full_int8"].float_ops
     print(f"{name} full_int8 ops still in float: {result.ops['full_int8'].float_ops or 'none'}")
+
+
+def test_integer_variants_come_from_the_integer_form_when_there_is_one(converted):
+    """DeepLabv3+'s dense decoder: the float files run its taps before the upsampling (nine resizes
+    to 1/4 scale), the integer files the plain 3x3 conv (one) from a SavedModel of their own, gated
+    as float like the first; every other family has one form and one SavedModel. (Both forms add
+    the image-pooling broadcast and the final upsampling.)"""
+    name, result, _ = converted
+    integer = integer_form(create_model(name, num_classes=8))
+    resizes = {v: result.ops[v].counts.get("RESIZE_BILINEAR", 0) for v in VARIANTS}
+    if integer is None:
+        assert INTEGER_FORM not in result.artifacts and not (result.out_dir / STAGES[INTEGER_FORM].file).exists()
+        assert len(set(resizes.values())) == 1, (name, resizes)
+        return
+    stage = result.parity.stages[INTEGER_FORM]
+    assert stage.gate == "pass" and stage.previous == "onnx", stage.failures
+    assert stage.vs_pytorch["argmax_agreement"] >= 0.9999
+    assert result.manifest["model"]["integer_deploy_class"].endswith(".DeepLabV3Plus")
+    assert any(name.startswith(f"{STAGES[INTEGER_FORM].file}/") for name in result.manifest["artifacts"])
+    for variant in VARIANTS:
+        assert resizes[variant] == (3 if STAGES[variant].integer else 11), (variant, resizes)
 
 
 def test_quantized_stages_reported_not_gated(converted):

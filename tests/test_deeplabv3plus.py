@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from seg2tflite.errors import UserError
-from seg2tflite.models import create_model, deploy_form, get_model_config
+from seg2tflite.models import create_model, deploy_form, get_model_config, integer_form
 from seg2tflite.models.deeplabv3plus import DeepLabV3Plus, DeepLabV3PlusDeploy
 
 from model_helpers import randomise_batchnorm
@@ -117,6 +117,18 @@ def test_dense_decoder_deploys_as_a_deeplab_with_the_same_modules(mobilenet):
     with torch.no_grad():
         reference, rewritten = model(x), deploy_form(model)(x)
     assert (rewritten - reference).abs().max() <= 1e-10 * (reference.max() - reference.min())
+
+
+def test_integer_form_of_a_dense_decoder_is_the_plain_model(mobilenet, xception):
+    """The integer files' form: the decoder as written (its 3x3 conv after the upsampling), with
+    the model's modules and function; a separable decoder has one form for every file."""
+    assert integer_form(mobilenet) is mobilenet
+    plain = integer_form(deploy_form(mobilenet))  # from the float form too
+    assert type(plain) is DeepLabV3Plus and plain.decoder is mobilenet.decoder
+    assert integer_form(xception) is None
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        assert torch.equal(plain(x), mobilenet(x))
 
 
 @pytest.mark.slow

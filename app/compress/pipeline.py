@@ -146,7 +146,7 @@ def _mixed(run: _Run, name: str, config: CompressConfig, method: Method = MIXED)
     calib = build_calibration_set(load_dataset(run.data, "train"), preprocess, size=run.calib_size, progress=config.progress)
     images, masks = _arrays(load_dataset(run.data, "val"), preprocess, config.val_images)
     found = search_mixed_precision(
-        ConversionDir(convert_dir).artifact("saved_model"), ConversionDir(base_dir).artifact("float32"), calib, images, masks,
+        ConversionDir(convert_dir).int8_source(), ConversionDir(base_dir).artifact("float32"), calib, images, masks,
         _num_classes(run), MixedPrecisionConfig(config.max_miou_drop, threads=config.threads),
         progress=config.progress, ranges=settings["ranges"], latency=lambda model: latency_ms(model, config.threads or 2),
     )  # fmt: skip
@@ -247,7 +247,7 @@ def _calibration_study(run: _Run, name: str, config: CompressConfig) -> dict:
     images, masks = _arrays(load_dataset(run.data, "test"), preprocess, None)
     num_classes = _num_classes(run)
     rows = run_calibration_study(
-        ConversionDir(convert_dir).artifact("saved_model"), load_dataset(run.data, "train"), preprocess, images, masks, num_classes,
+        ConversionDir(convert_dir).int8_source(), load_dataset(run.data, "train"), preprocess, images, masks, num_classes,
         CalibrationStudyConfig(tuple(config.calib_sizes), seed=config.seed), threads=config.threads, progress=config.progress,
     )  # fmt: skip
     float32 = tflite_miou(ConversionDir(convert_dir).artifact("float32"), images, masks, num_classes, config.threads)
