@@ -20,6 +20,7 @@ STAGE_MARKERS = {
     "pytorch": "o",
     "onnx": "s",
     "saved_model": "D",
+    "saved_model_int8": "d",
     "float32": "^",
     "float16": "v",
     "dynamic_int8": "P",

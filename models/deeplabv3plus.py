@@ -12,7 +12,8 @@ Everything exports through ONNX to TFLite builtins as written (global average po
 H and W, its 1x1 result broadcast back with a bilinear resize). ``to_deploy()`` returns the model
 itself when its decoder is separable (Xception-65); a dense decoder (MobileNetV2) is exported with
 its first conv's taps on the ASPP map mixed before the upsampling (``decode_taps_first``) for the
-float files, and as written for the integer ones (``to_deploy(integer=True)``).
+float files, and with that conv split in two instead of reading a concatenation
+(``decode_split``) for the integer ones (``to_deploy(integer=True)``).
 """
 
 from __future__ import annotations
@@ -96,6 +97,13 @@ class Decoder(nn.Module):
         return self.fuse(torch.cat([high, self.low_proj(low)], dim=1))
 
 
+def _first_conv_folded(decoder: Decoder) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoder's first conv with its BatchNorm folded in (running statistics): weight, bias."""
+    conv, bn, _ = decoder.fuse[0]
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return conv.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale
+
+
 def decode_taps_first(decoder: Decoder, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
     """``decoder(high, low)`` for a dense decoder, with less work: its first 3x3 conv reads the
     upsampled ASPP map, and ``conv3x3(up(high)) = sum over taps t of shift_t(up(W_t high))``
@@ -104,9 +112,7 @@ def decode_taps_first(decoder: Decoder, high: torch.Tensor, low: torch.Tensor) -
     (MobileNetV2 at 512x512: 9.7 of its 26.3 GMACs); what stays at 1/4 is nine upsamplings, eight
     shifts (one-hot depthwise 3x3 convs; the centre tap needs none) and the sum. The conv's
     BatchNorm is folded in with its running statistics: an eval-mode form, for export."""
-    conv, bn, _ = decoder.fuse[0]
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    weight, bias = conv.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale
+    weight, bias = _first_conv_folded(decoder)
     channels, split, size = weight.shape[0], high.shape[1], low.shape[-2:]
     out = F.conv2d(decoder.low_proj(low), weight[:, split:], bias, padding=1)
     for ky in range(3):
@@ -118,6 +124,19 @@ def decode_taps_first(decoder: Decoder, high: torch.Tensor, low: torch.Tensor) -
                 shift[:, :, ky, kx] = 1.0
                 tap = F.conv2d(tap, shift, padding=1, groups=channels)
             out = out + tap
+    return decoder.fuse[1](F.relu(out))
+
+
+def decode_split(decoder: Decoder, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """``decoder(high, low)`` for a dense decoder without the concatenation: its first 3x3 conv as
+    the sum of two, one on the upsampled ASPP map, one on the projected low-level features. In int8
+    a concatenation's inputs share the output's scale, so the 48 low-level channels would take
+    the ASPP map's; as two convs each keeps its own. The conv's BatchNorm is folded in with its
+    running statistics: an eval-mode form, for export."""
+    weight, bias = _first_conv_folded(decoder)
+    split = high.shape[1]
+    high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=False)
+    out = F.conv2d(high, weight[:, :split], padding=1) + F.conv2d(decoder.low_proj(low), weight[:, split:], bias, padding=1)
     return decoder.fuse[1](F.relu(out))
 
 
@@ -176,11 +195,11 @@ class DeepLabV3Plus(nn.Module):
 
     def to_deploy(self, integer: bool = False) -> DeepLabV3Plus:
         # Checked with onnx2tf: mean-pool, 1x1-map resize and dilated convs all reach builtins.
-        # In int8 the plain 3x3 conv is the cheaper decoder (MobileNetV2 at 512x512 under XNNPACK,
-        # 2 threads: 23 ms a full-int8 file against 39 ms through decode_taps_first, whose nine
-        # resizes, eight shifts and eight adds at 1/4 scale cost more than the MACs they save).
-        dense = not isinstance(self.decoder.fuse[0], SeparableConvBNReLU)
-        return DeepLabV3PlusDeploy(self) if dense and not integer else self
+        # In int8 the 3x3 conv after the upsampling is the cheaper decoder: decode_taps_first's nine
+        # resizes, eight shifts and eight adds at 1/4 scale cost more than the MACs they save.
+        if isinstance(self.decoder.fuse[0], SeparableConvBNReLU):
+            return self
+        return DeepLabV3PlusInt8Deploy(self) if integer else DeepLabV3PlusDeploy(self)
 
     def load_encoder_checkpoint(self, path: str | Path) -> None:
         """Load timm-format ImageNet weights (the classification model's state dict) into the encoder.
@@ -230,11 +249,17 @@ class DeepLabV3PlusDeploy(DeepLabV3Plus):
         return decode_taps_first(self.decoder, high, low)
 
     def to_deploy(self, integer: bool = False) -> DeepLabV3Plus:
-        if not integer:
-            return self
-        plain = DeepLabV3Plus.__new__(DeepLabV3Plus)
-        _share_modules(plain, self)
-        return plain
+        return DeepLabV3PlusInt8Deploy(self) if integer else self
+
+
+class DeepLabV3PlusInt8Deploy(DeepLabV3PlusDeploy):
+    """The integer files' form of a dense decoder, exported through ``decode_split``."""
+
+    def _decode(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+        return decode_split(self.decoder, high, low)
+
+    def to_deploy(self, integer: bool = False) -> DeepLabV3Plus:
+        return self if integer else DeepLabV3PlusDeploy(self)
 
 
 def _share_modules(new: DeepLabV3Plus, model: DeepLabV3Plus) -> None:

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from seg2tflite.errors import UserError
 from seg2tflite.models import create_model, deploy_form, get_model_config, integer_form
-from seg2tflite.models.deeplabv3plus import DeepLabV3Plus, DeepLabV3PlusDeploy
+from seg2tflite.models.deeplabv3plus import DeepLabV3Plus, DeepLabV3PlusDeploy, DeepLabV3PlusInt8Deploy
 
 from model_helpers import randomise_batchnorm
 from small_chain import convert_float32
@@ -119,16 +119,23 @@ def test_dense_decoder_deploys_as_a_deeplab_with_the_same_modules(mobilenet):
     assert (rewritten - reference).abs().max() <= 1e-10 * (reference.max() - reference.min())
 
 
-def test_integer_form_of_a_dense_decoder_is_the_plain_model(mobilenet, xception):
-    """The integer files' form: the decoder as written (its 3x3 conv after the upsampling), with
-    the model's modules and function; a separable decoder has one form for every file."""
-    assert integer_form(mobilenet) is mobilenet
-    plain = integer_form(deploy_form(mobilenet))  # from the float form too
-    assert type(plain) is DeepLabV3Plus and plain.decoder is mobilenet.decoder
+def test_integer_form_of_a_dense_decoder_splits_the_conv_on_the_concatenation(mobilenet, xception):
+    """The integer files' form: the 3x3 conv after the upsampling, as two convs summed instead of one
+    on the concatenation, with the model's modules and function (to float64's precision); from the
+    float form too. A separable decoder has one form for every file."""
+    for source in (mobilenet, deploy_form(mobilenet)):
+        integer = integer_form(source)
+        assert isinstance(integer, DeepLabV3PlusInt8Deploy) and integer.decoder is mobilenet.decoder
     assert integer_form(xception) is None
-    x = torch.randn(1, 3, 64, 96)
+    model = copy.deepcopy(mobilenet).double()
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
     with torch.no_grad():
-        assert torch.equal(plain(x), mobilenet(x))
+        reference, rewritten = model(x), integer_form(model)(x)
+    assert (rewritten - reference).abs().max() <= 1e-10 * (reference.max() - reference.min())
+    def concatenations(module) -> int:
+        return len(torch.jit.trace(module, torch.randn(1, 3, 64, 64)).inlined_graph.findAllNodes("aten::cat"))
+
+    assert (concatenations(mobilenet), concatenations(integer_form(mobilenet))) == (2, 1)  # ASPP's stays
 
 
 @pytest.mark.slow
