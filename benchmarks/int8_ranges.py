@@ -272,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     results["models"] = {}
     for model in models:
         t = time.perf_counter()
-        results["models"][model] = measure_model(args.run, model, args.turns, args.threads, args.output)
+        measured = measure_model(args.run, model, args.turns, args.threads, args.output)
+        results["models"][model] = {"command": results["command"], **measured}  # rows of several goes keep theirs
         print(f"{model}: {time.perf_counter() - t:.0f} s", flush=True)
     results["output"] = args.output
     earlier = args.run / ("int8_ranges.json" if args.output == "logits" else "int8_ranges_classes.json")

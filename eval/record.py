@@ -179,7 +179,7 @@ def record_results(run_dir: str | Path, rows: list[RecordRow], sample: dict[str,
     new = {r.key: r for r in rows}
     merged = [r for r in record.rows if r.key not in new] + list(new.values())
     order = {stage: i for i, stage in enumerate(STAGES)}
-    models = list(dict.fromkeys(r.model for r in merged))
+    models = list(dict.fromkeys(r.model for r in [*record.rows, *rows]))  # a model measured again keeps its place
     merged.sort(key=lambda r: (models.index(r.model), order.get(r.stage, len(order))))
     record = RunRecord(merged, run_versions(), datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if sample is not None and rows:

@@ -160,6 +160,8 @@ def test_record_merges_by_model_and_stage_and_shows_published_figures(measured, 
     assert [(r.model, r.stage) for r in load_record(tmp_path).rows] == [
         (NAME, "pytorch"), (NAME, "onnx"), ("segformer_b0", "pytorch"), ("segformer_b0", "onnx"),
     ]  # fmt: skip
+    record_results(tmp_path, rows[:1], sample)  # a model measured again keeps its place
+    assert [r.model for r in load_record(tmp_path).rows] == [NAME, NAME, "segformer_b0", "segformer_b0"]
     md = (build_report(tmp_path) / "results.md").read_text()
     anchors = md.split("## Published figures")[1]
     assert "| `segformer_b0` | float mIoU (%) |" in anchors and "| 37.40 | ADE20K | Xie et al. 2021" in anchors
