@@ -3,8 +3,9 @@
 ``ParitySteps`` is mixed into ``chain.Chain`` (whose fields it reads: the config, the built
 artifacts, their delegation, the step cache): ``check_parity`` measures every stage on the parity
 images (or keeps ``parity.json`` when nothing changed), applies the gates, ranks full int8's ops
-by SQNR (``int8_sensitivity``), locates a broken float stage (``divergence``) and adds MediaPipe's
-row under every file (``client_rows``, gated after the divergence search).
+by SQNR against a float32 file of the same graph (``int8_sensitivity``), locates a broken float
+stage (``divergence``) and adds MediaPipe's row under every file (``client_rows``, gated after
+the divergence search).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from seg2tflite.converters.manifest import write_json
 from seg2tflite.converters.parity import ParityReport, apply_gates, format_table, measure_parity
 from seg2tflite.converters.resume import stage_key
 from seg2tflite.converters.runtimes import OnnxRunner, SavedModelRunner, TFLiteRunner, TorchRunner
-from seg2tflite.converters.stages import PARITY_FILE
+from seg2tflite.converters.stages import INTEGER_FORM, PARITY_FILE
 
 
 class ParitySteps:
@@ -100,12 +101,25 @@ class ParitySteps:
         as Model Explorer node data beside the file."""
         app = self.app
         pixels = to_pixels(parity.images, app.mean, app.std).transpose(0, 2, 3, 1) if app.input == "uint8" else None
-        float32, full_int8 = (self.artifacts[v].read_bytes() for v in ("float32", "full_int8"))
-        rows = op_sensitivity(float32, full_int8, parity.images, pixels)
+        float32 = self.sensitivity_reference()
+        if float32 is None:
+            return []
+        rows = op_sensitivity(float32, self.artifacts["full_int8"].read_bytes(), parity.images, pixels)
         if rows:
             atomic_write_text(self.folder.path / SENSITIVITY_FILE, json.dumps(model_explorer_node_data(rows), indent=1) + "\n")
             self.log(f"full_int8: lowest SQNR against float32 ({SENSITIVITY_FILE}): {'; '.join(sensitivity_lines(rows, 3))}")
         return rows
+
+    def sensitivity_reference(self) -> bytes | None:
+        """The float32 file full int8's ops are scored against: one of the same graph, so that its
+        tensors have the same names (built from the integer form when there is one; None when that
+        build fails)."""
+        if INTEGER_FORM not in self.artifacts:
+            return self.artifacts["float32"].read_bytes()
+        app = None if self.app.default else self.app.to_dict()
+        with private_tempdir("reference") as work, VariantWorker(work, False) as worker:
+            built = worker.build(self.artifacts[INTEGER_FORM], "float32", self.config.int8_io, app)
+        return None if isinstance(built, VariantFailure) else built.content
 
     def client_rows(self, parity: ParityImages, reference) -> dict:
         """MediaPipe's ImageSegmenter on every built file and the parity images' pixels (one child

@@ -4,7 +4,8 @@ Every architecture file registers its public builders with ``@register_model(Mod
 A builder takes ``num_classes`` (and optional keyword arguments) and returns an ``nn.Module``
 whose ``forward(x)`` maps a normalised image batch ``(B, 3, H, W)`` to logits ``(B, K, H, W)`` at
 the input resolution, and whose ``to_deploy()`` returns the same function written with operations
-that reach TFLite builtins (see ``seg2tflite.models.deploy_form``).
+that reach TFLite builtins (see ``seg2tflite.models.deploy_form``); ``to_deploy(integer=True)``,
+where a model takes it, the form its integer files are built from (``integer_form``).
 """
 
 from __future__ import annotations

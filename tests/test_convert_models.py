@@ -108,6 +108,9 @@ def test_integer_variants_come_from_the_integer_form_when_there_is_one(converted
     assert any(name.startswith(f"{STAGES[INTEGER_FORM].file}/") for name in result.manifest["artifacts"])
     for variant in VARIANTS:
         assert resizes[variant] == (3 if STAGES[variant].integer else 11), (variant, resizes)
+    scored = {row["op"] for row in result.parity.int8_sensitivity}  # against a float32 file of the same graph
+    assert {"CONCATENATION", "RESIZE_BILINEAR"} <= scored, scored
+    print(f"{name}: {len(result.parity.int8_sensitivity)} of {sum(result.ops['full_int8'].counts.values())} int8 ops scored")
 
 
 def test_quantized_stages_reported_not_gated(converted):
