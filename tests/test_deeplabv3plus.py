@@ -132,6 +132,7 @@ def test_integer_form_of_a_dense_decoder_splits_the_conv_on_the_concatenation(mo
     with torch.no_grad():
         reference, rewritten = model(x), integer_form(model)(x)
     assert (rewritten - reference).abs().max() <= 1e-10 * (reference.max() - reference.min())
+
     def concatenations(module) -> int:
         return len(torch.jit.trace(module, torch.randn(1, 3, 64, 64)).inlined_graph.findAllNodes("aten::cat"))
 
