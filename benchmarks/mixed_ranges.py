@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         results["models"] = json.loads(earlier.read_text())["models"]  # a run's models measured in several goes: one record
     for model in models:
         t = time.perf_counter()
-        results["models"][model] = measure_model(args.run, model, args.max_miou_drop, args.val_images, args.threads)
+        measured = measure_model(args.run, model, args.max_miou_drop, args.val_images, args.threads)
+        results["models"][model] = {"command": results["command"], **measured}  # rows of several goes keep theirs
         print(f"{model}: {time.perf_counter() - t:.0f} s", flush=True)
         write_record(results, [earlier, *([args.record] if args.record else [])])
     print(render(results), end="")
