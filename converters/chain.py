@@ -38,6 +38,7 @@ from seg2tflite.converters.resume import StageCache, stage_key
 from seg2tflite.converters.runtimes import TFLiteRunner
 from seg2tflite.converters.stages import (
     INTEGER_FORM,
+    INTEGER_VARIANTS,
     MANIFEST_FILE,
     ONNX2TF_LOGS,
     PARITY_FILE,
@@ -76,7 +77,7 @@ def names_written(config: ConvertConfig, weights: bool) -> list[str]:
     PyTorch weights too); ``StageCache.claim`` refuses a file of the user's under any of them."""
     reference = STAGES[REFERENCE].file
     names = [reference, str(Path(reference).with_suffix(".json"))] if weights else []
-    saved_models = ("saved_model", INTEGER_FORM) if any(STAGES[v].integer for v in config.variants) else ("saved_model",)
+    saved_models = ("saved_model", INTEGER_FORM) if set(config.variants) & set(INTEGER_VARIANTS) else ("saved_model",)
     names += [STAGES[s].file for s in ("onnx", *saved_models, *config.variants)]
     names += [RANGES_FILE, SENSITIVITY_FILE] if "full_int8" in config.variants else []
     return names + [ONNX2TF_LOGS[s] for s in saved_models] + [PARITY_FILE, MANIFEST_FILE]
@@ -87,7 +88,7 @@ class Chain(ParitySteps):
     """One conversion under way: what its steps share. The steps run in the order of ``run``."""
 
     prepared: PreparedOnnx
-    integer_form: PreparedOnnx | None  # the integer variants' ONNX graph, when it is another (INTEGER_FORM)
+    integer_form: PreparedOnnx | None  # the integer variants' ONNX graph, when they are built and it is another
     torch_model: object | None  # the module parity is measured against (None for an ONNX input)
     deploy_model: object | None  # the module the ONNX graph was exported from
     folder: ConversionDir
@@ -136,7 +137,7 @@ class Chain(ParitySteps):
         self.write_onnx()
         sample = np.ascontiguousarray(parity.images.transpose(0, 2, 3, 1))  # NHWC: onnx2tf checks its layouts on these
         self.build_saved_model("saved_model", self.prepared, self.keys["onnx"], sample)
-        if self.builds_integer_form:
+        if self.integer_form is not None:
             onnx_key = stage_key(self.integer_form.model.SerializeToString())
             self.build_saved_model(INTEGER_FORM, self.integer_form, onnx_key, sample)
         with private_tempdir("variants") as work, VariantWorker(work, self.progress) as worker:
@@ -167,18 +168,14 @@ class Chain(ParitySteps):
         return names_written(self.config, weights=self.before_writing is not None)
 
     @property
-    def builds_integer_form(self) -> bool:
-        return self.integer_form is not None and any(STAGES[v].integer for v in self.config.variants)
-
-    @property
     def built(self) -> tuple[str, ...]:
         """The variants built and checked (all asked for, less those that failed)."""
         return tuple(v for v in self.config.variants if v not in self.failures)
 
     @property
     def saved_models(self) -> tuple[str, ...]:
-        """The SavedModel stages this conversion built."""
-        return tuple(s for s in ("saved_model", INTEGER_FORM) if s in self.artifacts)
+        """The SavedModel stages this conversion builds."""
+        return ("saved_model", INTEGER_FORM) if self.integer_form is not None else ("saved_model",)
 
     @property
     def failure_dicts(self) -> dict[str, dict]:
@@ -205,7 +202,7 @@ class Chain(ParitySteps):
     def forget_other_runs(self, model_info: dict) -> None:
         """Record the weights this run saved (the PyTorch stage), then delete what an earlier run
         into this folder built that this one does not: no file of another run stays beside this one."""
-        stages = ["onnx", "saved_model", *([INTEGER_FORM] if self.builds_integer_form else []), *self.config.variants, "parity"]
+        stages = ["onnx", *self.saved_models, *self.config.variants, "parity"]
         weights = model_info.get("weights")
         if weights:
             names = [weights, Path(weights).with_suffix(".json").name]

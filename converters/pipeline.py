@@ -23,7 +23,7 @@ from seg2tflite.converters.config import ConvertConfig
 from seg2tflite.converters.offline import no_network
 from seg2tflite.converters.onnx_export import export_onnx, load_onnx, prepare_onnx
 from seg2tflite.converters.outputs import adapt_outputs
-from seg2tflite.converters.stages import STAGES, ConversionDir
+from seg2tflite.converters.stages import INTEGER_VARIANTS, ConversionDir
 from seg2tflite.data.base import SegmentationDataset
 from seg2tflite.data.preprocess import Preprocess
 from seg2tflite.errors import UserError, setting
@@ -92,7 +92,7 @@ def convert_model(
     check_finite_weights(model)
     t = time.perf_counter()
     deploy = deploy_form(model, config.opset).eval()
-    integer = integer_form(model, config.opset) if any(STAGES[v].integer for v in config.variants) else None
+    integer = integer_form(model, config.opset) if set(config.variants) & set(INTEGER_VARIANTS) else None
     classes = {"class": _class_name(model), "deploy_class": _class_name(deploy)}
     if integer is not None:  # the integer variants get a form of their own (INTEGER_FORM)
         classes["integer_deploy_class"] = _class_name(integer)
