@@ -27,6 +27,12 @@ through its argmax, and int8 logits that round to one level tie (ARG_MAX then ta
 class). Its range (``percentile``, ``mse``) is narrowed to what decides the argmax: from just
 below the smallest winning value of a position to just above the largest runner-up, over the
 calibration images: clipping values outside it changes no position's argmax there.
+
+A graph output that holds class logits (NHWC, more than one class) is read through its softmax
+and argmax, not value by value: its range (``percentile``, ``mse``) is the one whose int8 grid
+changes the softmax least (mean KL divergence from the float softmax over positions sampled from
+the calibration images). Losers far below a position's winner may clip at no cost; near-equal
+top logits get the finer grid that keeps them apart.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ CANDIDATES = ("minmax", "percentile", "mse")  # what ``auto`` chooses from
 PERCENTILE = 99.99
 BINS = 2048
 HELD_OUT_EVERY = 4  # auto: every 4th calibration image scores the methods, the rest sets their ranges
+LOGIT_ROWS_PER_IMAGE = 1024  # class-logit outputs: positions kept per image for the softmax divergence
+LOGIT_ROWS = 32768  # and at most this many searched
 SAME_SCALE_OPS = frozenset({
     "CONCATENATION", "MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR",
     "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "SLICE", "STRIDED_SLICE", "SPLIT", "SPLIT_V", "PACK", "UNPACK", "PAD",
@@ -68,6 +76,7 @@ class Histogram:
     zeros: int = 0
     top1_min: float = np.inf  # read only by ARG_MAX: the smallest value that wins its position
     top2_max: float = -np.inf  # and the largest runner-up
+    logit_rows: list[np.ndarray] = field(default_factory=list)  # a class-logit output: sampled positions' logits
 
     def add(self, values: np.ndarray) -> None:
         values = values.ravel()
@@ -87,6 +96,12 @@ class Histogram:
         top = np.partition(values, -2, axis=axis)  # the runner-up at -2, the winner after it
         self.top1_min = min(self.top1_min, float(np.take(top, -1, axis=axis).min()))
         self.top2_max = max(self.top2_max, float(np.take(top, -2, axis=axis).max()))
+
+    def add_logits(self, values: np.ndarray) -> None:
+        """Keep up to ``LOGIT_ROWS_PER_IMAGE`` positions (evenly spaced) of class logits, classes last."""
+        rows = values.reshape(-1, values.shape[-1])
+        keep = np.linspace(0, len(rows) - 1, min(len(rows), LOGIT_ROWS_PER_IMAGE)).astype(np.int64)
+        self.logit_rows.append(rows[keep].astype(np.float32))
 
     @property
     def decisive(self) -> bool:
@@ -110,6 +125,7 @@ def merged(histograms: list[Histogram]) -> Histogram:
         out.seen_min, out.seen_max = min(out.seen_min, h.seen_min), max(out.seen_max, h.seen_max)
         out.top1_min, out.top2_max = min(out.top1_min, h.top1_min), max(out.top2_max, h.top2_max)
         out.zeros += h.zeros
+        out.logit_rows += h.logit_rows
     return out
 
 
@@ -118,7 +134,9 @@ def choose_range(histogram: Histogram, method: str) -> tuple[float, float]:
     lo, hi = histogram.seen_min, histogram.seen_max
     if not lo <= hi:
         return 0.0, 0.0
-    if method == "percentile" and histogram.counts.sum():
+    if method in ("percentile", "mse") and histogram.logit_rows:
+        lo, hi = _least_divergence_range(np.concatenate(histogram.logit_rows), lo, hi)
+    elif method == "percentile" and histogram.counts.sum():
         lo, hi = _percentile(histogram, 100 - PERCENTILE), _percentile(histogram, PERCENTILE)
     elif method == "mse" and histogram.counts.sum():
         lo, hi = _least_error_range(histogram)
@@ -166,6 +184,37 @@ def _least_error_range(histogram: Histogram, candidates: int = 128) -> tuple[flo
     error = above[None, :] + below[:, None] + np.maximum(inside, 0) * step**2 / 12
     i, j = np.unravel_index(int(np.argmin(error)), error.shape)
     return float(a[i]), float(b[j])
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def _least_divergence_range(rows: np.ndarray, lo: float, hi: float, steps: int = 20) -> tuple[float, float]:
+    """The (min, max) within (``lo``, ``hi``) whose int8 grid moves the softmax of ``rows``
+    (positions x classes) least from the float one (mean KL divergence): a coarse grid of bounds
+    from the extremes inwards, then a finer one around its best."""
+    rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), LOGIT_ROWS)).astype(np.int64)].astype(np.float64)
+    reference = _log_softmax(rows)
+    weights = np.exp(reference)
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+
+    def divergence(f_lo: float, f_hi: float) -> float:
+        a, b = lo * f_lo, hi * f_hi
+        if b - a <= 0:
+            return np.inf
+        scale = (b - a) / 255
+        zero_point = np.round(-128 - a / scale)
+        grid = (np.clip(np.round(rows / scale + zero_point), -128, 127) - zero_point) * scale
+        return float(np.mean(np.sum(weights * (reference - _log_softmax(grid)), axis=1)))
+
+    coarse = np.linspace(1 / steps, 1, steps)  # fractions of the extremes
+    _, f_lo, f_hi = min((divergence(a, b), a, b) for a in coarse for b in coarse)
+    fine = np.linspace(-1 / steps, 1 / steps, 9)
+    candidates = [(a, b) for a in f_lo + fine for b in f_hi + fine if 0 < a <= 1 and 0 < b <= 1]
+    _, f_lo, f_hi = min((divergence(a, b), a, b) for a, b in candidates)
+    return lo * f_lo, hi * f_hi
 
 
 def calibrate(saved_model, representative: Representative, per_channel: bool = True) -> bytes:
@@ -277,6 +326,7 @@ def collect_statistics(calibrated: bytes, representative: Representative, hold_o
     interpreter = every_tensor_interpreter(calibrated)
     inputs = interpreter.get_input_details()
     (output,) = interpreter.get_output_details()
+    logits = output["index"] if len(output["shape"]) == 4 and output["shape"][-1] > 1 else None  # NHWC class logits
     stats = RangeStatistics({t: Histogram(*r) for t, r in ranges.items()}, {}, [], [])
     names = {t["index"]: t["name"].encode() for t in interpreter.get_tensor_details()}
     sums: dict[int, np.ndarray] = {}
@@ -292,6 +342,8 @@ def collect_statistics(calibrated: bytes, representative: Representative, hold_o
             target.setdefault(t, Histogram(lo, hi)).add(values)
             if t in decisive:
                 target[t].add_decisive(values, decisive[t])
+            if t == logits and np.issubdtype(values.dtype, np.floating):
+                target[t].add_logits(values)
             if values.ndim:
                 sums[t] = sums.get(t, 0) + values.reshape(-1, values.shape[-1]).mean(axis=0, dtype=np.float64)
         if held:

@@ -82,6 +82,42 @@ def test_ranges_hold_zero_and_stay_inside_what_was_seen():
         choose_range(positive, "kl")
 
 
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def _on_grid(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    scale = (hi - lo) / 255
+    zero_point = np.round(-128 - lo / scale)
+    return (np.clip(np.round(values / scale + zero_point), -128, 127) - zero_point) * scale
+
+
+def _softmax_divergence(logits: np.ndarray, lo: float, hi: float) -> float:
+    reference = _log_softmax(logits)
+    return float(np.mean(np.sum(np.exp(reference) * (reference - _log_softmax(_on_grid(logits, lo, hi))), -1)))
+
+
+def test_class_logits_get_the_range_that_moves_their_softmax_least():
+    """An output of class logits whose losers reach far below the winners: min/max and the
+    value-by-value rules spend int8 levels on values no softmax or argmax sees, and near-equal top
+    logits round together. The range chosen for logits keeps the softmax closer and fewer argmaxes move."""
+    rng = np.random.default_rng(5)
+    logits = rng.normal(0.0, 0.6, size=(40_000, 6)).astype(np.float32)
+    logits[:, 5] -= rng.uniform(0, 30, size=len(logits)).astype(np.float32)  # a class that never wins, far below
+    plain = _histogram(logits)
+    as_logits = _histogram(logits)
+    as_logits.add_logits(logits.reshape(1, 200, 200, 6))
+    decided = logits.argmax(-1)
+    for method in ("percentile", "mse"):
+        value_range, logit_range = choose_range(plain, method), choose_range(as_logits, method)
+        assert logit_range[1] - logit_range[0] < 0.5 * (value_range[1] - value_range[0]), method
+        assert _softmax_divergence(logits, *logit_range) < 0.5 * _softmax_divergence(logits, *value_range), method
+        moved = {r: np.mean(_on_grid(logits, *r).argmax(-1) != decided) for r in (value_range, logit_range)}
+        assert moved[logit_range] < moved[value_range], method
+    assert choose_range(as_logits, "minmax") == choose_range(plain, "minmax")  # min/max stays the converter's
+
+
 def test_tied_histograms_merge_onto_common_edges():
     a, b = np.linspace(0, 1, 1000), np.linspace(-4, 2, 3000)
     m = merged([_histogram(a), _histogram(b)])
@@ -387,4 +423,52 @@ def test_logits_read_only_by_argmax_get_the_range_that_decides_it(tmp_path):
         scale, misses = scale_and_misses(method)
         assert scale < minmax_scale / 4, method
         assert scale * 255 >= histogram.top2_max - histogram.top1_min  # the deciding values stay inside
+        assert misses < minmax_misses / 2, (method, misses, minmax_misses)
+
+
+@pytest.mark.chain
+def test_a_logits_output_gets_the_range_its_softmax_reads(tmp_path):
+    """A file that returns class logits, one class far below the others: its output's range is
+    chosen from the calibration images' sampled logits, so the written output scale is finer than
+    min/max's and fewer pixels leave the float model's argmax."""
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    from seg2tflite.calibration.representative import calibration_from_array
+    from seg2tflite.converters import int8_ranges
+    from seg2tflite.converters.tflite_variants import build_tflite
+
+    rng = np.random.default_rng(0)
+    weights = tf.constant(rng.normal(size=(1, 1, 3, 4)).astype(np.float32))
+    bias = tf.constant([0.0, 0.0, 0.0, -40.0])
+    module = tf.Module()
+    module.f = tf.function(
+        lambda x: tf.nn.conv2d(x, weights, 1, "SAME") + bias, input_signature=[tf.TensorSpec([1, *SIZE, 3], tf.float32)]
+    )
+    tf.saved_model.save(module, str(tmp_path / "saved_model"), signatures=module.f)
+    calib = calibration_from_array(rng.normal(size=(24, 3, *SIZE)).astype(np.float32), "normal")
+    reference = np.concatenate([module.f(x[None]).numpy() for x in calib.nhwc()]).argmax(-1)
+
+    calibrated = int8_ranges.calibrate(tmp_path / "saved_model", calib.representative_dataset())
+    stats = int8_ranges.collect_statistics(calibrated, calib.representative_dataset(), hold_out=False)
+    (output,) = [h for h in stats.fit.values() if h.logit_rows]
+    assert sum(len(rows) for rows in output.logit_rows) == len(calib) * SIZE[0] * SIZE[1]
+
+    def scale_and_misses(method: str) -> tuple[float, float]:
+        content = build_tflite(tmp_path / "saved_model", "full_int8", calib, int8_io="int8", int8_ranges=method)
+        interpreter = Interpreter(model_content=content)
+        interpreter.allocate_tensors()
+        (detail,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+        in_scale, in_zero = detail["quantization"]
+        misses = []
+        for x, ref in zip(calib.nhwc(), reference):
+            interpreter.set_tensor(detail["index"], np.clip(np.round(x[None] / in_scale + in_zero), -128, 127).astype(np.int8))
+            interpreter.invoke()
+            misses.append(np.mean(interpreter.get_tensor(out["index"])[0].argmax(-1) != ref))
+        return out["quantization"][0], float(np.mean(misses))
+
+    minmax_scale, minmax_misses = scale_and_misses("minmax")
+    for method in ("percentile", "mse"):
+        scale, misses = scale_and_misses(method)
+        assert scale < minmax_scale / 2, method
         assert misses < minmax_misses / 2, (method, misses, minmax_misses)
