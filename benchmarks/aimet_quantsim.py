@@ -12,6 +12,7 @@ by ``tf_enhanced``. Nothing is converted: this is AIMET's estimate of what int8 
 best-PTQ reference the .tflite files are held against.
 
     .venv-aimet/bin/python benchmarks/aimet_quantsim.py CHECKPOINT --data data.npz --out result.json
+    .venv-aimet/bin/python benchmarks/aimet_quantsim.py CHECKPOINT --data data.npz --schemes adaround --out adaround.json
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SCHEMES = ("tf_enhanced", "percentile", "min_max", "adaround")
-ADAROUND_ITERATIONS = int(__import__("os").environ.get("ADA_IT", 2000))  # AIMET's default is 10000; 2000 keeps a model within minutes on 2 CPU cores
+RANGE_SCHEMES = ("tf_enhanced", "percentile", "min_max")  # the default: minutes
+SCHEMES = (*RANGE_SCHEMES, "adaround")
+ADAROUND_ITERATIONS = 2000  # per layer; AIMET's default is 10000, 2000 keeps a small model under an hour on 2 CPU cores
 
 
 def _scheme(name: str):
@@ -35,15 +37,17 @@ def _scheme(name: str):
             "min_max": QuantScheme.min_max, "adaround": QuantScheme.post_training_tf_enhanced}[name]  # fmt: skip
 
 
-def adarounded(model: torch.nn.Module, dummy: torch.Tensor, calib: np.ndarray, workdir: Path) -> Path:
+def adarounded(model: torch.nn.Module, dummy: torch.Tensor, calib: np.ndarray, workdir: Path, iterations: int) -> Path:
     """AdaRound ``model``'s weights in place on the calibration images; the frozen weight encodings' file."""
     from aimet_torch.adaround.adaround_weight import Adaround, AdaroundParameters
     from aimet_torch.common.defs import QuantScheme
 
     batches = torch.utils.data.DataLoader(torch.from_numpy(calib), batch_size=8)
-    params = AdaroundParameters(batches, num_batches=len(batches), default_num_iterations=ADAROUND_ITERATIONS)
-    Adaround.apply_adaround(model, dummy, params, path=str(workdir), filename_prefix="adaround", default_param_bw=8,
-                            default_quant_scheme=QuantScheme.post_training_tf_enhanced, default_config_file="default")
+    params = AdaroundParameters(batches, num_batches=len(batches), default_num_iterations=iterations)
+    Adaround.apply_adaround(
+        model, dummy, params, path=str(workdir), filename_prefix="adaround", default_param_bw=8,
+        default_quant_scheme=QuantScheme.post_training_tf_enhanced, default_config_file="default",
+    )  # fmt: skip
     return workdir / "adaround.encodings"
 
 
@@ -70,7 +74,7 @@ def predict(model, images: np.ndarray) -> np.ndarray:
         return np.concatenate([model(torch.from_numpy(x[None])).argmax(1).numpy() for x in images])
 
 
-def simulate(checkpoint: str, data: dict, schemes: tuple[str, ...], workdir: Path) -> dict:
+def simulate(checkpoint: str, data: dict, schemes: tuple[str, ...], workdir: Path, iterations: int = ADAROUND_ITERATIONS) -> dict:
     from aimet_torch.batch_norm_fold import fold_all_batch_norms
     from aimet_torch.model_preparer import prepare_model
     from aimet_torch.quantsim import QuantizationSimModel
@@ -88,7 +92,7 @@ def simulate(checkpoint: str, data: dict, schemes: tuple[str, ...], workdir: Pat
             except Exception:  # noqa: BLE001 - a graph torch.fx cannot trace: its modules are quantized as they are
                 traceback.print_exc()
             fold_all_batch_norms(model, tuple(dummy.shape), dummy_input=dummy)
-            encodings = adarounded(model, dummy, calib, workdir) if scheme == "adaround" else None
+            encodings = adarounded(model, dummy, calib, workdir, iterations) if scheme == "adaround" else None
             sim = QuantizationSimModel(
                 model, dummy, quant_scheme=_scheme(scheme), default_output_bw=8, default_param_bw=8, config_file="default"
             )
@@ -117,12 +121,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
     parser.add_argument("--data", required=True, help="npz: calib, images (N, 3, H, W float32), masks, num_classes")
-    parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES)
+    parser.add_argument("--schemes", nargs="+", default=list(RANGE_SCHEMES), choices=SCHEMES)
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--adaround-iterations", type=int, default=ADAROUND_ITERATIONS, help="per layer")
     args = parser.parse_args()
     torch.manual_seed(0)
     data = dict(np.load(args.data))
-    args.out.write_text(json.dumps(simulate(args.checkpoint, data, tuple(args.schemes), args.out.parent), indent=2) + "\n")
+    result = simulate(args.checkpoint, data, tuple(args.schemes), args.out.parent, args.adaround_iterations)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -4,11 +4,11 @@ For each model of a run folder (``seg2tflite demo --out RUN``): the calibration 
 conversion used (the names its manifest lists) and the run's test split go to AIMET, in its own
 environment (``.venv-aimet``, made on first use from ``aimet_requirements.txt`` plus this checkout
 without its dependencies), which simulates per-channel W8A8 with each of its range schemes
-(``aimet_quantsim.py``). Beside it: PyTorch's and the run's own full-int8 mIoU (``record.json``),
+(``aimet_quantsim.py``) and, with ``--adaround``, also AdaRound's learned weight rounding. Beside it: PyTorch's and the run's own full-int8 mIoU (``record.json``),
 and, when ``benchmarks/vs_litert_torch.py`` has run on the same run, PT2E's full-int8 mIoU at the
 demo size (``RUN/litert_torch/compare.json``).
 
-    python benchmarks/vs_aimet.py --run runs/demo [--models segnet_vgg16 ...] [--record FILE]
+    python benchmarks/vs_aimet.py --run runs/demo [--models segnet_vgg16 ...] [--adaround] [--reuse] [--record FILE]
 
 Writes ``RUN/aimet/compare.json`` and prints the table. A benchmark, not a test.
 """
@@ -55,7 +55,7 @@ def _pt2e_miou(run: Path, model: str) -> float | None:
     return None
 
 
-def compare_model(run: Path, model: str, python: Path, reuse: bool = False) -> dict:
+def compare_model(run: Path, model: str, python: Path, reuse: bool = False, adaround: bool = False) -> dict:
     from seg2tflite.data import Preprocess, load_dataset
 
     convert = RunDir(run).conversion(model).path
@@ -72,10 +72,13 @@ def compare_model(run: Path, model: str, python: Path, reuse: bool = False) -> d
         masks=np.stack([p[1] for p in pairs]), num_classes=test.info.num_classes,
     )  # fmt: skip
     checkpoint = RunDir(run).checkpoint(model)
-    if not (reuse and (out / "result.json").is_file()):
-        subprocess.run([str(python), str(CHILD), str(checkpoint), "--data", str(out / "data.npz"), "--out", str(out / "result.json")],
-                       check=True)  # fmt: skip
+    for name, schemes in (("result.json", []), *((("adaround.json", ["--schemes", "adaround"]),) if adaround else ())):
+        if not (reuse and (out / name).is_file()):
+            subprocess.run([str(python), str(CHILD), str(checkpoint), "--data", str(out / "data.npz"), *schemes, "--out",
+                            str(out / name)], check=True)  # fmt: skip
     aimet = json.loads((out / "result.json").read_text())
+    if (out / "adaround.json").is_file():  # AIMET's AdaRound, from this run or an earlier one (same data)
+        aimet["schemes"].update(json.loads((out / "adaround.json").read_text())["schemes"])
     ours = _run_miou(run, model)
     return {
         "pytorch_miou": ours.get("pytorch"), "ours_full_int8_miou": ours.get("full_int8"), "pt2e_miou": _pt2e_miou(run, model),
@@ -86,6 +89,8 @@ def compare_model(run: Path, model: str, python: Path, reuse: bool = False) -> d
 
 def render(results: dict) -> str:
     schemes = ("tf_enhanced", "percentile", "min_max")
+    if any("adaround" in r["aimet"] for r in results["models"].values()):
+        schemes += ("adaround",)
     lines = [
         "| model | PyTorch | ours full int8 (Δ) | PT2E (Δ) | "
         + " | ".join(f"AIMET {s} (Δ)" for s in schemes)
@@ -112,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = run_parser(__doc__)
     parser.add_argument("--venv", type=Path, default=VENV)
     parser.add_argument("--reuse", action="store_true", help="take a model's AIMET result already in RUN/aimet/M (same data)")
+    parser.add_argument("--adaround", action="store_true", help="also AIMET's AdaRound (minutes to an hour a model)")
     args = parser.parse_args(argv)
     if rendered_only(parser, args, render):
         return 0
@@ -122,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     command = ["python", "benchmarks/vs_aimet.py", *(argv or sys.argv[1:])]
     results = {"command": command, "versions": package_versions(), "models": {}}  # each model also has AIMET's
     for model in models:
-        results["models"][model] = compare_model(args.run, model, python, args.reuse)
+        results["models"][model] = compare_model(args.run, model, python, args.reuse, args.adaround)
         print(f"{model}: done", flush=True)
     write_record(results, [args.run / "aimet" / "compare.json", *([args.record] if args.record else [])])
     print(render(results))
