@@ -25,7 +25,7 @@ from seg2tflite.converters.checks import check_class_count, check_module_classes
 from seg2tflite.converters.config import ConvertConfig
 from seg2tflite.converters.gpu_check import gpu_compatibility, gpu_line
 from seg2tflite.converters.images import ParityImages, calibration_set, parity_images, resolve_data
-from seg2tflite.converters.int8_ranges import RANGES_FILE
+from seg2tflite.converters.int8_ranges import RANGES_FILE, RULES_REVISION
 from seg2tflite.converters.int8_sensitivity import SENSITIVITY_FILE
 from seg2tflite.converters.isolated import VariantError, VariantFailure, VariantWorker, failure_message
 from seg2tflite.converters.manifest import artifact_hashes, build_manifest, package_versions, write_json
@@ -248,7 +248,7 @@ class Chain(ParitySteps):
         calibrated = STAGES[variant].calibrated
         calib_key = stage_key(calib.images.tobytes()) if calibrated else None
         app, metadata = self.app, None if self.metadata is None else self.metadata.to_dict()
-        ranges = (self.config.int8_ranges, self.config.int8_bias_correction) if variant == "full_int8" else ()
+        ranges = (self.config.int8_ranges, self.config.int8_bias_correction, RULES_REVISION) if variant == "full_int8" else ()
         source = INTEGER_FORM if STAGES[variant].integer and INTEGER_FORM in self.artifacts else "saved_model"
         key = self.keys[variant] = stage_key(
             self.keys[source], variant, calib_key, self.config.int8_io, app.to_dict(), metadata, *ranges

@@ -45,6 +45,7 @@ import numpy as np
 from seg2tflite.quiet import muted_stderr
 
 RANGE_METHODS = ("minmax", "percentile", "mse", "auto")
+RULES_REVISION = 2  # raised when a rule changes the range a method chooses: full-int8 files built before are rebuilt
 RANGES_FILE = "int8_ranges.json"  # beside model_full_int8.tflite in a conversion folder: its ``int8_build.Int8Build.record``
 CANDIDATES = ("minmax", "percentile", "mse")  # what ``auto`` chooses from
 PERCENTILE = 99.99
