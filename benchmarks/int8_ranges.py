@@ -7,7 +7,9 @@ each file is evaluated on the run's test split in LiteRT with XNNPACK, beside th
 PyTorch's mIoU from the run record. ``auto`` is reported as the method it chose (its file is that
 method's file) with the held-out scores it chose by. Latency: the float32 file and every int8
 file loaded side by side in one fresh process, timed in turns (``eval.bench.benchmark_in_turns``,
-``invoke()`` alone), the ratio int8 / float32 the median of the turns' ratios.
+``invoke()`` alone), the ratio int8 / float32 the median of the turns' ratios. Where the loss
+sits: the float32 file's logits put on each int8 file's output grid (its output's scale and zero
+point) and nothing else, scored the same way.
 
     python benchmarks/int8_ranges.py --run runs/demo
     python benchmarks/int8_ranges.py --run runs/demo --models segformer_b0 --record results/int8_ranges_seed0.json
@@ -94,12 +96,32 @@ def measure_model(run: Path, model: str, turns: int, threads: int, output: str =
     return out
 
 
-def _predictions(runner, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def logits_grid(content: bytes) -> tuple[float, int] | None:
+    """The int8 grid (scale, zero point) a file puts its class logits on: its int8 output, the int8
+    tensor its last DEQUANTIZE reads, or what its ARG_MAX reads; None when they are not int8."""
+    from seg2tflite.converters.tflite_graph import TFLiteGraph
+
+    graph = TFLiteGraph.read(content)
+    tensor = int(graph.graph.outputs[0])
+    producer = graph.producer.get(tensor)
+    if producer is not None and graph.name(producer) in ("DEQUANTIZE", "ARG_MAX"):
+        tensor = int(producer.inputs[0])
+    return graph.params(tensor) if graph.is_int8(tensor) else None
+
+
+def _on_grid(logits: np.ndarray, grid: tuple[float, int]) -> np.ndarray:
+    scale, zero_point = grid
+    return (np.clip(np.round(logits / scale) + zero_point, -128, 127) - zero_point) * scale
+
+
+def _predictions(runner, images: np.ndarray, grid: tuple[float, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The argmax of a LiteRT runner (XNNPACK) on every image, and where its two largest
-    logits are equal (int8 logits tie; argmax then takes the lower class index; a class map has none)."""
+    logits are equal (int8 logits tie; argmax then takes the lower class index; a class map has none);
+    with ``grid``, of the runner's logits put on that int8 grid first."""
     argmax, ties = [], []
     for i in range(len(images)):
         logits = runner(images[i : i + 1])
+        logits = logits if grid is None else _on_grid(logits, grid)
         top = np.sort(logits, axis=1)
         argmax.append(logits.argmax(1))
         ties.append(top[:, -1] == top[:, -2])
@@ -139,7 +161,8 @@ def compare_methods(saved_model, float32: Path, calib, images, masks, k, int8_io
     from seg2tflite.converters.tflite_variants import build_variant
     from seg2tflite.eval.bench import benchmark_in_turns
 
-    float32_argmax = _predictions(TFLiteRunner(float32, threads), images)[0]
+    float32_runner = TFLiteRunner(float32, threads)
+    float32_argmax = _predictions(float32_runner, images)[0]
     out = {"float32_miou": float(_miou(_confusions(float32_argmax, masks, k).sum(0))), "float32_bytes": float32.stat().st_size}
     methods: dict[str, dict] = {}
     confusions: dict[str, np.ndarray] = {}
@@ -171,6 +194,10 @@ def compare_methods(saved_model, float32: Path, calib, images, masks, k, int8_io
                 "tensors": record["tensors"],
                 "build_seconds": round(time.perf_counter() - t, 1),
             }
+            grid = logits_grid(content)
+            if grid is not None:  # what the output's int8 grid alone costs: the float32 file's logits put on it
+                on_grid = _predictions(float32_runner, images, grid)[0]
+                methods[method]["output_grid_miou"] = float(_miou(_confusions(on_grid, masks, k).sum(0)))
         out["auto"] = {}
         for tag in ("", "+bc"):
             record = build_variant(
@@ -233,12 +260,13 @@ def render(results: dict) -> str:
             + f" | {chose[0]} | {chose[1]} | {'-' if ratio is None else f'{ratio:.2f}'} | {m['delegated_ops']}/{m['ops']} |"
         )  # fmt: skip
     measured = {model: r for model, r in results["models"].items() if "pixels_off_float32" in r["methods"]["minmax"]}
+    grid = any("output_grid_miou" in m for r in measured.values() for m in r["methods"].values())
     if measured:  # records written since the test images' agreement is kept
         lines += [
             "",
             f"| model | auto | test pixels off float32{'' if results.get('output') == 'classes' else ' (on int8 ties)'}: minmax "
-            "| auto | auto - minmax mIoU (95% interval) |",
-            "| --- | --- | --: | --: | --: |",
+            "| auto | auto - minmax mIoU (95% interval) |" + (" auto Δ | its output grid alone Δ |" if grid else ""),
+            "| --- | --- | --: | --: | --: |" + (" --: | --: |" if grid else ""),
         ]
         for model, r in measured.items():
             chose, minmax = r["methods"][r["auto"]["auto"]["chose"]], r["methods"]["minmax"]
@@ -248,9 +276,13 @@ def render(results: dict) -> str:
                 ties = m.get("pixels_off_float32_on_ties") if results.get("output") != "classes" else None  # a class map has none
                 return f"{100 * m['pixels_off_float32']:.2f}%" + ("" if ties is None else f" ({100 * ties:.2f}%)")
 
+            ref = r["pytorch_miou"] if r["pytorch_miou"] is not None else r["float32_miou"]
+            alone = f" {chose['miou'] - ref:+.2f} | " + (
+                f"{chose['output_grid_miou'] - r['float32_miou']:+.2f} |" if "output_grid_miou" in chose else "- |"
+            )
             lines.append(
                 f"| `{model}` | {r['auto']['auto']['chose']} | {off(minmax)} | {off(chose)} | "
-                f"{chose['miou'] - minmax['miou']:+.2f} ({low:+.2f} to {high:+.2f}) |"
+                f"{chose['miou'] - minmax['miou']:+.2f} ({low:+.2f} to {high:+.2f}) |" + (alone if grid else "")
             )
     return "\n".join(lines) + "\n"
 
