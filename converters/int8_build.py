@@ -17,6 +17,7 @@ from seg2tflite.converters.int8_ranges import (
     CANDIDATES,
     HELD_OUT_EVERY,
     RANGE_METHODS,
+    RULES_REVISION,
     Histogram,
     RangeStatistics,
     Representative,
@@ -53,6 +54,7 @@ class Int8Build:
                 else "requested"
             ),
             "held_out_scores": self.scores,
+            "rules_revision": RULES_REVISION,
             "tensors": self.tensors,
             "narrower_than_minmax": self.narrowed,
             "bias_corrected_ops": self.bias_corrected,
