@@ -4,8 +4,9 @@ For each model of a run folder (``seg2tflite demo --out RUN``): the calibration 
 conversion used (the names its manifest lists) and the run's test split go to AIMET, in its own
 environment (``.venv-aimet``, made on first use from ``aimet_requirements.txt`` plus this checkout
 without its dependencies), which simulates per-channel W8A8 with each of its range schemes
-(``aimet_quantsim.py``) and, with ``--adaround``, also AdaRound's learned weight rounding. Beside it: PyTorch's and the run's own full-int8 mIoU (``record.json``),
-and, when ``benchmarks/vs_litert_torch.py`` has run on the same run, PT2E's full-int8 mIoU at the
+(``aimet_quantsim.py``) and, with ``--adaround``, AdaRound's learned weight rounding (kept in
+``adaround.json`` beside the schemes' ``result.json``, and shown whenever it is there). Beside it:
+PyTorch's and the run's own full-int8 mIoU (``record.json``), and, when ``benchmarks/vs_litert_torch.py`` has run on the same run, PT2E's full-int8 mIoU at the
 demo size (``RUN/litert_torch/compare.json``).
 
     python benchmarks/vs_aimet.py --run runs/demo [--models segnet_vgg16 ...] [--adaround] [--reuse] [--record FILE]
@@ -72,7 +73,8 @@ def compare_model(run: Path, model: str, python: Path, reuse: bool = False, adar
         masks=np.stack([p[1] for p in pairs]), num_classes=test.info.num_classes,
     )  # fmt: skip
     checkpoint = RunDir(run).checkpoint(model)
-    for name, schemes in (("result.json", []), *((("adaround.json", ["--schemes", "adaround"]),) if adaround else ())):
+    runs = {"result.json": [], **({"adaround.json": ["--schemes", "adaround"]} if adaround else {})}
+    for name, schemes in runs.items():
         if not (reuse and (out / name).is_file()):
             subprocess.run([str(python), str(CHILD), str(checkpoint), "--data", str(out / "data.npz"), *schemes, "--out",
                             str(out / name)], check=True)  # fmt: skip
