@@ -6,8 +6,9 @@ environment (``.venv-aimet``, made on first use from ``aimet_requirements.txt`` 
 without its dependencies), which simulates per-channel W8A8 with each of its range schemes
 (``aimet_quantsim.py``) and, with ``--adaround``, AdaRound's learned weight rounding (kept in
 ``adaround.json`` beside the schemes' ``result.json``, and shown whenever it is there). Beside it:
-PyTorch's and the run's own full-int8 mIoU (``record.json``), and, when ``benchmarks/vs_litert_torch.py`` has run on the same run, PT2E's full-int8 mIoU at the
-demo size (``RUN/litert_torch/compare.json``).
+PyTorch's and the run's own full-int8 mIoU (``record.json``), and, when
+``benchmarks/vs_litert_torch.py`` has run on the same run, PT2E's full-int8 mIoU at the demo size
+(``RUN/litert_torch/compare.json``).
 
     python benchmarks/vs_aimet.py --run runs/demo [--models segnet_vgg16 ...] [--adaround] [--reuse] [--record FILE]
 
