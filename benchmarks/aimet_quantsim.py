@@ -5,10 +5,10 @@ convolutions (``fold_all_batch_norms``), per-channel int8 weights and int8 activ
 (``QuantizationSimModel`` with the ``default`` per-channel config), activation encodings computed
 on the calibration images with each of AIMET's post-training range schemes (``tf_enhanced``,
 AIMET's default; ``percentile`` at 99.99, the zoo's setting for DeepLabV3+ Xception; ``min_max``),
-then the simulated model evaluated on the test images. ``adaround`` is the zoo's recipe for
-DeepLabV3+ MobileNetV2: AdaRound's learned weight rounding (``Adaround.apply_adaround`` on the
-calibration images, ``ADAROUND_ITERATIONS`` per layer), its weight encodings frozen, activations
-by ``tf_enhanced``. Nothing is converted: this is AIMET's estimate of what int8 costs, the
+then the simulated model evaluated on the test images. ``adaround`` is AdaRound's learned weight
+rounding (the zoo applies it to DeepLabV3+ MobileNetV2 after cross-layer equalization; here alone):
+``Adaround.apply_adaround`` on the calibration images, ``ADAROUND_ITERATIONS`` per layer, its
+weight encodings frozen, activations by ``tf_enhanced``. Nothing is converted: this is AIMET's estimate of what int8 costs, the
 best-PTQ reference the .tflite files are held against.
 
     .venv-aimet/bin/python benchmarks/aimet_quantsim.py CHECKPOINT --data data.npz --out result.json
