@@ -107,7 +107,7 @@ def non_negative_float(text: str) -> float:
 def add_tflite_options(parser: argparse.ArgumentParser, defaults) -> None:
     """The options that shape every .tflite file, shared by ``convert`` and ``demo`` (``defaults``:
     a config with ``image_input``, ``image_output``, ``int8_ranges`` and ``int8_bias_correction``)."""
-    from seg2tflite.converters.int8_ranges import RANGE_METHODS
+    from seg2tflite.converters.int8_range_rules import RANGE_METHODS
 
     parser.add_argument(
         "--input", dest="image_input", default=defaults.image_input, choices=["float", "uint8"],

@@ -91,7 +91,7 @@ def _mixed_at_deploy_size(demo_conversion: Path, conversion, config: LatencyConf
     the images its full-int8 file was; None when the run has no such choice."""
     from seg2tflite.calibration.representative import build_calibration_set
     from seg2tflite.converters.int8_mixed import REPORT_FILE, calibrate, quantizable_nodes, quantize
-    from seg2tflite.converters.int8_ranges import CANDIDATES
+    from seg2tflite.converters.int8_range_rules import CANDIDATES
     from seg2tflite.converters.runtimes import TFLiteRunner
     from seg2tflite.data import Preprocess, load_dataset
 

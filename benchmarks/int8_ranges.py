@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seg2tflite.converters.int8_range_rules import on_int8_grid
 from seg2tflite.eval.run_dir import RunDir
 
 RANGES = ("minmax", "percentile", "mse")
@@ -109,11 +110,6 @@ def logits_grid(content: bytes) -> tuple[float, int] | None:
     return graph.params(tensor) if graph.is_int8(tensor) else None
 
 
-def _on_grid(logits: np.ndarray, grid: tuple[float, int]) -> np.ndarray:
-    scale, zero_point = grid
-    return (np.clip(np.round(logits / scale) + zero_point, -128, 127) - zero_point) * scale
-
-
 def _predictions(runner, images: np.ndarray, grid: tuple[float, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The argmax of a LiteRT runner (XNNPACK) on every image, and where its two largest
     logits are equal (int8 logits tie; argmax then takes the lower class index; a class map has none);
@@ -121,7 +117,7 @@ def _predictions(runner, images: np.ndarray, grid: tuple[float, int] | None = No
     argmax, ties = [], []
     for i in range(len(images)):
         logits = runner(images[i : i + 1])
-        logits = logits if grid is None else _on_grid(logits, grid)
+        logits = logits if grid is None else on_int8_grid(logits, *grid)
         top = np.sort(logits, axis=1)
         argmax.append(logits.argmax(1))
         ties.append(top[:, -1] == top[:, -2])

@@ -25,7 +25,8 @@ from seg2tflite.converters.checks import check_class_count, check_module_classes
 from seg2tflite.converters.config import ConvertConfig
 from seg2tflite.converters.gpu_check import gpu_compatibility, gpu_line
 from seg2tflite.converters.images import ParityImages, calibration_set, parity_images, resolve_data
-from seg2tflite.converters.int8_ranges import RANGES_FILE, RULES_REVISION
+from seg2tflite.converters.int8_range_rules import RULES_REVISION
+from seg2tflite.converters.int8_ranges import RANGES_FILE
 from seg2tflite.converters.int8_sensitivity import SENSITIVITY_FILE
 from seg2tflite.converters.isolated import VariantError, VariantFailure, VariantWorker, failure_message
 from seg2tflite.converters.manifest import artifact_hashes, build_manifest, package_versions, write_json

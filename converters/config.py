@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from seg2tflite.converters.app_io import INPUTS, OUTPUTS
-from seg2tflite.converters.int8_ranges import RANGE_METHODS
+from seg2tflite.converters.int8_range_rules import RANGE_METHODS
 from seg2tflite.converters.stages import CALIBRATED_VARIANTS, VARIANTS
 from seg2tflite.errors import UserError, setting
 

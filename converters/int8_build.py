@@ -13,12 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from seg2tflite.converters.int8_range_rules import CANDIDATES, RANGE_METHODS, RULES_REVISION, Histogram
 from seg2tflite.converters.int8_ranges import (
-    CANDIDATES,
     HELD_OUT_EVERY,
-    RANGE_METHODS,
-    RULES_REVISION,
-    Histogram,
     RangeStatistics,
     Representative,
     calibrate,

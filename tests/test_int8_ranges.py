@@ -13,15 +13,8 @@ import json
 import numpy as np
 import pytest
 
-from seg2tflite.converters.int8_ranges import (
-    BINS,
-    CANDIDATES,
-    RANGE_METHODS,
-    RANGES_FILE,
-    Histogram,
-    choose_range,
-    merged,
-)
+from seg2tflite.converters.int8_range_rules import BINS, CANDIDATES, RANGE_METHODS, Histogram, choose_range, merged
+from seg2tflite.converters.int8_ranges import RANGES_FILE
 
 
 def _histogram(values: np.ndarray) -> Histogram:

@@ -157,7 +157,8 @@ def _mixed(run: _Run, name: str, config: CompressConfig, method: Method = MIXED)
 
 def _chosen_ranges(convert_dir: Path) -> str:
     """The range method the conversion's full-int8 file got (``int8_ranges.json``; min/max before it existed)."""
-    from seg2tflite.converters.int8_ranges import CANDIDATES, RANGES_FILE
+    from seg2tflite.converters.int8_range_rules import CANDIDATES
+    from seg2tflite.converters.int8_ranges import RANGES_FILE
 
     try:
         method = json.loads((convert_dir / RANGES_FILE).read_text())["method"]
