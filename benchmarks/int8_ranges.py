@@ -124,7 +124,7 @@ def _predictions(runner, images: np.ndarray, grid: tuple[float, int] | None = No
     return np.concatenate(argmax).astype(np.int64), np.concatenate(ties)
 
 
-def _confusions(predictions: np.ndarray, masks: np.ndarray, k: int) -> np.ndarray:
+def per_image_confusions(predictions: np.ndarray, masks: np.ndarray, k: int) -> np.ndarray:
     """One K x K confusion matrix per image (rows ground truth, ignore label 255 dropped)."""
     out = np.zeros((len(masks), k, k), np.int64)
     for i, (pred, mask) in enumerate(zip(predictions, masks)):
@@ -133,7 +133,7 @@ def _confusions(predictions: np.ndarray, masks: np.ndarray, k: int) -> np.ndarra
     return out
 
 
-def _miou(confusion: np.ndarray) -> np.ndarray:
+def miou_points(confusion: np.ndarray) -> np.ndarray:
     """mIoU in points of summed confusion matrices (..., K, K), classes in neither left out, as ``metrics``."""
     tp = np.diagonal(confusion, axis1=-2, axis2=-1)
     union = confusion.sum(-1) + confusion.sum(-2) - tp
@@ -145,7 +145,7 @@ def paired_interval(base: np.ndarray, other: np.ndarray, rounds: int = 2000, see
     """95% interval of mIoU(other) - mIoU(base) over the test images, by a paired bootstrap
     (the same resampled images for both): how far a difference of two files is from noise."""
     picks = np.random.default_rng(seed).integers(0, len(base), (rounds, len(base)))
-    deltas = _miou(other[picks].sum(1)) - _miou(base[picks].sum(1))
+    deltas = miou_points(other[picks].sum(1)) - miou_points(base[picks].sum(1))
     return [float(np.percentile(deltas, 2.5)), float(np.percentile(deltas, 97.5))]
 
 
@@ -159,7 +159,8 @@ def compare_methods(saved_model, float32: Path, calib, images, masks, k, int8_io
 
     float32_runner = TFLiteRunner(float32, threads)
     float32_argmax = _predictions(float32_runner, images)[0]
-    out = {"float32_miou": float(_miou(_confusions(float32_argmax, masks, k).sum(0))), "float32_bytes": float32.stat().st_size}
+    float32_miou = float(miou_points(per_image_confusions(float32_argmax, masks, k).sum(0)))
+    out = {"float32_miou": float32_miou, "float32_bytes": float32.stat().st_size}
     methods: dict[str, dict] = {}
     confusions: dict[str, np.ndarray] = {}
     with tempfile.TemporaryDirectory() as work:
@@ -176,10 +177,10 @@ def compare_methods(saved_model, float32: Path, calib, images, masks, k, int8_io
             runner = TFLiteRunner(content, threads, app=app)  # one load: its delegation and its predictions
             delegation = runner.delegation
             argmax, ties = _predictions(runner, images)
-            confusions[method] = _confusions(argmax, masks, k)
+            confusions[method] = per_image_confusions(argmax, masks, k)
             off = argmax != float32_argmax
             methods[method] = {
-                "miou": float(_miou(confusions[method].sum(0))),
+                "miou": float(miou_points(confusions[method].sum(0))),
                 "pixels_off_float32": float(off.mean()),
                 "pixels_off_float32_on_ties": float((off & ties).mean()),  # off where its int8 logits tie
                 "vs_minmax_interval": paired_interval(confusions["minmax"], confusions[method]),
@@ -193,7 +194,7 @@ def compare_methods(saved_model, float32: Path, calib, images, masks, k, int8_io
             grid = logits_grid(content)
             if grid is not None:  # what the output's int8 grid alone costs: the float32 file's logits put on it
                 on_grid = _predictions(float32_runner, images, grid)[0]
-                methods[method]["output_grid_miou"] = float(_miou(_confusions(on_grid, masks, k).sum(0)))
+                methods[method]["output_grid_miou"] = float(miou_points(per_image_confusions(on_grid, masks, k).sum(0)))
         out["auto"] = {}
         for tag in ("", "+bc"):
             record = build_variant(

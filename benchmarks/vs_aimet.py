@@ -8,7 +8,9 @@ without its dependencies), which simulates per-channel W8A8 with each of its ran
 ``adaround.json`` beside the schemes' ``result.json``, and shown whenever it is there). Beside it:
 PyTorch's and the run's own full-int8 mIoU (``record.json``), and, when
 ``benchmarks/vs_litert_torch.py`` has run on the same run, PT2E's full-int8 mIoU at the demo size
-(``RUN/litert_torch/compare.json``).
+(``RUN/litert_torch/compare.json``), with the 95% paired-bootstrap interval of ours minus PT2E over
+the test images (both files run again in LiteRT with XNNPACK): how far their difference is from the
+test images' noise.
 
     python benchmarks/vs_aimet.py --run runs/demo [--models segnet_vgg16 ...] [--adaround] [--reuse] [--record FILE]
 
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from int8_ranges import rendered_only, run_parser, write_record  # noqa: E402
+from int8_ranges import paired_interval, per_image_confusions, rendered_only, run_parser, write_record  # noqa: E402
 from vs_litert_torch import ROOT, calibration_images, litert_torch_python  # noqa: E402
 
 from seg2tflite.eval.run_dir import RunDir
@@ -57,6 +59,27 @@ def _pt2e_miou(run: Path, model: str) -> float | None:
     return None
 
 
+def _ours_minus_pt2e(run: Path, model: str, manifest: dict, data: str, masks: np.ndarray, k: int) -> list[float] | None:
+    """95% paired interval of mIoU(ours) - mIoU(PT2E) over the test images, both full-int8 files in
+    LiteRT with XNNPACK; None without PT2E's file at the demo size."""
+    from seg2tflite.eval.evaluate import evaluate_artifact
+
+    theirs = run / "litert_torch" / "demo" / model / "full_int8.tflite"
+    ours = RunDir(run).conversion(model).artifact("full_int8")
+    if not (theirs.is_file() and ours.is_file()):
+        return None
+    pre = manifest["preprocessing"]
+
+    def confusions(path: Path) -> np.ndarray:
+        result = evaluate_artifact(
+            path, data, "test", input_size=tuple(pre["size"]), mean=tuple(pre["mean"]), std=tuple(pre["std"]), threads=2,
+            keep_predictions=True, progress=False,
+        )  # fmt: skip
+        return per_image_confusions(result.predictions, masks, k)
+
+    return paired_interval(confusions(theirs), confusions(ours))
+
+
 def compare_model(run: Path, model: str, python: Path, reuse: bool = False, adaround: bool = False) -> dict:
     from seg2tflite.data import Preprocess, load_dataset
 
@@ -83,8 +106,10 @@ def compare_model(run: Path, model: str, python: Path, reuse: bool = False, adar
     if (out / "adaround.json").is_file():  # AIMET's AdaRound, from this run or an earlier one (same data)
         aimet["schemes"].update(json.loads((out / "adaround.json").read_text())["schemes"])
     ours = _run_miou(run, model)
+    masks, k = np.stack([p[1] for p in pairs]), test.info.num_classes
     return {
         "pytorch_miou": ours.get("pytorch"), "ours_full_int8_miou": ours.get("full_int8"), "pt2e_miou": _pt2e_miou(run, model),
+        "ours_minus_pt2e_interval": _ours_minus_pt2e(run, model, manifest, data, masks, k),
         "aimet_pytorch_miou": aimet["pytorch_miou"], "aimet": aimet["schemes"], "aimet_versions": aimet["versions"],
         "ranges": (manifest.get("int8_ranges") or {}).get("method"),
     }  # fmt: skip
@@ -95,14 +120,20 @@ def render(results: dict) -> str:
     if any("adaround" in r["aimet"] for r in results["models"].values()):
         schemes += ("adaround",)
     lines = [
-        "| model | PyTorch | ours full int8 (Δ) | PT2E (Δ) | "
+        "| model | PyTorch | ours full int8 (Δ) | PT2E (Δ) | ours - PT2E [95% interval] | "
         + " | ".join(f"AIMET {s} (Δ)" for s in schemes)
         + " | ours - best AIMET |",
-        "| --- | --: | --: | --: | " + " | ".join("--:" for _ in schemes) + " | --: |",
+        "| --- | --: | --: | --: | --: | " + " | ".join("--:" for _ in schemes) + " | --: |",
     ]
 
     def cell(v, ref):
         return "-" if v is None else f"{v:.2f} ({v - ref:+.2f})"
+
+    def versus_pt2e(r: dict) -> str:
+        interval = r.get("ours_minus_pt2e_interval")
+        if interval is None or r["pt2e_miou"] is None or r["ours_full_int8_miou"] is None:
+            return "-"
+        return f"{r['ours_full_int8_miou'] - r['pt2e_miou']:+.2f} [{interval[0]:+.2f}, {interval[1]:+.2f}]"
 
     for model, r in results["models"].items():
         ref = r["pytorch_miou"]
@@ -110,7 +141,7 @@ def render(results: dict) -> str:
         best = max((v for v in aimet.values() if v is not None), default=None)
         gap = "-" if best is None or r["ours_full_int8_miou"] is None else f"{r['ours_full_int8_miou'] - best:+.2f}"
         lines.append(
-            f"| `{model}` | {ref:.2f} | {cell(r['ours_full_int8_miou'], ref)} | {cell(r['pt2e_miou'], ref)} | "
+            f"| `{model}` | {ref:.2f} | {cell(r['ours_full_int8_miou'], ref)} | {cell(r['pt2e_miou'], ref)} | {versus_pt2e(r)} | "
             + " | ".join(cell(aimet[s], ref) for s in schemes) + f" | {gap} |"
         )  # fmt: skip
     return "\n".join(lines) + "\n"
