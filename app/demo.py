@@ -9,7 +9,6 @@ with ``strict`` the demo then exits non-zero.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict
@@ -18,7 +17,7 @@ from pathlib import Path
 from seg2tflite.app.demo_config import DEFAULT_TRAIN_STEPS, FALLBACK_TRAIN_STEPS, DemoConfig
 from seg2tflite.atomic import atomic_write_text
 from seg2tflite.errors import UserError, setting
-from seg2tflite.eval.run_dir import RunDir
+from seg2tflite.eval.run_dir import RunDir, mark_measured, measured_is_current
 
 
 def _data_spec(config: DemoConfig, out: Path) -> str:
@@ -113,20 +112,6 @@ def _convert(name: str, checkpoint: Path, data: str, config: DemoConfig, run: Ru
     return None
 
 
-def measured_files_key(convert_dir: Path) -> str | None:
-    """What a model's measured rows were measured on: the sha256 of its conversion's stage record
-    (``stages.json`` holds every file's hash), so a re-built file is measured again."""
-    stages = convert_dir / "stages.json"
-    return hashlib.sha256(stages.read_bytes()).hexdigest() if stages.is_file() else None
-
-
-def measured_is_current(run: RunDir, name: str) -> bool:
-    try:
-        return json.loads(run.measured_path(name).read_text()).get("files") == measured_files_key(run.conversion(name).path)
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def check_demo_settings(config: DemoConfig) -> None:
     """Refuse, before any data is written or model trained, what a later step would refuse: every
     model's size, training and conversion settings, and what fits in memory."""
@@ -204,7 +189,7 @@ def run_demo(config: DemoConfig) -> int:
         timings["convert"] = time.perf_counter() - t
         if failure:
             failures[name] = failure
-        if not measured_is_current(run, name):  # measured.json: this model's rows are in the record, for these files
+        if not measured_is_current(run.measured_path(name), run.conversion(name).path):
             t = time.perf_counter()
             rows, sample = measure_conversion(
                 run.conversion(name).path, data, config.eval_split, model=name, workers=config.workers, limit=config.eval_limit,
@@ -213,9 +198,7 @@ def run_demo(config: DemoConfig) -> int:
             )  # fmt: skip
             record_results(out, rows, sample)
             timings["measure"] = time.perf_counter() - t
-            files = measured_files_key(run.conversion(name).path)
-            measured = {"stages": [r.stage for r in rows], "files": files}
-            atomic_write_text(run.measured_path(name), json.dumps(measured) + "\n")
+            mark_measured(run.measured_path(name), run.conversion(name).path, [r.stage for r in rows])
 
     report = build_report(out)
     total = time.perf_counter() - started

@@ -6,7 +6,7 @@
     DIR/models/M/train/best.safetensors
     DIR/models/M/convert/              M's conversion (a ``ConversionDir``)
     DIR/models/M/measured.json         which files M's rows in the record were measured on
-    DIR/models/M/compress/TAG/         a compression method's model and its conversion
+    DIR/models/M/compress/TAG/         a compression method's model, its conversion and measured.json
     DIR/deploy/M/                      M converted at its deploy size (``latency``)
     DIR/record.json, DIR/predictions/  the measurements (``seg2tflite.eval.record``)
     DIR/report/                        the report built from them
@@ -14,16 +14,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from seg2tflite.atomic import atomic_write_text
 from seg2tflite.converters.stages import ConversionDir
 from seg2tflite.errors import UserError
 from seg2tflite.records import inside
 
 SUMMARY_FILE = "demo.json"
 CHECKPOINT_FILE = "best.safetensors"
+MEASURED_FILE = "measured.json"  # which files a model's rows in the record were measured on
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ class RunDir:
         return ConversionDir(self.model_dir(name) / "convert")
 
     def measured_path(self, name: str) -> Path:
-        return self.model_dir(name) / "measured.json"
+        return self.model_dir(name) / MEASURED_FILE
 
     def compress_dir(self, name: str, tag: str) -> Path:
         return self.model_dir(name) / "compress" / tag
@@ -89,3 +92,24 @@ class RunDir:
     @property
     def report_dir(self) -> Path:
         return self.path / "report"
+
+
+def measured_files_key(convert_dir: Path) -> str | None:
+    """What a model's measured rows were measured on: the sha256 of its conversion's stage record
+    (``stages.json`` holds every file's hash), so a re-built file is measured again."""
+    stages = convert_dir / "stages.json"
+    return hashlib.sha256(stages.read_bytes()).hexdigest() if stages.is_file() else None
+
+
+def measured_is_current(marker: Path, convert_dir: Path) -> bool:
+    """Whether ``marker`` (a ``measured.json``) says the record's rows were measured on the files
+    now in ``convert_dir``."""
+    try:
+        return json.loads(marker.read_text()).get("files") == measured_files_key(convert_dir)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def mark_measured(marker: Path, convert_dir: Path, stages: list[str]) -> None:
+    """Note in ``marker`` that the record's ``stages`` rows were measured on ``convert_dir``'s files."""
+    atomic_write_text(marker, json.dumps({"stages": stages, "files": measured_files_key(convert_dir)}) + "\n")

@@ -196,19 +196,20 @@ def test_method_parsing_refuses(text):
         Method.parse(text)
 
 
-def test_compress_command_end_to_end(tmp_path):
+def test_compress_command_end_to_end(tmp_path, monkeypatch):
     """A tiny run folder (what `seg2tflite demo` leaves), then pruning, mixed precision and the
     calibration study through `run_compress`: rows in the record, the tables and the plots."""
     with registered_small("tiny_compress_cnn", input_size=(32, 32), num_classes=8) as name:
-        _compress_end_to_end(tmp_path, name)
+        _compress_end_to_end(tmp_path, name, monkeypatch)
 
 
-def _compress_end_to_end(tmp_path, name):
+def _compress_end_to_end(tmp_path, name, monkeypatch):
     import torch
 
     from seg2tflite.app.compress.pipeline import run_compress
     from seg2tflite.app.compress_config import CompressConfig
     from seg2tflite.converters import ConvertConfig, convert_registered
+    from seg2tflite.converters.int8_range_rules import RULES_REVISION
     from seg2tflite.data import SyntheticDataset, load_dataset, write_folder_dataset
     from seg2tflite.data.spec import parse_synthetic_spec
     from seg2tflite.eval.measure import measure_conversion
@@ -264,6 +265,17 @@ def _compress_end_to_end(tmp_path, name):
     # a re-run with the same settings fine-tunes, searches and measures nothing again
     assert run_compress(replace(config, methods=("prune:0.5+mixed", "mixed"))) == 0
     assert {r.key: r for r in load_record(run).rows} == record
+
+    # a compressed model's full-int8 file built again (newer range rules) is measured again: the
+    # record does not keep the row of the file it replaced (made recognisable here)
+    stored = json.loads((run / "record.json").read_text())
+    for row in stored["rows"]:
+        if (row["model"], row["stage"]) == (pruned, "full_int8"):
+            row["miou"] = 0.123
+    (run / "record.json").write_text(json.dumps(stored))
+    monkeypatch.setattr("seg2tflite.converters.chain.RULES_REVISION", RULES_REVISION + 1)
+    assert run_compress(replace(config, methods=("prune:0.5",))) == 0
+    assert {r.key: r for r in load_record(run).rows}[(pruned, "full_int8")].miou == record[(pruned, "full_int8")].miou
 
     with pytest.raises(UserError, match="--models"):
         run_compress(CompressConfig(run=str(run), models=("segformer_b0",), progress=False))

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from seg2tflite.errors import UserError
-from seg2tflite.eval.run_dir import RunDir
+from seg2tflite.eval.run_dir import RunDir, mark_measured, measured_is_current
 
 
 def test_the_layout(tmp_path):
@@ -38,3 +38,16 @@ def test_an_unreadable_summary_is_one_user_error(tmp_path):
     (tmp_path / "demo.json").write_text("{not json")
     with pytest.raises(UserError, match="unreadable demo record"):
         RunDir(tmp_path).summary()
+
+
+def test_rows_are_current_only_for_the_files_they_were_measured_on(tmp_path):
+    convert, marker = tmp_path / "convert", tmp_path / "measured.json"
+    convert.mkdir()
+    (convert / "stages.json").write_text('{"full_int8": "sha of the first file"}')
+    assert not measured_is_current(marker, convert)  # never measured
+    mark_measured(marker, convert, ["pytorch", "full_int8"])
+    assert measured_is_current(marker, convert)
+    (convert / "stages.json").write_text('{"full_int8": "sha of a file built again"}')
+    assert not measured_is_current(marker, convert)
+    marker.write_text("[not a marker")
+    assert not measured_is_current(marker, convert)

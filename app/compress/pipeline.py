@@ -29,7 +29,7 @@ from seg2tflite.app.compress_config import STUDY_FILE, CompressConfig, Method
 from seg2tflite.atomic import atomic_write_text
 from seg2tflite.converters.stages import ConversionDir
 from seg2tflite.errors import UserError
-from seg2tflite.eval.run_dir import RunDir
+from seg2tflite.eval.run_dir import MEASURED_FILE, RunDir, mark_measured, measured_is_current
 from seg2tflite.models.registry import registered_model
 from seg2tflite.records import read_json
 
@@ -127,6 +127,7 @@ def _mixed(run: _Run, name: str, config: CompressConfig, method: Method = MIXED)
         search_mixed_precision,
         write_mixed_precision,
     )
+    from seg2tflite.converters.int8_range_rules import RULES_REVISION
     from seg2tflite.data import load_dataset
     from seg2tflite.eval.profile import latency_ms
 
@@ -136,7 +137,7 @@ def _mixed(run: _Run, name: str, config: CompressConfig, method: Method = MIXED)
     model = f"{name}+{method.tag}" if compressed else name
     settings = {
         "max_miou_drop": config.max_miou_drop, "val_images": config.val_images, "calib_size": run.calib_size,
-        "prefer_speed": True, "ranges": _chosen_ranges(base_dir),
+        "prefer_speed": True, "ranges": _chosen_ranges(base_dir), "rules_revision": RULES_REVISION,
     }  # fmt: skip
     report = convert_dir / REPORT_FILE
     if report.is_file() and json.loads(report.read_text()).get("settings") == settings:
@@ -231,8 +232,10 @@ def _finetuned(run: _Run, name: str, method: Method, config: CompressConfig) -> 
         failure = str(e)
     variant, stages = f"{name}+{method.tag}", ["pytorch", "float32", "full_int8"]
     recorded = {row.key for row in load_record(run.out).rows}
-    if finetuned_now or not all((variant, stage) in recorded for stage in stages):
+    measured = finetuned_now or not measured_is_current(out / MEASURED_FILE, out / "convert")
+    if measured or not all((variant, stage) in recorded for stage in stages):
         _measure(run, out / "convert", variant, stages, config, name, method)
+        mark_measured(out / MEASURED_FILE, out / "convert", stages)
     else:
         print(f"{variant}: already measured; the record keeps its rows")
     return failure
