@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from seg2tflite.app.demo_config import DEFAULT_TRAIN_STEPS, FALLBACK_TRAIN_STEPS, DemoConfig
+from seg2tflite.app.demo_config import DEFAULT_CLASS_WEIGHTING, DEFAULT_TRAIN_STEPS, FALLBACK_TRAIN_STEPS, DemoConfig
 from seg2tflite.atomic import atomic_write_text
 from seg2tflite.errors import UserError, setting
 from seg2tflite.eval.run_dir import RunDir, mark_measured, measured_is_current
@@ -61,6 +61,7 @@ def _train(name: str, data: str, config: DemoConfig, run: RunDir) -> Path:
         batch_size=config.batch_size,
         lr=config.lr,
         warmup_steps=min(50, steps // 10),
+        class_weighting=DEFAULT_CLASS_WEIGHTING.get(name),
         input_size=config.model_input_size(name),
         val_every=max(1, steps // 2),  # each validation costs CPU seconds the budget needs elsewhere
         val_images=config.val_images,

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.transforms import v2
 from tqdm import tqdm
 
+from seg2tflite.app.class_weights import CLASS_WEIGHTINGS, median_frequency_weights
 from seg2tflite.app.train_config import TrainConfig
 from seg2tflite.atomic import atomic_path, atomic_write_text
 from seg2tflite.data import IGNORE_INDEX, Preprocess, TorchSegDataset, load_dataset
@@ -89,6 +90,10 @@ def check_train_settings(config: TrainConfig, size, num_classes: int, data_class
         raise UserError(f"{setting('lr')} {config.lr}: must be a finite number > 0")
     if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
         raise UserError(f"{setting('weight_decay')} {config.weight_decay}: must be a finite number >= 0")
+    if config.class_weighting not in (None, *CLASS_WEIGHTINGS):
+        raise UserError(
+            f"{setting('class_weighting')} {config.class_weighting}: not a class weighting; use {', '.join(CLASS_WEIGHTINGS)} or leave it out"
+        )
     if config.workers < 0 or config.warmup_steps < 0:
         raise UserError(
             f"{setting('workers')} {config.workers} / {setting('warmup_steps')} {config.warmup_steps}: must be 0 or more"
@@ -160,7 +165,11 @@ def train(config: TrainConfig) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lr_lambda(config.warmup_steps, config.steps, config.poly_power))
     amp = config.amp and use_cuda
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+    weights = None
+    if config.class_weighting == "median_frequency":
+        weights = median_frequency_weights((train_split[i][1] for i in range(len(train_split))), num_classes)
+        weights = torch.tensor(weights, dtype=torch.float32, device=device)
+    criterion = nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE_INDEX)
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -272,6 +281,7 @@ RESUME_SETTINGS = (
     "weight_decay",
     "warmup_steps",
     "poly_power",
+    "class_weighting",
     "input_size",
     "seed",
 )

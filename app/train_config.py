@@ -17,6 +17,7 @@ class TrainConfig:
     weight_decay: float = 1e-2
     warmup_steps: int = 50  # linear warm-up before the poly decay
     poly_power: float = 0.9
+    class_weighting: str | None = None  # "median_frequency" (SegNet's balancing); None: every class weighs 1
     input_size: tuple[int, int] | None = None  # (H, W); default: the model's own
     num_classes: int | None = None  # default: the dataset's
     val_every: int = 100  # steps between validations (and checkpoints)

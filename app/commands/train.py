@@ -29,6 +29,10 @@ def add(sub) -> None:
     p.add_argument("--lr", type=positive_float, default=d.lr, help="peak AdamW learning rate")
     p.add_argument("--weight-decay", type=non_negative_float, default=d.weight_decay, help="AdamW weight decay")
     p.add_argument("--warmup-steps", type=non_negative_int, default=d.warmup_steps, help="linear warm-up steps")
+    p.add_argument(
+        "--class-weighting", choices=("median_frequency",), default=None,
+        help="weigh each class's loss by median frequency over its frequency (SegNet's balancing; default: all 1)",
+    )  # fmt: skip
     add_input_size(p, "training size (default: the model's)")
     p.add_argument("--num-classes", type=class_count, default=None, help="head size (default: the dataset's)")
     p.add_argument("--val-every", type=positive_int, default=d.val_every, help="steps between validations and checkpoints")
