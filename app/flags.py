@@ -21,6 +21,7 @@ SETTING_FLAGS = {
     "calib_size": "--calib-size",
     "calib_sizes": "--calib-sizes",
     "checkpoint": "--checkpoint",
+    "class_weighting": "--class-weighting",
     "data": "--data",
     "image_input": "--input",
     "image_output": "--output",

@@ -36,7 +36,7 @@ def test_the_weighted_loss_trains_other_weights(tmp_path):
 
 
 def test_an_unknown_weighting_is_refused_before_training(tmp_path):
-    with pytest.raises(UserError, match="class_weighting inverse: not a class weighting"):
+    with pytest.raises(UserError, match="class.weighting inverse: not a class weighting"):
         train(_config(tmp_path, class_weighting="inverse"))
     assert not (tmp_path / "train_state.pt").exists()
 
