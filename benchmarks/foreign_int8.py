@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from int8_ranges import _arrays, compare_methods, render, write_record  # noqa: E402
+from int8_ranges import _arrays, compare_methods, record_options, render, rendered_only, write_record  # noqa: E402
 
 SPEC = "synthetic:size=96,train=1000,val=100,test=50,colour_hint=0.9"
 SIZE, K = (96, 96), 8
@@ -145,11 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="re-estimate BatchNorm statistics on 400 training images after training",
     )
-    parser.add_argument("--record", type=Path, default=None, help="also write the record here")
-    parser.add_argument("--render", type=Path, default=None, help="only print the table of a record this wrote")
+    record_options(parser)
     args = parser.parse_args(argv)
-    if args.render:
-        print(render(json.loads(args.render.read_text())), end="")
+    if rendered_only(parser, args, render, required=None):
         return 0
     from seg2tflite.converters.manifest import package_versions
 

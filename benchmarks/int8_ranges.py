@@ -211,23 +211,28 @@ def compare_methods(saved_model, float32: Path, calib, images, masks, k, int8_io
     return out
 
 
-def run_parser(doc: str) -> argparse.ArgumentParser:
-    """The options of every benchmark over a demo run folder: --run, --render, --models, --record."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--run", type=Path, help="run folder written by `seg2tflite demo`")
-    parser.add_argument("--render", type=Path, default=None, help="only print the table of a record this wrote")
-    parser.add_argument("--models", nargs="+", default=None, help="default: the run's models (demo.json)")
+def record_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of every benchmark that writes a record: --record, --render."""
     parser.add_argument("--record", type=Path, default=None, help="also write the record here")
+    parser.add_argument("--render", type=Path, default=None, help="only print the table of a record this wrote")
     return parser
 
 
-def rendered_only(parser: argparse.ArgumentParser, args, render) -> bool:
-    """With --render, print that record's table and say so; otherwise --run is required."""
+def run_parser(doc: str) -> argparse.ArgumentParser:
+    """The options of every benchmark over a demo run folder: --run, --models, --record, --render."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--run", type=Path, help="run folder written by `seg2tflite demo`")
+    parser.add_argument("--models", nargs="+", default=None, help="default: the run's models (demo.json)")
+    return record_options(parser)
+
+
+def rendered_only(parser: argparse.ArgumentParser, args, render, required: str | None = "run") -> bool:
+    """With --render, print that record's table and say so; otherwise the option ``required`` must be given."""
     if args.render:
         print(render(json.loads(args.render.read_text())), end="")
         return True
-    if args.run is None:
-        parser.error("--run is required")
+    if required and getattr(args, required) is None:
+        parser.error(f"--{required} is required")
     return False
 
 

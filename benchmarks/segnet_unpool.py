@@ -19,14 +19,22 @@ A benchmark, not a test: not part of the default test run.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from int8_ranges import _arrays, _pytorch_miou, conversion_inputs, miou_points, per_image_confusions, write_record  # noqa: E402
+from int8_ranges import (  # noqa: E402
+    _arrays,
+    _pytorch_miou,
+    conversion_inputs,
+    miou_points,
+    per_image_confusions,
+    record_options,
+    rendered_only,
+    write_record,
+)
 
 from seg2tflite.eval.run_dir import RunDir  # noqa: E402
 
@@ -107,16 +115,11 @@ def render(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = record_options(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--runs", type=Path, nargs="+", help="run folders written by `seg2tflite demo` with SegNet-VGG16")
-    parser.add_argument("--record", type=Path, default=None, help="also write the record here")
-    parser.add_argument("--render", type=Path, default=None, help="only print the table of a record this wrote")
     args = parser.parse_args(argv)
-    if args.render:
-        print(render(json.loads(args.render.read_text())), end="")
+    if rendered_only(parser, args, render, required="runs"):
         return 0
-    if not args.runs:
-        parser.error("--runs is required")
     from seg2tflite.converters.manifest import package_versions
 
     command = ["python", "benchmarks/segnet_unpool.py", *(argv or sys.argv[1:])]
