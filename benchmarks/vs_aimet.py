@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from int8_ranges import paired_interval, per_image_confusions, rendered_only, run_parser, write_record  # noqa: E402
+from int8_ranges import _arrays, paired_interval, per_image_confusions, rendered_only, run_parser, write_record  # noqa: E402
 from vs_litert_torch import ROOT, calibration_images, litert_torch_python  # noqa: E402
 
 from seg2tflite.eval.run_dir import RunDir
@@ -89,13 +89,11 @@ def compare_model(run: Path, model: str, python: Path, reuse: bool = False, adar
     pre = manifest["preprocessing"]
     preprocess = Preprocess(tuple(pre["size"]), tuple(pre["mean"]), tuple(pre["std"]))
     test = load_dataset(data, "test")
-    pairs = [preprocess(np.asarray(test[i][0]), np.asarray(test[i][1])) for i in range(len(test))]
+    images, masks = _arrays(test, preprocess)
+    k = test.info.num_classes
     out = run / "aimet" / model
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(
-        out / "data.npz", calib=calibration_images(manifest, data), images=np.stack([p[0] for p in pairs]).astype(np.float32),
-        masks=np.stack([p[1] for p in pairs]), num_classes=test.info.num_classes,
-    )  # fmt: skip
+    np.savez(out / "data.npz", calib=calibration_images(manifest, data), images=images, masks=masks, num_classes=k)
     checkpoint = RunDir(run).checkpoint(model)
     runs = {"result.json": [], **({"adaround.json": ["--schemes", "adaround"]} if adaround else {})}
     for name, schemes in runs.items():
@@ -106,7 +104,6 @@ def compare_model(run: Path, model: str, python: Path, reuse: bool = False, adar
     if (out / "adaround.json").is_file():  # AIMET's AdaRound, from this run or an earlier one (same data)
         aimet["schemes"].update(json.loads((out / "adaround.json").read_text())["schemes"])
     ours = _run_miou(run, model)
-    masks, k = np.stack([p[1] for p in pairs]), test.info.num_classes
     return {
         "pytorch_miou": ours.get("pytorch"), "ours_full_int8_miou": ours.get("full_int8"), "pt2e_miou": _pt2e_miou(run, model),
         "ours_minus_pt2e_interval": _ours_minus_pt2e(run, model, manifest, data, masks, k),
