@@ -82,6 +82,9 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
     # the TFLite converter on a cut-out int8 op (`profile`): its inputs' statistics are in the op's own tensors
     warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected", category=UserWarning)
+    # SegNet's training form on CPU, every step: a 2x2/stride-2 pool's positions never collide, so
+    # max_unpool2d writes each output once and is deterministic in fact
+    warnings.filterwarnings("ignore", message="max_unpooling2d_forward_out does not have a deterministic", category=UserWarning)
     pending = tuple(name for name in NOISY_IMPORTS if name not in sys.modules)
     if pending and not any(isinstance(f, _QuietFirstImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietFirstImport(pending))

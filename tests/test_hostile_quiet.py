@@ -48,3 +48,27 @@ def test_a_code_pickle_is_refused_without_a_warning_before_it(tmp_path):
     lines = [line for line in re.split(r"[\r\n]", done.stderr) if line.strip() and not re.search(r"\d+/\d+ \[", line)]
     assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("seg2tflite: error: "), done.stderr
     assert "ran" not in done.stdout
+
+
+def test_segnet_training_steps_print_no_determinism_warning(monkeypatch):
+    """Training SegNet on CPU (deterministic algorithms, warn only) warned about max_unpool2d at
+    every step; its 2x2/stride-2 positions never collide, so the warning is muted."""
+    import warnings
+
+    import torch
+    import torch.nn.functional as F
+
+    from seg2tflite.quiet import quiet_libraries
+
+    monkeypatch.delenv("SEG2TFLITE_VERBOSE", raising=False)
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_libraries()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            pooled, positions = F.max_pool2d(torch.rand(1, 2, 4, 4), 2, 2, return_indices=True)
+            F.max_unpool2d(pooled, positions, 2, 2)
+        finally:
+            torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    assert not [w for w in caught if "deterministic" in str(w.message)]
