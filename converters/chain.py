@@ -111,6 +111,8 @@ class Chain(ParitySteps):
     model_source: str = ""  # the ONNX file converted, for messages
     metadata: ModelMetadata | None = None  # written into every .tflite (config.metadata)
     int8_ranges: dict | None = None  # how full int8's activation ranges were chosen (RANGES_FILE)
+    # builds ``integer_form`` and names its class from the calibration images, once they are read
+    export_integer_form: Callable[[np.ndarray | None], tuple[PreparedOnnx, str] | None] | None = None
 
     @property
     def app(self) -> AppIO:
@@ -126,6 +128,12 @@ class Chain(ParitySteps):
             check_module_classes(model_info["module"], self.prepared.num_classes, (calib_data, parity_data))
         check_class_count(self.prepared.num_classes, (calib_data, parity_data), onnx_source)
         calib, parity = self.read_data(calib_data, parity_data)
+        if self.export_integer_form is not None:
+            t = time.perf_counter()
+            integer = self.export_integer_form(None if calib is None else calib.images)
+            self.seconds["onnx_export"] = self.seconds.get("onnx_export", 0.0) + time.perf_counter() - t
+            if integer is not None:  # the integer variants get a form of their own (INTEGER_FORM)
+                self.integer_form, model_info = integer[0], {**model_info, "integer_deploy_class": integer[1]}
         if self.config.metadata:
             labels = class_labels(self.prepared.num_classes, calib_data, parity_data)
             self.metadata = model_metadata(model_info, labels, self.preprocess.mean, self.preprocess.std)

@@ -21,7 +21,7 @@ from seg2tflite.converters.chain import Chain, ConvertResult
 from seg2tflite.converters.checks import check_class_count, check_finite_weights
 from seg2tflite.converters.config import ConvertConfig
 from seg2tflite.converters.offline import no_network
-from seg2tflite.converters.onnx_export import export_onnx, load_onnx, prepare_onnx
+from seg2tflite.converters.onnx_export import PreparedOnnx, export_onnx, load_onnx, prepare_onnx
 from seg2tflite.converters.outputs import adapt_outputs
 from seg2tflite.converters.stages import INTEGER_VARIANTS, ConversionDir
 from seg2tflite.data.base import SegmentationDataset
@@ -92,21 +92,28 @@ def convert_model(
     check_finite_weights(model)
     t = time.perf_counter()
     deploy = deploy_form(model, config.opset).eval()
-    integer = integer_form(model, config.opset) if set(config.variants) & set(INTEGER_VARIANTS) else None
     classes = {"class": _class_name(model), "deploy_class": _class_name(deploy)}
-    if integer is not None:  # the integer variants get a form of their own (INTEGER_FORM)
-        classes["integer_deploy_class"] = _class_name(integer)
-        integer = adapt_outputs(model, integer.eval(), config.input_size, config.output_key, config.upsample_logits)[1]
-    model, deploy, output = adapt_outputs(model, deploy, config.input_size, config.output_key, config.upsample_logits)
     source = f"{classes['class'].rsplit('.', 1)[1]} (exported)"
+    trained = model
+
+    def export_integer_form(calibration: np.ndarray | None) -> tuple[PreparedOnnx, str] | None:
+        """The integer variants' own graph (INTEGER_FORM) and its class, when the model has one;
+        a form may be fitted to the calibration images (N, 3, H, W)."""
+        import torch
+
+        images = None if calibration is None else torch.from_numpy(np.ascontiguousarray(calibration))
+        integer = integer_form(trained, config.opset, images)
+        if integer is None:
+            return None
+        adapted = adapt_outputs(trained, integer.eval(), config.input_size, config.output_key, config.upsample_logits)[1]
+        exported = export_onnx(adapted, config.input_size, config.opset, [])
+        return prepare_onnx(exported, config.input_size, f"{source}, int8 form", config.onnx_rewrites), _class_name(integer)
+
+    model, deploy, output = adapt_outputs(model, deploy, config.input_size, config.output_key, config.upsample_logits)
     export_notes: list[str] = []
     exported = export_onnx(deploy, config.input_size, config.opset, export_notes)
     prepared = prepare_onnx(exported, config.input_size, source, config.onnx_rewrites)
     prepared.rewrites[:0] = export_notes
-    integer_prepared = None
-    if integer is not None:
-        exported = export_onnx(integer, config.input_size, config.opset, [])
-        integer_prepared = prepare_onnx(exported, config.input_size, f"{source}, int8 form", config.onnx_rewrites)
     seconds["onnx_export"] = time.perf_counter() - t
     info = {
         **classes,
@@ -121,8 +128,10 @@ def convert_model(
         info["checkpoint_sha256"] = sha256_file(checkpoint)  # what ConversionDir.checkpoint checks before reading it
     with no_network():
         folder = ConversionDir(out_dir)
-        chain = Chain(prepared, integer_prepared, model, deploy, folder, config, preprocess, log or _quiet, progress, seconds)
+        chain = Chain(prepared, None, model, deploy, folder, config, preprocess, log or _quiet, progress, seconds)
         chain.before_writing = before_writing
+        if set(config.variants) & set(INTEGER_VARIANTS):
+            chain.export_integer_form = export_integer_form
         return chain.run(calib_data, parity_data, info, command)
 
 

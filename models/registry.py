@@ -141,27 +141,29 @@ def check_arguments(name: str, arguments: dict) -> None:
         raise UserError(f"{name}: unknown keyword arguments {', '.join(unknown)} (it takes: {known})")
 
 
-def deploy_form(model: nn.Module, opset: int = 17, integer: bool = False) -> nn.Module:
+def deploy_form(model: nn.Module, opset: int = 17, integer: bool = False, calibration=None) -> nn.Module:
     """The converter-friendly form of ``model`` for export at ONNX ``opset``: same weights, same
     function, builtins only. From opset 20 GELU exports as one ``Gelu`` op (TFLite's GELU builtin:
     one op that XNNPACK runs in float32, where the erf-free form needs 21, and of which an int8
     file keeps one LUT op instead of the ABS and RELU XNNPACK leaves to the builtin kernels), so
     a model with ``to_deploy(native_gelu=...)`` keeps it there. ``integer``: the form for the
     integer files (full int8, int16x8), for a model whose ``to_deploy(integer=...)`` trades float
-    work for ops that cost more in int8 than they save (DeepLabv3+'s dense decoder)."""
+    work for ops that cost more in int8 than they save (DeepLabv3+'s dense decoder).
+    ``calibration``: the preprocessed calibration images (N, 3, H, W), for a model whose
+    ``to_deploy(calibration=...)`` fits its integer form to them (SegNet's channel ranges)."""
     if not hasattr(model, "to_deploy"):
         return model
     parameters = inspect.signature(model.to_deploy).parameters
-    options = {"native_gelu": opset >= 20, "integer": integer}
+    options = {"native_gelu": opset >= 20, "integer": integer, "calibration": calibration}
     return model.to_deploy(**{name: value for name, value in options.items() if name in parameters})
 
 
-def integer_form(model: nn.Module, opset: int = 17) -> nn.Module | None:
-    """``deploy_form(model, opset, integer=True)`` when it is another form than the float files',
-    else None."""
+def integer_form(model: nn.Module, opset: int = 17, calibration=None) -> nn.Module | None:
+    """``deploy_form(model, opset, integer=True, calibration=calibration)`` when it is another
+    form than the float files', else None."""
     if "integer" not in inspect.signature(getattr(model, "to_deploy", lambda: None)).parameters:
         return None
-    form = deploy_form(model, opset, integer=True)
+    form = deploy_form(model, opset, integer=True, calibration=calibration)
     return None if type(form) is type(deploy_form(model, opset)) else form
 
 

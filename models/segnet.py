@@ -12,9 +12,19 @@ encoder map instead: a value goes where the input equals the window maximum, and
 equal maxima in one window, common after ReLU zeros) only to the first of them in row-major window
 order, which is the position PyTorch's max-pool records. Every op reaches a TFLite builtin:
 STRIDED_SLICE, EQUAL, logical ops, SELECT_V2, CONCATENATION and DEPTH_TO_SPACE.
+
+Integer form (``to_deploy(integer=True, calibration=images)``, ``SegNetEqualized``): in int8 a
+pre-pool map has one scale for all its channels, so a channel that reaches a tenth of the map's
+maximum gets a tenth of the 256 levels; values of a window within one level tie and the unpooled
+value moves to the first of them (16 pixels at 1/16 scale). The integer form scales each channel
+to the map's maximum over the calibration images (its last BN's affine) and divides the next
+conv's input channel by the same factor. ReLU and max-pooling commute with a positive scale and
+the unpooling reads only positions, so it is the same function in float.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -132,7 +142,9 @@ class SegNet(nn.Module):
         _, indices, size = context
         return F.max_unpool2d(x, indices, 2, 2, output_size=size)
 
-    def to_deploy(self) -> SegNetDeploy:
+    def to_deploy(self, integer: bool = False, calibration: torch.Tensor | None = None) -> SegNetDeploy:
+        if integer and calibration is not None:
+            return SegNetEqualized(self, calibration)
         return SegNetDeploy(self)
 
 
@@ -156,7 +168,56 @@ class SegNetDeploy(SegNet):
         pooled, before_pool = context
         return unpool_first_max(x, pooled, before_pool)
 
-    def to_deploy(self) -> SegNetDeploy:
+    def to_deploy(self, integer: bool = False, calibration: torch.Tensor | None = None) -> SegNetDeploy:
+        return SegNetEqualized(self, calibration) if integer and calibration is not None else self
+
+
+# A channel that stays at zero on the calibration images is scaled as if it reached this share of
+# the map's maximum: enough to resolve it, and its next-conv weights stay on their int8 grid.
+SMALLEST_CHANNEL_SHARE = 1e-3
+
+
+def pre_pool_maxima(model: SegNet, images: torch.Tensor, batch: int = 8) -> list[torch.Tensor]:
+    """Per encoder stage, each channel's largest value of the map it pools, over ``images``."""
+    maxima: list[torch.Tensor] = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            x = images[start : start + batch]
+            for s, stage in enumerate(model.encoder):
+                x = stage(x)
+                peak = x.amax((0, 2, 3))
+                if s == len(maxima):
+                    maxima.append(peak)
+                else:
+                    maxima[s] = torch.maximum(maxima[s], peak)
+                x = F.max_pool2d(x, 2, 2)
+    return maxima
+
+
+def _first_conv(stage: nn.Sequential) -> nn.Conv2d:
+    first = stage[0]
+    return first[0] if isinstance(first, ConvBNReLU) else first
+
+
+class SegNetEqualized(SegNetDeploy):
+    """SegNet's integer form: the deploy form of a copy whose pre-pool channels share one range."""
+
+    def __init__(self, model: SegNet, calibration: torch.Tensor):
+        super().__init__(copy.deepcopy(model).eval())
+        maxima = pre_pool_maxima(self, torch.as_tensor(calibration, dtype=torch.float32))
+        # what each pooled map feeds: the next encoder stage, and for the last the first decoder stage
+        followers = [_first_conv(stage) for stage in self.encoder[1:]] + [_first_conv(self.decoder[0])]
+        with torch.no_grad():
+            for stage, follower, peak in zip(self.encoder, followers, maxima):
+                top = peak.max().clamp_min(torch.finfo(peak.dtype).tiny)
+                scale = top / peak.clamp_min(top * SMALLEST_CHANNEL_SHARE)
+                norm = stage[-1][1]
+                norm.weight.mul_(scale)
+                norm.bias.mul_(scale)
+                follower.weight.div_(scale.view(1, -1, 1, 1))
+        self.train(model.training)
+
+    def to_deploy(self, integer: bool = False, calibration: torch.Tensor | None = None) -> SegNetDeploy:
         return self
 
 

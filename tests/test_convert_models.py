@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from seg2tflite.converters import ConvertConfig, ParityError, convert_registered
 from seg2tflite.converters.manifest import sha256_file
@@ -92,10 +93,11 @@ def test_every_variant_is_builtins_only(converted):
 def test_integer_variants_come_from_the_integer_form_when_there_is_one(converted):
     """DeepLabv3+'s dense decoder: the float files run its taps before the upsampling (nine resizes
     to 1/4 scale), the integer files the plain 3x3 conv (one) from a SavedModel of their own, gated
-    as float like the first; every other family has one form and one SavedModel. (Both forms add
-    the image-pooling broadcast and the final upsampling.)"""
+    as float like the first. SegNet's integer files come from its form with one range per pre-pool
+    map, fitted to the calibration images (same ops). Every other family has one form and one
+    SavedModel. (Both DeepLab forms add the image-pooling broadcast and the final upsampling.)"""
     name, result, _ = converted
-    integer = integer_form(create_model(name, num_classes=8))
+    integer = integer_form(create_model(name, num_classes=8), calibration=torch.randn(2, 3, *SIZE))
     resizes = {v: result.ops[v].counts.get("RESIZE_BILINEAR", 0) for v in VARIANTS}
     if integer is None:
         assert INTEGER_FORM not in result.artifacts and not (result.out_dir / STAGES[INTEGER_FORM].file).exists()
@@ -104,12 +106,16 @@ def test_integer_variants_come_from_the_integer_form_when_there_is_one(converted
     stage = result.parity.stages[INTEGER_FORM]
     assert stage.gate == "pass" and stage.previous == "onnx", stage.failures
     assert stage.vs_pytorch["argmax_agreement"] >= 0.9999
-    assert result.manifest["model"]["integer_deploy_class"].endswith(".DeepLabV3PlusInt8Deploy")
+    assert result.manifest["model"]["integer_deploy_class"].endswith(f".{type(integer).__name__}")
     assert any(name.startswith(f"{STAGES[INTEGER_FORM].file}/") for name in result.manifest["artifacts"])
     for variant in VARIANTS:
-        assert resizes[variant] == (3 if STAGES[variant].integer else 11), (variant, resizes)
-    # full int8 scored against a float32 file of its own graph: every op has its float tensor
-    assert len(result.parity.int8_sensitivity) == sum(result.ops["full_int8"].counts.values())
+        expected = (3 if STAGES[variant].integer else 11) if name.startswith("deeplab") else resizes["float32"]
+        assert resizes[variant] == expected, (variant, resizes)
+    # full int8 scored against a float32 file of its own graph: every op with an int8 output has
+    # its float tensor (SegNet's comparisons and logical ops give booleans, its DEQUANTIZEs float)
+    not_int8 = {"DEQUANTIZE", "EQUAL", "NOT_EQUAL", "LOGICAL_AND", "LOGICAL_OR", "LOGICAL_NOT"}
+    counts = result.ops["full_int8"].counts
+    assert len(result.parity.int8_sensitivity) == sum(n for op, n in counts.items() if op not in not_int8), counts
 
 
 def test_quantized_stages_reported_not_gated(converted):

@@ -13,8 +13,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seg2tflite.models import create_model, deploy_form, get_model_config
-from seg2tflite.models.segnet import SegNet, SegNetDeploy, depth_to_space, unpool_first_max
+from seg2tflite.models import create_model, deploy_form, get_model_config, integer_form
+from seg2tflite.models.segnet import (
+    SegNet,
+    SegNetDeploy,
+    SMALLEST_CHANNEL_SHARE,
+    SegNetEqualized,
+    depth_to_space,
+    pre_pool_maxima,
+    unpool_first_max,
+)
 
 from model_helpers import randomise_batchnorm
 from small_chain import convert_float32
@@ -165,6 +173,62 @@ def test_naive_deploy_form_differs_on_ties(segnet):
         exact = deploy_form(segnet)(x)
     assert (reference - exact).abs().max().item() < 1e-5
     assert (reference - naive).abs().max().item() > 1e-2 * (reference.max() - reference.min()).item()
+
+
+def _uneven(model: SegNet) -> SegNet:
+    """Each pre-pool map's channels spread over two decades of range, as trained maps are."""
+    with torch.no_grad():
+        for stage in model.encoder:
+            norm = stage[-1][1]
+            spread = torch.logspace(-2, 0, norm.num_features)
+            norm.weight.mul_(spread)
+            norm.bias.mul_(spread)
+    return model
+
+
+def _positions_off_on_8_bits(model: SegNet, images: torch.Tensor) -> int:
+    """Pooling windows whose first maximum moves when the pre-pool map is put on 256 levels over
+    [0, its maximum]: the positions full int8's unpooling reads."""
+    moved = 0
+    with torch.no_grad():
+        x = images
+        for stage in model.encoder:
+            x = stage(x)
+            step = x.max() / 255
+            for grid in (x, torch.round(x / step) * step):
+                pooled, positions = F.max_pool2d(grid, 2, 2, return_indices=True)
+                if grid is x:
+                    exact = positions
+            moved += int((positions != exact).sum())
+            x = F.max_pool2d(x, 2, 2)
+    return moved
+
+
+def test_integer_form_is_the_same_function_with_one_range_per_pre_pool_map():
+    model = _uneven(_tiny())
+    images = torch.randn(4, 3, 32, 48)
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    assert integer_form(model) is None  # without calibration images there is nothing to fit
+    equalized = integer_form(model, calibration=images)
+    assert isinstance(equalized, SegNetEqualized) and equalized.to_deploy(integer=True, calibration=images) is equalized
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in reference.items())  # the trained model untouched
+    for before, after in zip(pre_pool_maxima(model, images), pre_pool_maxima(equalized, images)):
+        resolved = before > before.max() * SMALLEST_CHANNEL_SHARE  # the others are scaled by the largest factor
+        assert resolved.sum() >= len(before) - 1
+        assert torch.allclose(after[resolved], after.max().expand(int(resolved.sum())), rtol=1e-5)
+    with torch.no_grad():
+        for x in (images, torch.randn(2, 3, 32, 48), _tie_image((32, 48))):
+            reference_logits = model(x)
+            scale = reference_logits.abs().max()
+            assert (equalized(x) - reference_logits).abs().max() <= 1e-4 * scale
+
+
+def test_integer_form_keeps_unpooling_positions_on_8_bits():
+    """Channels that reach a fraction of the map's maximum tie on its int8 grid; equalized, far fewer do."""
+    model = _uneven(_tiny())
+    calibration, test = torch.randn(8, 3, 32, 48), torch.randn(8, 3, 32, 48)
+    plain, equalized = _positions_off_on_8_bits(model, test), _positions_off_on_8_bits(integer_form(model, calibration=calibration), test)
+    assert equalized < plain / 4, (plain, equalized)
 
 
 # ---------------------------------------------------------------- export and conversion
