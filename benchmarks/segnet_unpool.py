@@ -9,7 +9,9 @@ calibration images, the run's test split): the deploy form's test mIoU in float3
 pre-pool map put on a 256-level grid over [0, its largest value on the calibration images] (a ReLU
 output under min/max ranges) for the unpooling's positions alone (the pooled values that go on
 stay float32), and for the positions and the pooled values. Beside them, the run's own full-int8
-file (its record). Nothing else is quantized: the gap between the two is everything else.
+file (its record). Nothing else is quantized: the gap between the two is everything else. The same
+two on the integer form the file is built from (``SegNetEqualized``: each pre-pool map's channels
+scaled to the map's maximum on the calibration images), whose grid resolves every channel.
 
     python benchmarks/segnet_unpool.py --runs runs/seed0 runs/seed1 --record results/segnet_unpool.json
 
@@ -40,6 +42,7 @@ from seg2tflite.eval.run_dir import RunDir  # noqa: E402
 
 MODEL = "segnet_vgg16"
 MODES = ("float32", "positions_8bit", "positions_and_pooled_8bit")
+INTEGER_FORM_MODES = ("positions_8bit", "positions_and_pooled_8bit")  # recorded as integer_form_<mode>
 
 
 def measure_run(run: Path) -> dict:
@@ -49,15 +52,18 @@ def measure_run(run: Path) -> dict:
     from seg2tflite.data import load_dataset
     from seg2tflite.eval.record import load_record
     from seg2tflite.models.registry import load_model
-    from seg2tflite.models.segnet import SegNetDeploy, unpool_first_max
+    from seg2tflite.models.segnet import SegNetDeploy, SegNetEqualized, unpool_first_max
 
     _, manifest, preprocess, data, calib = conversion_inputs(run, MODEL)
     images, masks = _arrays(load_dataset(data, "test"), preprocess)
     k = manifest["model"].get("num_classes") or int(masks.max()) + 1
-    largest: list[float] = []  # per pre-pool map, its largest value on the calibration images
 
     class OnGrid(SegNetDeploy):
         mode = "float32"
+
+        def __init__(self, model):
+            super().__init__(model)
+            self.largest: list[float] = []  # per pre-pool map, its largest value on the calibration images
 
         def forward(self, x):
             self.maps = 0
@@ -66,12 +72,12 @@ def measure_run(run: Path) -> dict:
         def _pool_context(self, x):
             index, self.maps = self.maps, self.maps + 1
             if self.mode == "calibrate":
-                if index == len(largest):
-                    largest.append(0.0)
-                largest[index] = max(largest[index], float(x.max()))
+                if index == len(self.largest):
+                    self.largest.append(0.0)
+                self.largest[index] = max(self.largest[index], float(x.max()))
             if self.mode in ("float32", "calibrate"):
                 return F.max_pool2d(x, 2, 2), F.max_pool2d(x, 2, 2), x
-            step = largest[index] / 255
+            step = self.largest[index] / 255
             on_grid = torch.round(x / step).clamp(0, 255) * step
             pooled_on_grid = F.max_pool2d(on_grid, 2, 2)
             going_on = pooled_on_grid if self.mode == "positions_and_pooled_8bit" else F.max_pool2d(x, 2, 2)
@@ -81,16 +87,19 @@ def measure_run(run: Path) -> dict:
             _, pooled, before_pool = context
             return unpool_first_max(x, pooled, before_pool)
 
-    model = OnGrid(load_model(RunDir(run).checkpoint(MODEL)).eval())
+    trained = load_model(RunDir(run).checkpoint(MODEL)).eval()
+    plain, equalized = OnGrid(trained), OnGrid(SegNetEqualized(trained, torch.from_numpy(calib.images)))
     out = {"run": str(run), "pytorch_miou": _pytorch_miou(run, MODEL), "calibration_images": len(calib)}
     with torch.no_grad():
-        model.mode = "calibrate"
-        for i in range(0, len(calib.images), 16):
-            model(torch.from_numpy(calib.images[i : i + 16]))
-        for mode in MODES:
-            model.mode = mode
-            batches = [model(torch.from_numpy(images[i : i + 10])).argmax(1).numpy() for i in range(0, len(images), 10)]
-            out[mode] = float(miou_points(per_image_confusions(np.concatenate(batches), masks, k).sum(0)))
+        for model in (plain, equalized):
+            model.mode = "calibrate"
+            for i in range(0, len(calib.images), 16):
+                model(torch.from_numpy(calib.images[i : i + 16]))
+        for model, modes, prefix in ((plain, MODES, ""), (equalized, INTEGER_FORM_MODES, "integer_form_")):
+            for mode in modes:
+                model.mode = mode
+                batches = [model(torch.from_numpy(images[i : i + 10])).argmax(1).numpy() for i in range(0, len(images), 10)]
+                out[prefix + mode] = float(miou_points(per_image_confusions(np.concatenate(batches), masks, k).sum(0)))
     rows = {r.stage: r for r in load_record(run).rows if r.model == MODEL}
     out["full_int8_file"] = 100 * rows["full_int8"].miou if "full_int8" in rows else None
     return out
@@ -98,8 +107,9 @@ def measure_run(run: Path) -> dict:
 
 def render(results: dict) -> str:
     lines = [
-        "| run | PyTorch | deploy form, float32 | positions on 8 bits (Δ) | positions and pooled values on 8 bits (Δ) | full-int8 file (Δ) |",
-        "| --- | --: | --: | --: | --: | --: |",
+        "| run | PyTorch | deploy form, float32 | positions on 8 bits (Δ) | positions and pooled values on 8 bits (Δ) "
+        "| integer form: positions on 8 bits (Δ) | integer form: positions and pooled values (Δ) | full-int8 file (Δ) |",
+        "| --- | --: | --: | --: | --: | --: | --: | --: |",
     ]
     for r in results["runs"]:
         ref = r["float32"]
@@ -109,7 +119,8 @@ def render(results: dict) -> str:
 
         lines.append(
             f"| `{Path(r['run']).name}` | {r['pytorch_miou']:.2f} | {ref:.2f} | {cell(r['positions_8bit'])} | "
-            f"{cell(r['positions_and_pooled_8bit'])} | {cell(r['full_int8_file'])} |"
+            f"{cell(r['positions_and_pooled_8bit'])} | {cell(r.get('integer_form_positions_8bit'))} | "
+            f"{cell(r.get('integer_form_positions_and_pooled_8bit'))} | {cell(r['full_int8_file'])} |"
         )  # fmt: skip
     return "\n".join(lines) + "\n"
 
