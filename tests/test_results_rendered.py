@@ -23,6 +23,7 @@ SHOWN = [  # (record, the page that shows it, the renderer's name when a record 
     ("demo_seed2.json", "docs/int8.md", "glance"),
     ("int8_ranges_seed0.json", "docs/int8.md", None),
     ("int8_ranges_seed1.json", "docs/int8.md", None),
+    ("int8_ranges_segnet_seed2.json", "docs/int8.md", None),
     ("int8_foreign.json", "docs/int8.md", None),
     ("int8_vs_aimet_seed0.json", "docs/int8.md", None),
     ("vs_litert_torch_seed0.json", "docs/vs_litert_torch.md", None),
