@@ -15,9 +15,9 @@ import torch.nn.functional as F
 
 from seg2tflite.models import create_model, deploy_form, get_model_config, integer_form
 from seg2tflite.models.segnet import (
+    SMALLEST_CHANNEL_SHARE,
     SegNet,
     SegNetDeploy,
-    SMALLEST_CHANNEL_SHARE,
     SegNetEqualized,
     depth_to_space,
     pre_pool_maxima,
@@ -227,7 +227,10 @@ def test_integer_form_keeps_unpooling_positions_on_8_bits():
     """Channels that reach a fraction of the map's maximum tie on its int8 grid; equalized, far fewer do."""
     model = _uneven(_tiny())
     calibration, test = torch.randn(8, 3, 32, 48), torch.randn(8, 3, 32, 48)
-    plain, equalized = _positions_off_on_8_bits(model, test), _positions_off_on_8_bits(integer_form(model, calibration=calibration), test)
+    plain, equalized = (
+        _positions_off_on_8_bits(model, test),
+        _positions_off_on_8_bits(integer_form(model, calibration=calibration), test),
+    )
     assert equalized < plain / 4, (plain, equalized)
 
 
