@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from seg2tflite.errors import UserError, setting
@@ -141,7 +142,9 @@ def check_arguments(name: str, arguments: dict) -> None:
         raise UserError(f"{name}: unknown keyword arguments {', '.join(unknown)} (it takes: {known})")
 
 
-def deploy_form(model: nn.Module, opset: int = 17, integer: bool = False, calibration=None) -> nn.Module:
+def deploy_form(
+    model: nn.Module, opset: int = 17, integer: bool = False, calibration: torch.Tensor | None = None
+) -> nn.Module:
     """The converter-friendly form of ``model`` for export at ONNX ``opset``: same weights, same
     function, builtins only. From opset 20 GELU exports as one ``Gelu`` op (TFLite's GELU builtin:
     one op that XNNPACK runs in float32, where the erf-free form needs 21, and of which an int8
@@ -158,7 +161,7 @@ def deploy_form(model: nn.Module, opset: int = 17, integer: bool = False, calibr
     return model.to_deploy(**{name: value for name, value in options.items() if name in parameters})
 
 
-def integer_form(model: nn.Module, opset: int = 17, calibration=None) -> nn.Module | None:
+def integer_form(model: nn.Module, opset: int = 17, calibration: torch.Tensor | None = None) -> nn.Module | None:
     """``deploy_form(model, opset, integer=True, calibration=calibration)`` when it is another
     form than the float files', else None."""
     if "integer" not in inspect.signature(getattr(model, "to_deploy", lambda: None)).parameters:
