@@ -142,9 +142,7 @@ def check_arguments(name: str, arguments: dict) -> None:
         raise UserError(f"{name}: unknown keyword arguments {', '.join(unknown)} (it takes: {known})")
 
 
-def deploy_form(
-    model: nn.Module, opset: int = 17, integer: bool = False, calibration: torch.Tensor | None = None
-) -> nn.Module:
+def deploy_form(model: nn.Module, opset: int = 17, integer: bool = False, calibration: torch.Tensor | None = None) -> nn.Module:
     """The converter-friendly form of ``model`` for export at ONNX ``opset``: same weights, same
     function, builtins only. From opset 20 GELU exports as one ``Gelu`` op (TFLite's GELU builtin:
     one op that XNNPACK runs in float32, where the erf-free form needs 21, and of which an int8
