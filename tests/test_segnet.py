@@ -194,12 +194,10 @@ def _positions_off_on_8_bits(model: SegNet, images: torch.Tensor) -> int:
         x = images
         for stage in model.encoder:
             x = stage(x)
-            step = x.max() / 255
-            for grid in (x, torch.round(x / step) * step):
-                pooled, positions = F.max_pool2d(grid, 2, 2, return_indices=True)
-                if grid is x:
-                    exact = positions
-            moved += int((positions != exact).sum())
+            on_grid = torch.round(x / (x.max() / 255)) * (x.max() / 255)
+            _, exact = F.max_pool2d(x, 2, 2, return_indices=True)
+            _, rounded = F.max_pool2d(on_grid, 2, 2, return_indices=True)
+            moved += int((rounded != exact).sum())
             x = F.max_pool2d(x, 2, 2)
     return moved
 
