@@ -52,18 +52,20 @@ def measure_run(run: Path) -> dict:
     from seg2tflite.data import load_dataset
     from seg2tflite.eval.record import load_record
     from seg2tflite.models.registry import load_model
-    from seg2tflite.models.segnet import SegNetDeploy, SegNetEqualized, unpool_first_max
+    from seg2tflite.models.segnet import SegNetDeploy, SegNetEqualized, pre_pool_maxima, unpool_first_max
 
     _, manifest, preprocess, data, calib = conversion_inputs(run, MODEL)
     images, masks = _arrays(load_dataset(data, "test"), preprocess)
     k = manifest["model"].get("num_classes") or int(masks.max()) + 1
+    calibration = torch.from_numpy(calib.images)
 
     class OnGrid(SegNetDeploy):
         mode = "float32"
 
         def __init__(self, model):
             super().__init__(model)
-            self.largest: list[float] = []  # per pre-pool map, its largest value on the calibration images
+            # per pre-pool map, its largest value on the calibration images
+            self.largest = [float(peaks.max()) for peaks in pre_pool_maxima(model, calibration)]
 
         def forward(self, x):
             self.maps = 0
@@ -71,11 +73,7 @@ def measure_run(run: Path) -> dict:
 
         def _pool_context(self, x):
             index, self.maps = self.maps, self.maps + 1
-            if self.mode == "calibrate":
-                if index == len(self.largest):
-                    self.largest.append(0.0)
-                self.largest[index] = max(self.largest[index], float(x.max()))
-            if self.mode in ("float32", "calibrate"):
+            if self.mode == "float32":
                 return F.max_pool2d(x, 2, 2), F.max_pool2d(x, 2, 2), x
             step = self.largest[index] / 255
             on_grid = torch.round(x / step).clamp(0, 255) * step
@@ -88,13 +86,9 @@ def measure_run(run: Path) -> dict:
             return unpool_first_max(x, pooled, before_pool)
 
     trained = load_model(RunDir(run).checkpoint(MODEL)).eval()
-    plain, equalized = OnGrid(trained), OnGrid(SegNetEqualized(trained, torch.from_numpy(calib.images)))
+    plain, equalized = OnGrid(trained), OnGrid(SegNetEqualized(trained, calibration))
     out = {"run": str(run), "pytorch_miou": _pytorch_miou(run, MODEL), "calibration_images": len(calib)}
     with torch.no_grad():
-        for model in (plain, equalized):
-            model.mode = "calibrate"
-            for i in range(0, len(calib.images), 16):
-                model(torch.from_numpy(calib.images[i : i + 16]))
         for model, modes, prefix in ((plain, MODES, ""), (equalized, INTEGER_FORM_MODES, "integer_form_")):
             for mode in modes:
                 model.mode = mode

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from seg2tflite.app.class_weights import CLASS_WEIGHTINGS
 from seg2tflite.app.cli_options import (
     DATA_SPEC_SHORT,
     Formatter,
@@ -30,7 +31,7 @@ def add(sub) -> None:
     p.add_argument("--weight-decay", type=non_negative_float, default=d.weight_decay, help="AdamW weight decay")
     p.add_argument("--warmup-steps", type=non_negative_int, default=d.warmup_steps, help="linear warm-up steps")
     p.add_argument(
-        "--class-weighting", choices=("median_frequency",), default=None,
+        "--class-weighting", choices=CLASS_WEIGHTINGS, default=None,
         help="weigh each class's loss by median frequency over its frequency (SegNet's balancing; default: all 1)",
     )  # fmt: skip
     add_input_size(p, "training size (default: the model's)")
