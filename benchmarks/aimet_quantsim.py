@@ -5,7 +5,10 @@ convolutions (``fold_all_batch_norms``), per-channel int8 weights and int8 activ
 (``QuantizationSimModel`` with the ``default`` per-channel config), activation encodings computed
 on the calibration images with each of AIMET's post-training range schemes (``tf_enhanced``,
 AIMET's default; ``percentile`` at 99.99, the zoo's setting for DeepLabV3+ Xception; ``min_max``),
-then the simulated model evaluated on the test images. ``adaround`` is AdaRound's learned weight
+then the simulated model evaluated on the test images. AIMET's ``prepare_model`` first makes the
+functional ops (additions, concatenations, resizes) modules, so that their outputs are quantized
+too; where torch.fx cannot trace a model, only its modules' outputs are, and the result says so
+(``prepared``). ``adaround`` is AdaRound's learned weight
 rounding (the zoo applies it to DeepLabV3+ MobileNetV2 after cross-layer equalization; here alone):
 ``Adaround.apply_adaround`` on the calibration images, ``ADAROUND_ITERATIONS`` per layer, its
 weight encodings frozen, activations by ``tf_enhanced``. Nothing is converted: this is AIMET's estimate of what int8 costs, the
@@ -13,13 +16,16 @@ best-PTQ reference the .tflite files are held against.
 
     .venv-aimet/bin/python benchmarks/aimet_quantsim.py CHECKPOINT --data data.npz --out result.json
     .venv-aimet/bin/python benchmarks/aimet_quantsim.py CHECKPOINT --data data.npz --schemes adaround --out adaround.json
+
+Beside ``--out`` (``result.json``) it writes ``result.npz``: every scheme's argmax on the test
+images and, when the data holds ``val_images``, on those too (keys ``SCHEME/test``, ``SCHEME/val``,
+``pytorch/...`` for the float model), so that the caller can score them per image.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -82,15 +88,19 @@ def simulate(checkpoint: str, data: dict, schemes: tuple[str, ...], workdir: Pat
     from seg2tflite.models import load_model
 
     calib, images, masks, k = data["calib"], data["images"], data["masks"], int(data["num_classes"])
-    out = {"pytorch_miou": miou(predict(load_model(checkpoint).eval(), images), masks, k), "schemes": {}}
+    splits = {"test": images, **({"val": data["val_images"]} if "val_images" in data else {})}
+    predictions = {f"pytorch/{split}": predict(load_model(checkpoint).eval(), x) for split, x in splits.items()}
+    out = {"pytorch_miou": miou(predictions["pytorch/test"], masks, k), "schemes": {}, "predictions": predictions}
     for scheme in schemes:
         try:
             model = _without_eval_identities(load_model(checkpoint).eval())
             dummy = torch.from_numpy(calib[:1])
             try:  # AIMET's own first step: functional ops as modules, so that their outputs are quantized too
                 model = prepare_model(model)
-            except Exception:  # noqa: BLE001 - a graph torch.fx cannot trace: its modules are quantized as they are
-                traceback.print_exc()
+                out["prepared"] = True
+            except Exception as e:  # noqa: BLE001 - a graph torch.fx cannot trace: its modules are quantized as they are
+                out["prepared"] = f"{type(e).__name__}: {str(e).strip()[:200]}"
+                print(f"{scheme}: AIMET's prepare_model failed ({out['prepared']}); functional ops stay unquantized")
             fold_all_batch_norms(model, tuple(dummy.shape), dummy_input=dummy)
             encodings = adarounded(model, dummy, calib, workdir, iterations) if scheme == "adaround" else None
             sim = QuantizationSimModel(
@@ -107,9 +117,10 @@ def simulate(checkpoint: str, data: dict, schemes: tuple[str, ...], workdir: Pat
                         sim_model(torch.from_numpy(x[None]))
 
             sim.compute_encodings(calibrate, None)
-            out["schemes"][scheme] = {"miou": miou(predict(sim.model, images), masks, k)}
+            predictions.update({f"{scheme}/{split}": predict(sim.model, x) for split, x in splits.items()})
+            out["schemes"][scheme] = {"miou": miou(predictions[f"{scheme}/test"], masks, k)}
         except Exception as e:  # AIMET refusing a model is the comparison's finding
-            traceback.print_exc()
+            print(f"{scheme}: AIMET failed: {type(e).__name__}: {str(e).strip()[:200]}")
             out["schemes"][scheme] = {"error": f"{type(e).__name__}: {str(e).strip()[:300]}"}
     from importlib.metadata import version
 
@@ -128,8 +139,12 @@ def main() -> None:
     torch.manual_seed(0)
     data = dict(np.load(args.data))
     result = simulate(args.checkpoint, data, tuple(args.schemes), args.out.parent, args.adaround_iterations)
+    np.savez_compressed(args.out.with_suffix(".npz"), **{k: v.astype(np.uint8) for k, v in result.pop("predictions").items()})
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
+    from seg2tflite.quiet import quiet_libraries
+
+    quiet_libraries()  # no start-up lines from TensorFlow, absl or LiteRT
     main()

@@ -10,6 +10,9 @@ each evaluated on the test split against the model's own PyTorch mIoU.
 
     python benchmarks/foreign_int8.py --out runs/foreign --record results/int8_foreign.json
 
+``--reuse`` measures the methods again on the conversion folders already in ``--out`` (after a
+change of the range rules), keeping each row's training and PyTorch mIoU.
+
 A benchmark, not a test: not part of the default test run.
 """
 
@@ -95,6 +98,31 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: in
     return len(norms)
 
 
+def methods_again(name: str, out: Path, earlier: dict, turns: int, threads: int) -> dict:
+    """``earlier``'s row of ``name`` with every method measured again on the SavedModel its
+    conversion folder in ``out`` holds: the same trained weights, the range rules of today."""
+    from seg2tflite.converters.config import ConvertConfig
+    from seg2tflite.converters.images import calibration_set
+    from seg2tflite.converters.stages import ConversionDir
+    from seg2tflite.data import Preprocess, load_dataset
+    from seg2tflite.models.registry import IMAGENET_MEAN, IMAGENET_STD
+
+    folder = ConversionDir(out / name)
+    manifest = json.loads(folder.manifest_path.read_text())
+    config = ConvertConfig(input_size=SIZE, variants=("float32", "full_int8"), calib_size=64, parity_images=8, trained=True)
+    preprocess = Preprocess(SIZE, IMAGENET_MEAN, IMAGENET_STD)
+    calib = calibration_set(load_dataset(SPEC, "train"), preprocess, config, progress=False)
+    if list(calib.names) != manifest["calibration"]["images"]:
+        raise SystemExit(f"{name}: the calibration images differ from its conversion's in {out / name}")
+    images, masks = _arrays(load_dataset(SPEC, "test"), preprocess)
+    t = time.perf_counter()
+    result = compare_methods(
+        folder.int8_source(), folder.artifact("float32"), calib, images, masks, K, turns=turns, threads=threads
+    )
+    kept = {key: earlier[key] for key in ("pytorch_miou", "train", "gates")}
+    return {**result, **kept, "seconds": {**earlier["seconds"], "int8": time.perf_counter() - t}}
+
+
 def measure(name: str, out: Path, steps: int, turns: int, threads: int, recalibrate: bool = False) -> dict:
     from seg2tflite.app.compress.finetune import FinetuneConfig, example_input, finetune, validate
     from seg2tflite.converters import ConvertConfig, ParityError, convert_model
@@ -145,10 +173,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="re-estimate BatchNorm statistics on 400 training images after training",
     )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="no training or conversion: measure the methods again on the conversion folders in --out, "
+        "keeping each model's training and PyTorch mIoU from --record",
+    )
     record_options(parser)
     args = parser.parse_args(argv)
     if rendered_only(parser, args, render, required=None):
         return 0
+    if args.reuse and not (args.record and args.record.is_file()):
+        parser.error("--reuse needs --record: the record whose rows it measures again")
     from seg2tflite.converters.manifest import package_versions
 
     command = ["python", "benchmarks/foreign_int8.py", *(argv or sys.argv[1:])]
@@ -164,8 +200,13 @@ def main(argv: list[str] | None = None) -> int:
         }
     for name in args.models:
         t = time.perf_counter()
-        row = measure(name, args.out, args.steps, args.turns, args.threads, args.recalibrate_batchnorm)
-        results["models"][name] = {"command": command, "steps": args.steps, **row}
+        if args.reuse:  # the row keeps the command that trained it
+            before = earlier["models"][name]
+            row = {**before, **methods_again(name, args.out, before, args.turns, args.threads)}
+            results["models"][name] = {**row, "command": command, "trained_by": before.get("trained_by", before["command"])}
+        else:
+            row = measure(name, args.out, args.steps, args.turns, args.threads, args.recalibrate_batchnorm)
+            results["models"][name] = {"command": command, "steps": args.steps, **row}
         print(f"{name}: {time.perf_counter() - t:.0f} s", flush=True)
         write_record(results, [args.out / "int8_foreign.json", *([args.record] if args.record else [])])
     print(render(results))
@@ -173,4 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from seg2tflite.quiet import quiet_libraries
+
+    quiet_libraries()  # no start-up lines from TensorFlow, absl or LiteRT
     sys.exit(main())

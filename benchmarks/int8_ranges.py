@@ -319,4 +319,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from seg2tflite.quiet import quiet_libraries
+
+    quiet_libraries()  # no start-up lines from TensorFlow, absl or LiteRT
     sys.exit(main())

@@ -10,7 +10,9 @@ PyTorch's and the run's own full-int8 mIoU (``record.json``), and, when
 ``benchmarks/vs_litert_torch.py`` has run on the same run, PT2E's full-int8 mIoU at the demo size
 (``RUN/litert_torch/compare.json``), with the 95% paired-bootstrap interval of ours minus PT2E over
 the test images (both files run again in LiteRT with XNNPACK): how far their difference is from the
-test images' noise.
+test images' noise. AIMET's predictions are kept (``result.npz``), so ours is also held against its
+best scheme by the same interval, and every scheme is scored again on the run's validation images,
+which chose nothing: whether a simulated model's lead over PyTorch holds on other images.
 
     python benchmarks/vs_aimet.py --run runs/demo [--models segnet_vgg16 ...] [--adaround] [--reuse] [--record FILE]
 
@@ -27,7 +29,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from int8_ranges import _arrays, paired_interval, per_image_confusions, rendered_only, run_parser, write_record  # noqa: E402
+from int8_ranges import (  # noqa: E402
+    _arrays,
+    miou_points,
+    paired_interval,
+    per_image_confusions,
+    rendered_only,
+    run_parser,
+    write_record,
+)
 from vs_litert_torch import ROOT, calibration_images, litert_torch_python  # noqa: E402
 
 from seg2tflite.eval.run_dir import RunDir
@@ -59,41 +69,50 @@ def _pt2e_miou(run: Path, model: str) -> float | None:
     return None
 
 
-def _ours_minus_pt2e(run: Path, model: str, manifest: dict, data: str, masks: np.ndarray, k: int) -> list[float] | None:
-    """95% paired interval of mIoU(ours) - mIoU(PT2E) over the test images, both full-int8 files in
-    LiteRT with XNNPACK; None without PT2E's file at the demo size."""
+def _file_confusions(path: Path, data: str, split: str, pre: dict, masks: np.ndarray, k: int) -> np.ndarray:
+    """Per-image confusions of a .tflite file on a split, in LiteRT with XNNPACK."""
     from seg2tflite.eval.evaluate import evaluate_artifact
 
-    theirs = run / "litert_torch" / "demo" / model / "full_int8.tflite"
-    ours = RunDir(run).conversion(model).artifact("full_int8")
-    if not (theirs.is_file() and ours.is_file()):
-        return None
-    pre = manifest["preprocessing"]
+    result = evaluate_artifact(
+        path, data, split, input_size=tuple(pre["size"]), mean=tuple(pre["mean"]), std=tuple(pre["std"]), threads=2,
+        keep_predictions=True, progress=False,
+    )  # fmt: skip
+    return per_image_confusions(result.predictions, masks, k)
 
-    def confusions(path: Path) -> np.ndarray:
-        result = evaluate_artifact(
-            path, data, "test", input_size=tuple(pre["size"]), mean=tuple(pre["mean"]), std=tuple(pre["std"]), threads=2,
-            keep_predictions=True, progress=False,
-        )  # fmt: skip
-        return per_image_confusions(result.predictions, masks, k)
 
-    return paired_interval(confusions(theirs), confusions(ours))
+def _versus_aimet(aimet: dict, predictions: Path, ours: dict[str, np.ndarray], masks: dict[str, np.ndarray], k: int) -> dict:
+    """Ours against AIMET's best scheme on the test images (95% paired interval of ours minus it),
+    and every scheme's, PyTorch's and our mIoU on the validation images, which chose nothing:
+    whether a scheme's lead over PyTorch on the test images holds on other images."""
+    saved = np.load(predictions)
+    scored = {s: r["miou"] for s, r in aimet["schemes"].items() if "miou" in r and f"{s}/test" in saved}
+    if not scored:
+        return {}
+    best = max(scored, key=scored.get)
+    out = {"best_aimet": best, "ours_minus_best_aimet_interval": paired_interval(
+        per_image_confusions(saved[f"{best}/test"], masks["test"], k), ours["test"])}  # fmt: skip
+    if "val" in ours and "pytorch/val" in saved:
+        val = {name: saved[f"{name}/val"] for name in ("pytorch", *scored)}
+        out["val"] = {name: float(miou_points(per_image_confusions(p, masks["val"], k).sum(0))) for name, p in val.items()}
+        out["val"]["ours"] = float(miou_points(ours["val"].sum(0)))
+    return out
 
 
 def compare_model(run: Path, model: str, python: Path, reuse: bool = False, adaround: bool = False) -> dict:
     from seg2tflite.data import Preprocess, load_dataset
 
-    convert = RunDir(run).conversion(model).path
-    manifest = json.loads((convert / "manifest.json").read_text())
+    convert = RunDir(run).conversion(model)
+    manifest = json.loads(convert.manifest_path.read_text())
     data = _data_spec(run)
     pre = manifest["preprocessing"]
     preprocess = Preprocess(tuple(pre["size"]), tuple(pre["mean"]), tuple(pre["std"]))
     test = load_dataset(data, "test")
-    images, masks = _arrays(test, preprocess)
+    (images, masks), (val_images, val_masks) = _arrays(test, preprocess), _arrays(load_dataset(data, "val"), preprocess)
     k = test.info.num_classes
     out = run / "aimet" / model
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "data.npz", calib=calibration_images(manifest, data), images=images, masks=masks, num_classes=k)
+    np.savez(out / "data.npz", calib=calibration_images(manifest, data), images=images, masks=masks, num_classes=k,
+             val_images=val_images)  # fmt: skip
     checkpoint = RunDir(run).checkpoint(model)
     runs = {"result.json": [], **({"adaround.json": ["--schemes", "adaround"]} if adaround else {})}
     for name, schemes in runs.items():
@@ -103,12 +122,21 @@ def compare_model(run: Path, model: str, python: Path, reuse: bool = False, adar
     aimet = json.loads((out / "result.json").read_text())
     if (out / "adaround.json").is_file():  # AIMET's AdaRound, from this run or an earlier one (same data)
         aimet["schemes"].update(json.loads((out / "adaround.json").read_text())["schemes"])
-    ours = _run_miou(run, model)
+    figures = _run_miou(run, model)
+    ours_file, theirs_file = convert.artifact("full_int8"), run / "litert_torch" / "demo" / model / "full_int8.tflite"
+    ours = {"test": _file_confusions(ours_file, data, "test", pre, masks, k)} if ours_file.is_file() else {}
+    versus = {}
+    if ours and (out / "result.npz").is_file():  # AIMET's predictions (results from before they were kept have none)
+        ours["val"] = _file_confusions(ours_file, data, "val", pre, val_masks, k)
+        versus = _versus_aimet(aimet, out / "result.npz", ours, {"test": masks, "val": val_masks}, k)
+    pt2e = None  # 95% paired interval of ours minus PT2E's file at the demo size, both in LiteRT
+    if ours and theirs_file.is_file():
+        pt2e = paired_interval(_file_confusions(theirs_file, data, "test", pre, masks, k), ours["test"])
     return {
-        "pytorch_miou": ours.get("pytorch"), "ours_full_int8_miou": ours.get("full_int8"), "pt2e_miou": _pt2e_miou(run, model),
-        "ours_minus_pt2e_interval": _ours_minus_pt2e(run, model, manifest, data, masks, k),
+        "pytorch_miou": figures.get("pytorch"), "ours_full_int8_miou": figures.get("full_int8"),
+        "pt2e_miou": _pt2e_miou(run, model), "ours_minus_pt2e_interval": pt2e,
         "aimet_pytorch_miou": aimet["pytorch_miou"], "aimet": aimet["schemes"], "aimet_versions": aimet["versions"],
-        "ranges": (manifest.get("int8_ranges") or {}).get("method"),
+        "ranges": (manifest.get("int8_ranges") or {}).get("method"), "aimet_prepared": aimet.get("prepared"), **versus,
     }  # fmt: skip
 
 
@@ -119,9 +147,10 @@ def render(results: dict) -> str:
     lines = [
         "| model | PyTorch | ours full int8 (Δ) | PT2E (Δ) | ours - PT2E [95% interval] | "
         + " | ".join(f"AIMET {s} (Δ)" for s in schemes)
-        + " | ours - best AIMET |",
-        "| --- | --: | --: | --: | --: | " + " | ".join("--:" for _ in schemes) + " | --: |",
+        + " | ours - best AIMET | AIMET quantizes |",
+        "| --- | --: | --: | --: | --: | " + " | ".join("--:" for _ in schemes) + " | --: | --- |",
     ]
+    graph = {True: "every op", None: "-"}  # else: prepare_model failed, the modules' outputs only
 
     def cell(v, ref):
         return "-" if v is None else f"{v:.2f} ({v - ref:+.2f})"
@@ -137,10 +166,33 @@ def render(results: dict) -> str:
         aimet = {s: (r["aimet"].get(s) or {}).get("miou") for s in schemes}
         best = max((v for v in aimet.values() if v is not None), default=None)
         gap = "-" if best is None or r["ours_full_int8_miou"] is None else f"{r['ours_full_int8_miou'] - best:+.2f}"
+        if "ours_minus_best_aimet_interval" in r and gap != "-":
+            low, high = r["ours_minus_best_aimet_interval"]
+            gap += f" [{low:+.2f}, {high:+.2f}]"
         lines.append(
             f"| `{model}` | {ref:.2f} | {cell(r['ours_full_int8_miou'], ref)} | {cell(r['pt2e_miou'], ref)} | {versus_pt2e(r)} | "
-            + " | ".join(cell(aimet[s], ref) for s in schemes) + f" | {gap} |"
+            + " | ".join(cell(aimet[s], ref) for s in schemes) + f" | {gap} | {graph.get(r.get('aimet_prepared'), 'modules only')} |"
         )  # fmt: skip
+    return "\n".join(lines) + "\n" + _render_val(results, schemes)
+
+
+def _render_val(results: dict, schemes: tuple[str, ...]) -> str:
+    """The validation images' table, for the models whose AIMET predictions were kept."""
+    rows = {model: r["val"] for model, r in results["models"].items() if "val" in r}
+    if not rows:
+        return ""
+    schemes = tuple(s for s in schemes if any(s in v for v in rows.values()))
+    lines = [
+        "",
+        "| model | PyTorch (val) | ours full int8 (Δ) | "
+        + " | ".join(f"AIMET {s} (Δ)" for s in schemes)
+        + " | ours - best AIMET |",
+        "| --- | --: | --: | " + " | ".join("--:" for _ in schemes) + " | --: |",
+    ]
+    for model, v in rows.items():
+        ref, best = v["pytorch"], max(v[s] for s in schemes if s in v)
+        cells = [f"{v[s]:.2f} ({v[s] - ref:+.2f})" if s in v else "-" for s in ("ours", *schemes)]
+        lines.append(f"| `{model}` | {ref:.2f} | " + " | ".join(cells) + f" | {v['ours'] - best:+.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -167,4 +219,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from seg2tflite.quiet import quiet_libraries
+
+    quiet_libraries()  # no start-up lines from TensorFlow, absl or LiteRT
     sys.exit(main())

@@ -314,4 +314,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from seg2tflite.quiet import quiet_libraries
+
+    quiet_libraries()  # no start-up lines from TensorFlow, absl or LiteRT
     main()

@@ -68,6 +68,29 @@ def _odd(n) -> bool:
         return bool(n % 2)
 
 
+def _even_sized(v: torch.Tensor) -> torch.Tensor:
+    """``v`` with an odd last row/column repeated once."""
+    if _odd(v.shape[-2]):
+        v = torch.cat([v, v[..., -1:, :]], dim=-2)
+    if _odd(v.shape[-1]):
+        v = torch.cat([v, v[..., -1:]], dim=-1)
+    return v
+
+
+def _cropped_like(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``a`` (twice the size of ``like``'s half, rounded up) cropped to ``like``'s size."""
+    if _odd(like.shape[-2]):
+        a = a[..., :-1, :]
+    if _odd(like.shape[-1]):
+        a = a[..., :-1]
+    return a
+
+
+# a symbolic trace (torch.fx, as AIMET's model preparer runs) has no sizes: these run as whole calls
+torch.fx.wrap("_even_sized")
+torch.fx.wrap("_cropped_like")
+
+
 class AttentionCondenser(nn.Module):
     """``V' = V * sigmoid(X(E(C(V)))) * S``: condense, embed, expand, selective attention."""
 
@@ -84,21 +107,12 @@ class AttentionCondenser(nn.Module):
     @staticmethod
     def condense(v: torch.Tensor) -> torch.Tensor:
         """2x2/stride-2 max pool; an odd last row/column is repeated first (= a ceil-mode pool)."""
-        if _odd(v.shape[-2]):
-            v = torch.cat([v, v[..., -1:, :]], dim=-2)
-        if _odd(v.shape[-1]):
-            v = torch.cat([v, v[..., -1:]], dim=-1)
-        return F.max_pool2d(v, 2)
+        return F.max_pool2d(_even_sized(v), 2)
 
     @staticmethod
     def expand(k: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Nearest 2x upsampling, cropped to the size of ``like`` where that is odd."""
-        a = F.interpolate(k, scale_factor=2.0, mode="nearest")
-        if _odd(like.shape[-2]):
-            a = a[..., :-1, :]
-        if _odd(like.shape[-1]):
-            a = a[..., :-1]
-        return a
+        return _cropped_like(F.interpolate(k, scale_factor=2.0, mode="nearest"), like)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         a = self.expand(self.embed(self.condense(v)), v)

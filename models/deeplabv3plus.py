@@ -27,6 +27,7 @@ from torch import nn
 
 from seg2tflite.errors import UserError
 from seg2tflite.models.checkpoint import read_state_dict
+from seg2tflite.models.layers import check_divisible
 from seg2tflite.models.registry import ModelConfig, register_model
 
 
@@ -175,14 +176,7 @@ class DeepLabV3Plus(nn.Module):
             self.load_encoder_checkpoint(encoder_checkpoint)
 
     def check_size(self, x: torch.Tensor) -> None:
-        if torch.jit.is_tracing():  # export traces one fixed size; int() of a traced shape only warns
-            return
-        h, w, d = int(x.shape[-2]), int(x.shape[-1]), self.size_divisor
-        if h % d or w % d:
-            raise UserError(
-                f"input size {h}x{w}: DeepLabv3+ at output stride {self.output_stride} needs height and width "
-                f"divisible by {d}; resize to e.g. {max(d, round(h / d) * d)}x{max(d, round(w / d) * d)}"
-            )
+        check_divisible(x, self.size_divisor, f"DeepLabv3+ at output stride {self.output_stride}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_size(x)

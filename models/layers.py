@@ -29,7 +29,7 @@ COMPRESSIBLE = (nn.Conv2d, nn.Linear)
 
 def check_divisible(x: torch.Tensor, divisor: int, model: str) -> None:
     """Refuse an input whose height or width the model cannot take, naming the nearest size that works."""
-    if torch.jit.is_tracing():  # export traces one fixed size; int() of a traced shape only warns
+    if torch.jit.is_tracing() or isinstance(x, torch.fx.Proxy):  # a trace has one fixed size, or none
         return
     h, w, d = int(x.shape[-2]), int(x.shape[-1]), divisor
     if h % d or w % d:

@@ -31,6 +31,9 @@ SIZES = {"square": (64, 64), "wide": (96, 128)}  # tiny: the fast lane runs ever
 
 # Test -> models it runs for only in the slow lane (Xception-65's export: 41M parameters to trace).
 SLOW = {"test_onnx_export_matches_pytorch": {"deeplabv3plus_xception65"}}
+# Models torch.fx cannot trace symbolically, and why: AIMET's model preparer (benchmarks/vs_aimet.py)
+# then quantizes only their modules' outputs, not their additions, concatenations and resizes.
+NOT_FX_TRACEABLE = {"deeplabv3plus_xception65": "timm builds Xception-65's features_only encoder with forward hooks"}
 # Families whose forward takes any input size: SegFormer's overlapping patch embeddings pad, and
 # its logits are resized to the input; its size_divisor is what the converter asks of a size.
 ANY_INPUT_SIZE = {"segformer"}
@@ -93,6 +96,20 @@ class ModelTester:
         assert not missing, f"no gradient reached {missing[:5]}"
         nonfinite = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
         assert not nonfinite, nonfinite[:5]
+
+    def test_symbolic_trace_is_the_same_function(self, name, model):
+        """torch.fx traces the model (no size check or size branch needs a concrete size), and the
+        traced graph computes the model at another size than the trace, the smallest one too."""
+        model = copy.deepcopy(model)  # a failed trace can leave proxies in a model's state (timm's hooks)
+        if name in NOT_FX_TRACEABLE:
+            with pytest.raises(Exception):  # noqa: B017 - the day it traces, this entry goes
+                torch.fx.symbolic_trace(model)
+            return
+        traced = torch.fx.symbolic_trace(model)
+        for size in (SIZES["wide"], smallest_size(name)):
+            x = torch.randn(1, 3, *size)
+            with torch.no_grad():
+                assert torch.equal(traced(x), model(x)), size
 
     def test_size_off_the_divisor_is_refused_naming_the_nearest(self, name, model):
         """2d+1 x 3d-1: the message carries the size, the divisor and the nearest size, 2d x 3d."""
