@@ -101,6 +101,7 @@ def simulate(checkpoint: str, data: dict, schemes: tuple[str, ...], workdir: Pat
             except Exception as e:  # noqa: BLE001 - a graph torch.fx cannot trace: its modules are quantized as they are
                 out["prepared"] = f"{type(e).__name__}: {str(e).strip()[:200]}"
                 print(f"{scheme}: AIMET's prepare_model failed ({out['prepared']}); functional ops stay unquantized")
+                model = _without_eval_identities(load_model(checkpoint).eval())  # a failed trace leaves proxies in hooks
             fold_all_batch_norms(model, tuple(dummy.shape), dummy_input=dummy)
             encodings = adarounded(model, dummy, calib, workdir, iterations) if scheme == "adaround" else None
             sim = QuantizationSimModel(
