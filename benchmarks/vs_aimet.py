@@ -12,7 +12,10 @@ PyTorch's and the run's own full-int8 mIoU (``record.json``), and, when
 the test images (both files run again in LiteRT with XNNPACK): how far their difference is from the
 test images' noise. AIMET's predictions are kept (``result.npz``), so ours is also held against its
 best scheme by the same interval, and every scheme is scored again on the run's validation images,
-which chose nothing: whether a simulated model's lead over PyTorch holds on other images.
+which chose nothing: whether a simulated model's lead over PyTorch holds on other images. With
+``--ranges`` (a ``benchmarks/int8_ranges.py`` record of the same run), each range rule's file is
+also held against AIMET's like rule (min/max, the 99.99th percentile, least error against
+``tf_enhanced``).
 
     python benchmarks/vs_aimet.py --run runs/demo [--models segnet_vgg16 ...] [--adaround] [--reuse] [--record FILE]
 
@@ -140,6 +143,21 @@ def compare_model(run: Path, model: str, python: Path, reuse: bool = False, adar
     }  # fmt: skip
 
 
+SAME_RULE = {"minmax": "min_max", "percentile": "percentile", "mse": "tf_enhanced"}  # ours -> AIMET's like rule
+
+
+def same_rule(row: dict, ranges: dict, model: str) -> dict[str, float]:
+    """mIoU of this project's file with each range rule (an int8_ranges record of the same weights
+    and calibration images) minus AIMET's simulation with the like rule: the quantizers compared
+    rule by rule, not one file against the best of three."""
+    methods = (ranges["models"].get(model) or {}).get("methods", {})
+    return {
+        ours: methods[ours]["miou"] - row["aimet"][theirs]["miou"]
+        for ours, theirs in SAME_RULE.items()
+        if ours in methods and "miou" in (row["aimet"].get(theirs) or {})
+    }
+
+
 def render(results: dict) -> str:
     schemes = ("tf_enhanced", "percentile", "min_max")
     if any("adaround" in r["aimet"] for r in results["models"].values()):
@@ -173,7 +191,22 @@ def render(results: dict) -> str:
             f"| `{model}` | {ref:.2f} | {cell(r['ours_full_int8_miou'], ref)} | {cell(r['pt2e_miou'], ref)} | {versus_pt2e(r)} | "
             + " | ".join(cell(aimet[s], ref) for s in schemes) + f" | {gap} | {graph.get(r.get('aimet_prepared'), 'modules only')} |"
         )  # fmt: skip
-    return "\n".join(lines) + "\n" + _render_val(results, schemes)
+    return "\n".join(lines) + "\n" + _render_val(results, schemes) + _render_same_rule(results)
+
+
+def _render_same_rule(results: dict) -> str:
+    rows = {model: r["same_rule"] for model, r in results["models"].items() if r.get("same_rule")}
+    if not rows:
+        return ""
+    lines = [
+        "",
+        "| model | " + " | ".join(f"ours {o} - AIMET {t}" for o, t in SAME_RULE.items()) + " | mean |",
+        "| --- | " + " | ".join("--:" for _ in SAME_RULE) + " | --: |",
+    ]
+    for model, pairs in rows.items():
+        cells = [f"{pairs[o]:+.2f}" if o in pairs else "-" for o in SAME_RULE]
+        lines.append(f"| `{model}` | " + " | ".join(cells) + f" | {sum(pairs.values()) / len(pairs):+.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def _render_val(results: dict, schemes: tuple[str, ...]) -> str:
@@ -201,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--venv", type=Path, default=VENV)
     parser.add_argument("--reuse", action="store_true", help="take a model's AIMET result already in RUN/aimet/M (same data)")
     parser.add_argument("--adaround", action="store_true", help="also AIMET's AdaRound (minutes to an hour a model)")
+    parser.add_argument(
+        "--ranges", type=Path, default=None,
+        help="a benchmarks/int8_ranges.py record of the same run: each range rule's file against AIMET's same rule",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if rendered_only(parser, args, render):
         return 0
@@ -212,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     results = {"command": command, "versions": package_versions(), "models": {}}  # each model also has AIMET's
     for model in models:
         results["models"][model] = compare_model(args.run, model, python, args.reuse, args.adaround)
+        if args.ranges:
+            results["models"][model]["same_rule"] = same_rule(
+                results["models"][model], json.loads(args.ranges.read_text()), model
+            )
         print(f"{model}: done", flush=True)
     write_record(results, [args.run / "aimet" / "compare.json", *([args.record] if args.record else [])])
     print(render(results))
