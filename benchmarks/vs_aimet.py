@@ -17,7 +17,7 @@ which chose nothing: whether a simulated model's lead over PyTorch holds on othe
 also held against AIMET's like rule (min/max, the 99.99th percentile, least error against
 ``tf_enhanced``).
 
-    python benchmarks/vs_aimet.py --run runs/demo [--models segnet_vgg16 ...] [--adaround] [--reuse] [--record FILE]
+    python benchmarks/vs_aimet.py --run runs/demo [--models segnet_vgg16 ...] [--adaround] [--reuse] [--ranges FILE] [--record FILE]
 
 Writes ``RUN/aimet/compare.json`` and prints the table. A benchmark, not a test.
 """
@@ -195,6 +195,7 @@ def render(results: dict) -> str:
 
 
 def _render_same_rule(results: dict) -> str:
+    """The rule-by-rule table, for the rows measured with ``--ranges``."""
     rows = {model: r["same_rule"] for model, r in results["models"].items() if r.get("same_rule")}
     if not rows:
         return ""

@@ -2,12 +2,13 @@
 
 ``ModelTester`` runs over the registry's carried models (``carried_models()``: each architecture
 once), so a new model is tested by being registered: logits at the input resolution at three sizes,
-backward to every parameter, the deploy form's function and weight sharing, the refusal of a size
-off the divisor, the checkpoint round trip and the ONNX export. A family's own test module holds
+backward to every parameter, a torch.fx trace, the deploy form's function and weight sharing, the
+refusal of a size off the divisor, the checkpoint round trip and the ONNX export. A family's own test module holds
 only what is special to it (SegNet's unpooling ties, SegFormer's foreign keys, DeepLab's output
 stride, AttendSeg's condensers, the UNet's decoder BatchNorm).
 
-What differs between models is data here, not code: ``SLOW`` and ``ANY_INPUT_SIZE``.
+What differs between models is data here, not code: ``SLOW``, ``NOT_FX_TRACEABLE`` and
+``ANY_INPUT_SIZE``.
 """
 
 from __future__ import annotations
