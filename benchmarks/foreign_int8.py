@@ -98,38 +98,46 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: in
     return len(norms)
 
 
-def methods_again(name: str, out: Path, earlier: dict, turns: int, threads: int) -> dict:
-    """``earlier``'s row of ``name`` with every method measured again on the SavedModel its
-    conversion folder in ``out`` holds: the same trained weights, the range rules of today."""
-    from seg2tflite.converters.config import ConvertConfig
+def _convert_config():
+    from seg2tflite.converters import ConvertConfig
+
+    return ConvertConfig(input_size=SIZE, variants=("float32", "full_int8"), calib_size=64, parity_images=8, trained=True)
+
+
+def _methods(folder, turns: int, threads: int) -> tuple[dict, float]:
+    """Every range method on a conversion folder's SavedModel, calibrated on exactly the images its
+    conversion was (checked against its manifest), evaluated on the test split; and the seconds it took."""
     from seg2tflite.converters.images import calibration_set
-    from seg2tflite.converters.stages import ConversionDir
     from seg2tflite.data import Preprocess, load_dataset
     from seg2tflite.models.registry import IMAGENET_MEAN, IMAGENET_STD
 
-    folder = ConversionDir(out / name)
-    manifest = json.loads(folder.manifest_path.read_text())
-    config = ConvertConfig(input_size=SIZE, variants=("float32", "full_int8"), calib_size=64, parity_images=8, trained=True)
     preprocess = Preprocess(SIZE, IMAGENET_MEAN, IMAGENET_STD)
-    calib = calibration_set(load_dataset(SPEC, "train"), preprocess, config, progress=False)
-    if list(calib.names) != manifest["calibration"]["images"]:
-        raise SystemExit(f"{name}: the calibration images differ from its conversion's in {out / name}")
+    calib = calibration_set(load_dataset(SPEC, "train"), preprocess, _convert_config(), progress=False)
+    if list(calib.names) != json.loads(folder.manifest_path.read_text())["calibration"]["images"]:
+        raise SystemExit(f"{folder.path}: the calibration images differ from its conversion's")
     images, masks = _arrays(load_dataset(SPEC, "test"), preprocess)
     t = time.perf_counter()
     result = compare_methods(
         folder.int8_source(), folder.artifact("float32"), calib, images, masks, K, turns=turns, threads=threads
     )
+    return result, time.perf_counter() - t
+
+
+def methods_again(name: str, out: Path, earlier: dict, turns: int, threads: int) -> dict:
+    """``earlier``'s row of ``name`` with every method measured again on the SavedModel its
+    conversion folder in ``out`` holds: the same trained weights, the range rules of today."""
+    from seg2tflite.converters.stages import ConversionDir
+
+    result, seconds = _methods(ConversionDir(out / name), turns, threads)
     kept = {key: earlier[key] for key in ("pytorch_miou", "train", "gates")}
-    return {**result, **kept, "seconds": {**earlier["seconds"], "int8": time.perf_counter() - t}}
+    return {**result, **kept, "seconds": {**earlier["seconds"], "int8": seconds}}
 
 
 def measure(name: str, out: Path, steps: int, turns: int, threads: int, recalibrate: bool = False) -> dict:
     from seg2tflite.app.compress.finetune import FinetuneConfig, example_input, finetune, validate
-    from seg2tflite.converters import ConvertConfig, ParityError, convert_model
-    from seg2tflite.converters.images import calibration_set
+    from seg2tflite.converters import ParityError, convert_model
     from seg2tflite.converters.stages import ConversionDir
-    from seg2tflite.data import Preprocess, load_dataset
-    from seg2tflite.models.registry import IMAGENET_MEAN, IMAGENET_STD
+    from seg2tflite.data import load_dataset
 
     torch.manual_seed(0)
     model = MODELS[name]()
@@ -141,23 +149,14 @@ def measure(name: str, out: Path, steps: int, turns: int, threads: int, recalibr
         trained["batchnorm_recalibrated"] = recalibrate_batchnorm(model, example_input(model, train, tune, n=400))
     seconds = {"train": time.perf_counter() - t}
     pytorch = validate(model, test, tune)
-    config = ConvertConfig(input_size=SIZE, variants=("float32", "full_int8"), calib_size=64, parity_images=8, trained=True)
     t = time.perf_counter()
     try:
-        convert_model(model, out / name, config, train, val, log=None, progress=False)
+        convert_model(model, out / name, _convert_config(), train, val, log=None, progress=False)
         gates = "pass"
     except ParityError as e:  # a broken gate is a finding of the row, the files are written
         gates = str(e)
     seconds["convert"] = time.perf_counter() - t
-    folder = ConversionDir(out / name)
-    preprocess = Preprocess(SIZE, IMAGENET_MEAN, IMAGENET_STD)
-    calib = calibration_set(train, preprocess, config, progress=False)
-    images, masks = _arrays(test, preprocess)
-    t = time.perf_counter()
-    result = compare_methods(
-        folder.int8_source(), folder.artifact("float32"), calib, images, masks, K, turns=turns, threads=threads
-    )
-    seconds["int8"] = time.perf_counter() - t
+    result, seconds["int8"] = _methods(ConversionDir(out / name), turns, threads)
     return {**result, "pytorch_miou": 100 * pytorch["miou"], "train": trained, "gates": gates, "seconds": seconds}
 
 

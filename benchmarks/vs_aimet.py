@@ -248,12 +248,11 @@ def main(argv: list[str] | None = None) -> int:
 
     command = ["python", "benchmarks/vs_aimet.py", *(argv or sys.argv[1:])]
     results = {"command": command, "versions": package_versions(), "models": {}}  # each model also has AIMET's
+    ranges = json.loads(args.ranges.read_text()) if args.ranges else None
     for model in models:
         results["models"][model] = compare_model(args.run, model, python, args.reuse, args.adaround)
-        if args.ranges:
-            results["models"][model]["same_rule"] = same_rule(
-                results["models"][model], json.loads(args.ranges.read_text()), model
-            )
+        if ranges:
+            results["models"][model]["same_rule"] = same_rule(results["models"][model], ranges, model)
         print(f"{model}: done", flush=True)
     write_record(results, [args.run / "aimet" / "compare.json", *([args.record] if args.record else [])])
     print(render(results))
